@@ -1,0 +1,555 @@
+"""Class-activation maps: CAM, Grad-CAM, Grad-CAM++ and Score-CAM, exactly as in the papers.
+
+Notation (``/work/shared/DESIGN.md``, "The four methods"): ``A`` are the activations of the target
+layer, shape ``[B, K, h, w]``; ``c`` is the target class of each image; ``g = ∂logit_c/∂A``.
+Every method is ``map = N(f(Σ_k w_k · A_k))`` where ``w`` is the per-channel weight that defines the
+method, ``f`` is ReLU (identity for CAM) and ``N`` is per-map min-max normalization to ``[0, 1]``
+(a constant map, e.g. all zeros after ReLU, becomes all zeros rather than NaN).
+
+Structure (after torch-cam's ``core.py``): :class:`_WeightedCAM` owns the weighted sum, the ReLU
+and the normalization; each method is one small class that only computes ``w``. The target ("which
+score to explain") is separate from the method, as in pytorch-grad-cam: the methods receive a
+tensor of class indices. :class:`CamEngine` owns the hook (a context manager that always removes
+it in ``finally``) and runs *one* forward and *one* backward pass per batch for all gradient
+methods. The backward pass stops at ``A`` - the network's parameters are never differentiated.
+
+Where we deliberately differ from torch-cam and pytorch-grad-cam is documented per class below
+and in ``docs/METHODS.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xaidash.errors import UserError, choices_error
+
+__all__ = [
+    "CAM",
+    "GRADIENT_METHODS",
+    "METHODS",
+    "TARGET_KINDS",
+    "CamEngine",
+    "CamInputs",
+    "ForwardResult",
+    "GradCAM",
+    "GradCAMpp",
+    "ScoreCAM",
+    "ScoreCamStats",
+    "minmax_normalize",
+]
+
+logger = logging.getLogger(__name__)
+
+METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "scorecam")
+#: The methods :meth:`CamEngine.forward` computes from its single forward + backward pass.
+GRADIENT_METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp")
+TARGET_KINDS: tuple[str, ...] = ("pred", "true")
+
+
+def minmax_normalize(maps: Tensor) -> Tensor:
+    """Min-max normalize each map over its last two (spatial) dimensions to ``[0, 1]``.
+
+    ``N(M) = (M - min M) / (max M - min M)``. A constant map (``max == min``, typically all zeros
+    after ReLU) becomes all zeros: there is no evidence to show, and a NaN would poison the store
+    and every aggregate computed from it. Unlike torch-cam / pytorch-grad-cam we add no epsilon
+    to the denominator, so the maximum is exactly 1.
+    """
+    flat = maps.flatten(-2)
+    lo = flat.amin(-1, keepdim=True)
+    span = flat.amax(-1, keepdim=True) - lo
+    ok = span > 0
+    # torch.where evaluates both branches: divide by 1 where the span is 0 to avoid 0/0.
+    out = torch.where(ok, (flat - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(flat))
+    return out.view_as(maps)
+
+
+@dataclass
+class CamInputs:
+    """What a weight computation may look at, for one target kind.
+
+    activations: ``A`` ``[B, K, h, w]`` fp32, detached.
+    targets: ``c`` ``[B]`` class indices.
+    gradients: ``g = ∂logit_c/∂A`` ``[B, K, h, w]``; ``None`` for gradient-free methods.
+    inputs: the normalized network input ``[B, 3, H, W]``; only Score-CAM needs it.
+    """
+
+    activations: Tensor
+    targets: Tensor
+    gradients: Tensor | None = None
+    inputs: Tensor | None = None
+
+
+class _WeightedCAM:
+    """Base of all methods: ``map = N(f(Σ_k w_k · A_k))``.
+
+    Subclasses override only :meth:`weights` (``[B, K]``) and the class attributes. The weighted sum
+    is one ``einsum`` over ``K`` for the whole batch.
+    """
+
+    name: ClassVar[str]
+    #: Apply ReLU before normalization (every method except CAM).
+    relu: ClassVar[bool] = True
+    needs_gradients: ClassVar[bool] = False
+
+    def weights(self, inp: CamInputs) -> Tensor:
+        raise NotImplementedError
+
+    def combine(self, activations: Tensor, weights: Tensor) -> Tensor:
+        """``N(f(Σ_k w_k A_k))`` for weights ``[B, K]`` and activations ``[B, K, h, w]``."""
+        raw = torch.einsum("bk,bkhw->bhw", weights.to(activations.dtype), activations)
+        if self.relu:
+            raw = F.relu(raw)
+        return minmax_normalize(raw)
+
+    def __call__(self, inp: CamInputs) -> Tensor:
+        """The normalized maps ``[B, h, w]`` in ``[0, 1]``."""
+        return self.combine(inp.activations, self.weights(inp))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CAM(_WeightedCAM):
+    r"""Class Activation Mapping (Zhou et al. 2016, https://arxiv.org/abs/1512.04150).
+
+    .. math:: L^c = N\Big(\sum_k W_{c,k} A_k\Big)
+
+    with ``W`` the weight matrix of the linear layer that directly follows global average pooling
+    of ``A``. No ReLU (the paper shows the raw class activation map). Only defined for a
+    GAP + single-linear head; :class:`CamEngine` reports it "not applicable" otherwise instead of
+    producing a wrong map. The bias adds a constant and vanishes in the normalization.
+
+    torch-cam's ``CAM`` computes the same map (its docstring mentions a ReLU, its code applies none).
+    """
+
+    name = "cam"
+    relu = False
+
+    def __init__(self, fc_weight: Tensor) -> None:
+        # [C, K]; a 1x1-conv head would be [C, K, 1, 1].
+        self.fc_weight = fc_weight.detach().reshape(fc_weight.shape[0], -1)
+
+    def weights(self, inp: CamInputs) -> Tensor:
+        return self.fc_weight.to(inp.activations.dtype)[inp.targets]
+
+
+class GradCAM(_WeightedCAM):
+    r"""Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391).
+
+    .. math:: w_k = \frac{1}{hw}\sum_{i,j} \frac{\partial y^c}{\partial A_k(i,j)}, \qquad
+              L^c = N\Big(\mathrm{ReLU}\big(\sum_k w_k A_k\big)\Big)
+
+    with ``y^c`` the pre-softmax logit. Same map as torch-cam's and pytorch-grad-cam's ``GradCAM``
+    (they normalize with an epsilon in the denominator; we do not).
+    """
+
+    name = "gradcam"
+    needs_gradients = True
+
+    def weights(self, inp: CamInputs) -> Tensor:
+        assert inp.gradients is not None
+        return inp.gradients.mean(dim=(2, 3))
+
+
+class GradCAMpp(_WeightedCAM):
+    r"""Grad-CAM++ (Chattopadhay et al. 2018, https://arxiv.org/abs/1710.11063, Eq. 19).
+
+    .. math:: \alpha_k^{ij} = \frac{g_k(i,j)^2}{2\,g_k(i,j)^2 + \sum_{a,b} A_k(a,b)\, g_k(i,j)^3},
+              \qquad w_k = \sum_{i,j} \alpha_k^{ij}\,\mathrm{ReLU}(g_k(i,j)),
+              \qquad L^c = N\Big(\mathrm{ReLU}\big(\sum_k w_k A_k\big)\Big)
+
+    with ``g = ∂y^c/∂A``. Eq. 19 is derived for an exponential score ``exp(S_c)``, whose higher
+    derivatives reduce to powers of the first one; the powers-of-``g`` form is the canonical
+    definition here. ``α = 0`` where ``g = 0`` (0/0 in the formula) and where the denominator
+    vanishes.
+
+    Deliberate differences from the peers (see ``docs/METHODS.md``): pytorch-grad-cam adds
+    ``eps = 1e-6`` to the denominator, which is *not* negligible when ``g² ≈ 1e-6`` (a ResNet
+    head gives ``g = W/(hw) ≈ 1e-3``). torch-cam 0.5's ``GradCAMpp`` intends the same formula,
+    but divides a boolean-indexed copy in place (``alpha[mask].div_(...)``), so the division is
+    lost and it effectively uses ``α = g²``, i.e. ``w_k = Σ g²·ReLU(g)``.
+    """
+
+    name = "gradcampp"
+    needs_gradients = True
+
+    def weights(self, inp: CamInputs) -> Tensor:
+        assert inp.gradients is not None
+        g = inp.gradients
+        g2 = g * g
+        # Σ_ab A_k(a, b) per channel, broadcast over (i, j).
+        a_sum = inp.activations.sum(dim=(2, 3), keepdim=True)
+        denom = 2 * g2 + a_sum * (g2 * g)
+        ok = (g != 0) & (denom != 0)
+        alpha = torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(g))
+        return (alpha * F.relu(g)).sum(dim=(2, 3))
+
+
+@dataclass
+class ScoreCamStats:
+    """Bookkeeping of the last Score-CAM call (for logs, tests and the run's ``scorecam_note``)."""
+
+    images: int = 0
+    channels: int = 0  # B * K
+    constant_skipped: int = 0  # channels with max == min: weight 0, no forward
+    not_selected: int = 0  # dropped by the ``max_channels`` approximation
+    duplicates: int = 0  # non-constant channels whose normalized mask repeats another's
+    forwards: int = 0  # masked images actually run through the network
+    approximate: bool = False
+
+
+class ScoreCAM(_WeightedCAM):
+    r"""Score-CAM (Wang et al. 2020, https://arxiv.org/abs/1910.01279; official implementation
+    https://github.com/haofanwang/Score-CAM).
+
+    .. math:: H_k = \frac{U(A_k) - \min U(A_k)}{\max U(A_k) - \min U(A_k)}, \qquad
+              \alpha_k = \mathrm{softmax}\big(f(X \circ H_k)\big)_c, \qquad
+              L^c = N\Big(\mathrm{ReLU}\big(\sum_k \alpha_k A_k\big)\Big)
+
+    ``U`` is bilinear upsampling (``align_corners=False``) to the input size; channels with a
+    constant ``U(A_k)`` are skipped (weight 0), as in the official code. ``X`` is the *normalized*
+    input, so a masked-out pixel becomes 0 = the dataset mean. The softmax is over the classes of
+    the masked input's logits (a probability, as in the paper and the official code). The map is
+    kept at the layer's native resolution (bilinear upsampling is linear, so ``U`` of our map is
+    the official full-resolution map before its ReLU).
+
+    Exact speed-ups (same numbers as the one-channel-at-a-time loop, up to float rounding):
+    masks of several images are run through the network together in batches of ``batch_size``
+    under ``torch.inference_mode()``; constant channels (the common case after a ReLU) cost no
+    forward; within an image, channels whose low-resolution min-max-normalized maps are
+    bit-identical share one forward (an affine map commutes with bilinear upsampling and min-max
+    is affine-invariant, so identical normalized low-res maps give identical ``H_k``).
+    ``H_k`` is computed as ``N(U(N_lowres(A_k)))``, mathematically equal to ``N(U(A_k))``.
+
+    ``max_channels`` (default ``None`` = exact) keeps only the top-N channels per image by mean
+    activation; the others get weight 0. That is an approximation the caller must label.
+
+    Deliberate differences from the peers: pytorch-grad-cam's ``ScoreCAM`` takes a softmax over
+    *channels* of the raw target logits (and upsamples with ``align_corners=True``, no constant
+    skip); torch-cam's takes a softmax over channels of ``logit_c(X∘M_k) - logit_c(X)`` with the
+    normalization done at low resolution with an epsilon. Neither is the official weight.
+    """
+
+    name = "scorecam"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch_size: int = 256,
+        max_channels: int | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_channels is not None and max_channels < 1:
+            raise ValueError(f"max_channels must be >= 1 or None, got {max_channels}")
+        self.model = model
+        self.batch_size = batch_size
+        self.max_channels = max_channels
+        self.channels_last = channels_last
+        self.stats = ScoreCamStats()
+
+    def weights(self, inp: CamInputs) -> Tensor:
+        if inp.inputs is None:
+            raise ValueError("Score-CAM needs the normalized network input")
+        x = inp.inputs
+        acts = inp.activations
+        b, k, h, w = acts.shape
+        flat = acts.flatten(2)  # [B, K, hw]
+        lo = flat.amin(-1, keepdim=True)
+        hi = flat.amax(-1, keepdim=True)
+        valid = (hi > lo).squeeze(-1)  # [B, K]; constant channels are skipped (official code)
+        stats = ScoreCamStats(images=b, channels=b * k, constant_skipped=int((~valid).sum()))
+        if self.max_channels is not None and self.max_channels < k:
+            score = flat.mean(-1).masked_fill(~valid, float("-inf"))
+            top = score.topk(self.max_channels, dim=1).indices
+            keep = torch.zeros_like(valid).scatter_(1, top, True)
+            stats.not_selected = int((valid & ~keep).sum())
+            stats.approximate = stats.not_selected > 0
+            valid &= keep
+
+        weights = acts.new_zeros(b, k)
+        b_idx, k_idx = valid.nonzero(as_tuple=True)
+        if b_idx.numel() == 0:
+            self.stats = stats
+            return weights
+        span = (hi - lo).squeeze(-1)[b_idx, k_idx].unsqueeze(-1)
+        rows = (flat[b_idx, k_idx] - lo.squeeze(-1)[b_idx, k_idx].unsqueeze(-1)) / span  # [N, hw]
+        # Exact dedup per image: prepend the image index (exact in fp32 below 2**24) so equal
+        # masks of different images stay separate; unique() compares whole rows bit for bit.
+        keyed = torch.cat([b_idx.unsqueeze(1).to(rows.dtype), rows], dim=1)
+        uniq, inverse = torch.unique(keyed, dim=0, return_inverse=True)
+        stats.duplicates = int(rows.shape[0] - uniq.shape[0])
+        stats.forwards = int(uniq.shape[0])
+        u_img = uniq[:, 0].long()
+        u_masks = uniq[:, 1:].reshape(-1, 1, h, w)
+        probs = self._masked_probs(x, u_masks, u_img, inp.targets)
+        weights[b_idx, k_idx] = probs[inverse].to(weights.dtype)
+        self.stats = stats
+        return weights
+
+    def _masked_probs(self, x: Tensor, masks: Tensor, img: Tensor, targets: Tensor) -> Tensor:
+        """``softmax(f(X_img ∘ H))_c`` for each low-res normalized mask, in batches."""
+        size = x.shape[-2:]
+        out: list[Tensor] = []
+        targets = targets.to(x.device)
+        with torch.inference_mode():
+            for start in range(0, masks.shape[0], self.batch_size):
+                stop = start + self.batch_size
+                # Upsample the whole chunk of masks in one call, then min-max on the
+                # upsampled grid: that is H_k of the paper exactly.
+                up = F.interpolate(masks[start:stop].to(x.dtype), size=size, mode="bilinear",
+                                   align_corners=False)
+                up = minmax_normalize(up)
+                chunk_img = img[start:stop].to(x.device)
+                batch = x[chunk_img] * up
+                if self.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                logits = self.model(batch).float()
+                probs = logits.softmax(dim=1)
+                out.append(probs.gather(1, targets[chunk_img].unsqueeze(1)).squeeze(1))
+        # clone() turns the inference tensors into normal ones that may be used anywhere.
+        return torch.cat(out).clone()
+
+
+@dataclass
+class ForwardResult:
+    """Everything one :meth:`CamEngine.forward` produces for a batch."""
+
+    logits: Tensor  # [B, C] fp32
+    activations: Tensor  # [B, K, h, w] detached
+    embedding: Tensor  # [B, K] global average pool of the activations
+    # (method, target_kind) -> [B, h, w] in [0, 1]; "cam" absent when not applicable.
+    maps: dict[tuple[str, str], Tensor] = field(default_factory=dict)
+    targets: dict[str, Tensor] = field(default_factory=dict)  # target_kind -> [B]
+
+
+def _submodule(model: nn.Module, dotted: str) -> nn.Module:
+    try:
+        return model.get_submodule(dotted)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise choices_error("layer", dotted, names) from None
+
+
+class CamEngine:
+    """Hooks a model's target layer and computes the CAM family for whole batches.
+
+    Use as a context manager; the forward hook is registered on enter and removed in ``finally``
+    on exit, even when the body raises::
+
+        with CamEngine(model.eval(), "layer4", "fc") as engine:
+            res = engine.forward(x, ("cam", "gradcam", "gradcampp"), true_labels=y)
+            sc = engine.scorecam(x, res.activations, res.targets["pred"])
+
+    One forward pass gives logits, activations ``A`` and the embedding ``GAP(A)``; one backward
+    pass of ``Σ_b logit_{b, c_b}`` gives ``∂logit_c/∂A`` for every image at once (exact per image
+    because, in eval mode, images in a batch do not interact). The forward runs under
+    ``torch.no_grad()`` and the hook switches gradient recording on only *after* ``A``: ``A`` is
+    replaced by a fresh leaf, so autograd records just the head (for a ResNet: GAP + fc) and the
+    backbone costs what an inference forward costs. Parameters are never differentiated (their
+    ``.grad`` stays ``None``) and their ``requires_grad`` flags are left untouched.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str, linear_head: str | None) -> None:
+        self.model = model
+        self.target_layer = target_layer
+        self.linear_head = linear_head
+        self._layer = _submodule(model, target_layer)
+        self._fc: nn.Module | None = None
+        if linear_head is not None:
+            fc = _submodule(model, linear_head)
+            if not isinstance(fc, nn.Linear):
+                raise UserError(f"linear head {linear_head!r} is a {type(fc).__name__}, not nn.Linear")
+            self._fc = fc
+        self.cam_applicable: bool = self._fc is not None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._mode: str | None = None  # None: hook inactive; "capture" | "grad"
+        self._captured: Tensor | None = None
+        self._methods: dict[str, _WeightedCAM] = {"gradcam": GradCAM(), "gradcampp": GradCAMpp()}
+        self.last_scorecam_stats = ScoreCamStats()
+
+    # -- hook lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> CamEngine:
+        self._handle = self._layer.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the hook and drop captured tensors (idempotent)."""
+        try:
+            if self._handle is not None:
+                self._handle.remove()
+        finally:
+            self._handle = None
+            self._mode = None
+            self._captured = None
+
+    def _hook(self, module: nn.Module, inputs: tuple[object, ...], output: object) -> Tensor | None:
+        if self._mode is None:
+            # Score-CAM / faithfulness forwards run with the hook attached but inactive.
+            return None
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            raise UserError(
+                f"target layer {self.target_layer!r} must output a [B, K, h, w] tensor, "
+                f"got {type(output).__name__}{tuple(output.shape) if isinstance(output, Tensor) else ''}"
+            )
+        leaf = output.detach()
+        if self._mode == "grad":
+            # Record autograd from here on only: the rest of the forward (the head) builds a
+            # graph whose only leaf needing a gradient is A. The enclosing no_grad() restores
+            # the caller's grad mode when the forward returns.
+            torch.set_grad_enabled(True)
+            leaf.requires_grad_(True)
+        self._captured = leaf
+        # Hand the network a copy: an in-place op after the target layer (e.g. DenseNet's
+        # F.relu(inplace=True)) must neither corrupt A nor modify a leaf that requires grad.
+        return leaf.clone()
+
+    # -- the gradient methods ---------------------------------------------------------------
+    @property
+    def _device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def forward(
+        self,
+        x: Tensor,
+        methods: Sequence[str] = GRADIENT_METHODS,
+        true_labels: Tensor | None = None,
+    ) -> ForwardResult:
+        """One forward (+ one backward when a gradient method is asked) for a batch.
+
+        ``x`` is the normalized input ``[B, 3, H, W]``. Computes ``cam``/``gradcam``/``gradcampp``
+        (those of ``methods``; ``scorecam`` is ignored here, see :meth:`scorecam`) for the target
+        "pred" (argmax) and, when ``true_labels`` is given, also for "true" (all rows; only
+        meaningful where pred != true). ``cam`` is absent when :attr:`cam_applicable` is False.
+        """
+        for m in methods:
+            if m not in METHODS:
+                raise choices_error("method", m, METHODS)
+        if self._handle is None:
+            raise RuntimeError("CamEngine must be used as a context manager (with CamEngine(...) as e:)")
+        if self.model.training:
+            raise RuntimeError("CamEngine needs the model in eval mode (call model.eval())")
+        want_grad = [m for m in ("gradcam", "gradcampp") if m in methods]
+        if want_grad and torch.is_inference_mode_enabled():
+            raise RuntimeError("Grad-CAM needs autograd: do not call CamEngine.forward under inference_mode")
+        x = x.to(self._device)
+
+        self._captured = None
+        self._mode = "grad" if want_grad else "capture"
+        try:
+            with torch.no_grad():
+                logits = self.model(x)
+            acts = self._captured
+        finally:
+            self._mode = None
+            self._captured = None
+        if acts is None:
+            raise RuntimeError(f"target layer {self.target_layer!r} was not called during the forward pass")
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            raise RuntimeError("the model must return logits [B, C]")
+
+        a = acts.detach().float()
+        embedding = a.mean(dim=(2, 3))
+        targets = {"pred": logits.detach().argmax(dim=1)}
+        if true_labels is not None:
+            targets["true"] = true_labels.to(device=logits.device, dtype=torch.long)
+
+        do_cam = "cam" in methods and self._cam_ok(embedding, logits.detach())
+        grads: dict[str, Tensor] = {}
+        if want_grad:
+            kinds = list(targets)
+            for i, kind in enumerate(kinds):
+                score = logits.gather(1, targets[kind].unsqueeze(1)).sum()
+                # Per-image exact: Σ_b logit_{b,c_b} only depends on image b through row b.
+                (g,) = torch.autograd.grad(score, acts, retain_graph=i < len(kinds) - 1)
+                grads[kind] = g.float()
+
+        maps: dict[tuple[str, str], Tensor] = {}
+        for kind, tgt in targets.items():
+            inp = CamInputs(activations=a, targets=tgt, gradients=grads.get(kind))
+            if do_cam:
+                maps[("cam", kind)] = self._cam_method()(inp)
+            for m in want_grad:
+                maps[(m, kind)] = self._methods[m](inp)
+        return ForwardResult(
+            logits=logits.detach().float(), activations=a, embedding=embedding, maps=maps, targets=targets
+        )
+
+    def _cam_method(self) -> CAM:
+        assert self._fc is not None
+        return CAM(self._fc.weight)
+
+    def _cam_ok(self, embedding: Tensor, logits: Tensor) -> bool:
+        """Check the GAP + linear assumption on this very batch; never emit a wrong CAM.
+
+        If ``logits != fc(GAP(A))`` the declared head does not directly follow the pooled target
+        layer (wrong ``linear_head`` name, extra layers in between): CAM is then switched off for
+        the rest of the run with a warning.
+        """
+        if not self.cam_applicable or self._fc is None:
+            return False
+        fc = self._fc
+        if fc.in_features != embedding.shape[1]:
+            self._cam_off(f"{self.linear_head} has {fc.in_features} inputs, the layer {embedding.shape[1]}")
+            return False
+        with torch.no_grad():
+            expect = F.linear(embedding.to(fc.weight.dtype), fc.weight, fc.bias).float()
+        err = (expect - logits.float()).abs().max().item() if logits.numel() else 0.0
+        if err > 1e-3 * (1.0 + logits.abs().max().item()):
+            self._cam_off(f"logits differ from {self.linear_head}(GAP(A)) by {err:.3g}")
+            return False
+        return True
+
+    def _cam_off(self, why: str) -> None:
+        logger.warning("CAM not applicable: %s; the head is not GAP + one linear layer", why)
+        self.cam_applicable = False
+
+    # -- Score-CAM ----------------------------------------------------------------------------
+    def scorecam(
+        self,
+        x: Tensor,
+        activations: Tensor,
+        targets: Tensor,
+        batch_size: int = 256,
+        max_channels: int | None = None,
+        channels_last: bool = False,
+    ) -> Tensor:
+        """Score-CAM maps ``[B, h, w]`` in ``[0, 1]`` (see :class:`ScoreCAM`).
+
+        ``x`` is the *normalized* input (masked pixels become the dataset mean, 0);
+        ``activations`` are ``ForwardResult.activations`` of the same ``x``. Batched across
+        channels and images; identical normalized masks are computed once. ``max_channels``
+        switches on the (labelled) top-N approximation; the default is exact. Statistics of the
+        call are left in :attr:`last_scorecam_stats`.
+        """
+        if self.model.training:
+            raise RuntimeError("Score-CAM needs the model in eval mode (call model.eval())")
+        dev = self._device
+        method = ScoreCAM(self.model, batch_size=batch_size, max_channels=max_channels,
+                          channels_last=channels_last)
+        prev, self._mode = self._mode, None  # the hook must not capture the masked forwards
+        try:
+            a = activations.detach().to(dev).float()
+            maps = method(CamInputs(activations=a, targets=targets.to(dev), inputs=x.to(dev)))
+        finally:
+            self._mode = prev
+        self.last_scorecam_stats = method.stats
+        return maps
