@@ -92,8 +92,10 @@ def make_fake_cifar10(root: str | Path, n_per_batch: int = 20, seed: int = 0) ->
     """Write a CIFAR-10 python-pickle directory ``root/cifar-10-batches-py``.
 
     Same format as the official archive: ``data_batch_1..5`` and ``test_batch`` are pickled
-    dicts with ``b"data"`` (N x 3072 uint8, channel-major) and ``b"labels"``; ``batches.meta``
-    has ``b"label_names"``. Labels cycle 0..9, so every class is present in every batch.
+    dicts with ``"data"`` (N x 3072 uint8, channel-major) and ``"labels"``; ``batches.meta``
+    has ``"label_names"``. Keys are ``str`` - what the official (Python 2) pickles give when
+    loaded with ``encoding="latin1"`` as torchvision does. Labels cycle 0..9, so every class
+    is present in every batch.
     Returns the *data root* (the parent of ``cifar-10-batches-py``).
     """
     root = Path(root)
@@ -106,11 +108,11 @@ def make_fake_cifar10(root: str | Path, n_per_batch: int = 20, seed: int = 0) ->
         imgs = np.stack([pattern_image(lab, 10, 32, rng) for lab in labels])  # N,32,32,3
         data = imgs.transpose(0, 3, 1, 2).reshape(n_per_batch, 3072)
         with open(d / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [f"{name}_{i}.png".encode() for i in range(n_per_batch)]}, f)
+            pickle.dump({"batch_label": name, "labels": labels, "data": data,
+                         "filenames": [f"{name}_{i}.png" for i in range(n_per_batch)]}, f)
     with open(d / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES],
-                     b"num_cases_per_batch": n_per_batch, b"num_vis": 3072}, f)
+        pickle.dump({"label_names": list(CIFAR10_CLASSES),
+                     "num_cases_per_batch": n_per_batch, "num_vis": 3072}, f)
     return root
 
 

@@ -1,0 +1,607 @@
+"""Data sources: one ``SPEC`` string -> a :class:`Dataset` of stable, labeled image items.
+
+SPECs (see DESIGN.md):
+
+- ``imagefolder:DIR`` - ``DIR/train/<class>/*`` and ``DIR/val/<class>/*``. A DIR that holds
+  class folders directly is a validation-only dataset. Class names are the sorted folder
+  names of the val split; train must have the same classes. Files are found recursively in
+  each class folder, by image extension; hidden files and folders are ignored.
+- ``folder:DIR`` - unlabeled images anywhere under DIR (recursive), all in split ``val``.
+- ``fashion-mnist[:classes]`` - the original idx files: train = ``train-*``, val = ``t10k-*``.
+- ``cifar10[:classes]`` - the python pickle batches: train = ``data_batch_1..5``, val =
+  ``test_batch``.
+
+``classes`` is a comma-separated list of class names (case-insensitive); the subset keeps the
+given order and labels are re-indexed 0..n-1 in that order.
+
+Image ids are stable: ``sha1(f"{kind}:{split}:{key}")[:16]`` with ``key`` the path relative to
+the split folder (imagefolder; so ``imagefolder:DIR`` and ``imagefolder:DIR/val`` agree), the
+path relative to DIR (folder), or the image's index in the original split - the same index
+torchvision's ``FashionMNIST``/``CIFAR10`` datasets use (so a class subset never changes an
+image's id and ids can be cross-referenced with torchvision).
+
+Where files are looked for (fashion-mnist, cifar10): ``--data-root``, then ``$XAIDASH_DATA``,
+then (fashion-mnist only) Debian's ``/usr/share/datasets/fashion-mnist``, then
+``~/.cache/xaidash``. An explicit root wins over the system copy so users (and tests) can
+point at their own files. When nothing is found the dataset is downloaded through torchvision
+into the first of those roots (needs internet).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import pickle
+import struct
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from compute.imageio import IMAGE_EXTENSIONS, ImageLoadError, load_image
+from xaidash.errors import UserError, choices_error
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "KINDS",
+    "Dataset",
+    "ImageLoadError",
+    "Item",
+    "open_dataset",
+    "subsample",
+]
+
+logger = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("imagefolder", "folder", "fashion-mnist", "cifar10")
+SPLITS: tuple[str, ...] = ("train", "val")
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+# Module-level so tests can point it elsewhere (e.g. to exercise the download path).
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_CACHE_DIR = Path("~/.cache/xaidash")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset. ``image_id`` is stable across runs (see module docstring)."""
+
+    image_id: str
+    split: str
+    label: int | None
+    source: str
+
+
+def image_id_for(kind: str, split: str, key: str) -> str:
+    """The stable 16-hex-char id of the image ``key`` in ``split`` of a ``kind`` dataset."""
+    return hashlib.sha1(f"{kind}:{split}:{key}".encode()).hexdigest()[:16]
+
+
+class Dataset:
+    """A labeled (or unlabeled) image dataset with a train and/or val split.
+
+    Subclasses provide :meth:`load` and the bytes that identify the content for
+    :meth:`fingerprint`; the item lists are computed once at construction (cheap: no pixel
+    is decoded until :meth:`load`).
+    """
+
+    def __init__(self, spec: str, kind: str, classes: list[str] | None,
+                 items_by_split: dict[str, list[Item]]) -> None:
+        self.spec = spec
+        self.kind = kind
+        self.classes = classes
+        self._items = {s: sorted(v, key=lambda it: it.image_id) for s, v in items_by_split.items()}
+        self._fingerprint: str | None = None
+
+    @property
+    def labeled(self) -> bool:
+        """True when items carry labels (every kind except ``folder:``)."""
+        return self.classes is not None
+
+    def items(self, split: str) -> list[Item]:
+        """The items of ``split`` ("train" or "val"), sorted by image_id; [] if no such split."""
+        return list(self._items.get(split, []))
+
+    def splits(self) -> list[str]:
+        """The splits that have at least one item."""
+        return [s for s in SPLITS if self._items.get(s)]
+
+    def load(self, item: Item) -> Image.Image:
+        """Decode ``item`` to an RGB image; raises :class:`ImageLoadError` if it cannot."""
+        raise NotImplementedError
+
+    def natural_size(self) -> int:
+        """The side length the images naturally have (used as the scratch-model input size)."""
+        raise NotImplementedError
+
+    def _content_digest(self, h: hashlib._Hash) -> None:
+        """Feed what identifies the *content* (file sizes, pixel bytes) into ``h``."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """sha1 hex over kind, classes, ids, labels and content sizes: same data, same value."""
+        if self._fingerprint is None:
+            h = hashlib.sha1()
+            h.update(f"{self.kind}\0{self.classes!r}\0".encode())
+            for split in SPLITS:
+                for it in self._items.get(split, []):
+                    h.update(f"{split}:{it.image_id}:{it.label}\n".encode())
+            self._content_digest(h)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={len(self._items.get(s, []))}" for s in SPLITS)
+        return f"<Dataset {self.spec!r} kind={self.kind} classes={self.classes} {sizes}>"
+
+
+class FileDataset(Dataset):
+    """Images stored as files (``imagefolder:`` and ``folder:``)."""
+
+    def __init__(self, spec: str, kind: str, classes: list[str] | None,
+                 entries: dict[str, list[tuple[Item, Path]]]) -> None:
+        self._paths: dict[str, Path] = {}
+        items_by_split: dict[str, list[Item]] = {}
+        for split, pairs in entries.items():
+            items_by_split[split] = [it for it, _ in pairs]
+            for it, path in pairs:
+                self._paths[it.image_id] = path
+        super().__init__(spec, kind, classes, items_by_split)
+
+    def path(self, item: Item) -> Path:
+        """The absolute path of ``item``'s file."""
+        return self._paths[item.image_id]
+
+    def load(self, item: Item) -> Image.Image:
+        return load_image(self._paths[item.image_id], name=item.source)
+
+    def natural_size(self) -> int:
+        # Median shorter side of a few val images, read from headers only (no decoding).
+        sides: list[int] = []
+        items = self.items("val") or self.items("train")
+        for it in items[:: max(1, len(items) // 16)][:16]:
+            try:
+                with Image.open(self._paths[it.image_id]) as im:
+                    sides.append(min(im.size))
+            except Exception:  # unreadable files are reported when they are loaded
+                continue
+        return int(np.median(sides)) if sides else 224
+
+    def _content_digest(self, h: hashlib._Hash) -> None:
+        for split in SPLITS:
+            for it in self._items.get(split, []):
+                try:
+                    size = self._paths[it.image_id].stat().st_size
+                except OSError:
+                    size = -1
+                h.update(f"{it.image_id}:{size}\n".encode())
+
+
+class ArrayDataset(Dataset):
+    """Images held in uint8 arrays loaded lazily per split (fashion-mnist, cifar10).
+
+    ``loaders[split]()`` returns the full split's array ``[N, H, W]`` or ``[N, H, W, 3]``;
+    ``index[image_id]`` is the row of the item in its split's array.
+    """
+
+    def __init__(self, spec: str, kind: str, classes: list[str], items_by_split: dict[str, list[Item]],
+                 index: dict[str, int], loaders: dict[str, Callable[[], np.ndarray]], size: int) -> None:
+        super().__init__(spec, kind, classes, items_by_split)
+        self._index = index
+        self._loaders = loaders
+        self._size = size
+
+    def _array(self, split: str) -> np.ndarray:
+        return self._loaders[split]()  # the loaders are lru-cached per file
+
+    def load(self, item: Item) -> Image.Image:
+        try:
+            arr = self._array(item.split)[self._index[item.image_id]]
+        except Exception as exc:  # a damaged source file affects every image of the split
+            raise ImageLoadError(item.source, f"cannot read from the dataset file: {exc}") from None
+        img = Image.fromarray(np.ascontiguousarray(arr))
+        return img.convert("RGB")  # Fashion-MNIST is grayscale: replicate to 3 channels
+
+    def natural_size(self) -> int:
+        return self._size
+
+    def _content_digest(self, h: hashlib._Hash) -> None:
+        # The pixels themselves (rows of this subset only): a different copy of the dataset
+        # with identical ids but other content must not share a fingerprint.
+        for split in SPLITS:
+            items = self._items.get(split, [])
+            if not items:
+                continue
+            arr = self._array(split)
+            rows = np.fromiter((self._index[it.image_id] for it in items), dtype=np.int64, count=len(items))
+            h.update(np.ascontiguousarray(arr[rows]).tobytes())
+
+
+# ---------------------------------------------------------------------------------------------
+# SPEC parsing and class subsets
+
+
+def _parse_spec(spec: str) -> tuple[str, str]:
+    """Split ``kind:rest``; the kind is matched case-insensitively."""
+    kind, sep, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise choices_error("dataset kind", kind or spec, KINDS)
+    return kind, rest if sep else ""
+
+
+def _select_classes(all_classes: Sequence[str], wanted: str, dataset: str) -> list[int]:
+    """Indices (into ``all_classes``) of the comma-separated ``wanted`` names, in given order."""
+    if not wanted.strip():
+        return list(range(len(all_classes)))
+    lookup = {c.lower(): i for i, c in enumerate(all_classes)}
+    picked: list[int] = []
+    for raw in wanted.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if name.lower() not in lookup:
+            raise UserError(
+                f"unknown {dataset} class {name!r}; valid classes: {', '.join(all_classes)}"
+            )
+        idx = lookup[name.lower()]
+        if idx in picked:
+            raise UserError(f"class {all_classes[idx]!r} is listed twice in {wanted!r}")
+        picked.append(idx)
+    if not picked:
+        raise UserError(f"empty class list {wanted!r} for {dataset}")
+    return picked
+
+
+def _data_roots(data_root: str | None) -> list[Path]:
+    """Candidate data roots in priority order (explicit, $XAIDASH_DATA, the user cache)."""
+    roots: list[Path] = []
+    if data_root:
+        roots.append(Path(data_root).expanduser())
+    env = os.environ.get("XAIDASH_DATA")
+    if env:
+        roots.append(Path(env).expanduser())
+    roots.append(DEFAULT_CACHE_DIR.expanduser())
+    return roots
+
+
+# ---------------------------------------------------------------------------------------------
+# imagefolder / folder
+
+
+def _is_hidden(p: Path) -> bool:
+    return p.name.startswith(".")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), skipping hidden files/folders; sorted."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in filenames:
+            if not fn.startswith(".") and Path(fn).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / fn)
+    return sorted(found)
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    return sorted((p for p in split_dir.iterdir() if p.is_dir() and not _is_hidden(p)), key=lambda p: p.name)
+
+
+def _check_dir(path: Path, what: str) -> None:
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if not path.is_dir():
+        raise UserError(f"{what} is not a directory: {path}")
+
+
+def _open_imagefolder(spec: str, rest: str) -> Dataset:
+    if not rest:
+        raise UserError(
+            "imagefolder needs a directory: imagefolder:DIR (with DIR/train/<class>, DIR/val/<class>)"
+        )
+    root = Path(rest).expanduser()
+    _check_dir(root, "image folder")
+    has_split = (root / "val").is_dir() or (root / "train").is_dir()
+    if has_split:
+        if not (root / "val").is_dir():
+            raise UserError(f"{root} has a train/ folder but no val/ folder; add {root / 'val'}/<class>/...")
+        split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    else:
+        split_dirs = {"val": root}  # class folders directly: a validation-only dataset
+
+    val_classes = [p.name for p in _class_dirs(split_dirs["val"])]
+    if not val_classes:
+        vdir = split_dirs["val"]
+        raise UserError(f"no class folders in {vdir} (expected {vdir}/<class>/<image>)")
+    if "train" in split_dirs:
+        train_classes = [p.name for p in _class_dirs(split_dirs["train"])]
+        if train_classes != val_classes:
+            only_train = sorted(set(train_classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(train_classes))
+            raise UserError(
+                f"train and val class folders differ in {root}: only in train: {only_train or '-'}, "
+                f"only in val: {only_val or '-'}"
+            )
+
+    entries: dict[str, list[tuple[Item, Path]]] = {}
+    for split, sdir in split_dirs.items():
+        pairs: list[tuple[Item, Path]] = []
+        for label, cname in enumerate(val_classes):
+            cdir = sdir / cname
+            files = _image_files(cdir)
+            if not files:
+                raise UserError(
+                    f"class folder has no images: {cdir} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
+            for f in files:
+                key = f.relative_to(sdir).as_posix()
+                source = f.relative_to(root).as_posix() if has_split else key
+                pairs.append((Item(image_id_for("imagefolder", split, key), split, label, source), f))
+        entries[split] = pairs
+    return FileDataset(spec, "imagefolder", list(val_classes), entries)
+
+
+def _open_folder(spec: str, rest: str) -> Dataset:
+    if not rest:
+        raise UserError("folder needs a directory: folder:DIR")
+    root = Path(rest).expanduser()
+    _check_dir(root, "image folder")
+    files = _image_files(root)
+    if not files:
+        raise UserError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    pairs = []
+    for f in files:
+        key = f.relative_to(root).as_posix()
+        pairs.append((Item(image_id_for("folder", "val", key), "val", None, key), f))
+    return FileDataset(spec, "folder", None, {"val": pairs})
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST (idx files)
+
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+@lru_cache(maxsize=8)
+def _read_idx(path: str, mtime: float) -> np.ndarray:
+    """Read an idx file (optionally gzipped) into a uint8 array. ``mtime`` keys the cache."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4:
+        raise ValueError(f"{path}: too short for an idx file")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte idx file (magic {data[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    expected = int(np.prod(dims))
+    if arr.size != expected:
+        raise ValueError(f"{path}: expected {expected} bytes of data for shape {dims}, found {arr.size}")
+    return arr.reshape(dims)
+
+
+def _idx(path: Path) -> np.ndarray:
+    return _read_idx(str(path), path.stat().st_mtime)
+
+
+def _find_fashion_dir(roots: Sequence[Path]) -> Path | None:
+    """The first directory holding all four Fashion-MNIST files (gzipped or not)."""
+    candidates: list[Path] = []
+    for r in roots:
+        candidates += [r, r / "fashion-mnist", r / "FashionMNIST" / "raw"]
+    for d in candidates:
+        if all(_fashion_file(d, n) is not None for pair in _FASHION_FILES.values() for n in pair):
+            return d
+    return None
+
+
+def _fashion_file(d: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _download_fashion(root: Path) -> Path:
+    """Download Fashion-MNIST with torchvision into ``root`` (needs internet)."""
+    logger.info("Fashion-MNIST not found locally; downloading it into %s", root)
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        root.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):
+            FashionMNIST(str(root), train=train, download=True)
+    except Exception as exc:
+        raise UserError(
+            f"Fashion-MNIST is not available locally and the download failed ({type(exc).__name__}: {exc}); "
+            "put the four *-ubyte.gz files in --data-root (or install Debian's dataset-fashion-mnist)"
+        ) from None
+    return root / "FashionMNIST" / "raw"
+
+
+def _open_fashion(spec: str, rest: str, data_root: str | None) -> Dataset:
+    picked = _select_classes(FASHION_MNIST_CLASSES, rest, "fashion-mnist")
+    roots = _data_roots(data_root)
+    search = [*roots[:-1], DEBIAN_FASHION_MNIST_DIR, *roots[-1:]]
+    d = _find_fashion_dir(search)
+    if d is None:
+        d = _download_fashion(roots[0])
+    files = {s: tuple(_fashion_file(d, n) for n in pair) for s, pair in _FASHION_FILES.items()}
+    logger.debug("Fashion-MNIST from %s", d)
+    return _array_dataset(
+        spec, "fashion-mnist", FASHION_MNIST_CLASSES, picked,
+        labels={s: (lambda p=files[s][1]: _idx(p)) for s in SPLITS},
+        images={s: (lambda p=files[s][0]: _idx(p)) for s in SPLITS},
+        source_name={"train": "fashion-mnist/train", "val": "fashion-mnist/t10k"},
+        size=28,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 (python pickle batches)
+
+_CIFAR_DIR = "cifar-10-batches-py"
+_CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test_batch"]}
+
+
+def _unpickle(path: Path) -> dict[str, object]:
+    """Read one CIFAR batch; keys normalized to str. (Pickle: only open files you trust -
+    the same trust torchvision places in the official archive.)"""
+    with open(path, "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+
+@lru_cache(maxsize=4)
+def _read_cifar_split(d: str, split: str, mtime: float) -> tuple[np.ndarray, np.ndarray]:
+    """(images [N,32,32,3] uint8, labels [N] int64) of a CIFAR split, batches concatenated."""
+    imgs, labels = [], []
+    for name in _CIFAR_BATCHES[split]:
+        b = _unpickle(Path(d) / name)
+        data = np.asarray(b["data"], dtype=np.uint8)
+        imgs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(b.get("labels", b.get("fine_labels")), dtype=np.int64))
+    return np.ascontiguousarray(np.concatenate(imgs)), np.concatenate(labels)
+
+
+def _find_cifar_dir(roots: Sequence[Path]) -> Path | None:
+    for r in roots:
+        for d in (r / _CIFAR_DIR, r):
+            if all((d / n).is_file() for names in _CIFAR_BATCHES.values() for n in names):
+                return d
+    return None
+
+
+def _download_cifar(root: Path) -> Path:
+    """Download and extract CIFAR-10 with torchvision into ``root`` (needs internet)."""
+    logger.info("CIFAR-10 not found locally; downloading it into %s", root)
+    try:
+        from torchvision.datasets import CIFAR10
+
+        root.mkdir(parents=True, exist_ok=True)
+        CIFAR10(str(root), train=True, download=True)
+    except Exception as exc:
+        raise UserError(
+            f"CIFAR-10 is not available locally and the download failed ({type(exc).__name__}: {exc}); "
+            f"put the {_CIFAR_DIR}/ folder in --data-root or $XAIDASH_DATA"
+        ) from None
+    return root / _CIFAR_DIR
+
+
+def _open_cifar10(spec: str, rest: str, data_root: str | None) -> Dataset:
+    picked = _select_classes(CIFAR10_CLASSES, rest, "cifar10")
+    roots = _data_roots(data_root)
+    d = _find_cifar_dir(roots) or _download_cifar(roots[0])
+    mtime = max((d / n).stat().st_mtime for names in _CIFAR_BATCHES.values() for n in names)
+
+    def split_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return _read_cifar_split(str(d), split, mtime)
+        except Exception as exc:
+            raise UserError(f"cannot read CIFAR-10 batches in {d}: {type(exc).__name__}: {exc}") from None
+
+    return _array_dataset(
+        spec, "cifar10", CIFAR10_CLASSES, picked,
+        labels={s: (lambda s=s: split_arrays(s)[1]) for s in SPLITS},
+        images={s: (lambda s=s: split_arrays(s)[0]) for s in SPLITS},
+        source_name={"train": "cifar10/train", "val": "cifar10/test"},
+        size=32,
+    )
+
+
+def _array_dataset(spec: str, kind: str, all_classes: Sequence[str], picked: list[int],
+                   labels: dict[str, Callable[[], np.ndarray]], images: dict[str, Callable[[], np.ndarray]],
+                   source_name: dict[str, str], size: int) -> Dataset:
+    """Items for the picked classes (labels re-indexed in pick order); pixels stay lazy."""
+    remap = np.full(len(all_classes), -1, dtype=np.int64)
+    remap[picked] = np.arange(len(picked))
+    items: dict[str, list[Item]] = {}
+    index: dict[str, int] = {}
+    for split in SPLITS:
+        try:
+            lab = np.asarray(labels[split](), dtype=np.int64)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"cannot read {kind} {split} labels: {type(exc).__name__}: {exc}") from None
+        if lab.size and (lab.min() < 0 or lab.max() >= len(all_classes)):
+            raise UserError(f"{kind} {split} labels out of range 0..{len(all_classes) - 1}")
+        new = remap[lab]
+        rows = np.nonzero(new >= 0)[0]
+        split_items = []
+        for i in rows.tolist():
+            iid = image_id_for(kind, split, str(i))
+            split_items.append(Item(iid, split, int(new[i]), f"{source_name[split]}#{i}"))
+            index[iid] = i
+        items[split] = split_items
+    return ArrayDataset(spec, kind, [all_classes[i] for i in picked], items, index, images, size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def open_dataset(spec: str, data_root: str | None = None) -> Dataset:
+    """Open the dataset described by ``spec`` (see module docstring). Raises UserError on
+    unknown kinds/classes, missing or empty folders, class folders without images."""
+    kind, rest = _parse_spec(spec)
+    if kind == "imagefolder":
+        return _open_imagefolder(spec, rest)
+    if kind == "folder":
+        return _open_folder(spec, rest)
+    if kind == "fashion-mnist":
+        return _open_fashion(spec, rest, data_root)
+    return _open_cifar10(spec, rest, data_root)
+
+
+def subsample(items: list[Item], n: int | None, seed: int = 0) -> list[Item]:
+    """At most ``n`` items, stratified by label, deterministic for a given ``seed``.
+
+    Each class is shuffled (from an order sorted by image_id, so the input order does not
+    matter), then classes are visited round-robin taking one item at a time until ``n`` are
+    picked: small classes are kept whole, large ones share the rest evenly. The result is
+    sorted by image_id. ``n=None`` (or ``n >= len(items)``) returns all items.
+    """
+    ordered = sorted(items, key=lambda it: it.image_id)
+    if n is None or n >= len(ordered):
+        return ordered
+    if n <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    groups: dict[int, list[Item]] = defaultdict(list)
+    for it in ordered:
+        groups[-1 if it.label is None else it.label].append(it)
+    queues = []
+    for label in sorted(groups):
+        g = groups[label]
+        perm = rng.permutation(len(g))
+        queues.append([g[i] for i in perm])
+    picked: list[Item] = []
+    depth = 0
+    while len(picked) < n:
+        for q in queues:
+            if depth < len(q):
+                picked.append(q[depth])
+                if len(picked) == n:
+                    break
+        depth += 1
+    return sorted(picked, key=lambda it: it.image_id)
