@@ -512,6 +512,9 @@ class CamEngine:
             return False
         with torch.no_grad():
             expect = F.linear(embedding.to(fc.weight.dtype), fc.weight, fc.bias).float()
+        if expect.shape != logits.shape:
+            self._cam_off(f"{self.linear_head} gives {tuple(expect.shape)}, the model {tuple(logits.shape)}")
+            return False
         err = (expect - logits.float()).abs().max().item() if logits.numel() else 0.0
         if err > 1e-3 * (1.0 + logits.abs().max().item()):
             self._cam_off(f"logits differ from {self.linear_head}(GAP(A)) by {err:.3g}")
