@@ -1,0 +1,306 @@
+"""Arrow schemas of every table in a results store, with a doc string per column.
+
+This module is the single source of truth for what a store holds. ``docs/STORE.md`` is generated
+from it (``python -m store.schema > docs/STORE.md``), so the documentation cannot drift from the
+files that are actually written.
+
+Design notes (why the types are what they are):
+
+* Maps are ``list<float32>`` at the target layer's native resolution (e.g. 7x7 = 49 values):
+  storing raw numbers, not PNGs, keeps them exact, lets the dashboard pick any colormap/alpha,
+  and at 49 floats a map is smaller than a PNG anyway.
+* Embedding vectors are ``list<float16>``: half the bytes of float32 (512-d: 1 KiB instead of
+  2 KiB per image, the biggest item per image) and cosine similarities of post-ReLU pooled
+  activations are unchanged to ~3 decimals. DuckDB >= 1.1 reads Parquet FLOAT16 as FLOAT, and
+  pyarrow/pandas read it as ``numpy.float16``.
+* Class indices are ``int32`` (ImageNet has 1000 classes, so int16 would do, but int32 is what
+  every tool expects and Parquet's dictionary/RLE encoding removes the difference on disk).
+* ``run_id`` is repeated in every per-run table so the files stay self-describing when copied
+  out of the store or unioned across runs (``read_parquet('runs/*/predictions.parquet')``). It is
+  one dictionary-encoded value per file, i.e. a few bytes.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+#: Version of the on-disk format. Bump when a column changes meaning or type, or a table is
+#: renamed; adding a nullable column does not need a bump. Each run's ``manifest.json`` records
+#: the version it was written with and readers refuse (skip) runs of another version.
+SCHEMA_VERSION = 1
+
+#: Valid run ids (also the directory name of a run). Validated before any use.
+RUN_ID_RE = r"^[0-9A-Za-z_-]{1,64}$"
+#: Valid image ids: 16 hex chars of sha1 (see compute/data.py Item.image_id).
+IMAGE_ID_RE = r"^[0-9a-f]{16}$"
+#: Valid chunk ids (file names of staged parts).
+CHUNK_ID_RE = r"^[0-9A-Za-z_.-]{1,128}$"
+#: Valid dataset fingerprints (directory names under images/).
+FINGERPRINT_RE = r"^[0-9A-Za-z_-]{1,128}$"
+
+TARGET_KINDS = ("pred", "true")
+NEIGHBOR_KINDS = ("twin", "counterfactual")
+SPLITS = ("train", "val")
+
+
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    """A field whose metadata carries its documentation (kept in the Parquet footer too)."""
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+_RUN_ID = _f("run_id", pa.string(), "Run this row belongs to (directory name under runs/).", False)
+_IMAGE_ID = _f(
+    "image_id",
+    pa.string(),
+    "Stable image id: 16 hex chars of sha1(kind:split:key); identical across runs of the same data.",
+    False,
+)
+_SPLIT = _f("split", pa.string(), "'train' or 'val'.", False)
+_METHOD = _f("method", pa.string(), "CAM method: 'cam', 'gradcam', 'gradcampp' or 'scorecam'.", False)
+
+RUNS = pa.schema(
+    [
+        _RUN_ID,
+        _f("created", pa.timestamp("us", tz="UTC"), "When the run was published (UTC).", False),
+        _f("status", pa.string(), "'complete', or 'partial' when some images failed to load.", False),
+        _f("dataset_spec", pa.string(), "Dataset SPEC as given to compute (e.g. 'cifar10:cat,dog')."),
+        _f(
+            "dataset_fingerprint",
+            pa.string(),
+            "sha1 over the dataset's kind, classes, ids, labels and file sizes; runs with the same "
+            "fingerprint are comparable image by image and share thumbnails.",
+            False,
+        ),
+        _f(
+            "dataset_kind", pa.string(), "'imagefolder', 'folder', 'fashion-mnist', 'cifar10' or 'synthetic'."
+        ),
+        _f("checkpoint_path", pa.string(), "Absolute path of the checkpoint used (null for plain weights)."),
+        _f("checkpoint_sha256", pa.string(), "sha256 of the checkpoint file."),
+        _f("arch", pa.string(), "Architecture name (e.g. 'resnet18')."),
+        _f("class_names", pa.list_(pa.string()), "Class names, indexed by class index.", False),
+        _f("methods", pa.list_(pa.string()), "CAM methods computed in this run.", False),
+        _f("target_layer", pa.string(), "Dotted name of the layer the maps come from (e.g. 'layer4')."),
+        _f("map_h", pa.int32(), "Height of the stored maps (native resolution of target_layer)."),
+        _f("map_w", pa.int32(), "Width of the stored maps."),
+        _f("num_val", pa.int64(), "Number of validation images with predictions."),
+        _f("num_train", pa.int64(), "Number of train (reference) images with embeddings."),
+        _f("num_failed", pa.int64(), "Number of images that could not be loaded (see failures)."),
+        _f("accuracy", pa.float64(), "Top-1 accuracy on val; null when the dataset is unlabeled."),
+        _f("scorecam_note", pa.string(), "Why Score-CAM is approximated; null when exact."),
+        _f("config_json", pa.string(), "JSON of the compute configuration (incl. 'model' reference)."),
+        _f("versions_json", pa.string(), "JSON of library versions (xaidash, torch, ...)."),
+        _f("timings_json", pa.string(), "JSON of phase timings in seconds."),
+        _f("device", pa.string(), "Device compute ran on (e.g. 'cpu', 'cuda:0')."),
+        _f("schema_version", pa.int32(), "Store schema version the run was written with.", False),
+        _f("job_key", pa.string(), "Key of the compute job; a job key is published at most once."),
+    ]
+)
+
+IMAGES = pa.schema(
+    [
+        _f("dataset_fingerprint", pa.string(), "Dataset fingerprint (see runs).", False),
+        _IMAGE_ID,
+        _SPLIT,
+        _f("label", pa.int32(), "True class index; null when unlabeled."),
+        _f("label_name", pa.string(), "True class name; null when unlabeled."),
+        _f("source", pa.string(), "Human-readable origin: relative path or 'fashion-mnist/t10k#123'."),
+        _f("width", pa.int32(), "Original image width in pixels."),
+        _f("height", pa.int32(), "Original image height in pixels."),
+        _f("thumbnail", pa.binary(), "PNG or JPEG bytes, longest side <= 96 px (null if none)."),
+    ]
+)
+
+PREDICTIONS = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _SPLIT,
+        _f("label", pa.int32(), "True class index; null when unlabeled."),
+        _f("label_name", pa.string(), "True class name; null when unlabeled."),
+        _f("pred", pa.int32(), "Predicted class index (argmax).", False),
+        _f("pred_name", pa.string(), "Predicted class name.", False),
+        _f("confidence", pa.float32(), "Softmax probability of the predicted class.", False),
+        _f("probabilities", pa.list_(pa.float32()), "Softmax probabilities of all classes (sum 1).", False),
+        _f("correct", pa.bool_(), "pred == label; null when unlabeled."),
+        _f("loss", pa.float32(), "Cross-entropy -log p[label]; null when unlabeled."),
+        _f("runner_up", pa.int32(), "Second most probable class index."),
+        _f(
+            "cam_disagreement",
+            pa.float32(),
+            "1 - mean pairwise Pearson correlation of the methods' pred-target maps (0 = agree).",
+        ),
+    ]
+)
+
+CAMS = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _METHOD,
+        _f("target_kind", pa.string(), "'pred' (explains the predicted class) or 'true' (the label).", False),
+        _f("target_class", pa.int32(), "Class index the map explains.", False),
+        _f("h", pa.int32(), "Map height.", False),
+        _f("w", pa.int32(), "Map width.", False),
+        _f("map", pa.list_(pa.float32()), "h*w values in [0,1], row-major, native layer resolution.", False),
+    ]
+)
+
+EMBEDDINGS = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _SPLIT,
+        _f("vector", pa.list_(pa.float16()), "Global-average-pooled target-layer activations (K values)."),
+        _f("x", pa.float32(), "2-D projection, first coordinate (UMAP/PCA/t-SNE over val+train)."),
+        _f("y", pa.float32(), "2-D projection, second coordinate."),
+    ]
+)
+
+NEIGHBORS = pa.schema(
+    [
+        _RUN_ID,
+        _f("image_id", pa.string(), "Query image (val).", False),
+        _f(
+            "kind",
+            pa.string(),
+            "'twin' (nearest train images of the predicted class) or 'counterfactual' (nearest of "
+            "another class).",
+            False,
+        ),
+        _f("rank", pa.int32(), "1 = most similar.", False),
+        _f("neighbor_id", pa.string(), "image_id of the train neighbour.", False),
+        _f("neighbor_class", pa.int32(), "Label of the neighbour."),
+        _f("similarity", pa.float32(), "Cosine similarity of the embeddings.", False),
+    ]
+)
+
+CLASS_METRICS = pa.schema(
+    [
+        _RUN_ID,
+        _f("class", pa.int32(), "Class index.", False),
+        _f("class_name", pa.string(), "Class name.", False),
+        _f("precision", pa.float64(), "Precision on val (0 when never predicted)."),
+        _f("recall", pa.float64(), "Recall on val."),
+        _f("f1", pa.float64(), "F1 on val."),
+        _f("support", pa.int64(), "Number of val images with this label.", False),
+    ]
+)
+
+CONFUSION = pa.schema(
+    [
+        _RUN_ID,
+        _f("true_class", pa.int32(), "Label.", False),
+        _f("pred_class", pa.int32(), "Prediction.", False),
+        _f("count", pa.int64(), "Number of val images (zero cells may be omitted).", False),
+    ]
+)
+
+FAITHFULNESS = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _METHOD,
+        _f("drop", pa.float32(), "Average Drop term max(0, Y-O)/Y in [0,1] (mean x100 = Average Drop %)."),
+        _f("increase", pa.float32(), "1 if O > Y else 0 (mean x100 = Increase in Confidence %)."),
+        _f("deletion_auc", pa.float32(), "Deletion AUC (lower = more faithful)."),
+        _f("insertion_auc", pa.float32(), "Insertion AUC (higher = more faithful)."),
+    ]
+)
+
+FAILURES = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _SPLIT,
+        _f("source", pa.string(), "Where the image came from."),
+        _f("reason", pa.string(), "Why it could not be used (one line)."),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one table is stored.
+
+    ``sort_by`` clusters rows so that point lookups (one image) prune row groups via Parquet
+    min/max statistics; ``row_group_size`` is small for wide tables (cams, embeddings) so a
+    lookup decodes little.
+    """
+
+    name: str
+    schema: pa.Schema
+    sort_by: tuple[str, ...]
+    row_group_size: int
+    doc: str
+
+
+TABLES: dict[str, TableSpec] = {
+    t.name: t
+    for t in (
+        TableSpec("runs", RUNS, (), 1, "One row per run (also in the run's manifest.json)."),
+        TableSpec(
+            "images",
+            IMAGES,
+            ("image_id",),
+            8192,
+            "Per dataset fingerprint, shared by all runs over that data: metadata and thumbnails.",
+        ),
+        TableSpec("predictions", PREDICTIONS, ("image_id",), 16384, "One row per val image."),
+        TableSpec(
+            "cams",
+            CAMS,
+            ("image_id", "method", "target_kind"),
+            4096,
+            "Raw maps: val x method x target_kind ('true' only where needed), plus train "
+            "Grad-CAM (target pred) so twins can show theirs.",
+        ),
+        TableSpec("embeddings", EMBEDDINGS, ("split", "image_id"), 4096, "Val and train embeddings."),
+        TableSpec("neighbors", NEIGHBORS, ("image_id", "kind", "rank"), 16384, "Twins and counterfactuals."),
+        TableSpec("class_metrics", CLASS_METRICS, ("class",), 65536, "Per-class metrics on val."),
+        TableSpec(
+            "confusion", CONFUSION, ("true_class", "pred_class"), 65536, "Confusion matrix, long form."
+        ),
+        TableSpec("faithfulness", FAITHFULNESS, ("image_id", "method"), 16384, "Per val image x method."),
+        TableSpec("failures", FAILURES, ("image_id",), 65536, "Images that could not be loaded."),
+    )
+}
+
+#: Tables written per run (everything but the shared images table).
+RUN_TABLES: tuple[str, ...] = tuple(n for n in TABLES if n != "images")
+
+
+def column_doc(field: pa.Field) -> str:
+    """The documentation string attached to a field."""
+    meta = field.metadata or {}
+    return meta.get(b"doc", b"").decode()
+
+
+def type_name(t: pa.DataType) -> str:
+    """Short human name of an Arrow type for the docs."""
+    return str(t).replace("large_", "")
+
+
+def markdown() -> str:
+    """Render the table/column documentation as Markdown (the body of docs/STORE.md)."""
+    lines = [f"## Tables (schema version {SCHEMA_VERSION})", ""]
+    for spec in TABLES.values():
+        lines.append(f"### `{spec.name}`")
+        lines.append("")
+        lines.append(spec.doc)
+        if spec.sort_by:
+            lines.append(f"Rows sorted by {', '.join(spec.sort_by)}; row groups of {spec.row_group_size}.")
+        lines.append("")
+        lines.append("| column | type | null | meaning |")
+        lines.append("|---|---|---|---|")
+        for field in spec.schema:
+            null = "yes" if field.nullable else "no"
+            lines.append(f"| `{field.name}` | {type_name(field.type)} | {null} | {column_doc(field)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - doc generator
+    sys.stdout.write(markdown())

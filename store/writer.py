@@ -1,0 +1,761 @@
+"""Writer side of the results store: :class:`Store` and :class:`Staging`.
+
+Layout (the only place besides :mod:`store.reader` that knows it)::
+
+    STORE/
+      .xaidash-store                 marker: this directory is a store (format + schema version)
+      runs/<run_id>/                 one published, immutable run
+        manifest.json                written last; a run without it does not exist
+        runs.parquet predictions.parquet cams.parquet embeddings.parquet neighbors.parquet
+        class_metrics.parquet confusion.parquet faithfulness.parquet failures.parquet
+      images/<dataset_fingerprint>/  thumbnails + metadata, shared by every run over that data
+        part-<ns>-<pid>.parquet      appended atomically, deduplicated by image_id
+        .lock                        flock serializing appends
+      _staging/<sha1(job_key)[:20]>/ a job being written; invisible to readers
+        .lock  owner.json            flock held by the live writer; pid, host, start time
+        parts/<table>/<chunk>.parquet  one file per chunk and table (tmp + rename)
+        chunks/<chunk>.done          written after the chunk's parts: the chunk is complete
+        out/                         publish() builds the run here, then renames it to runs/
+      _trash/                        runs being deleted (rename first, then rmtree)
+
+Why this shape:
+
+* Atomic publish is a single ``os.rename`` of a fully written directory (manifest inside) from
+  ``_staging/<key>/out`` to ``runs/<run_id>``: a reader lists ``runs/`` and sees either the whole
+  run or nothing, and a SIGKILLed writer leaves nothing under ``runs/``.
+* Streaming: every chunk's tables go to their own part files, so memory is bounded by one chunk.
+  ``publish`` compacts parts with DuckDB (an out-of-core sort) into one file per table, sorted
+  so point lookups by image_id prune row groups.
+* Resume: a new :class:`Staging` with the same job key reuses the done chunks of a dead writer
+  (``done_chunks()``), parts of unfinished chunks are ignored and overwritten.
+* A job key is published at most once: the manifest of every run records its job key and
+  ``Store.staging``/``publish`` refuse a key already present. Deleting the run frees the key.
+* Garbage collection (``Store.gc``): a staging directory whose ``.lock`` no process holds
+  belongs to a dead writer. It is removed when its last activity is older than ``grace_s``
+  (default 0) unless ``keep_resumable`` is set and it has done chunks that a re-run of the same
+  job would reuse. Staging of another host is only removed after at least an hour, because
+  ``flock`` across hosts on network file systems is not reliable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.schema import (
+    CHUNK_ID_RE,
+    FINGERPRINT_RE,
+    RUN_ID_RE,
+    RUN_TABLES,
+    RUNS,
+    SCHEMA_VERSION,
+    TABLES,
+)
+from xaidash.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MARKER = ".xaidash-store"
+MANIFEST = "manifest.json"
+FORMAT = "xaidash-store"
+#: Tables a chunk may contain (per-image phase). Global tables go to publish().
+CHUNK_TABLES = ("predictions", "cams", "embeddings", "faithfulness", "failures", "neighbors")
+#: Tables publish() accepts as global-phase tables.
+GLOBAL_TABLES = (
+    "neighbors",
+    "class_metrics",
+    "confusion",
+    "embeddings",
+    "failures",
+    "predictions",
+    "cams",
+    "faithfulness",
+)
+#: Staging of another host is kept at least this long (flock does not span hosts reliably).
+OTHER_HOST_GRACE_S = 3600.0
+_COMPACT_BATCH_ROWS = 8192
+
+_run_id_re = re.compile(RUN_ID_RE)
+_chunk_re = re.compile(CHUNK_ID_RE)
+_fp_re = re.compile(FINGERPRINT_RE)
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it survives a crash (best effort: not on all OSes)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary file + rename: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_parquet_atomic(path: Path, table: pa.Table, row_group_size: int, durable: bool) -> None:
+    """Write one Parquet file via tmp + rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, row_group_size))
+    if durable:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is a well-formed run id, else raise UserError."""
+    if not isinstance(run_id, str) or not _run_id_re.match(run_id):
+        raise UserError(f"invalid run id {run_id!r}: run ids match {RUN_ID_RE}")
+    return run_id
+
+
+def validate_fingerprint(fp: str) -> str:
+    """Return ``fp`` if it can be used as a directory name, else raise UserError."""
+    if not isinstance(fp, str) or not _fp_re.match(fp):
+        raise UserError(f"invalid dataset fingerprint {fp!r}: must match {FINGERPRINT_RE}")
+    return fp
+
+
+def job_key_hash(job_key: str) -> str:
+    """Directory name of a job's staging area (job keys may contain any characters)."""
+    return hashlib.sha1(job_key.encode("utf-8")).hexdigest()[:20]
+
+
+def new_run_id(job_key: str, now: _dt.datetime | None = None) -> str:
+    """Sortable, unique run id: UTC time to the second + 6 hex chars of a hash of the job key."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    h = hashlib.sha1(f"{job_key}\0{time.time_ns()}\0{os.getpid()}".encode()).hexdigest()[:6]
+    return f"{now:%Y%m%d-%H%M%S}-{h}"
+
+
+def conform(
+    table: pa.Table, schema: pa.Schema, name: str, fill: Mapping[str, object] | None = None
+) -> pa.Table:
+    """Cast ``table`` to ``schema``: reorder, cast types, add missing nullable columns as null.
+
+    ``fill`` gives constant values for columns the caller need not supply (e.g. run_id).
+    Unknown columns and missing required columns are programming errors (ValueError), so a
+    mismatch between compute and store is caught at the first chunk, not at read time.
+    """
+    fill = dict(fill or {})
+    unknown = [c for c in table.column_names if c not in schema.names]
+    if unknown:
+        raise ValueError(f"table {name!r}: unknown columns {unknown}; expected {schema.names}")
+    n = table.num_rows
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(
+                    f"table {name!r}: column {field.name!r} cannot be {field.type}: {exc}"
+                ) from exc
+            if not field.nullable and col.null_count:
+                raise ValueError(f"table {name!r}: column {field.name!r} must not contain nulls")
+        elif field.name in fill:
+            col = pa.array([fill[field.name]] * n, type=field.type)
+        elif field.nullable:
+            col = pa.nulls(n, type=field.type)
+        else:
+            raise ValueError(f"table {name!r}: required column {field.name!r} is missing")
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _staged_schema(name: str) -> pa.Schema:
+    """Schema of a staged part: the table schema without run_id (unknown until publish)."""
+    schema = TABLES[name].schema
+    return schema.remove(schema.get_field_index("run_id"))
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalar
+        return value.item()  # type: ignore[no-any-return]
+    return value
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The manifest of a run directory, or None when it is missing/corrupt (not a run)."""
+    try:
+        with open(run_dir / MANIFEST, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class _FileLock:
+    """An exclusive, non-blocking ``flock`` held for the lifetime of the object.
+
+    flock (not a pid file) is what tells a live writer from a dead one: the kernel drops it when
+    the process dies, even on SIGKILL, and a recycled pid cannot fake it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise
+
+    @classmethod
+    def try_acquire(cls, path: Path) -> _FileLock | None:
+        try:
+            return cls(path)
+        except OSError:
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # pragma: no cover - safety net
+        self.release()
+
+
+@contextlib.contextmanager
+def _blocking_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Store
+
+
+class Store:
+    """A results store directory, writer side. Create with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, path: Path, durable: bool = True) -> None:
+        self.path = path
+        #: fsync files before renaming them (survive power loss, not only process death).
+        self.durable = durable
+
+    # layout
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / "runs"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.path / "images"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.path / "_staging"
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.path / "_trash"
+
+    @classmethod
+    def create(cls, path: str | Path, durable: bool = True) -> Store:
+        """Open the store at ``path``, creating it (mkdir -p) if needed.
+
+        Raises UserError when ``path`` is a file, or a non-empty directory that is not a store
+        (so a typo never scatters runs into, say, a dataset directory).
+        """
+        p = Path(path).expanduser().absolute()
+        if p.exists() and not p.is_dir():
+            raise UserError(f"store path {p} is a file, not a directory; choose a directory")
+        if p.is_dir() and not (p / MARKER).exists() and any(p.iterdir()):
+            raise UserError(
+                f"{p} exists and is not an xaidash store (no {MARKER} file); "
+                "choose a new or empty directory"
+            )
+        p.mkdir(parents=True, exist_ok=True)
+        if not (p / MARKER).exists():
+            marker = {"format": FORMAT, "schema_version": SCHEMA_VERSION}
+            _atomic_write_bytes(p / MARKER, json.dumps(marker).encode(), durable)
+        store = cls(p, durable)
+        for d in (store.runs_dir, store.images_dir, store.staging_dir, store.trash_dir):
+            d.mkdir(exist_ok=True)
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path, durable: bool = True) -> Store:
+        """Open an existing store; UserError if ``path`` is not one."""
+        p = Path(path).expanduser().absolute()
+        if not (p / MARKER).is_file():
+            raise UserError(
+                f"{p} is not an xaidash store (no {MARKER}); run `xaidash compute --store {p}` first"
+            )
+        return cls.create(p, durable)
+
+    # runs
+    def run_dirs(self) -> list[Path]:
+        """Directories of published runs (manifest present), sorted by name."""
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(
+            d for d in self.runs_dir.iterdir() if not d.name.startswith(".") and (d / MANIFEST).is_file()
+        )
+
+    def published_job(self, job_key: str) -> str | None:
+        """run_id under which ``job_key`` was published, or None.
+
+        Scans manifests (a few ms for hundreds of runs); the manifests are the single source of
+        truth, so deleting a run also frees its job key.
+        """
+        for d in self.run_dirs():
+            m = read_manifest(d)
+            if m is not None and m.get("job_key") == job_key:
+                return str(m.get("run_id", d.name))
+        return None
+
+    def staging(self, job_key: str) -> Staging:
+        """A (possibly resumed) staging area for ``job_key``, invisible to readers.
+
+        UserError if the job key was already published or another live process writes it.
+        """
+        if not job_key:
+            raise UserError("empty job key")
+        done = self.published_job(job_key)
+        if done is not None:
+            raise UserError(
+                f"job {job_key!r} was already published as run {done}; "
+                f"delete it first (xaidash runs delete {done}) to recompute"
+            )
+        return Staging(self, job_key)
+
+    def delete(self, run_id: str) -> None:
+        """Delete a run atomically: rename it out of runs/ (readers stop seeing it), then rmtree."""
+        validate_run_id(run_id)
+        src = self.runs_dir / run_id
+        if not src.is_dir():
+            raise UserError(f"no run {run_id!r} in {self.path}; see `xaidash runs list --store {self.path}`")
+        self.trash_dir.mkdir(exist_ok=True)
+        dst = self.trash_dir / f"{run_id}-{time.time_ns()}"
+        os.rename(src, dst)
+        if self.durable:
+            _fsync_dir(self.runs_dir)
+        shutil.rmtree(dst, ignore_errors=True)
+
+    # images (shared per dataset fingerprint)
+    def _image_parts(self, fp: str) -> list[Path]:
+        d = self.images_dir / fp
+        return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+
+    def thumbnail_ids(self, dataset_fingerprint: str) -> set[str]:
+        """image_ids that already have an images row for this dataset fingerprint."""
+        validate_fingerprint(dataset_fingerprint)
+        ids: set[str] = set()
+        for part in self._image_parts(dataset_fingerprint):
+            col = pq.read_table(part, columns=["image_id"]).column("image_id")
+            ids.update(col.to_pylist())
+        return ids
+
+    def add_images(self, dataset_fingerprint: str, table: pa.Table) -> None:
+        """Append images rows (thumbnails) for a dataset, skipping image_ids already stored.
+
+        Serialized per fingerprint with a flock so two concurrent jobs over the same data never
+        store an image twice; each append is one atomically renamed, image_id-sorted part file.
+        """
+        fp = validate_fingerprint(dataset_fingerprint)
+        d = self.images_dir / fp
+        d.mkdir(parents=True, exist_ok=True)
+        with _blocking_lock(d / ".lock"):
+            existing = self.thumbnail_ids(fp)
+            t = conform(
+                table.drop_columns([c for c in ("dataset_fingerprint",) if c in table.column_names]),
+                TABLES["images"].schema,
+                "images",
+                fill={"dataset_fingerprint": fp},
+            )
+            ids = t.column("image_id").to_pylist()
+            keep: list[int] = []
+            seen = set(existing)
+            for i, image_id in enumerate(ids):
+                if image_id not in seen:
+                    seen.add(image_id)
+                    keep.append(i)
+            if not keep:
+                return
+            t = t.take(pa.array(keep, type=pa.int64())).sort_by("image_id")
+            part = d / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
+            _write_parquet_atomic(part, t, TABLES["images"].row_group_size, self.durable)
+
+    # garbage collection
+    def gc(self, grace_s: float = 0.0, keep_resumable: bool = False) -> list[str]:
+        """Remove leftovers of dead writers; return the removed paths.
+
+        * staging dirs whose lock no live process holds and whose last activity is older than
+          ``grace_s`` (other hosts: at least an hour); with ``keep_resumable`` staging that has
+          done chunks is kept so re-running the same job resumes it;
+        * ``_trash`` entries (a delete interrupted between rename and rmtree);
+        * temporary files of interrupted atomic writes under ``images/``.
+        Published runs are never touched.
+        """
+        removed: list[str] = []
+        now = time.time()
+        host = socket.gethostname()
+        if self.staging_dir.is_dir():
+            for d in sorted(self.staging_dir.iterdir()):
+                if not d.is_dir():
+                    continue
+                lock = _FileLock.try_acquire(d / ".lock")
+                if lock is None:
+                    continue  # a live writer holds it
+                try:
+                    owner = _read_owner(d)
+                    age = now - _last_activity(d)
+                    grace = grace_s
+                    if owner.get("hostname") not in (None, host):
+                        grace = max(grace, OTHER_HOST_GRACE_S)
+                    if age < grace:
+                        continue
+                    if keep_resumable and any((d / "chunks").glob("*.done")):
+                        continue
+                    shutil.rmtree(d, ignore_errors=True)
+                    removed.append(str(d))
+                finally:
+                    lock.release()
+        if self.trash_dir.is_dir():
+            for d in sorted(self.trash_dir.iterdir()):
+                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+                removed.append(str(d))
+        if self.images_dir.is_dir():
+            for tmp in self.images_dir.glob("*/.*.tmp-*"):
+                if now - tmp.stat().st_mtime >= grace_s:
+                    tmp.unlink(missing_ok=True)
+                    removed.append(str(tmp))
+        for r in removed:
+            log.info("gc: removed %s", r)
+        return removed
+
+
+def _read_owner(d: Path) -> dict[str, Any]:
+    try:
+        with open(d / "owner.json", encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _last_activity(d: Path) -> float:
+    """Newest mtime of the staging dir's bookkeeping (owner file, chunk markers, dirs)."""
+    times = [d.stat().st_mtime]
+    for p in (d / "owner.json", d / "chunks", d / "parts", d / "out"):
+        with contextlib.suppress(OSError):
+            times.append(p.stat().st_mtime)
+    return max(times)
+
+
+# --------------------------------------------------------------------------------------------
+# Staging
+
+
+class Staging:
+    """One compute job being written. Obtain with :meth:`Store.staging`.
+
+    Holds an exclusive flock on its directory for its whole life; the lock is released by
+    :meth:`publish`, :meth:`abort`, :meth:`close` or the death of the process.
+    """
+
+    def __init__(self, store: Store, job_key: str) -> None:
+        self.store = store
+        self.job_key = job_key
+        self.dir = store.staging_dir / job_key_hash(job_key)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = _FileLock.try_acquire(self.dir / ".lock")
+        if lock is None:
+            owner = _read_owner(self.dir)
+            raise UserError(
+                f"job {job_key!r} is being written by another process "
+                f"(pid {owner.get('pid')} on {owner.get('hostname')}); wait for it or stop it"
+            )
+        self._lock: _FileLock | None = lock
+        previous = _read_owner(self.dir)
+        owner = {
+            "job_key": job_key,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "started": _dt.datetime.now(_dt.UTC).isoformat(),
+            "resumed_from_pid": previous.get("pid"),
+        }
+        _atomic_write_bytes(self.dir / "owner.json", json.dumps(owner).encode(), store.durable)
+        (self.dir / "parts").mkdir(exist_ok=True)
+        (self.dir / "chunks").mkdir(exist_ok=True)
+        if previous:
+            log.info("resuming job %r: %d chunks already done", job_key, len(self.done_chunks()))
+
+    # context manager: leaves the staging (resumable) on error, only releases the lock
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the lock without removing anything (the job stays resumable)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _check_open(self) -> None:
+        if self._lock is None:
+            raise RuntimeError("staging is closed (published, aborted or closed)")
+
+    def done_chunks(self) -> set[str]:
+        """Chunk ids written completely (their marker exists); a resumed job skips these."""
+        d = self.dir / "chunks"
+        return {p.name[: -len(".done")] for p in d.glob("*.done")} if d.is_dir() else set()
+
+    def write_chunk(self, chunk_id: str, tables: Mapping[str, pa.Table]) -> None:
+        """Write one chunk's tables, all-or-nothing.
+
+        Each table becomes its own part file (tmp + rename); the chunk's marker is written last,
+        so a chunk killed midway is simply not done and its parts are ignored and overwritten.
+        Columns are cast to the store schema (``run_id`` is added at publish).
+        """
+        self._check_open()
+        if not isinstance(chunk_id, str) or not _chunk_re.match(chunk_id) or chunk_id.startswith("_"):
+            raise ValueError(
+                f"invalid chunk id {chunk_id!r}: must match {CHUNK_ID_RE} and not start with '_'"
+            )
+        unknown = [n for n in tables if n not in CHUNK_TABLES]
+        if unknown:
+            raise ValueError(f"chunk tables must be among {CHUNK_TABLES}, got {unknown}")
+        conformed = {n: conform(t, _staged_schema(n), n) for n, t in tables.items()}
+        marker = self.dir / "chunks" / f"{chunk_id}.done"
+        marker.unlink(missing_ok=True)
+        # Drop parts of an earlier attempt of this chunk first: a table absent from this write
+        # must not be resurrected from a killed attempt.
+        for tdir in (self.dir / "parts").iterdir():
+            (tdir / f"{chunk_id}.parquet").unlink(missing_ok=True)
+        rows = {}
+        for name, t in conformed.items():
+            tdir = self.dir / "parts" / name
+            tdir.mkdir(exist_ok=True)
+            _write_parquet_atomic(
+                tdir / f"{chunk_id}.parquet", t, TABLES[name].row_group_size, self.store.durable
+            )
+            rows[name] = t.num_rows
+        _atomic_write_bytes(marker, json.dumps({"rows": rows}).encode(), self.store.durable)
+
+    def _parts(self, name: str) -> list[Path]:
+        """Part files of done chunks for one table (in chunk order)."""
+        tdir = self.dir / "parts" / name
+        return [p for c in sorted(self.done_chunks()) if (p := tdir / f"{c}.parquet").is_file()]
+
+    def iter_table(self, name: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream a staged table (done chunks only), e.g. embeddings for the global phase."""
+        if name not in CHUNK_TABLES:
+            raise ValueError(f"unknown staged table {name!r}; staged tables: {CHUNK_TABLES}")
+        for part in self._parts(name):
+            yield from pq.ParquetFile(part).iter_batches(batch_size=_COMPACT_BATCH_ROWS, columns=columns)
+
+    def abort(self) -> None:
+        """Discard the job: remove the staging directory."""
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # publish
+    def publish(self, run: Mapping[str, object], tables: Mapping[str, pa.Table]) -> str:
+        """Compact, write the manifest last and rename the run into ``runs/``; return run_id.
+
+        ``run`` is the runs row without run_id/created/schema_version/job_key (filled here).
+        ``tables`` are global-phase tables (neighbors, class_metrics, confusion, failures, ...),
+        appended to the staged rows of the same table. ``tables["embeddings"]`` may instead
+        carry only ``image_id, x, y`` (no ``vector``): the 2-D projection is then merged onto the
+        staged vectors by image_id.
+        """
+        self._check_open()
+        unknown = [n for n in tables if n not in GLOBAL_TABLES]
+        if unknown:
+            raise ValueError(f"publish tables must be among {GLOBAL_TABLES}, got {unknown}")
+        bad = [k for k in run if k not in RUNS.names]
+        if bad:
+            raise ValueError(f"unknown runs columns {bad}; expected {RUNS.names}")
+        existing = self.store.published_job(self.job_key)
+        if existing is not None:
+            raise UserError(f"job {self.job_key!r} was already published as run {existing}")
+
+        now = _dt.datetime.now(_dt.UTC)
+        run_id = new_run_id(self.job_key, now)
+        while (self.store.runs_dir / run_id).exists():
+            run_id = new_run_id(self.job_key, now)
+        out = self.dir / "out"
+        shutil.rmtree(out, ignore_errors=True)  # leftovers of a publish killed midway
+        out.mkdir()
+        glob_dir = self.dir / "global"
+        shutil.rmtree(glob_dir, ignore_errors=True)
+        glob_dir.mkdir()
+
+        manifest_tables: dict[str, dict[str, object]] = {}
+        for name in RUN_TABLES:
+            if name == "runs":
+                continue
+            rows = self._compact(name, tables.get(name), out, glob_dir, run_id)
+            path = out / f"{name}.parquet"
+            manifest_tables[name] = {"file": path.name, "rows": rows, "bytes": path.stat().st_size}
+
+        row: dict[str, object] = {k: _jsonable(v) for k, v in run.items()}
+        row.update(run_id=run_id, created=now, schema_version=SCHEMA_VERSION, job_key=self.job_key)
+        for key in ("status",):
+            row.setdefault(key, "complete")
+        runs_table = pa.Table.from_pylist([row], schema=RUNS)
+        _write_parquet_atomic(out / "runs.parquet", runs_table, 1, self.store.durable)
+        manifest_tables["runs"] = {
+            "file": "runs.parquet",
+            "rows": 1,
+            "bytes": (out / "runs.parquet").stat().st_size,
+        }
+
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "job_key": self.job_key,
+            "created": now.isoformat(),
+            "run": {k: _jsonable(v) for k, v in row.items()},
+            "tables": manifest_tables,
+        }
+        # The manifest is written last: a run directory without it is not a run.
+        _atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode(), self.store.durable)
+        if self.store.durable:
+            _fsync_dir(out)
+        os.rename(out, self.store.runs_dir / run_id)  # the atomic publish
+        if self.store.durable:
+            _fsync_dir(self.store.runs_dir)
+        log.info("published run %s (%s)", run_id, self.job_key)
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return run_id
+
+    def _compact(
+        self, name: str, global_table: pa.Table | None, out: Path, glob_dir: Path, run_id: str
+    ) -> int:
+        """Merge staged parts (+ the global table) into ``out/<name>.parquet``, sorted; return rows.
+
+        DuckDB does the sort because it spills to disk: memory stays bounded however many
+        images the run has. Its Arrow output is cast back to the store schema (e.g. float16
+        vectors, which DuckDB reads as FLOAT) and written with pyarrow in row groups of the
+        table's size.
+        """
+        import duckdb  # heavy-ish; only needed at publish
+
+        spec = TABLES[name]
+        staged = _staged_schema(name)
+        sources = [str(p) for p in self._parts(name)] if name in CHUNK_TABLES else []
+        merge_xy = False
+        if global_table is not None and global_table.num_rows:
+            if name == "embeddings" and "vector" not in global_table.column_names:
+                merge_xy = True
+                xy_schema = pa.schema([staged.field("image_id"), staged.field("x"), staged.field("y")])
+                g = conform(global_table, xy_schema, "embeddings (x/y)")
+                gpath = glob_dir / "embeddings_xy.parquet"
+            else:
+                g = conform(global_table, staged, name)
+                gpath = glob_dir / f"{name}.parquet"
+                sources.append(str(gpath))
+            pq.write_table(g, gpath, compression="zstd")
+
+        target = out / f"{name}.parquet"
+        cols = [f for f in staged.names]
+        con = duckdb.connect()
+        try:
+            tmpdir = self.dir / "duckdb_tmp"
+            tmpdir.mkdir(exist_ok=True)
+            con.execute("SET memory_limit = '1GB'")
+            con.execute("SET temp_directory = ?", [str(tmpdir)])
+            con.execute("SET preserve_insertion_order = false")
+            if not sources:
+                pq.write_table(spec.schema.empty_table(), target, compression="zstd")
+                return 0
+            select_cols = ", ".join(f's."{c}"' for c in cols)
+            if merge_xy:
+                select_cols = ", ".join(f'g."{c}"' if c in ("x", "y") else f's."{c}"' for c in cols)
+                src = (
+                    "read_parquet(?, union_by_name = true) AS s "
+                    "LEFT JOIN read_parquet(?) AS g ON s.image_id = g.image_id"
+                )
+                params: list[object] = [run_id, sources, str(gpath)]
+            else:
+                src = "read_parquet(?, union_by_name = true) AS s"
+                params = [run_id, sources]
+            order = ", ".join(f's."{c}"' for c in spec.sort_by)
+            query = f"SELECT ?::VARCHAR AS run_id, {select_cols} FROM {src}"
+            if order:
+                query += f" ORDER BY {order}"
+            reader = con.sql(query, params=params).to_arrow_reader(_COMPACT_BATCH_ROWS)
+            rows = 0
+            pending: list[pa.RecordBatch] = []
+            pending_rows = 0
+            tmp = target.with_name(f".{target.name}.tmp")
+            with pq.ParquetWriter(tmp, spec.schema, compression="zstd") as writer:
+                for batch in reader:
+                    pending.append(batch)
+                    pending_rows += batch.num_rows
+                    if pending_rows >= spec.row_group_size:
+                        rows += _flush(writer, pending, spec.schema, spec.row_group_size)
+                        pending, pending_rows = [], 0
+                if pending:
+                    rows += _flush(writer, pending, spec.schema, spec.row_group_size)
+            if self.store.durable:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, target)
+            return rows
+        finally:
+            con.close()
+
+
+def _flush(
+    writer: pq.ParquetWriter, batches: list[pa.RecordBatch], schema: pa.Schema, row_group_size: int
+) -> int:
+    t = pa.Table.from_batches(batches)
+    t = pa.Table.from_arrays([t.column(f.name).cast(f.type) for f in schema], schema=schema)
+    writer.write_table(t, row_group_size=row_group_size)
+    return t.num_rows
