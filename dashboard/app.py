@@ -1,0 +1,230 @@
+"""The Dash application: navbar, URL router and page registration.
+
+The URL is the single source of truth: every control writes the query string, and the router
+re-renders the page from the (validated) query. So every view is a shareable link, the back
+button works, and pages are plain functions ``layout(PageContext) -> children`` that unit tests
+call directly. Callbacks are registered per app (not with the global ``dash.callback``) so
+several apps can live in one process (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import dash
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, dcc, html, no_update
+
+from dashboard import theme
+from dashboard.data import DashData, SelectionStore
+from dashboard.pages import compare, embedding, explain, gallery, image, overview
+from dashboard.params import parse_query, qs_of
+from dashboard.routes import register_routes
+from dashboard.state import AppState, PageContext
+
+log = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+
+# (module, path, nav label); the image page has no nav entry (opened from the other pages).
+PAGES: tuple[tuple[Any, str, str | None], ...] = (
+    (overview, "/", "Overview"),
+    (gallery, "/gallery", "Gallery"),
+    (embedding, "/embedding", "Embedding map"),
+    (compare, "/compare", "Compare runs"),
+    (explain, "/explain", "Explain an image"),
+    (image, "/image", None),
+)
+NAV_ITEMS = [(path, label) for _, path, label in PAGES if label]
+
+
+def safe_render(fn: Any, ctx: PageContext) -> Any:
+    """Render a page; an unexpected error becomes an alert, never a traceback in the page."""
+    try:
+        return fn(ctx)
+    except Exception as exc:
+        log.exception("error rendering page")
+        return dbc.Alert(
+            [
+                html.H5("This view could not be rendered", className="alert-heading"),
+                html.P(f"{type(exc).__name__}: {exc}"),
+                html.P(
+                    "The details are in the server log. Try another run or reset the filters.",
+                    className="mb-0",
+                ),
+            ],
+            color="danger",
+        )
+
+
+def navbar() -> dbc.Navbar:
+    """Logo, page links and the run picker."""
+    links = [
+        dbc.NavItem(dbc.NavLink(label, href=path, id=f"nav-link-{i}", active="exact"))
+        for i, (path, label) in enumerate(NAV_ITEMS)
+    ]
+    return dbc.Navbar(
+        dbc.Container(
+            [
+                dcc.Link(
+                    html.Div(
+                        [
+                            html.Img(src="/assets/logo.svg", height="30", className="me-2"),
+                            html.Span("xaidash"),
+                        ],
+                        className="d-flex align-items-center navbar-brand",
+                    ),
+                    href="/",
+                    id="nav-brand",
+                    className="text-decoration-none",
+                ),
+                dbc.NavbarToggler(id="nav-toggler"),
+                dbc.Collapse(
+                    [
+                        dbc.Nav(links, navbar=True, className="me-auto"),
+                        html.Div(
+                            [
+                                html.Span("Run", className="text-white-50 small me-2"),
+                                dcc.Dropdown(
+                                    id="nav-run",
+                                    clearable=False,
+                                    searchable=True,
+                                    placeholder="no runs",
+                                    className="xd-run-picker",
+                                ),
+                            ],
+                            className="d-flex align-items-center",
+                        ),
+                    ],
+                    id="nav-collapse",
+                    navbar=True,
+                ),
+            ],
+            fluid=True,
+        ),
+        color="primary",
+        dark=True,
+        className="mb-3 xd-navbar",
+        id="navbar",
+    )
+
+
+def run_options(state: AppState) -> list[dict[str, str]]:
+    """Run picker entries: newest first, labelled with date, dataset, model and accuracy."""
+    runs = state.data.runs()
+    out = []
+    for rec in runs.to_dict("records") if len(runs) else []:
+        created = rec.get("created")
+        when = created.strftime("%Y-%m-%d %H:%M") if hasattr(created, "strftime") else str(created)[:16]
+        acc = rec.get("accuracy")
+        acc_s = f" · acc {100 * acc:.1f}%" if acc is not None and acc == acc else ""
+        label = f"{when} · {rec.get('arch') or '?'} · {rec.get('dataset_spec') or ''}{acc_s}"
+        out.append({"label": label, "value": str(rec["run_id"])})
+    return out
+
+
+def render(state: AppState, pathname: str | None, search: str | None) -> Any:
+    """The page for a URL (plain function: unit tests call it without a browser)."""
+    filters = parse_query(search)
+    resolved = state.data.resolve_run(filters.run)
+    ctx = PageContext(state=state, filters=filters, resolved=resolved)
+    path = (pathname or "/").rstrip("/") or "/"
+    for module, page_path, _ in PAGES:
+        if path == page_path:
+            return safe_render(module.layout, ctx)
+    return dbc.Alert(
+        [html.H5("Page not found", className="alert-heading"), dcc.Link("Go to the overview", href="/")],
+        color="warning",
+    )
+
+
+def create_app(
+    store_path: str | Path, reader: Any = None, selections_dir: str | Path | None = None
+) -> dash.Dash:
+    """Build the dashboard over the store at ``store_path``.
+
+    ``reader`` (a StoreReader) may be passed to share one; otherwise ``open_store`` is called.
+    """
+    if reader is None:
+        from store.reader import open_store
+
+        reader = open_store(store_path)
+    state = AppState(
+        data=DashData(reader), selections=SelectionStore(selections_dir), store_path=str(store_path)
+    )
+    tmpl = theme.figure_template()
+    log.debug("figure template %s", tmpl)
+
+    app = dash.Dash(
+        __name__,
+        title="xaidash",
+        assets_folder=str(ASSETS_DIR),
+        # Served by our own route from the bootstrap-flask package: works offline.
+        external_stylesheets=[theme.CSS_ROUTE.format(name=theme.THEME)],
+        suppress_callback_exceptions=True,  # page components appear only after routing
+        serve_locally=True,
+        update_title=None,
+    )
+    app.layout = html.Div(
+        [
+            dcc.Location(id="url", refresh="callback-nav"),
+            navbar(),
+            dbc.Container(
+                dcc.Loading(html.Div(id="page-content"), type="default", delay_show=400),
+                fluid=True,
+                className="xd-main",
+            ),
+            html.Footer(
+                html.Small(f"store: {store_path}", className="text-muted"), className="container-fluid py-3"
+            ),
+        ]
+    )
+    app.server.config["XAIDASH_STATE"] = state
+    register_routes(app.server, state.data)
+
+    nav_outputs = [Output(f"nav-link-{i}", "href") for i in range(len(NAV_ITEMS))]
+
+    @app.callback(
+        Output("page-content", "children"),
+        Output("nav-run", "options"),
+        Output("nav-run", "value"),
+        *nav_outputs,
+        Input("url", "pathname"),
+        Input("url", "search"),
+    )
+    def route(pathname: str | None, search: str | None) -> tuple[Any, ...]:
+        content = render(state, pathname, search)
+        resolved = state.data.resolve_run(parse_query(search).run)
+        run_q = "?" + urlencode({"run": resolved.run_id}) if resolved.run_id else ""
+        hrefs = [path + run_q for path, _ in NAV_ITEMS]
+        return (content, run_options(state), resolved.run_id, *hrefs)
+
+    @app.callback(
+        Output("url", "search", allow_duplicate=True),
+        Input("nav-run", "value"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def pick_run(run_id: str | None, search: str | None) -> Any:
+        """Switching run keeps the page but resets page-specific selections."""
+        if run_id is None or run_id == state.data.resolve_run(parse_query(search).run).run_id:
+            return no_update
+        qs = qs_of(search)
+        keep = {k: v[0] for k, v in qs.items() if k in ("cmap", "alpha", "color", "norm", "method", "sort")}
+        return "?" + urlencode({"run": run_id, **keep})
+
+    @app.callback(
+        Output("nav-collapse", "is_open"),
+        Input("nav-toggler", "n_clicks"),
+        State("nav-collapse", "is_open"),
+        prevent_initial_call=True,
+    )
+    def toggle_nav(n: int | None, is_open: bool) -> bool:
+        return not is_open
+
+    for module, _, _ in PAGES:
+        module.register_callbacks(app, state)
+    return app

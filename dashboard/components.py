@@ -1,0 +1,192 @@
+"""Small reusable layout pieces shared by the pages (no callbacks here)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import dcc, html
+
+from dashboard.overlays import COLORMAPS, colormap_css_gradient
+from dashboard.params import METHOD_LABELS, Filters
+from dashboard.routes import image_url, overlay_url
+
+
+def empty_state(title: str, body: str | list[Any], color: str = "info", icon: str = "i") -> dbc.Alert:
+    """A friendly explanation of why there is nothing to show, and what to do about it."""
+    return dbc.Alert(
+        [html.H5(title, className="alert-heading mb-1"), html.Div(body)],
+        color=color,
+        className="xd-empty",
+    )
+
+
+def no_runs_alert(store_path: str) -> dbc.Alert:
+    """Shown on every page when the store has no runs."""
+    return empty_state(
+        "This store has no runs yet",
+        [
+            html.P(f"The dashboard reads results from {store_path}, which has no published runs."),
+            html.P("Compute one (it writes predictions, the four CAMs, twins and metrics), then reload:"),
+            html.Pre(
+                f"xaidash compute --data imagefolder:DIR --checkpoint model.pt --store {store_path}",
+                className="mb-0",
+            ),
+            html.P("Or try the built-in example: xaidash demo", className="mt-2 mb-0"),
+        ],
+    )
+
+
+def warning_alert(text: str | None) -> dbc.Alert | None:
+    """A dismissable warning (e.g. unknown run id in the URL) or None."""
+    return dbc.Alert(text, color="warning", dismissable=True, className="py-2") if text else None
+
+
+def card(title: Any, body: Any, className: str = "", header_right: Any = None, **kwargs: Any) -> dbc.Card:
+    """A titled card: every block of every page looks the same."""
+    header = dbc.CardHeader(
+        html.Div(
+            [html.Span(title, className="fw-semibold"), html.Div(header_right)], className="xd-card-head"
+        )
+    )
+    return dbc.Card([header, dbc.CardBody(body)], className=f"mb-3 shadow-sm {className}", **kwargs)
+
+
+def stat(
+    label: str, value: str, sub: str | None = None, href: str | None = None, color: str = ""
+) -> dbc.Card:
+    """A headline number."""
+    inner = [html.Div(label, className="xd-stat-label"), html.Div(value, className=f"xd-stat-value {color}")]
+    if sub:
+        inner.append(html.Div(sub, className="xd-stat-sub"))
+    body = dbc.CardBody(inner)
+    if href:
+        body = dcc.Link(body, href=href, className="text-reset text-decoration-none")
+    return dbc.Card(body, className="shadow-sm h-100 xd-stat")
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str:
+    """0.8734 -> '87.3%'; None/NaN -> '—'."""
+    try:
+        if x is None or pd.isna(x):
+            return "—"
+        return f"{100 * float(x):.{digits}f}%"
+    except (TypeError, ValueError):
+        return "—"
+
+
+def fmt_num(x: Any, digits: int = 3) -> str:
+    """A float with ``digits`` decimals; None/NaN -> '—'."""
+    try:
+        if x is None or pd.isna(x):
+            return "—"
+        return f"{float(x):.{digits}f}"
+    except (TypeError, ValueError):
+        return "—"
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def overlay_img(
+    run_id: str,
+    image_id: str,
+    method: str,
+    f: Filters,
+    target: str = "pred",
+    size: int | None = None,
+    className: str = "xd-thumb",
+    title: str | None = None,
+) -> html.Img:
+    """An <img> of one overlay (URL, not base64: the browser caches and parallelises them)."""
+    return html.Img(
+        src=overlay_url(run_id, image_id, method, target, f.cmap, f.alpha, size),
+        className=className,
+        alt=f"{method_label(method)} overlay",
+        title=title or method_label(method),
+    )
+
+
+def thumb_img(run_id: str, image_id: str, size: int | None = None, className: str = "xd-thumb") -> html.Img:
+    """An <img> of the stored thumbnail."""
+    return html.Img(src=image_url(run_id, image_id, size), className=className, alt="image")
+
+
+def colorbar(cmap: str) -> html.Div:
+    """A small horizontal legend: low -> high attention in the chosen colormap."""
+    return html.Div(
+        [
+            html.Span("low", className="small text-muted me-1"),
+            html.Div(className="xd-colorbar", style={"background": colormap_css_gradient(cmap)}),
+            html.Span("high attention", className="small text-muted ms-1"),
+        ],
+        className="d-flex align-items-center",
+    )
+
+
+def display_controls(prefix: str, f: Filters) -> html.Div:
+    """Colormap dropdown + opacity slider (ids ``{prefix}-cmap`` / ``{prefix}-alpha``)."""
+    return html.Div(
+        [
+            dbc.Label("Colormap", html_for=f"{prefix}-cmap", className="small mb-0"),
+            dcc.Dropdown(
+                id=f"{prefix}-cmap",
+                options=[{"label": c, "value": c} for c in COLORMAPS],
+                value=f.cmap,
+                clearable=False,
+                className="mb-2",
+            ),
+            dbc.Label("Heatmap opacity", html_for=f"{prefix}-alpha", className="small mb-0"),
+            dcc.Slider(
+                id=f"{prefix}-alpha",
+                min=0,
+                max=1,
+                step=0.05,
+                value=f.alpha,
+                marks={0: "0", 0.5: "0.5", 1: "1"},
+                tooltip={"placement": "bottom", "always_visible": False},
+            ),
+            html.Div(colorbar(f.cmap), className="mt-1"),
+        ]
+    )
+
+
+def df_table(
+    df: pd.DataFrame,
+    columns: Sequence[tuple[str, str]],
+    formats: dict[str, Any] | None = None,
+    max_rows: int = 500,
+    className: str = "",
+    id: str | None = None,
+) -> html.Div:
+    """A compact striped Bootstrap table from a DataFrame (``columns``: (column, header))."""
+    formats = formats or {}
+    head = html.Thead(html.Tr([html.Th(h) for _, h in columns]))
+    rows = []
+    for rec in df.head(max_rows).to_dict("records"):
+        cells = []
+        for col, _ in columns:
+            v = rec.get(col)
+            fmt = formats.get(col)
+            cells.append(html.Td(fmt(v, rec) if fmt else ("—" if v is None else str(v))))
+        rows.append(html.Tr(cells))
+    kwargs = {"id": id} if id else {}
+    return html.Div(
+        dbc.Table([head, html.Tbody(rows)], striped=True, hover=True, size="sm", className="mb-0 xd-table"),
+        className=f"xd-table-wrap {className}",
+        **kwargs,
+    )
+
+
+def correctness_badge(correct: Any) -> dbc.Badge:
+    """Green 'correct' / red 'wrong' / grey 'unlabeled'."""
+    if correct is None or (isinstance(correct, float) and pd.isna(correct)):
+        return dbc.Badge("unlabeled", color="secondary", className="me-1")
+    return (
+        dbc.Badge("correct", color="success", className="me-1")
+        if bool(correct)
+        else dbc.Badge("wrong", color="danger", className="me-1")
+    )

@@ -1,0 +1,337 @@
+"""Pure figure builders: DataFrame in, ``plotly.graph_objects.Figure`` out.
+
+No Dash, no store access, no global state besides the registered Plotly template - so every
+builder is unit-testable with a hand-made DataFrame and reusable in a notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboard.theme import COLOR_CORRECT, COLOR_WRONG, figure_template
+
+# Beyond this many classes the per-cell numbers in heatmaps become unreadable.
+MAX_ANNOTATED_CLASSES = 20
+# Scattergl handles 100k points, but the JSON (and the browser's parse) for 100k ids costs
+# ~1 s; above this the map shows a deterministic sample that always keeps every error.
+MAX_MAP_POINTS = 20_000
+
+
+def _template() -> str:
+    return figure_template()
+
+
+def empty_figure(message: str, height: int = 300) -> go.Figure:
+    """A blank figure carrying a centred message (used instead of an error or an empty axis)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(
+        template=_template(),
+        height=height,
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+    )
+    return fig
+
+
+def confusion_matrix(confusion: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """Long-form (true_class, pred_class, count) -> dense [n, n] int matrix (rows = true)."""
+    m = np.zeros((n_classes, n_classes), dtype=np.int64)
+    if len(confusion):
+        t = confusion["true_class"].to_numpy(dtype=np.int64)
+        p = confusion["pred_class"].to_numpy(dtype=np.int64)
+        c = confusion["count"].to_numpy(dtype=np.int64)
+        ok = (t >= 0) & (t < n_classes) & (p >= 0) & (p < n_classes)
+        np.add.at(m, (t[ok], p[ok]), c[ok])
+    return m
+
+
+def plot_confusion(confusion: pd.DataFrame, class_names: Sequence[str], normalize: bool = False) -> go.Figure:
+    """Confusion matrix heatmap, rows = true class, columns = predicted class.
+
+    ``normalize`` divides each row by its support (recall on the diagonal). Each cell carries
+    ``customdata = [true, pred, count]`` so a click can open the gallery on that pair.
+    """
+    n = len(class_names)
+    if n == 0:
+        return empty_figure("No classes")
+    counts = confusion_matrix(confusion, n)
+    row = counts.sum(axis=1, keepdims=True)
+    shown = np.divide(counts, np.maximum(row, 1)) if normalize else counts.astype(float)
+    ti, pi = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    custom = np.stack([ti, pi, counts], axis=-1)
+    names = [str(c) for c in class_names]
+    text = None
+    if n <= MAX_ANNOTATED_CLASSES:
+        text = [
+            [(f"{v:.2f}" if normalize else f"{int(v)}") if counts[i, j] else "" for j, v in enumerate(r)]
+            for i, r in enumerate(shown)
+        ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=shown,
+            x=names,
+            y=names,
+            customdata=custom,
+            text=text,
+            texttemplate="%{text}" if text is not None else None,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1 if normalize else None,
+            hovertemplate=(
+                "true %{y}<br>predicted %{x}<br>%{customdata[2]} images"
+                + ("<br>%{z:.1%} of the row" if normalize else "")
+                + "<extra>click to open in the gallery</extra>"
+            ),
+            colorbar={"title": "share" if normalize else "count", "thickness": 12},
+        )
+    )
+    side = max(360, min(720, 60 + 32 * n))
+    fig.update_layout(
+        template=_template(),
+        height=side,
+        xaxis={"title": "predicted class", "tickangle": -45 if n > 6 else 0, "constrain": "domain"},
+        yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x", "constrain": "domain"},
+        clickmode="event",
+    )
+    return fig
+
+
+def plot_confidence_histogram(hist: pd.DataFrame) -> go.Figure:
+    """Confidence histogram of correct vs wrong predictions (overlaid bars).
+
+    ``hist``: bin_start, bin_end, correct (bool), count.
+    """
+    if hist is None or len(hist) == 0:
+        return empty_figure("No labeled predictions")
+    fig = go.Figure()
+    for correct, name, color in ((True, "correct", COLOR_CORRECT), (False, "wrong", COLOR_WRONG)):
+        part = hist[hist["correct"] == correct]
+        if len(part) == 0:
+            continue
+        centers = (part["bin_start"].to_numpy(float) + part["bin_end"].to_numpy(float)) / 2
+        widths = part["bin_end"].to_numpy(float) - part["bin_start"].to_numpy(float)
+        fig.add_bar(
+            x=centers,
+            y=part["count"],
+            width=widths,
+            name=name,
+            marker_color=color,
+            opacity=0.75,
+            hovertemplate=f"{name}<br>confidence %{{x:.2f}}<br>%{{y}} images<extra></extra>",
+        )
+    fig.update_layout(
+        template=_template(),
+        barmode="overlay",
+        height=300,
+        xaxis={"title": "confidence (probability of the predicted class)", "range": [0, 1]},
+        yaxis={"title": "images"},
+        legend={"orientation": "h", "y": 1.12, "x": 0},
+    )
+    return fig
+
+
+def plot_topk(topk: Sequence[tuple[int, str, float]], true_class: int | None = None) -> go.Figure:
+    """Horizontal bar chart of the top-k class probabilities, the true class highlighted."""
+    if not topk:
+        return empty_figure("No probabilities", height=200)
+    rows = list(topk)[::-1]  # largest at the top
+    names = [str(n) for _, n, _ in rows]
+    probs = [float(p) for _, _, p in rows]
+    colors = [
+        COLOR_CORRECT if (true_class is not None and c == true_class) else "#95a5a6" for c, _, _ in rows
+    ]
+    if true_class is not None and rows[-1][0] != true_class:
+        colors[-1] = COLOR_WRONG
+    elif true_class is None:
+        colors[-1] = "#3498db"
+    fig = go.Figure(
+        go.Bar(
+            x=probs,
+            y=names,
+            orientation="h",
+            marker_color=colors,
+            text=[f"{p:.1%}" for p in probs],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        template=_template(),
+        height=60 + 34 * len(rows),
+        xaxis={"range": [0, 1], "tickformat": ".0%", "title": None},
+        yaxis={"title": None, "automargin": True},
+        margin={"l": 10, "r": 10, "t": 10, "b": 30},
+    )
+    return fig
+
+
+def sample_points(points: pd.DataFrame, max_points: int = MAX_MAP_POINTS, seed: int = 0) -> pd.DataFrame:
+    """Deterministic subsample for display that keeps every error (they are what users hunt)."""
+    if len(points) <= max_points:
+        return points
+    wrong = points["correct"].eq(False) if "correct" in points else pd.Series(False, index=points.index)
+    keep_wrong = points[wrong]
+    rest = points[~wrong]
+    budget = max(0, max_points - len(keep_wrong))
+    if budget < len(rest):
+        rest = rest.sample(n=budget, random_state=seed)
+    return pd.concat([keep_wrong, rest]).sort_index()
+
+
+def plot_embedding(
+    points: pd.DataFrame,
+    class_names: Sequence[str],
+    color_by: str = "true",
+    selected: str | None = None,
+    twin_points: pd.DataFrame | None = None,
+    max_points: int = MAX_MAP_POINTS,
+) -> go.Figure:
+    """WebGL scatter of the 2-D projection, one trace per class, errors drawn as ``x``.
+
+    ``points``: image_id, split, x, y, label, label_name, pred, pred_name, correct.
+    ``color_by``: "true" or "pred" (unlabeled runs always colour by prediction).
+    ``selected`` + ``twin_points`` (x, y, similarity): draws lines from the selected point to its
+    twins. ``customdata`` of each point is its image id (click/hover/selection read it).
+    """
+    if points is None or len(points) == 0:
+        return empty_figure("No embeddings in this run", height=560)
+    shown = sample_points(points, max_points)
+    labeled = "label" in shown and shown["label"].notna().any()
+    key = "label" if (color_by == "true" and labeled) else "pred"
+    fig = go.Figure()
+    for cls, part in shown.groupby(shown[key].fillna(-1).astype(int), sort=True):
+        name = class_names[cls] if 0 <= cls < len(class_names) else ("train" if cls < 0 else str(cls))
+        wrong = part["correct"].eq(False).to_numpy() if "correct" in part else np.zeros(len(part), bool)
+        is_train = (part["split"] == "train").to_numpy() if "split" in part else np.zeros(len(part), bool)
+        symbols = np.where(wrong, "x", np.where(is_train, "circle-open", "circle"))
+        sizes = np.where(wrong, 8, 5)
+        fig.add_trace(
+            go.Scattergl(
+                x=part["x"].round(4),
+                y=part["y"].round(4),
+                mode="markers",
+                name=str(name),
+                customdata=part["image_id"],
+                marker={"symbol": symbols, "size": sizes, "opacity": 0.8, "line": {"width": 0}},
+                hovertemplate=f"{name}<extra></extra>",
+            )
+        )
+    if selected is not None and twin_points is not None and len(twin_points):
+        sel = points[points["image_id"] == selected]
+        if len(sel):
+            x0, y0 = float(sel["x"].iloc[0]), float(sel["y"].iloc[0])
+            xs: list[float | None] = []
+            ys: list[float | None] = []
+            for x1, y1 in zip(twin_points["x"], twin_points["y"], strict=False):
+                xs += [x0, float(x1), None]
+                ys += [y0, float(y1), None]
+            fig.add_trace(
+                go.Scattergl(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    name="twins",
+                    line={"color": "#2c3e50", "width": 1.5},
+                    hoverinfo="skip",
+                )
+            )
+            fig.add_trace(
+                go.Scattergl(
+                    x=[x0],
+                    y=[y0],
+                    mode="markers",
+                    name="selected",
+                    hoverinfo="skip",
+                    marker={
+                        "symbol": "star",
+                        "size": 16,
+                        "color": "#f39c12",
+                        "line": {"width": 1, "color": "#000"},
+                    },
+                )
+            )
+    note = (
+        f"showing {len(shown):,} of {len(points):,} points (all errors kept)"
+        if len(shown) < len(points)
+        else ""
+    )
+    fig.update_layout(
+        template=_template(),
+        height=600,
+        dragmode="lasso",
+        clickmode="event+select",
+        hovermode="closest",
+        xaxis={"visible": False},
+        yaxis={"visible": False, "scaleanchor": "x"},
+        legend={"title": "true class" if key == "label" else "predicted class", "itemsizing": "constant"},
+        title={"text": note, "font": {"size": 12}, "x": 0.01} if note else None,
+        uirevision="embedding",
+    )
+    return fig
+
+
+def plot_confusion_delta(delta: pd.DataFrame, class_names: Sequence[str]) -> go.Figure:
+    """Heatmap of count(b) - count(a) per (true, pred) cell, diverging around zero.
+
+    On the diagonal positive is good (more correct); off the diagonal negative is good, so the
+    hover text spells the direction out rather than relying on colour alone.
+    """
+    n = len(class_names)
+    if n == 0 or delta is None or len(delta) == 0:
+        return empty_figure("No confusion data")
+    m = np.zeros((n, n))
+    for t, p, d in zip(delta["true_class"], delta["pred_class"], delta["delta"], strict=False):
+        if 0 <= int(t) < n and 0 <= int(p) < n:
+            m[int(t), int(p)] = float(d)
+    lim = max(1.0, float(np.abs(m).max()))
+    names = [str(c) for c in class_names]
+    text = None
+    if n <= MAX_ANNOTATED_CLASSES:
+        text = [[f"{int(v):+d}" if v else "" for v in r] for r in m]
+    fig = go.Figure(
+        go.Heatmap(
+            z=m,
+            x=names,
+            y=names,
+            text=text,
+            texttemplate="%{text}" if text is not None else None,
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-lim,
+            zmax=lim,
+            hovertemplate="true %{y}<br>predicted %{x}<br>change %{z:+d}<extra></extra>",
+            colorbar={"title": "B − A", "thickness": 12},
+        )
+    )
+    fig.update_layout(
+        template=_template(),
+        height=max(360, min(720, 60 + 32 * n)),
+        xaxis={"title": "predicted class", "tickangle": -45 if n > 6 else 0, "constrain": "domain"},
+        yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x", "constrain": "domain"},
+    )
+    return fig
+
+
+def plot_class_f1_delta(metrics_a: pd.DataFrame, metrics_b: pd.DataFrame) -> go.Figure:
+    """Per-class F1 of run A vs run B as grouped bars (which classes got better or worse)."""
+    if metrics_a is None or metrics_b is None or len(metrics_a) == 0 or len(metrics_b) == 0:
+        return empty_figure("No per-class metrics")
+    m = metrics_a[["class", "class_name", "f1"]].merge(
+        metrics_b[["class", "f1"]], on="class", suffixes=("_a", "_b"), how="outer"
+    )
+    fig = go.Figure()
+    fig.add_bar(x=m["class_name"], y=m["f1_a"], name="run A", marker_color="#95a5a6")
+    fig.add_bar(x=m["class_name"], y=m["f1_b"], name="run B", marker_color="#3498db")
+    fig.update_layout(
+        template=_template(),
+        barmode="group",
+        height=300,
+        yaxis={"title": "F1", "range": [0, 1]},
+        legend={"orientation": "h", "y": 1.12, "x": 0},
+    )
+    return fig

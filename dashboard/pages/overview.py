@@ -1,0 +1,288 @@
+"""Overview page: headline numbers, per-class metrics, confusion matrix, confidence histogram,
+faithfulness per method. Clicking a confusion cell opens the gallery on that (true, pred) pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import dash
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Input, Output, State, dcc, html, no_update
+
+from dashboard import figures
+from dashboard.components import (
+    card,
+    df_table,
+    empty_state,
+    fmt_num,
+    fmt_pct,
+    method_label,
+    no_runs_alert,
+    stat,
+    warning_alert,
+)
+from dashboard.data import most_faithful
+from dashboard.params import Filters, gallery_href, parse_query, to_query
+from dashboard.state import AppState, PageContext
+
+PREFIX = "overview"
+MAX_CLASS_ROWS = 200
+
+
+def headline_cards(h: dict[str, Any], f: Filters, labeled: bool) -> dbc.Row:
+    """The row of headline numbers."""
+    errors = h.get("errors")
+    failed = h.get("failed") or 0
+    cards = [stat("Images", f"{int(h.get('n') or 0):,}", "validation predictions")]
+    if labeled:
+        cards += [
+            stat("Accuracy", fmt_pct(h.get("accuracy"))),
+            stat("Macro precision", fmt_pct(h.get("macro_precision"))),
+            stat("Macro recall", fmt_pct(h.get("macro_recall"))),
+            stat("Macro F1", fmt_pct(h.get("macro_f1")), f"weighted {fmt_pct(h.get('weighted_f1'))}"),
+            stat(
+                "Errors",
+                f"{int(errors or 0):,}",
+                "open in the gallery →",
+                href=gallery_href(f, outcome="wrong", sort="confidence", desc=True),
+                color="text-danger" if errors else "",
+            ),
+        ]
+    cards.append(
+        stat(
+            "Failed images", f"{int(failed):,}", "could not be loaded", color="text-warning" if failed else ""
+        )
+    )
+    return dbc.Row([dbc.Col(c, xs=6, md=4, lg=True, className="mb-3") for c in cards], className="g-3")
+
+
+def run_summary(info: Any) -> html.Div:
+    """One line describing the run: dataset, model, methods, device, date."""
+    created = getattr(info, "created", None)
+    when = created.strftime("%Y-%m-%d %H:%M UTC") if hasattr(created, "strftime") else str(created)
+    parts = [
+        html.Span(getattr(info, "dataset_spec", None) or "dataset", className="fw-semibold"),
+        f" · model {getattr(info, 'arch', None) or '?'}",
+        f" · layer {getattr(info, 'target_layer', None) or '?'}",
+        f" · methods {', '.join(method_label(m) for m in (getattr(info, 'methods', None) or []))}",
+        f" · {getattr(info, 'device', None) or ''}",
+        f" · {when}",
+        html.Span(f" · run {info.run_id}", className="text-muted"),
+    ]
+    return html.Div(parts, className="mb-3 small xd-run-summary")
+
+
+def faithfulness_block(summary: pd.DataFrame) -> list[Any]:
+    """Faithfulness table per method plus the sentence naming the most faithful one."""
+    if summary is None or len(summary) == 0:
+        return [
+            empty_state(
+                "No faithfulness scores in this run",
+                "This run was computed without the faithfulness pass. Re-run xaidash compute with "
+                "faithfulness enabled to compare how well each method's map explains the prediction.",
+            )
+        ]
+    best, ranked = most_faithful(summary)
+    ranked = ranked.copy()
+    ranked["label"] = ranked["method"].map(method_label)
+    table = df_table(
+        ranked.sort_values("mean_rank") if "mean_rank" in ranked else ranked,
+        [
+            ("label", "Method"),
+            ("drop", "Average Drop % ↓"),
+            ("increase", "Increase in Confidence % ↑"),
+            ("deletion_auc", "Deletion AUC ↓"),
+            ("insertion_auc", "Insertion AUC ↑"),
+            ("mean_rank", "Mean rank"),
+            ("n", "Images"),
+        ],
+        formats={
+            "drop": lambda v, r: fmt_pct(v),
+            "increase": lambda v, r: fmt_pct(v),
+            "deletion_auc": lambda v, r: fmt_num(v),
+            "insertion_auc": lambda v, r: fmt_num(v),
+            "mean_rank": lambda v, r: fmt_num(v, 2),
+            "label": lambda v, r: html.B(v) if r.get("method") == best else v,
+        },
+        id=f"{PREFIX}-faithfulness-table",
+    )
+    sentence = html.P(
+        [
+            "Most faithful for this model: ",
+            html.B(method_label(best) if best else "—"),
+            ". Rule: each of the four metrics ranks the methods (lowest Average Drop, highest "
+            "Increase in Confidence, lowest Deletion AUC, highest Insertion AUC rank first); the "
+            "best mean rank wins, ties broken by Insertion − Deletion AUC.",
+        ],
+        className="small mt-2 mb-0",
+        id=f"{PREFIX}-faithful-sentence",
+    )
+    return [table, sentence]
+
+
+def class_table(metrics: pd.DataFrame, f: Filters) -> Any:
+    """Per-class P/R/F1/support; the class name links to the gallery of that true class."""
+    if metrics is None or len(metrics) == 0:
+        return html.P("No per-class metrics.", className="text-muted")
+    df = metrics.sort_values("f1") if len(metrics) > MAX_CLASS_ROWS else metrics
+    note = (
+        html.P(
+            f"Showing the {MAX_CLASS_ROWS} classes with the lowest F1 of {len(metrics)}.", className="small"
+        )
+        if len(metrics) > MAX_CLASS_ROWS
+        else None
+    )
+    table = df_table(
+        df,
+        [
+            ("class_name", "Class"),
+            ("precision", "Precision"),
+            ("recall", "Recall"),
+            ("f1", "F1"),
+            ("support", "Support"),
+        ],
+        formats={
+            "class_name": lambda v, r: dcc.Link(
+                str(v), href=gallery_href(f, true=int(r["class"]), outcome="all")
+            ),
+            "precision": lambda v, r: fmt_pct(v),
+            "recall": lambda v, r: fmt_pct(v),
+            "f1": lambda v, r: fmt_pct(v),
+            "support": lambda v, r: f"{int(v):,}",
+        },
+        max_rows=MAX_CLASS_ROWS,
+        className="xd-scroll",
+        id=f"{PREFIX}-class-table",
+    )
+    return [note, table]
+
+
+def failures_block(failures: pd.DataFrame) -> Any:
+    """Images the compute job could not load, with the reason."""
+    return df_table(failures, [("source", "Source"), ("split", "Split"), ("reason", "Reason")], max_rows=100)
+
+
+def layout(ctx: PageContext) -> Any:
+    """Render the overview of the run in ``ctx`` (plain function, unit-tested)."""
+    data, f = ctx.data, ctx.filters
+    if ctx.run_id is None:
+        return no_runs_alert(ctx.state.store_path)
+    info = ctx.run_info()
+    run_id = ctx.run_id
+    f = replace(f, run=run_id)
+    h = data.headline(run_id)
+    labeled = bool(getattr(info, "labeled", True)) and h.get("accuracy") is not None
+    children: list[Any] = [
+        warning_alert(ctx.resolved.warning),
+        run_summary(info),
+        headline_cards(h, f, labeled),
+    ]
+    if getattr(info, "scorecam_note", None):
+        children.append(
+            dbc.Alert(f"Score-CAM note: {info.scorecam_note}", color="secondary", className="py-2 small")
+        )
+
+    if not labeled:
+        children.append(
+            empty_state(
+                "Unlabeled run: no accuracy, confusion matrix or per-class metrics",
+                "This dataset has no labels (e.g. a folder: dataset), so correctness cannot be measured. "
+                "The gallery, the embedding map and each image page still show predictions, confidence "
+                "and the four class-activation maps.",
+            )
+        )
+    else:
+        names = list(getattr(info, "class_names", []) or [])
+        conf_fig = figures.plot_confusion(data.confusion(run_id), names, normalize=f.norm)
+        toggle = dbc.RadioItems(
+            id=f"{PREFIX}-norm",
+            options=[{"label": "counts", "value": "counts"}, {"label": "row-normalized", "value": "norm"}],
+            value="norm" if f.norm else "counts",
+            inline=True,
+            className="small",
+        )
+        conf_card = card(
+            "Confusion matrix",
+            [
+                dcc.Graph(id=f"{PREFIX}-confusion", figure=conf_fig, config={"displayModeBar": False}),
+                html.P(
+                    "Click a cell to open those images in the gallery.", className="small text-muted mb-0"
+                ),
+            ],
+            header_right=toggle,
+        )
+        hist_card = card(
+            "Confidence: correct vs wrong",
+            dcc.Graph(
+                id=f"{PREFIX}-confidence",
+                figure=figures.plot_confidence_histogram(data.confidence_histogram(run_id)),
+                config={"displayModeBar": False},
+            ),
+        )
+        children.append(
+            dbc.Row(
+                [
+                    dbc.Col(conf_card, lg=7),
+                    dbc.Col(
+                        [hist_card, card("Per-class metrics", class_table(data.class_metrics(run_id), f))],
+                        lg=5,
+                    ),
+                ]
+            )
+        )
+    children.append(
+        card("Faithfulness of each explanation method", faithfulness_block(data.faithfulness_summary(run_id)))
+    )
+    failed = int(h.get("failed") or 0)
+    if failed:
+        children.append(card(f"Images that failed to load ({failed})", failures_block(data.failures(run_id))))
+    return html.Div([c for c in children if c is not None], id=f"{PREFIX}-page")
+
+
+def confusion_click_target(click: dict[str, Any] | None, search: str | None) -> str | None:
+    """The gallery URL (path + query) for a click on a confusion cell, or None."""
+    if not click or not click.get("points"):
+        return None
+    cd = click["points"][0].get("customdata")
+    if not cd or len(cd) < 2:
+        return None
+    try:
+        true, pred = int(cd[0]), int(cd[1])
+    except (TypeError, ValueError):
+        return None
+    f = parse_query(search)
+    return gallery_href(f, true=true, pred=pred, outcome="all", sort="confidence", desc=True)
+
+
+def register_callbacks(app: dash.Dash, state: AppState) -> None:
+    """Thin wrappers: confusion click -> gallery URL; normalize toggle -> URL."""
+
+    @app.callback(
+        Output("url", "pathname", allow_duplicate=True),
+        Output("url", "search", allow_duplicate=True),
+        Input(f"{PREFIX}-confusion", "clickData"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def open_cell(click: dict[str, Any] | None, search: str | None) -> tuple[Any, Any]:
+        target = confusion_click_target(click, search)
+        if target is None:
+            return no_update, no_update
+        path, _, query = target.partition("?")
+        return path, ("?" + query) if query else ""
+
+    @app.callback(
+        Output("url", "search", allow_duplicate=True),
+        Input(f"{PREFIX}-norm", "value"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def toggle_norm(value: str, search: str | None) -> Any:
+        f = parse_query(search)
+        norm = value == "norm"
+        if norm == f.norm:
+            return no_update
+        return to_query(replace(f, norm=norm))

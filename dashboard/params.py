@@ -1,0 +1,260 @@
+"""URL query strings <-> validated filter objects.
+
+Every dashboard view is a shareable link: filters live in the query string. Everything read
+from it is validated here and defaulted when bad (unknown keys ignored, non-numeric pages
+become 0, SQL-shaped strings fail the regexes), so nothing from the URL reaches SQL as text -
+the reader gets typed values that it binds as parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
+from urllib.parse import parse_qs, urlencode
+
+from dashboard.overlays import COLORMAPS, DEFAULT_ALPHA, DEFAULT_CMAP, parse_alpha, parse_cmap
+
+RUN_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+SELECTION_RE = re.compile(r"^[0-9a-f]{12}$")
+
+METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "scorecam")
+METHOD_LABELS: dict[str, str] = {
+    "cam": "CAM",
+    "gradcam": "Grad-CAM",
+    "gradcampp": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+}
+OUTCOMES: tuple[str, ...] = ("all", "correct", "wrong")
+SORTS: tuple[str, ...] = ("confidence", "loss", "faithfulness", "disagreement")
+SORT_LABELS: dict[str, str] = {
+    "confidence": "Confidence",
+    "loss": "Loss",
+    "faithfulness": "Faithfulness (deletion AUC)",
+    "disagreement": "Disagreement between methods",
+}
+PAGE_SIZES: tuple[int, ...] = (12, 24, 48, 96)
+MAX_INLINE_IDS = 20  # selections this small travel as ids in the URL; larger ones as a hash
+MAX_PAGE = 100_000
+
+
+def _first(qs: dict[str, list[str]], key: str) -> str | None:
+    values = qs.get(key)
+    return values[0] if values else None
+
+
+def valid_run_id(value: str | None) -> str | None:
+    """``value`` if it looks like a run id, else None (existence is checked against the store)."""
+    return value if value is not None and RUN_ID_RE.match(value) else None
+
+
+def valid_image_id(value: str | None) -> str | None:
+    """``value`` if it looks like an image id (16 lowercase hex chars), else None."""
+    return value if value is not None and IMAGE_ID_RE.match(value) else None
+
+
+def parse_int(
+    value: str | None, default: int | None, lo: int | None = None, hi: int | None = None
+) -> int | None:
+    """Parse a non-negative decimal int within [lo, hi]; anything else gives ``default``."""
+    if value is None or not re.fullmatch(r"-?\d{1,9}", value.strip()):
+        return default
+    n = int(value)
+    if (lo is not None and n < lo) or (hi is not None and n > hi):
+        return default
+    return n
+
+
+def parse_float(value: str | None, default: float, lo: float = 0.0, hi: float = 1.0) -> float:
+    """Parse a finite float within [lo, hi] (clamped); anything else gives ``default``."""
+    if (
+        value is None
+        or not re.fullmatch(r"-?\d{0,6}(\.\d{1,6})?", value.strip())
+        or value.strip() in ("", "-")
+    ):
+        return default
+    f = float(value)
+    if not math.isfinite(f):
+        return default
+    return min(max(f, lo), hi)
+
+
+def parse_bool(value: str | None, default: bool = False) -> bool:
+    """``1/true/yes`` -> True, ``0/false/no`` -> False, else ``default``."""
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    return default
+
+
+def parse_ids(value: str | None, limit: int = MAX_INLINE_IDS) -> tuple[str, ...] | None:
+    """A comma-separated list of image ids; invalid entries dropped, at most ``limit``."""
+    if not value:
+        return None
+    ids = [v for v in value.split(",")[:limit] if IMAGE_ID_RE.match(v)]
+    return tuple(dict.fromkeys(ids)) or None
+
+
+def qs_of(search: str | None) -> dict[str, list[str]]:
+    """Parse ``?a=1&b=2`` (leading '?' optional) into a dict of lists, tolerating garbage."""
+    if not search:
+        return {}
+    try:
+        return parse_qs(search.lstrip("?"), keep_blank_values=False, max_num_fields=64)
+    except ValueError:  # too many fields: treat as no query at all
+        return {}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Validated state of every page, parsed from the query string.
+
+    One class for all pages keeps links between pages trivial (the run and display settings
+    carry over) - each page reads only the fields it needs.
+    """
+
+    run: str | None = None
+    # gallery
+    true: int | None = None
+    pred: int | None = None
+    outcome: str = "all"
+    cmin: float = 0.0
+    cmax: float = 1.0
+    sort: str = "confidence"
+    desc: bool = False
+    method: str = "gradcam"
+    sel: str | None = None  # server-side selection key
+    ids: tuple[str, ...] | None = None  # small inline selection
+    page: int = 0
+    size: int = 24
+    # display
+    cmap: str = DEFAULT_CMAP
+    alpha: float = DEFAULT_ALPHA
+    # image page
+    id: str | None = None
+    # embedding map
+    color: str = "true"
+    train: bool = False
+    # overview
+    norm: bool = False
+    # compare
+    a: str | None = None
+    b: str | None = None
+    change: str = "broke"
+    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+
+_DEFAULTS = Filters()
+
+
+def parse_query(search: str | None) -> Filters:
+    """Parse and validate a query string into :class:`Filters`; bad values become defaults."""
+    qs = qs_of(search)
+    g = lambda k: _first(qs, k)  # noqa: E731 - tiny local accessor
+    outcome = g("outcome")
+    sort = g("sort")
+    method = g("method")
+    color = g("color")
+    change = g("change")
+    cmin = parse_float(g("cmin"), 0.0)
+    cmax = parse_float(g("cmax"), 1.0)
+    if cmin > cmax:
+        cmin, cmax = cmax, cmin
+    size = parse_int(g("size"), 24)
+    return Filters(
+        run=valid_run_id(g("run")),
+        true=parse_int(g("true"), None, 0, 100_000),
+        pred=parse_int(g("pred"), None, 0, 100_000),
+        outcome=outcome if outcome in OUTCOMES else "all",
+        cmin=cmin,
+        cmax=cmax,
+        sort=sort if sort in SORTS else "confidence",
+        desc=parse_bool(g("desc")),
+        method=method if method in METHODS else "gradcam",
+        sel=g("sel") if g("sel") and SELECTION_RE.match(g("sel") or "") else None,
+        ids=parse_ids(g("ids")),
+        page=parse_int(g("page"), 0, 0, MAX_PAGE) or 0,
+        size=size if size in PAGE_SIZES else 24,
+        cmap=parse_cmap(g("cmap")),
+        alpha=parse_alpha(g("alpha")),
+        id=valid_image_id(g("id")),
+        color=color if color in ("true", "pred") else "true",
+        train=parse_bool(g("train")),
+        norm=parse_bool(g("norm")),
+        a=valid_run_id(g("a")),
+        b=valid_run_id(g("b")),
+        change=change if change in ("broke", "fixed", "changed") else "broke",
+    )
+
+
+def to_query(f: Filters, keys: tuple[str, ...] | None = None) -> str:
+    """Serialise :class:`Filters` back to ``?k=v`` with defaults omitted (short, stable links).
+
+    ``keys`` restricts which fields are written (e.g. the image page drops gallery filters).
+    """
+    out: list[tuple[str, str]] = []
+    for fld in fields(Filters):
+        name = fld.name
+        if name == "extra" or (keys is not None and name not in keys):
+            continue
+        value = getattr(f, name)
+        if value == getattr(_DEFAULTS, name) or value is None:
+            continue
+        if isinstance(value, bool):
+            out.append((name, "1" if value else "0"))
+        elif isinstance(value, tuple):
+            out.append((name, ",".join(value)))
+        elif isinstance(value, float):
+            out.append((name, f"{value:g}"))
+        else:
+            out.append((name, str(value)))
+    return "?" + urlencode(out, safe=",") if out else ""
+
+
+GALLERY_KEYS = (
+    "run",
+    "true",
+    "pred",
+    "outcome",
+    "cmin",
+    "cmax",
+    "sort",
+    "desc",
+    "method",
+    "sel",
+    "ids",
+    "page",
+    "size",
+    "cmap",
+    "alpha",
+)
+DISPLAY_KEYS = ("run", "cmap", "alpha")
+
+
+def gallery_href(f: Filters, **changes: object) -> str:
+    """Link to the gallery with ``changes`` applied (page reset unless given)."""
+    changes.setdefault("page", 0)
+    return "/gallery" + to_query(replace(f, **changes), GALLERY_KEYS)  # type: ignore[arg-type]
+
+
+def image_href(run_id: str | None, image_id: str, f: Filters | None = None) -> str:
+    """Link to the image page of ``image_id`` in ``run_id`` (display settings carried over)."""
+    base = f if f is not None else _DEFAULTS
+    return "/image" + to_query(replace(base, run=run_id, id=image_id), (*DISPLAY_KEYS, "id"))
+
+
+__all__ = [
+    "COLORMAPS",
+    "METHODS",
+    "METHOD_LABELS",
+    "Filters",
+    "gallery_href",
+    "image_href",
+    "parse_query",
+    "to_query",
+]

@@ -1,0 +1,134 @@
+"""Flask routes on the Dash server: theme CSS, thumbnails and CAM overlays.
+
+Every path segment from the client is validated against a regex or allow-list before use;
+the client never names a file. Runs are immutable, so image responses carry a long
+``Cache-Control`` and an ``ETag`` derived from everything that determines the pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+from flask import Flask, Response, abort, request
+
+from dashboard import overlays, theme
+from dashboard.params import IMAGE_ID_RE, METHODS, RUN_ID_RE
+
+if TYPE_CHECKING:
+    from dashboard.data import DashData
+
+log = logging.getLogger(__name__)
+
+ONE_YEAR = 365 * 24 * 3600
+TARGET_KINDS = ("pred", "true")
+
+
+def overlay_url(
+    run_id: str,
+    image_id: str,
+    method: str,
+    target: str = "pred",
+    cmap: str = overlays.DEFAULT_CMAP,
+    alpha: float = overlays.DEFAULT_ALPHA,
+    size: int | None = None,
+) -> str:
+    """URL of one overlay PNG (defaults omitted so identical overlays share one cache entry)."""
+    q = []
+    if target != "pred":
+        q.append(f"target={target}")
+    if cmap != overlays.DEFAULT_CMAP:
+        q.append(f"cmap={cmap}")
+    if alpha != overlays.DEFAULT_ALPHA:
+        q.append(f"alpha={alpha:g}")
+    if size is not None:
+        q.append(f"size={size}")
+    return f"/overlay/{run_id}/{image_id}/{method}.png" + ("?" + "&".join(q) if q else "")
+
+
+def image_url(run_id: str, image_id: str, size: int | None = None) -> str:
+    """URL of an image's thumbnail (optionally rescaled so its longer side is ``size``)."""
+    return f"/img/{run_id}/{image_id}.png" + (f"?size={size}" if size else "")
+
+
+def _etag(*parts: object) -> str:
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:20]
+
+
+def _image_response(data: bytes, mime: str, etag: str) -> Response:
+    """A cacheable image response; answers 304 when the client already has this ETag."""
+    resp = Response(status=304) if etag in request.if_none_match else Response(data, mimetype=mime)
+    resp.set_etag(etag)
+    resp.headers["Cache-Control"] = f"public, max-age={ONE_YEAR}, immutable"
+    return resp
+
+
+def register_routes(
+    server: Flask, data: DashData, cache: overlays.BytesLRU | None = None
+) -> overlays.BytesLRU:
+    """Attach the theme, thumbnail and overlay routes to ``server``; returns the PNG cache."""
+    png_cache = cache if cache is not None else overlays.BytesLRU()
+
+    @server.route("/_xaidash/theme/<name>.css")
+    def theme_css(name: str) -> Response:
+        try:
+            css, etag = theme.theme_css(name)
+        except (KeyError, OSError):
+            abort(404)
+        resp = Response(status=304) if etag in request.if_none_match else Response(css, mimetype="text/css")
+        resp.set_etag(etag)
+        resp.headers["Cache-Control"] = "public, max-age=86400"
+        return resp
+
+    @server.route("/img/<run_id>/<image_id>.png")
+    def thumbnail(run_id: str, image_id: str) -> Response:
+        if not RUN_ID_RE.match(run_id) or not IMAGE_ID_RE.match(image_id):
+            abort(404)
+        size = overlays.parse_size(request.args.get("size"))
+        key = ("img", run_id, image_id, size)
+        etag = _etag(*key)
+        if etag in request.if_none_match:
+            return _image_response(b"", "image/png", etag)
+
+        def render() -> tuple[bytes, str] | None:
+            thumb = data.thumbnail(run_id, image_id)
+            if thumb is None:
+                return None
+            return overlays.render_resized(thumb, size)
+
+        out = png_cache.get_or_render(key, render)
+        if out is None:
+            abort(404)
+        return _image_response(out[0], out[1], etag)
+
+    @server.route("/overlay/<run_id>/<image_id>/<method>.png")
+    def overlay(run_id: str, image_id: str, method: str) -> Response:
+        if not RUN_ID_RE.match(run_id) or not IMAGE_ID_RE.match(image_id) or method not in METHODS:
+            abort(404)
+        target = request.args.get("target", "pred")
+        if target not in TARGET_KINDS:
+            abort(404)
+        cmap = overlays.parse_cmap(request.args.get("cmap"))
+        alpha = overlays.parse_alpha(request.args.get("alpha"))
+        size = overlays.parse_size(request.args.get("size"))
+        key = ("ov", run_id, image_id, method, target, cmap, alpha, size)
+        etag = _etag(*key)
+        if etag in request.if_none_match:
+            return _image_response(b"", "image/png", etag)
+
+        def render() -> tuple[bytes, str] | None:
+            cam = data.cam(run_id, image_id, method, target)
+            if cam is None:
+                return None
+            thumb = data.thumbnail(run_id, image_id)
+            if thumb is None:  # no thumbnail stored: show the heatmap alone
+                return overlays.render_heatmap(cam, cmap, size or 96), "image/png"
+            return overlays.render_overlay(thumb, cam, cmap, alpha, size), "image/png"
+
+        out = png_cache.get_or_render(key, render)
+        if out is None:
+            abort(404)
+        return _image_response(out[0], out[1], etag)
+
+    return png_cache

@@ -1,0 +1,19 @@
+"""WSGI entry point for production serving: ``gunicorn 'dashboard.wsgi:server'``.
+
+The store directory comes from the ``XAIDASH_STORE`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dashboard.app import create_app
+
+_store = os.environ.get("XAIDASH_STORE")
+if not _store:
+    raise RuntimeError(
+        "set XAIDASH_STORE to the store directory, e.g. XAIDASH_STORE=/data/store gunicorn ..."
+    )
+
+app = create_app(_store)
+server = app.server
