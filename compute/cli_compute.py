@@ -1,0 +1,102 @@
+"""``xaidash compute``: run a model over every validation image and publish one run.
+
+Light imports only (argparse/stdlib): ``xaidash --help`` must not import torch. The job itself
+lives in :mod:`compute.job` and is imported inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+METHOD_NAMES = ("cam", "gradcam", "gradcampp", "scorecam")  # == compute.cams.METHODS (no torch here)
+PROJECTION_NAMES = ("umap", "pca", "tsne")
+
+
+def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
+    """True when ``option`` (e.g. "--device") is already defined on ``parser``."""
+    return option in parser._option_string_actions  # argparse has no public accessor
+
+
+def _add_data_fallback(parser: argparse.ArgumentParser) -> None:
+    """The shared data options, for when compute.common_args does not define one of them."""
+    if not _has_option(parser, "--data"):
+        parser.add_argument(
+            "--data", required=True, metavar="SPEC",
+            help="dataset: imagefolder:DIR | folder:DIR | fashion-mnist[:classes] | cifar10[:classes]",
+        )
+    if not _has_option(parser, "--data-root"):
+        parser.add_argument("--data-root", default=None, metavar="DIR",
+                            help="where fashion-mnist/cifar10 files live "
+                                 "(default $XAIDASH_DATA, ~/.cache/xaidash)")
+    if not _has_option(parser, "--limit-train"):
+        parser.add_argument("--limit-train", type=int, default=None, metavar="N",
+                            help="use at most N train images (stratified, deterministic)")
+    if not _has_option(parser, "--limit-val"):
+        parser.add_argument("--limit-val", type=int, default=None, metavar="N",
+                            help="use at most N validation images (stratified, deterministic)")
+    if not _has_option(parser, "--batch-size"):
+        parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                            help="images per batch (default 64)")
+    if not _has_option(parser, "--workers"):
+        parser.add_argument("--workers", type=int, default=2, metavar="N",
+                            help="image decoding worker processes (default 2; 0 = in the main process)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Define the ``compute`` options (shared data/device options come from common_args)."""
+    try:  # the shared options, when the foundation module provides them
+        from compute import common_args  # argparse-only module: still light
+
+        common_args.add_data_arguments(parser)
+        common_args.add_device_argument(parser)
+    except ImportError:
+        pass
+    _add_data_fallback(parser)
+    if not _has_option(parser, "--device"):
+        parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+
+    model = parser.add_argument_group("model (a checkpoint, or plain weights)")
+    model.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by `xaidash train`")
+    model.add_argument("--model", metavar="ARCH",
+                       help="architecture, with --weights (instead of --checkpoint)")
+    model.add_argument("--weights", metavar="imagenet|PATH",
+                       help="'imagenet' (the pretrained 1000-class model) or a torchvision state_dict file")
+    model.add_argument("--classes", metavar="a,b,c",
+                       help="class names of a --weights state_dict (default: the dataset's classes)")
+
+    parser.add_argument("--store", required=True, metavar="DIR",
+                        help="results store directory (created if missing)")
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES), metavar="LIST",
+                        help=f"comma-separated CAM methods (default all: {','.join(METHOD_NAMES)})")
+    parser.add_argument("--explain", default="pred", metavar="pred|pred,true",
+                        help="targets to explain: the predicted class, and also the true class of "
+                             "wrong predictions with 'pred,true' (default pred)")
+    parser.add_argument("--target-layer", default=None, metavar="NAME",
+                        help="dotted module name of the CAM layer (default: the model's last conv block)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fp32 (default) or bf16 autocast for the forward passes (CUDA; see docs)")
+    parser.add_argument("--twins", type=int, default=5, metavar="K",
+                        help="twins and counterfactuals per image and class (default 5)")
+    parser.add_argument("--projection", default=None, choices=PROJECTION_NAMES,
+                        help="2-D projection of the embeddings (default umap if installed, else pca)")
+    parser.add_argument("--faithfulness-steps", type=int, default=16, metavar="N",
+                        help="deletion/insertion steps (default 16)")
+    parser.add_argument("--no-faithfulness", action="store_true", help="skip the faithfulness metrics")
+    parser.add_argument("--scorecam-max-channels", type=int, default=None, metavar="N",
+                        help="approximate Score-CAM with the top-N channels by mean activation "
+                             "(default: exact, all channels; the run records the approximation)")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="process only chunks with index %% N == I; the last shard to finish "
+                             "publishes the run (or use --finalize)")
+    parser.add_argument("--finalize", action="store_true",
+                        help="skip the per-image phase and run the global phase (all chunks must be done)")
+    parser.add_argument("--chunk-size", type=int, default=256, metavar="N",
+                        help="val/train images per resumable chunk (default 256)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the job; returns the process exit code."""
+    from compute.job import JobConfig, run_job
+
+    result = run_job(JobConfig.from_args(args))
+    return 0 if result.ok else 1

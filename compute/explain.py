@@ -1,0 +1,227 @@
+"""Explain one uploaded image with a run's model (the dashboard's "explain a new image" page).
+
+The dashboard never imports torch at start-up; it imports this module lazily when a user
+uploads an image. ``model_ref`` is ``json.loads(runs.config_json)["model"]`` as written by
+:mod:`compute.job`:
+
+* ``{"checkpoint": "/abs/path.pt", "sha256": "...", "target_layer": "layer4"}``, or
+* ``{"arch": "resnet18", "weights": "imagenet" | "/abs/state_dict.pt", "classes": [...],
+  "target_layer": "layer4"}``.
+
+Models are built once per model_ref and cached (with a lock per model: the CAM hooks of one
+model must not be shared by two concurrent requests). A checkpoint that is gone, or whose
+sha256 no longer matches the run's, is a UserError: explaining with a different model than the
+run's would silently show maps that do not belong to the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from compute.cams import METHODS, CamEngine
+from xaidash.errors import UserError, choices_error
+
+log = logging.getLogger(__name__)
+
+TOPK = 3
+
+
+@dataclass
+class Explanation:
+    """Everything the upload page shows for one image."""
+
+    topk: list[tuple[int, str, float]]  # (class index, class name, probability), top 3
+    maps: dict[str, np.ndarray]  # method -> [h, w] float32 in [0, 1], target = predicted class
+    notes: dict[str, str]  # method -> why it is missing / approximated
+    twins: list[tuple[str, float]]  # (train image_id, cosine similarity), best first
+    image: Image.Image  # the RGB image as the network saw it (resized + center-cropped)
+    embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [K]
+
+
+@dataclass
+class _Cached:
+    model: torch.nn.Module
+    classes: list[str]
+    target_layer: str
+    linear_head: str | None
+    preprocessing: Any  # compute.models.Preprocessing
+    device: torch.device
+    lock: threading.Lock
+
+
+_CACHE: dict[str, _Cached] = {}
+_CACHE_LOCK = threading.Lock()
+# sha256 of checkpoint files keyed by (path, size, mtime): re-hash only when the file changed
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    sha = _SHA_CACHE.get(key)
+    if sha is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        sha = h.hexdigest()
+        _SHA_CACHE[key] = sha
+    return sha
+
+
+def _verify(model_ref: Mapping[str, object]) -> None:
+    """UserError when the checkpoint/weights file is gone or changed since the run."""
+    path_s = model_ref.get("checkpoint")
+    if path_s:
+        path = Path(str(path_s))
+        if not path.is_file():
+            raise UserError(f"the run's checkpoint {path} no longer exists; cannot explain new images")
+        want = model_ref.get("sha256")
+        if want and _file_sha256(path) != want:
+            raise UserError(
+                f"the run's checkpoint {path} has changed since the run (sha256 differs); "
+                "explanations would not match the run - recompute or restore the file"
+            )
+        return
+    weights = model_ref.get("weights")
+    if weights and weights != "imagenet" and not Path(str(weights)).is_file():
+        raise UserError(f"the run's weights file {weights} no longer exists; cannot explain new images")
+
+
+def _load(model_ref: Mapping[str, object]) -> _Cached:
+    from compute import checkpoint as ckpt_mod
+
+    if model_ref.get("checkpoint"):
+        ckpt = ckpt_mod.load_checkpoint(str(model_ref["checkpoint"]))
+    elif model_ref.get("arch"):
+        classes = model_ref.get("classes")
+        ckpt = ckpt_mod.checkpoint_from_weights(
+            str(model_ref["arch"]), str(model_ref.get("weights") or "imagenet"),
+            list(classes) if isinstance(classes, (list, tuple)) else None,
+        )
+    else:
+        raise UserError("the run records no model (config_json has no 'model'); cannot explain images")
+    parts = ckpt_mod.model_from_checkpoint(ckpt)
+    target_layer = str(model_ref.get("target_layer") or parts.target_layer)
+    linear_head = parts.linear_head if target_layer == parts.target_layer else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = parts.model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return _Cached(model, list(ckpt.classes), target_layer, linear_head, parts.preprocessing, device,
+                   threading.Lock())
+
+
+def get_model(model_ref: Mapping[str, object]) -> _Cached:
+    """The cached model for ``model_ref`` (verified against the run's sha256 on every call)."""
+    _verify(model_ref)
+    key = json.dumps(dict(model_ref), sort_keys=True, default=str)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is None:
+            cached = _load(model_ref)
+            _CACHE[key] = cached
+    return cached
+
+
+def clear_cache() -> None:
+    """Drop every cached model (tests; freeing memory)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _network_view(img: Image.Image, prep: Any) -> Image.Image:
+    """The image as the network sees it: shorter side to ``resize``, center crop ``input_size``."""
+    from torchvision.transforms import functional as TF
+
+    resized = TF.resize(img, prep.resize, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(resized, [prep.input_size, prep.input_size])
+
+
+def explain_image(
+    model_ref: Mapping[str, object],
+    image: Image.Image,
+    methods: Sequence[str] = METHODS,
+    train_ids: Sequence[str] | None = None,
+    train_labels: np.ndarray | None = None,
+    train_vectors: np.ndarray | None = None,
+    k: int = 5,
+    scorecam_max_channels: int | None = None,
+) -> Explanation:
+    """Top-3 classes, the maps of ``methods`` for the predicted class, and twins.
+
+    Twins are the ``k`` train images of the predicted class whose embedding (``train_vectors``,
+    e.g. ``StoreReader.train_embeddings``) is most cosine-similar to this image's; none when
+    no train vectors are given. ``scorecam_max_channels`` mirrors the job's option (the note
+    says so when it approximates).
+    """
+    from compute.imageio import to_rgb
+    from compute.neighbors import twins_for_vector
+
+    for m in methods:
+        if m not in METHODS:
+            raise choices_error("method", m, METHODS)
+    cached = get_model(model_ref)
+    rgb = to_rgb(image)
+    x = cached.preprocessing.transform(train=False)(rgb).unsqueeze(0)
+    shown = _network_view(rgb, cached.preprocessing)
+    notes: dict[str, str] = {}
+    maps: dict[str, np.ndarray] = {}
+    with cached.lock, CamEngine(cached.model, cached.target_layer, cached.linear_head) as engine:
+        x = x.to(cached.device)
+        res = engine.forward(x, [m for m in methods if m != "scorecam"])
+        probs = res.logits.softmax(dim=1)[0]
+        pred = int(probs.argmax())
+        for m in methods:
+            if m == "scorecam":
+                sc = engine.scorecam(x, res.activations, res.targets["pred"],
+                                     max_channels=scorecam_max_channels)
+                maps[m] = sc[0].float().cpu().numpy().astype(np.float32)
+                stats = engine.last_scorecam_stats
+                if stats.approximate:
+                    notes[m] = (f"approximate: top-{scorecam_max_channels} channels of "
+                                f"{res.activations.shape[1]} by mean activation")
+            elif (m, "pred") in res.maps:
+                maps[m] = res.maps[(m, "pred")][0].float().cpu().numpy().astype(np.float32)
+            elif m == "cam":
+                notes[m] = ("not applicable: the head is not global average pooling + one linear "
+                            "layer on the target layer")
+        embedding = res.embedding[0].float().cpu().numpy()
+
+    top = torch.topk(probs, min(TOPK, probs.shape[0]))
+    topk = [(int(i), cached.classes[int(i)], float(p)) for p, i in zip(top.values, top.indices, strict=True)]
+
+    twins: list[tuple[str, float]] = []
+    if train_vectors is not None and train_ids is not None and train_labels is not None and len(train_ids):
+        vecs = np.asarray(train_vectors, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[1] != embedding.shape[0]:
+            log.warning("train vectors have shape %s, the model's embedding %d values: no twins",
+                        vecs.shape, embedding.shape[0])
+        else:
+            twins = twins_for_vector(embedding, pred, train_ids, np.asarray(train_labels), vecs, k)
+    return Explanation(topk=topk, maps=maps, notes=notes, twins=twins, image=shown, embedding=embedding)
+
+
+def model_ref_from_config(config_json: str) -> dict[str, object]:
+    """``config_json`` of a runs row -> its model_ref; UserError when absent."""
+    try:
+        ref = json.loads(config_json or "{}").get("model")
+    except (ValueError, AttributeError):
+        ref = None
+    if not isinstance(ref, dict):
+        raise UserError("this run records no model reference; recompute it with this version of xaidash")
+    return ref
+
+
+__all__ = ["Explanation", "clear_cache", "explain_image", "get_model", "model_ref_from_config"]
