@@ -19,6 +19,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
 from dashboard import theme
+from dashboard.app_helpers import run_label
 from dashboard.data import DashData, SelectionStore
 from dashboard.pages import compare, embedding, explain, gallery, image, overview
 from dashboard.params import parse_query, qs_of
@@ -117,12 +118,7 @@ def run_options(state: AppState) -> list[dict[str, str]]:
     runs = state.data.runs()
     out = []
     for rec in runs.to_dict("records") if len(runs) else []:
-        created = rec.get("created")
-        when = created.strftime("%Y-%m-%d %H:%M") if hasattr(created, "strftime") else str(created)[:16]
-        acc = rec.get("accuracy")
-        acc_s = f" · acc {100 * acc:.1f}%" if acc is not None and acc == acc else ""
-        label = f"{when} · {rec.get('arch') or '?'} · {rec.get('dataset_spec') or ''}{acc_s}"
-        out.append({"label": label, "value": str(rec["run_id"])})
+        out.append({"label": run_label(rec), "value": str(rec["run_id"])})
     return out
 
 
@@ -139,6 +135,25 @@ def render(state: AppState, pathname: str | None, search: str | None) -> Any:
         [html.H5("Page not found", className="alert-heading"), dcc.Link("Go to the overview", href="/")],
         color="warning",
     )
+
+
+# Query keys that a page's own callbacks update in place: a URL change touching only these
+# does not re-render the page.
+SOFT_KEYS: dict[str, frozenset[str]] = {"/embedding": frozenset({"id"})}
+
+
+def is_soft_change(rendered: dict[str, Any] | None, pathname: str | None, search: str | None) -> bool:
+    """True when the URL differs from the rendered one only in the page's soft keys."""
+    if not rendered or rendered.get("path") != pathname:
+        return False
+    soft = SOFT_KEYS.get((pathname or "/").rstrip("/") or "/")
+    if not soft:
+        return False
+    old, new = qs_of(rendered.get("search")), qs_of(search)
+    if old == new:
+        return False
+    keys = set(old) | set(new)
+    return all(k in soft for k in keys if old.get(k) != new.get(k))
 
 
 def create_app(
@@ -171,6 +186,7 @@ def create_app(
     app.layout = html.Div(
         [
             dcc.Location(id="url", refresh="callback-nav"),
+            dcc.Store(id="rendered"),
             navbar(),
             dbc.Container(
                 dcc.Loading(html.Div(id="page-content"), type="default", delay_show=400),
@@ -191,16 +207,22 @@ def create_app(
         Output("page-content", "children"),
         Output("nav-run", "options"),
         Output("nav-run", "value"),
+        Output("rendered", "data"),
         *nav_outputs,
         Input("url", "pathname"),
         Input("url", "search"),
+        State("rendered", "data"),
     )
-    def route(pathname: str | None, search: str | None) -> tuple[Any, ...]:
+    def route(pathname: str | None, search: str | None, rendered: dict[str, Any] | None) -> tuple[Any, ...]:
+        if is_soft_change(rendered, pathname, search):
+            # The page already shows this state (e.g. a pinned point written to the URL by the
+            # embedding map's own callback): keep the URL shareable without a re-render.
+            return (no_update,) * (4 + len(NAV_ITEMS))
         content = render(state, pathname, search)
         resolved = state.data.resolve_run(parse_query(search).run)
         run_q = "?" + urlencode({"run": resolved.run_id}) if resolved.run_id else ""
         hrefs = [path + run_q for path, _ in NAV_ITEMS]
-        return (content, run_options(state), resolved.run_id, *hrefs)
+        return (content, run_options(state), resolved.run_id, {"path": pathname, "search": search}, *hrefs)
 
     @app.callback(
         Output("url", "search", allow_duplicate=True),

@@ -289,23 +289,29 @@ def plot_confusion_delta(delta: pd.DataFrame, class_names: Sequence[str]) -> go.
         if 0 <= int(t) < n and 0 <= int(p) < n:
             m[int(t), int(p)] = float(d)
     lim = max(1.0, float(np.abs(m).max()))
+    # Colour by "better/worse", not by sign: +1 on the diagonal is good, +1 off it is bad.
+    goodness = np.where(np.eye(n, dtype=bool), m, -m)
     names = [str(c) for c in class_names]
-    text = None
-    if n <= MAX_ANNOTATED_CLASSES:
-        text = [[f"{int(v):+d}" if v else "" for v in r] for r in m]
+    text = [[f"{int(v):+d}" if v else "" for v in r] for r in m]
     fig = go.Figure(
         go.Heatmap(
-            z=m,
+            z=goodness,
             x=names,
             y=names,
-            text=text,
-            texttemplate="%{text}" if text is not None else None,
+            customdata=m,
+            text=text if n <= MAX_ANNOTATED_CLASSES else None,
+            texttemplate="%{text}" if n <= MAX_ANNOTATED_CLASSES else None,
             colorscale="RdBu",
             zmid=0,
             zmin=-lim,
             zmax=lim,
-            hovertemplate="true %{y}<br>predicted %{x}<br>change %{z:+d}<extra></extra>",
-            colorbar={"title": "B − A", "thickness": 12},
+            hovertemplate="true %{y}<br>predicted %{x}<br>change %{customdata:+d} images<extra></extra>",
+            colorbar={
+                "title": "better",
+                "thickness": 12,
+                "tickvals": [-lim, 0, lim],
+                "ticktext": ["worse", "same", "better"],
+            },
         )
     )
     fig.update_layout(

@@ -1,18 +1,384 @@
-"""Placeholder."""
+"""Embedding map: the 2-D projection of the embeddings as a WebGL scatter.
+
+Coloured by true or predicted class, errors drawn as ``x``. Hover shows the thumbnail in the
+side panel; a click pins the point, draws lines to its twins and offers its image page; a
+lasso/box selection is resolved over *all* points (not only the displayed sample) and opened
+in the gallery as a server-side selection.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import dash
-from dash import html
+import dash_bootstrap_components as dbc
+import numpy as np
+import pandas as pd
+from dash import Input, Output, State, dcc, html, no_update
 
+from dashboard import figures
+from dashboard.components import (
+    card,
+    correctness_badge,
+    empty_state,
+    fmt_num,
+    fmt_pct,
+    no_runs_alert,
+    thumb_img,
+    warning_alert,
+)
+from dashboard.params import Filters, gallery_href, image_href, parse_query, to_query, valid_image_id
+from dashboard.routes import overlay_url
 from dashboard.state import AppState, PageContext
+
+PREFIX = "embedding"
+MAX_INLINE = 20
+
+
+def embedding_figure(state: AppState, run_id: str, f: Filters, selected: str | None = None) -> Any:
+    """The map, with twin lines from ``selected`` when given."""
+    data = state.data
+    info = data.run(run_id)
+    names = list(getattr(info, "class_names", []) or [])
+    points = data.embedding_points(run_id, f.train)
+    twins = None
+    if selected is not None:
+        twins = twin_positions(state, run_id, selected)
+    return figures.plot_embedding(points, names, color_by=f.color, selected=selected, twin_points=twins)
+
+
+def twin_positions(state: AppState, run_id: str, image_id: str) -> pd.DataFrame:
+    """x, y, similarity of ``image_id``'s twins (train points, looked up even when hidden)."""
+    nb = state.data.neighbors(run_id, image_id)
+    if not len(nb):
+        return pd.DataFrame(columns=["x", "y", "similarity"])
+    nb = nb[nb["kind"] == "twin"]
+    allpts = state.data.embedding_points(run_id, True)
+    pos = allpts.set_index("image_id")[["x", "y"]]
+    nb = nb[nb["neighbor_id"].isin(pos.index)]
+    return pd.DataFrame(
+        {
+            "x": pos.loc[nb["neighbor_id"], "x"].to_numpy(),
+            "y": pos.loc[nb["neighbor_id"], "y"].to_numpy(),
+            "similarity": nb["similarity"].to_numpy(),
+        }
+    )
 
 
 def layout(ctx: PageContext) -> Any:
-    return html.Div("todo")
+    """Render the embedding map page (plain function, unit-tested)."""
+    if ctx.run_id is None:
+        return no_runs_alert(ctx.state.store_path)
+    run_id = ctx.run_id
+    f = replace(ctx.filters, run=run_id)
+    info = ctx.run_info()
+    labeled = bool(getattr(info, "labeled", True))
+    points = ctx.data.embedding_points(run_id, f.train)
+    if len(points) == 0:
+        return empty_state(
+            "No embeddings in this run",
+            "This run has no 2-D projection. Re-run xaidash compute (its global phase writes the map).",
+        )
+    controls = html.Div(
+        [
+            html.Span("Colour by", className="small me-2"),
+            dbc.RadioItems(
+                id=f"{PREFIX}-color",
+                options=[
+                    {"label": "true class", "value": "true", "disabled": not labeled},
+                    {"label": "predicted class", "value": "pred"},
+                ],
+                value=f.color if labeled else "pred",
+                inline=True,
+                className="small me-4",
+            ),
+            dbc.Checklist(
+                id=f"{PREFIX}-train",
+                options=[{"label": "show train (reference) points", "value": "train"}],
+                value=["train"] if f.train else [],
+                switch=True,
+                className="small",
+            ),
+        ],
+        className="d-flex align-items-center flex-wrap",
+    )
+    graph = dcc.Graph(
+        id=f"{PREFIX}-graph",
+        figure=embedding_figure(ctx.state, run_id, f, f.id),
+        config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage"], "scrollZoom": True},
+        clear_on_unhover=False,
+    )
+    side = html.Div(
+        [
+            card(
+                "Hovered",
+                html.Div(
+                    html.P("Hover a point to see the image.", className="text-muted small mb-0"),
+                    id=f"{PREFIX}-hover",
+                ),
+            ),
+            card(
+                "Selected point", html.Div(selected_panel(ctx.state, run_id, f.id, f), id=f"{PREFIX}-pinned")
+            ),
+            card(
+                "Lasso / box selection",
+                html.Div(
+                    html.P(
+                        "Drag a lasso or box on the map to select images.", className="text-muted small mb-0"
+                    ),
+                    id=f"{PREFIX}-selection",
+                ),
+            ),
+        ]
+    )
+    legend = html.P(
+        [
+            "● correct  ✕ wrong  ○ train reference. Click a point to pin it and draw lines to its twins; "
+            "use the lasso or box tool to open a region in the gallery."
+        ],
+        className="small text-muted mb-0",
+    )
+    return html.Div(
+        [
+            warning_alert(ctx.resolved.warning),
+            dbc.Row(
+                [
+                    dbc.Col(card("Embedding map", [graph, legend], header_right=controls), lg=9),
+                    dbc.Col(side, lg=3),
+                ]
+            ),
+        ],
+        id=f"{PREFIX}-page",
+    )
+
+
+def point_summary(state: AppState, run_id: str, image_id: str) -> dict[str, Any] | None:
+    """Label/prediction of one point (from the cached points table)."""
+    pts = state.data.embedding_points(run_id, True)
+    row = pts[pts["image_id"] == image_id]
+    if not len(row):
+        return None
+    return {
+        k: (None if (v is None or (isinstance(v, float) and np.isnan(v))) else v)
+        for k, v in row.iloc[0].to_dict().items()
+    }
+
+
+def hover_panel(state: AppState, run_id: str, image_id: str | None) -> Any:
+    """Thumbnail + label/prediction for the hovered point."""
+    if image_id is None:
+        return no_update
+    rec = point_summary(state, run_id, image_id)
+    if rec is None:
+        return html.P("Unknown point.", className="text-muted small mb-0")
+    lines = [
+        html.Div(
+            [
+                correctness_badge(rec.get("correct"))
+                if rec.get("split") == "val"
+                else dbc.Badge("train", color="secondary")
+            ]
+        ),
+        html.Div(["true ", html.B(str(rec.get("label_name") or "—"))], className="small"),
+    ]
+    if rec.get("split") == "val":
+        lines.append(html.Div(["pred ", html.B(str(rec.get("pred_name") or "—"))], className="small"))
+    return html.Div(
+        [
+            html.Div(
+                [
+                    thumb_img(run_id, image_id, size=160, className="xd-hover-thumb"),
+                    html.Img(
+                        src=overlay_url(run_id, image_id, "gradcam", size=160), className="xd-hover-thumb"
+                    ),
+                ],
+                className="d-flex gap-2 mb-2",
+            ),
+            *lines,
+        ]
+    )
+
+
+def selected_panel(state: AppState, run_id: str, image_id: str | None, f: Filters) -> Any:
+    """The pinned point: its image page link and its twins."""
+    if image_id is None:
+        return html.P(
+            "Click a point to pin it and draw lines to its twins.", className="text-muted small mb-0"
+        )
+    rec = point_summary(state, run_id, image_id)
+    if rec is None:
+        return html.P("That image is not in this run.", className="text-muted small mb-0")
+    nb = state.data.neighbors(run_id, image_id)
+    twins = nb[nb["kind"] == "twin"] if len(nb) else nb
+    return html.Div(
+        [
+            html.Div(thumb_img(run_id, image_id, size=96), className="mb-1"),
+            html.Div(
+                [
+                    html.B(str(rec.get("pred_name") or rec.get("label_name") or "")),
+                    f" (true {rec.get('label_name') or '—'})",
+                ],
+                className="small mb-1",
+            ),
+            dbc.Button(
+                "Open image page →",
+                href=image_href(run_id, image_id, f),
+                size="sm",
+                color="primary",
+                className="mb-2",
+                id=f"{PREFIX}-open-image",
+                external_link=False,
+            ),
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            thumb_img(run_id, str(r["neighbor_id"]), className="xd-thumb"),
+                            html.Div(f"{fmt_num(r['similarity'], 2)}", className="small text-center"),
+                        ],
+                        style={"width": "64px"},
+                    )
+                    for r in twins.head(5).to_dict("records")
+                ],
+                className="d-flex flex-wrap gap-1 xd-neighbor",
+            )
+            if len(twins)
+            else html.P("No twins stored.", className="text-muted small mb-0"),
+        ]
+    )
+
+
+def select_ids(points: pd.DataFrame, selected: dict[str, Any] | None) -> list[str]:
+    """Image ids inside a lasso polygon or box, over *all* points (val and, if shown, train).
+
+    The figure shows a sample on large runs, so the ids plotly reports are incomplete; the
+    lasso polygon / box range it also reports is applied to the full table instead.
+    """
+    if not selected or points is None or len(points) == 0:
+        return []
+    xy = points[["x", "y"]].to_numpy(dtype=float)
+    lasso = selected.get("lassoPoints")
+    box = selected.get("range")
+    if lasso and lasso.get("x") and len(lasso["x"]) >= 3:
+        from matplotlib.path import Path as MplPath  # lazy: only needed for lasso selections
+
+        poly = np.column_stack([np.asarray(lasso["x"], float), np.asarray(lasso["y"], float)])
+        mask = MplPath(poly).contains_points(xy)
+    elif box and box.get("x") and box.get("y"):
+        (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+        mask = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+    else:
+        ids = {str(p.get("customdata")) for p in selected.get("points", []) if p.get("customdata")}
+        mask = points["image_id"].isin(ids).to_numpy()
+    # The gallery lists validation images (predictions); train points cannot be opened there.
+    val = points["split"].eq("val").to_numpy() if "split" in points else np.ones(len(points), bool)
+    return [str(i) for i in points.loc[mask & val, "image_id"]]
+
+
+def selection_href(state: AppState, f: Filters, ids: list[str]) -> str:
+    """Gallery link for a selection: ids inline when few, else a server-side key."""
+    base = Filters(run=f.run, cmap=f.cmap, alpha=f.alpha)
+    if len(ids) <= MAX_INLINE:
+        return gallery_href(base, ids=tuple(ids))
+    return gallery_href(base, sel=state.selections.put(ids))
 
 
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
-    return None
+    """Hover -> side panel; click -> pin + twin lines; selection -> gallery link; controls -> URL."""
+
+    @app.callback(
+        Output(f"{PREFIX}-hover", "children"),
+        Input(f"{PREFIX}-graph", "hoverData"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def on_hover(hover: dict[str, Any] | None, search: str | None) -> Any:
+        run = state.data.resolve_run(parse_query(search).run).run_id
+        pid = _point_id(hover)
+        if run is None or pid is None:
+            return no_update
+        return hover_panel(state, run, pid)
+
+    @app.callback(
+        Output(f"{PREFIX}-pinned", "children"),
+        Output(f"{PREFIX}-graph", "figure"),
+        Output("url", "search", allow_duplicate=True),
+        Input(f"{PREFIX}-graph", "clickData"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def on_click(click: dict[str, Any] | None, search: str | None) -> Any:
+        f = parse_query(search)
+        run = state.data.resolve_run(f.run).run_id
+        pid = _point_id(click)
+        if run is None or pid is None:
+            return no_update, no_update, no_update
+        f = replace(f, run=run, id=pid)
+        # The URL keeps the pinned point (shareable), written without a re-render of the page:
+        # the router ignores changes that only touch "id" on this page (see app.render).
+        return (
+            selected_panel(state, run, pid, f),
+            embedding_figure(state, run, f, pid),
+            to_query(f, ("run", "color", "train", "id", "cmap", "alpha")),
+        )
+
+    @app.callback(
+        Output(f"{PREFIX}-selection", "children"),
+        Input(f"{PREFIX}-graph", "selectedData"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def on_select(selected: dict[str, Any] | None, search: str | None) -> Any:
+        f = parse_query(search)
+        run = state.data.resolve_run(f.run).run_id
+        if run is None or not selected:
+            return no_update
+        ids = select_ids(state.data.embedding_points(run, f.train), selected)
+        if not ids:
+            return html.P("No validation images in that region.", className="text-muted small mb-0")
+        href = selection_href(state, replace(f, run=run), ids)
+        return html.Div(
+            [
+                html.P(
+                    f"{len(ids):,} validation images selected.",
+                    className="small mb-2",
+                    id=f"{PREFIX}-selection-count",
+                ),
+                dbc.Button(
+                    "Open selection in the gallery →",
+                    href=href,
+                    color="primary",
+                    size="sm",
+                    id=f"{PREFIX}-open-gallery",
+                    external_link=False,
+                ),
+            ]
+        )
+
+    @app.callback(
+        Output("url", "search", allow_duplicate=True),
+        Input(f"{PREFIX}-color", "value"),
+        Input(f"{PREFIX}-train", "value"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def on_controls(color: str | None, train: list[str] | None, search: str | None) -> Any:
+        f = parse_query(search)
+        new = replace(f, color=color or "true", train=bool(train))
+        if (new.color, new.train) == (f.color, f.train):
+            return no_update
+        return to_query(new, ("run", "color", "train", "id", "cmap", "alpha"))
+
+
+def _point_id(event: dict[str, Any] | None) -> str | None:
+    """The image id carried in ``customdata`` of the first point of a plotly event."""
+    if not event or not event.get("points"):
+        return None
+    cd = event["points"][0].get("customdata")
+    if isinstance(cd, list):
+        cd = cd[0] if cd else None
+    return valid_image_id(str(cd)) if cd is not None else None
+
+
+_ = (fmt_pct, pd)

@@ -1,18 +1,312 @@
-"""Placeholder."""
+"""Explain an image: upload a PNG/JPEG and see what the run's model makes of it, on the fly.
+
+The only page that runs the model: ``compute.explain`` (and with it torch) is imported inside
+the callback, so the rest of the dashboard starts fast and works without torch. Uploads are
+checked before decoding: size limit, PNG/JPEG only, decompression bombs refused.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import json
+import logging
+import warnings
 from typing import Any
 
 import dash
-from dash import html
+import dash_bootstrap_components as dbc
+from dash import Input, Output, State, dcc, html, no_update
+from PIL import Image, ImageOps
 
+from dashboard import figures, overlays
+from dashboard.components import (
+    card,
+    empty_state,
+    fmt_num,
+    method_label,
+    no_runs_alert,
+    overlay_img,
+    thumb_img,
+    warning_alert,
+)
+from dashboard.params import METHODS, parse_query
 from dashboard.state import AppState, PageContext
+
+log = logging.getLogger(__name__)
+
+PREFIX = "explain"
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # ~ a 7,000 x 5,700 photo; anything larger is refused before decoding
+ALLOWED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG"}  # MPO: JPEGs from some cameras
+SHOW_SIZE = 224
+
+
+class UploadError(ValueError):
+    """An upload we refuse; the message is shown to the user as is."""
+
+
+def decode_upload(contents: str | None, filename: str | None = None) -> Image.Image:
+    """``dcc.Upload`` contents (a data URL) -> RGB image, or :class:`UploadError`.
+
+    Checks, in order and before decoding pixels: base64 well-formed, size limit, recognised
+    as PNG or JPEG by its bytes (not its name), pixel count (decompression bomb). Then
+    decodes fully (truncation surfaces here), applies EXIF orientation and flattens alpha on
+    white, as a viewer would show it.
+    """
+    name = filename or "the file"
+    if not contents or "," not in contents:
+        raise UploadError("Nothing was uploaded.")
+    _header, _, b64 = contents.partition(",")
+    if len(b64) > (MAX_UPLOAD_BYTES * 4) // 3 + 8:
+        raise UploadError(
+            f"{name} is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB; upload a smaller image."
+        )
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadError(f"{name} could not be read (malformed upload).") from None
+    if len(raw) > MAX_UPLOAD_BYTES:
+        raise UploadError(
+            f"{name} is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB; upload a smaller image."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as im:
+                fmt = im.format or ""
+                if fmt not in ALLOWED_FORMATS:
+                    raise UploadError(f"{name} is not a PNG or JPEG image (detected: {fmt or 'unknown'}).")
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise UploadError(
+                        f"{name} is {w}×{h} = {w * h:,} pixels, over the {MAX_PIXELS:,} limit "
+                        "(refused as a possible decompression bomb); downscale it first."
+                    )
+                im.load()
+                img = ImageOps.exif_transpose(im) or im
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                    rgba = img.convert("RGBA")
+                    bg = Image.new("RGB", rgba.size, (255, 255, 255))
+                    bg.paste(rgba, mask=rgba.split()[-1])
+                    return bg
+                return img.convert("RGB")
+    except UploadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UploadError(f"{name} was refused as a decompression bomb (too many pixels).") from None
+    except Image.UnidentifiedImageError:
+        raise UploadError(f"{name} is not an image Pillow can read; upload a PNG or JPEG.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UploadError(f"{name} could not be decoded ({exc}); is it truncated or corrupt?") from None
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def model_ref_of(info: Any) -> dict[str, Any] | None:
+    """The run's model reference (``config_json["model"]``), None when absent or unreadable."""
+    try:
+        ref = json.loads(getattr(info, "config_json", None) or "{}").get("model")
+    except (ValueError, AttributeError):
+        return None
+    return ref if isinstance(ref, dict) else None
 
 
 def layout(ctx: PageContext) -> Any:
-    return html.Div("todo")
+    """Upload area + result container (the work happens in the callback)."""
+    if ctx.run_id is None:
+        return no_runs_alert(ctx.state.store_path)
+    info = ctx.run_info()
+    ref = model_ref_of(info)
+    model_desc = (
+        f"{getattr(info, 'arch', '?')} · checkpoint {ref.get('checkpoint') or ref.get('weights') or '?'}"
+        if ref
+        else "this run records no model reference"
+    )
+    upload = dcc.Upload(
+        id=f"{PREFIX}-upload",
+        children=html.Div(
+            [
+                html.Div("Drop a PNG or JPEG here, or click to choose one", className="fw-semibold"),
+                html.Div(f"up to {MAX_UPLOAD_BYTES // (1024 * 1024)} MB", className="small text-muted"),
+            ]
+        ),
+        className="xd-upload",
+        multiple=False,
+        accept="image/png,image/jpeg",
+        max_size=MAX_UPLOAD_BYTES,
+    )
+    return html.Div(
+        [
+            warning_alert(ctx.resolved.warning),
+            card(
+                "Explain a new image with this run's model",
+                [
+                    html.P(["Model: ", html.Span(model_desc, className="text-muted")], className="small"),
+                    upload,
+                    html.P(
+                        "Runs the model on this machine: top-3 classes, the four maps for the predicted "
+                        "class, "
+                        "and the most similar training images (twins).",
+                        className="small text-muted mt-2 mb-0",
+                    ),
+                ],
+            ),
+            dcc.Loading(html.Div(id=f"{PREFIX}-result"), type="default"),
+        ],
+        id=f"{PREFIX}-page",
+    )
+
+
+def render_explanation(state: AppState, run_id: str, image: Image.Image, filename: str | None) -> Any:
+    """Run ``compute.explain.explain_image`` and lay out its result (or say why not)."""
+    info = state.data.run(run_id)
+    ref = model_ref_of(info)
+    if ref is None:
+        return empty_state(
+            "This run cannot explain new images",
+            "Its configuration records no model reference. Recompute it with this version of xaidash.",
+            color="warning",
+        )
+    try:
+        from compute.explain import explain_image  # lazy: imports torch
+    except ImportError as exc:
+        return empty_state(
+            "The model cannot be loaded here",
+            f"torch is not available in this environment ({exc}).",
+            color="warning",
+        )
+    from xaidash.errors import UserError
+
+    try:
+        ids, labels, vectors = state.data.train_embeddings(run_id)
+        methods = [m for m in METHODS if m in (getattr(info, "methods", None) or METHODS)]
+        exp = explain_image(
+            ref, image, methods=methods, train_ids=ids, train_labels=labels, train_vectors=vectors
+        )
+    except UserError as exc:
+        return empty_state(
+            "The model of this run is not available",
+            [
+                html.P(str(exc)),
+                html.P(
+                    "Restore the checkpoint file at that path (unchanged), or compute a new run "
+                    "and pick it in the navbar.",
+                    className="mb-0",
+                ),
+            ],
+            color="warning",
+        )
+    shown = exp.image.convert("RGB")
+    base = overlays.resize_image(shown, SHOW_SIZE)
+    cams = []
+    for m in methods:
+        if m in exp.maps:
+            body: Any = html.Img(
+                src=data_url(overlays.encode_png(overlays.blend(base, exp.maps[m]))), className="xd-cam-large"
+            )
+        else:
+            body = html.Div(exp.notes.get(m, "not computed"), className="xd-cam-missing text-muted small p-2")
+        note = exp.notes.get(m) if m in exp.maps else None
+        cams.append(
+            dbc.Col(
+                html.Div(
+                    [
+                        html.Div(method_label(m), className="fw-semibold small mb-1"),
+                        body,
+                        html.Div(note, className="small text-muted") if note else None,
+                    ],
+                    className="text-center",
+                ),
+                xs=6,
+                md=3,
+            )
+        )
+    twins = [
+        html.Div(
+            [
+                html.Div(
+                    [
+                        thumb_img(run_id, tid, size=96),
+                        overlay_img(run_id, tid, "gradcam", parse_query(""), size=96, title="its Grad-CAM"),
+                    ],
+                    className="d-flex gap-1",
+                ),
+                html.Div(f"sim {fmt_num(sim, 3)}", className="small text-center"),
+            ],
+            className="xd-neighbor",
+        )
+        for tid, sim in exp.twins
+    ]
+    pred_name = exp.topk[0][1] if exp.topk else "?"
+    return html.Div(
+        [
+            dbc.Row(
+                [
+                    dbc.Col(
+                        card(
+                            f"Uploaded: {filename or 'image'} (as the network sees it)",
+                            html.Img(
+                                src=data_url(overlays.encode_png(overlays.resize_image(shown, 288))),
+                                className="xd-large",
+                            ),
+                        ),
+                        md=4,
+                    ),
+                    dbc.Col(
+                        card(
+                            "Top-3 classes",
+                            dcc.Graph(
+                                figure=figures.plot_topk(exp.topk[:3]), config={"displayModeBar": False}
+                            ),
+                        ),
+                        md=8,
+                    ),
+                ]
+            ),
+            card(f"Where the model looked to predict “{pred_name}”", dbc.Row(cams, className="g-2")),
+            card(
+                "Twins: most similar training images of the predicted class",
+                html.Div(twins, className="d-flex flex-wrap gap-3")
+                if twins
+                else html.P(
+                    "No training embeddings in this run, so no twins.", className="text-muted small mb-0"
+                ),
+            ),
+        ],
+        id=f"{PREFIX}-output",
+    )
 
 
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
-    return None
+    """Upload -> explanation (the only callback in the app that runs the model)."""
+
+    @app.callback(
+        Output(f"{PREFIX}-result", "children"),
+        Input(f"{PREFIX}-upload", "contents"),
+        State(f"{PREFIX}-upload", "filename"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    def on_upload(contents: str | None, filename: str | None, search: str | None) -> Any:
+        if not contents:
+            return no_update
+        run = state.data.resolve_run(parse_query(search).run).run_id
+        if run is None:
+            return no_runs_alert(state.store_path)
+        try:
+            image = decode_upload(contents, filename)
+        except UploadError as exc:
+            return dbc.Alert(str(exc), color="danger", id=f"{PREFIX}-error")
+        try:
+            return render_explanation(state, run, image, filename)
+        except Exception as exc:
+            log.exception("explaining an uploaded image failed")
+            return dbc.Alert(
+                f"Explaining the image failed: {type(exc).__name__}: {exc}",
+                color="danger",
+                id=f"{PREFIX}-error",
+            )
