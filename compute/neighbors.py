@@ -98,7 +98,7 @@ def class_restricted_topk(
     if k <= 0:
         raise ValueError("k must be positive")
     dev = torch.device(device)
-    q_t = torch.as_tensor(np.asarray(queries) if not torch.is_tensor(queries) else queries)
+    q_t = queries if torch.is_tensor(queries) else torch.from_numpy(np.array(queries, dtype=np.float32))
     tgt = torch.as_tensor(np.asarray(targets) if not torch.is_tensor(targets) else targets).long()
     squeeze = tgt.dim() == 1
     if squeeze:
@@ -124,7 +124,8 @@ def class_restricted_topk(
     for start in range(0, n_train, chunk_size):
         stop = min(start + chunk_size, n_train)
         chunk = train_vectors[start:stop]
-        chunk_t = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.ascontiguousarray(chunk))
+        # a copy per chunk: works for read-only arrays (Arrow buffers) and memmaps alike
+        chunk_t = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.array(chunk, dtype=np.float32))
         tn = _normalize(chunk_t.to(dev, non_blocking=True))
         lab = labels_all[start:stop].to(dev)
         cand_idx = torch.arange(start, stop, device=dev)

@@ -1,0 +1,326 @@
+"""The compute job end to end on tiny generated data (16 px images, resnet18 small-input stem).
+
+Random weights are fine: these tests check plumbing and consistency, not accuracy. Score-CAM
+uses a channel cap and faithfulness few steps so each job runs in seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from compute.job import FAIL_AFTER_ENV, JobConfig, _Job, cam_disagreement, run_job
+from store.reader import open_store
+from tests.imagegen import make_imagefolder, make_unlabeled_folder, write_corrupt_image
+from xaidash.cli import main
+from xaidash.errors import UserError
+
+SIZE = 16
+CLASSES = ("left", "right")
+
+
+def _save_ckpt(path: Path, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
+    from compute.checkpoint import Checkpoint, save_checkpoint
+    from compute.models import build_model
+
+    torch.manual_seed(seed)
+    parts = build_model("resnet18", len(classes), input_size=SIZE)
+    ckpt = Checkpoint(
+        arch="resnet18", classes=list(classes), preprocessing=parts.preprocessing, small_input_stem=True,
+        state_dict=parts.model.state_dict(), train_args={}, metrics={}, versions={},
+        created="2024-01-01T00:00:00+00:00", path=None, sha256=None,
+    )
+    save_checkpoint(ckpt, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_ckpt(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("data"), CLASSES, n_train=6, n_val=5, size=SIZE)
+
+
+def _cfg(data: str, ckpt: Path, store: Path, **kw: object) -> JobConfig:
+    base: dict[str, object] = dict(
+        data=data, checkpoint=str(ckpt), store=str(store), device="cpu", workers=0, batch_size=4,
+        chunk_size=4, scorecam_max_channels=4, faithfulness_steps=2, projection="pca", twins=3,
+    )
+    base.update(kw)
+    return JobConfig(**base)  # type: ignore[arg-type]
+
+
+def _q(store: Path, query: str, run_id: str) -> pd.DataFrame:
+    with open_store(store) as r:
+        return r.sql(query, [run_id])
+
+
+def _ids(folder: Path, split: str) -> set[str]:
+    from compute.data import open_dataset
+
+    return {it.image_id for it in open_dataset(f"imagefolder:{folder}").items(split)}
+
+
+def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    rc = main([
+        "compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(ckpt), "--store", str(store),
+        "--device", "cpu", "--workers", "1", "--batch-size", "4", "--chunk-size", "4",
+        "--scorecam-max-channels", "4", "--faithfulness-steps", "2", "--projection", "pca",
+        "--explain", "pred,true", "--twins", "2",
+    ])
+    assert rc == 0
+    with open_store(store) as r:
+        runs = r.runs()
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    rid = str(run["run_id"])
+    val_ids, train_ids = _ids(folder, "val"), _ids(folder, "train")
+    assert run["num_val"] == len(val_ids) == 10 and run["num_train"] == len(train_ids) == 12
+    assert run["status"] == "complete" and run["num_failed"] == 0
+    assert run["scorecam_note"] is not None and "top-4" in run["scorecam_note"]
+    assert list(run["methods"]) == ["cam", "gradcam", "gradcampp", "scorecam"]
+    assert (run["map_h"], run["map_w"]) == (2, 2)
+    import json
+
+    cfg = json.loads(run["config_json"])
+    assert cfg["model"]["checkpoint"] == str(ckpt.absolute()) and cfg["model"]["target_layer"] == "layer4"
+    assert set(json.loads(run["timings_json"])) >= {"setup", "per_image_val", "per_image_train", "neighbors"}
+
+    pred = _q(store, "SELECT * FROM predictions WHERE run_id = ? ORDER BY image_id", rid)
+    assert set(pred.image_id) == val_ids and len(pred) == len(val_ids)
+    probs = np.stack(pred.probabilities.to_numpy())
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(1), pred.pred.to_numpy())
+    assert (pred.correct == (pred.label == pred.pred)).all()
+    np.testing.assert_allclose(pred.loss, -np.log(probs[np.arange(len(pred)), pred.label]), rtol=1e-4)
+    assert (pred.runner_up != pred.pred).all()
+    assert pred.cam_disagreement.notna().any()
+
+    cams = _q(store, "SELECT image_id, method, target_kind, target_class, h, w, map FROM cams "
+                     "WHERE run_id = ?", rid)
+    val_cams = cams[cams.image_id.isin(val_ids)]
+    per = val_cams[val_cams.target_kind == "pred"].groupby("image_id").method.apply(set)
+    assert len(per) == 10 and all(s == {"cam", "gradcam", "gradcampp", "scorecam"} for s in per)
+    wrong = set(pred.image_id[~pred.correct])
+    true_maps = val_cams[val_cams.target_kind == "true"]
+    assert set(true_maps.image_id) == wrong
+    if wrong:
+        assert (true_maps.groupby("image_id").size() == 4).all()
+    train_cams = cams[cams.image_id.isin(train_ids)]
+    assert set(train_cams.image_id) == train_ids and set(train_cams.method) == {"gradcam"}
+    for m in cams["map"]:
+        arr = np.asarray(m)
+        assert arr.shape == (4,) and arr.min() >= 0 and arr.max() <= 1
+
+    emb = _q(store, "SELECT image_id, split, x, y FROM embeddings WHERE run_id = ?", rid)
+    assert set(emb.image_id) == val_ids | train_ids and emb.x.notna().all() and emb.y.notna().all()
+
+    nb = _q(store, "SELECT * FROM neighbors WHERE run_id = ?", rid)
+    assert set(nb.neighbor_id) <= train_ids and set(nb.image_id) == val_ids
+    label_of = {i: (0 if "left" in s else 1) for i, s in zip(*_sources(folder, "train"), strict=True)}
+    assert all(label_of[n] == c for n, c in zip(nb.neighbor_id, nb.neighbor_class, strict=True))
+    tw = nb[nb.kind == "twin"].merge(pred[["image_id", "pred", "runner_up", "label"]], on="image_id")
+    assert (tw.neighbor_class == tw.pred).all() and (tw.groupby("image_id").size() == 2).all()
+    cf = nb[nb.kind == "counterfactual"].merge(pred[["image_id", "runner_up"]], on="image_id")
+    assert (cf.neighbor_class == cf.runner_up).all()  # 2 classes: the true class is the runner-up
+
+    cm = _q(store, "SELECT * FROM class_metrics WHERE run_id = ? ORDER BY class", rid)
+    from compute.metrics import classification_report
+
+    rep = classification_report(pred.label.to_numpy(), pred.pred.to_numpy(), 2)
+    np.testing.assert_allclose(cm.recall, rep.recall)
+    assert cm.support.tolist() == [5, 5]
+    conf = _q(store, "SELECT * FROM confusion WHERE run_id = ?", rid)
+    assert conf["count"].sum() == 10
+    assert run["accuracy"] == pytest.approx(rep.accuracy)
+
+    fa = _q(store, "SELECT * FROM faithfulness WHERE run_id = ?", rid)
+    assert len(fa) == 40 and set(fa.method) == {"cam", "gradcam", "gradcampp", "scorecam"}
+    assert fa[["drop", "deletion_auc", "insertion_auc"]].notna().all().all()
+
+    with open_store(store) as r:
+        assert r.thumbnail(rid, sorted(val_ids)[0])
+        assert r.thumbnail(rid, sorted(train_ids)[0])
+
+    # same arguments again: nothing is recomputed and no second run appears
+    assert main(["compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(ckpt), "--store",
+                 str(store), "--device", "cpu", "--workers", "0", "--batch-size", "4", "--chunk-size", "4",
+                 "--scorecam-max-channels", "4", "--faithfulness-steps", "2", "--projection", "pca",
+                 "--explain", "pred,true", "--twins", "2"]) == 0
+    with open_store(store) as r:
+        assert len(r.runs()) == 1
+
+
+def _sources(folder: Path, split: str) -> tuple[list[str], list[str]]:
+    from compute.data import open_dataset
+
+    items = open_dataset(f"imagefolder:{folder}").items(split)
+    return [it.image_id for it in items], [it.source for it in items]
+
+
+def test_unreadable_image_recorded_and_skipped(ckpt: Path, tmp_path: Path) -> None:
+    data = make_imagefolder(tmp_path / "d", CLASSES, n_train=2, n_val=3, size=SIZE)
+    write_corrupt_image(data / "val" / "left" / "broken.png")
+    res = run_job(_cfg(f"imagefolder:{data}", ckpt, tmp_path / "s", methods=("gradcam",),
+                       faithfulness=False))
+    assert res.published and res.run_id
+    fails = _q(tmp_path / "s", "SELECT * FROM failures WHERE run_id = ?", res.run_id)
+    assert len(fails) == 1 and fails.source[0].endswith("broken.png") and fails.split[0] == "val"
+    pred = _q(tmp_path / "s", "SELECT image_id FROM predictions WHERE run_id = ?", res.run_id)
+    assert len(pred) == 6 and fails.image_id[0] not in set(pred.image_id)
+    with open_store(tmp_path / "s") as r:
+        run = r.runs().iloc[0]
+    assert run["status"] == "partial" and run["num_failed"] == 1 and run["num_val"] == 6
+
+
+def test_killed_job_resumes_without_recomputing(folder: Path, ckpt: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[str] = []
+    orig = _Job._write_chunk
+
+    def spy(self: _Job, staging: object, chunk: object, rows: object) -> None:
+        written.append(chunk.chunk_id)  # type: ignore[attr-defined]
+        orig(self, staging, chunk, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_Job, "_write_chunk", spy)
+    cfg = _cfg(f"imagefolder:{folder}", ckpt, tmp_path / "s", methods=("cam", "gradcam"), faithfulness=False)
+    monkeypatch.setenv(FAIL_AFTER_ENV, "1")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_job(cfg)
+    assert written == ["val-000000"]
+    with open_store(tmp_path / "s") as r:
+        assert len(r.runs()) == 0  # a killed job leaves nothing visible
+    monkeypatch.delenv(FAIL_AFTER_ENV)
+    written.clear()
+    res = run_job(cfg)
+    assert res.published
+    assert "val-000000" not in written and written[0] == "val-000001"
+    assert len(written) == res.chunks_total - 1
+    again = run_job(cfg)
+    assert again.already_published and again.run_id == res.run_id and not again.published
+    with open_store(tmp_path / "s") as r:
+        assert len(r.runs()) == 1
+    pred = _q(tmp_path / "s", "SELECT image_id FROM predictions WHERE run_id = ?", res.run_id)
+    assert len(pred) == 10
+
+
+def test_sharded_equals_unsharded(folder: Path, ckpt: Path, tmp_path: Path) -> None:
+    kw: dict[str, object] = dict(methods=("cam", "gradcam", "gradcampp", "scorecam"), faithfulness=True)
+    a = tmp_path / "sharded"
+    r0 = run_job(_cfg(f"imagefolder:{folder}", ckpt, a, shard="0/2", **kw))
+    assert not r0.published and r0.chunks_missing > 0
+    r1 = run_job(_cfg(f"imagefolder:{folder}", ckpt, a, shard="1/2", **kw))
+    assert r1.published  # the shard that finds every chunk done publishes
+    b = tmp_path / "plain"
+    rb = run_job(_cfg(f"imagefolder:{folder}", ckpt, b, **kw))
+    assert rb.published
+
+    def tables(store: Path, rid: str) -> dict[str, pd.DataFrame]:
+        return {
+            "pred": _q(store, "SELECT image_id, pred, confidence, runner_up, loss FROM predictions "
+                              "WHERE run_id = ? ORDER BY image_id", rid),
+            "cams": _q(store, "SELECT image_id, method, target_kind, map FROM cams WHERE run_id = ? "
+                              "ORDER BY image_id, method, target_kind", rid),
+            "nb": _q(store, "SELECT image_id, kind, rank, neighbor_id FROM neighbors WHERE run_id = ? "
+                            "ORDER BY image_id, kind, rank", rid),
+            "fa": _q(store, "SELECT image_id, method, drop, deletion_auc FROM faithfulness WHERE run_id = ? "
+                            "ORDER BY image_id, method", rid),
+        }
+
+    ta, tb = tables(a, r1.run_id or ""), tables(b, rb.run_id or "")
+    pd.testing.assert_frame_equal(ta["pred"], tb["pred"])
+    pd.testing.assert_frame_equal(ta["nb"], tb["nb"])
+    pd.testing.assert_frame_equal(ta["fa"], tb["fa"])
+    keys = ["image_id", "method", "target_kind"]
+    assert ta["cams"][keys].equals(tb["cams"][keys])
+    for x, y in zip(ta["cams"]["map"], tb["cams"]["map"], strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_finalize_with_missing_chunks_fails(folder: Path, ckpt: Path, tmp_path: Path) -> None:
+    cfg = _cfg(f"imagefolder:{folder}", ckpt, tmp_path / "s", methods=("gradcam",), faithfulness=False)
+    run_job(JobConfig(**{**cfg.__dict__, "shard": "0/3"}))
+    with pytest.raises(UserError, match="not computed yet"):
+        run_job(JobConfig(**{**cfg.__dict__, "finalize": True}))
+
+
+def _staging_empty(store: Path) -> bool:
+    d = store / "_staging"
+    return not d.exists() or not any(d.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"methods": ("gradcam", "lime")}, "unknown method 'lime'"),
+        ({"shard": "2/2"}, "bad --shard"),
+        ({"shard": "x"}, "bad --shard"),
+        ({"target_layer": "layer9"}, "layer9"),
+        ({"explain": ("true",)}, "must include 'pred'"),
+    ],
+)
+def test_bad_input_fails_before_work(folder: Path, ckpt: Path, tmp_path: Path, extra: dict[str, object],
+                                     message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        run_job(_cfg(f"imagefolder:{folder}", ckpt, tmp_path / "s", **extra))
+    assert _staging_empty(tmp_path / "s")
+
+
+def test_class_mismatch_fails_before_work(folder: Path, tmp_path: Path) -> None:
+    other = _save_ckpt(tmp_path / "other.pt", classes=("cat", "dog"))
+    store = tmp_path / "s"
+    rc = main(["compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(other),
+               "--store", str(store), "--device", "cpu"])
+    assert rc == 2
+    assert _staging_empty(store)
+    with open_store(store) as r:
+        assert len(r.runs()) == 0
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permissions")
+def test_store_not_writable(folder: Path, ckpt: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    from store.writer import Store
+
+    Store.create(store)
+    store.chmod(0o500)
+    try:
+        with pytest.raises(UserError, match="not writable"):
+            run_job(_cfg(f"imagefolder:{folder}", ckpt, store))
+    finally:
+        store.chmod(0o700)
+
+
+def test_unlabeled_folder(ckpt: Path, tmp_path: Path) -> None:
+    data = make_unlabeled_folder(tmp_path / "u", n=5, size=SIZE)
+    res = run_job(_cfg(f"folder:{data}", ckpt, tmp_path / "s", methods=("cam", "gradcam"),
+                       faithfulness_steps=2, explain=("pred", "true")))
+    assert res.published and res.accuracy is None
+    rid = res.run_id or ""
+    pred = _q(tmp_path / "s", "SELECT * FROM predictions WHERE run_id = ?", rid)
+    assert len(pred) == 5 and pred.label.isna().all() and pred.correct.isna().all() and pred.loss.isna().all()
+    assert pred.pred_name.isin(CLASSES).all()
+    assert _q(tmp_path / "s", "SELECT count(*) AS n FROM neighbors WHERE run_id = ?", rid).n[0] == 0
+    assert _q(tmp_path / "s", "SELECT count(*) AS n FROM class_metrics WHERE run_id = ?", rid).n[0] == 0
+    cams = _q(tmp_path / "s", "SELECT target_kind FROM cams WHERE run_id = ?", rid)
+    assert set(cams.target_kind) == {"pred"} and len(cams) == 10
+    emb = _q(tmp_path / "s", "SELECT x FROM embeddings WHERE run_id = ?", rid)
+    assert len(emb) == 5 and emb.x.notna().all()
+
+
+def test_cam_disagreement() -> None:
+    a = torch.rand(3, 4, 4)
+    assert torch.allclose(cam_disagreement([a, a.clone(), a * 2]), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(cam_disagreement([a, 1 - a]), torch.full((3,), 2.0), atol=1e-6)
+    z = torch.zeros(3, 4, 4)
+    assert torch.isnan(cam_disagreement([a, z])).all()  # constant map: undefined, stored as null
+    assert torch.isnan(cam_disagreement([a])).all()
