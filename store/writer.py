@@ -310,8 +310,7 @@ class Store:
             raise UserError(f"store path {p} is a file, not a directory; choose a directory")
         if p.is_dir() and not (p / MARKER).exists() and any(p.iterdir()):
             raise UserError(
-                f"{p} exists and is not an xaidash store (no {MARKER} file); "
-                "choose a new or empty directory"
+                f"{p} exists and is not an xaidash store (no {MARKER} file); choose a new or empty directory"
             )
         p.mkdir(parents=True, exist_ok=True)
         if not (p / MARKER).exists():
@@ -426,7 +425,7 @@ class Store:
             _write_parquet_atomic(part, t, TABLES["images"].row_group_size, self.durable)
 
     # garbage collection
-    def gc(self, grace_s: float = 0.0, keep_resumable: bool = False) -> list[str]:
+    def gc(self, grace_s: float = 0.0, keep_resumable: bool = False, dry_run: bool = False) -> list[str]:
         """Remove leftovers of dead writers; return the removed paths.
 
         * staging dirs whose lock no live process holds and whose last activity is older than
@@ -434,7 +433,7 @@ class Store:
           done chunks is kept so re-running the same job resumes it;
         * ``_trash`` entries (a delete interrupted between rename and rmtree);
         * temporary files of interrupted atomic writes under ``images/``.
-        Published runs are never touched.
+        Published runs are never touched. ``dry_run`` only reports what would be removed.
         """
         removed: list[str] = []
         now = time.time()
@@ -456,21 +455,24 @@ class Store:
                         continue
                     if keep_resumable and any((d / "chunks").glob("*.done")):
                         continue
-                    shutil.rmtree(d, ignore_errors=True)
+                    if not dry_run:
+                        shutil.rmtree(d, ignore_errors=True)
                     removed.append(str(d))
                 finally:
                     lock.release()
         if self.trash_dir.is_dir():
             for d in sorted(self.trash_dir.iterdir()):
-                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+                if not dry_run:
+                    shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
                 removed.append(str(d))
         if self.images_dir.is_dir():
             for tmp in self.images_dir.glob("*/.*.tmp-*"):
                 if now - tmp.stat().st_mtime >= grace_s:
-                    tmp.unlink(missing_ok=True)
+                    if not dry_run:
+                        tmp.unlink(missing_ok=True)
                     removed.append(str(tmp))
         for r in removed:
-            log.info("gc: removed %s", r)
+            log.info("gc: %s %s", "would remove" if dry_run else "removed", r)
         return removed
 
 
