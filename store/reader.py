@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -196,17 +197,21 @@ _T = TypeVar("_T")
 
 
 def _memo_run(fn: Callable[..., _T]) -> Callable[..., _T]:
-    """Memoize a query over an immutable run (keyed by method, run id and arguments).
+    """Memoize a query over an immutable run (keyed by method name and bound arguments).
 
     Published runs never change, so a result stays valid until the run is deleted (then the
     rescan drops it). Unknown/invalid run ids are not memoized.
     """
+    sig = inspect.signature(fn)
 
     @functools.wraps(fn)
-    def wrapper(self: StoreReader, run_id: str, *args: Any) -> _T:
-        if self._entry(run_id) is None:
-            return fn(self, run_id, *args)
-        return self._memoized((fn.__name__, run_id, *args), lambda: fn(self, run_id, *args))
+    def wrapper(self: StoreReader, *args: Any, **kwargs: Any) -> _T:
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = list(bound.arguments.values())[1:]
+        if self._entry(values[0]) is None:
+            return fn(self, *args, **kwargs)
+        return self._memoized((fn.__name__, *values), lambda: fn(self, *args, **kwargs))
 
     return wrapper
 

@@ -1,0 +1,548 @@
+"""Results store: round trips, reader queries, safety against SQL-shaped input, schema versions,
+thumbnail dedup, resume, and the ``xaidash runs`` CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from store import SCHEMA_VERSION, GalleryQuery, Store, open_store
+from store.schema import RUN_TABLES, TABLES, markdown
+from store.synthetic import build_synthetic_store
+from xaidash.cli import main as cli_main
+from xaidash.errors import UserError
+
+N_VAL, N_TRAIN, N_CLASSES = 300, 200, 5
+METHODS = ("cam", "gradcam", "gradcampp", "scorecam")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    path = tmp_path_factory.mktemp("synth") / "store"
+    ids = build_synthetic_store(
+        path, n_val=N_VAL, n_train=N_TRAIN, n_classes=N_CLASSES, emb_dim=64, chunk_size=128
+    )
+    return path, ids
+
+
+def _snapshot(path: Path) -> dict[str, tuple[int, str]]:
+    """Every file under the store with size and content hash (to prove nothing changed)."""
+    out = {}
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.name != ".lock":
+            out[str(f.relative_to(path))] = (f.stat().st_size, hashlib.sha1(f.read_bytes()).hexdigest())
+    return out
+
+
+def _iid(i: int) -> str:
+    return hashlib.sha1(f"t:{i}".encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ writer
+
+
+def _tiny_tables(ids: list[str]) -> dict[str, pa.Table]:
+    n = len(ids)
+    probs = np.full((n, 3), 0.2, np.float32)
+    probs[:, 0] = 0.6
+    maps = np.linspace(0, 1, 4, dtype=np.float32)
+    return {
+        "predictions": pa.table(
+            {
+                "image_id": ids,
+                "split": ["val"] * n,
+                "label": [0, 1][:n] + [0] * (n - 2),
+                "label_name": ["a", "b"][:n] + ["a"] * (n - 2),
+                "pred": [0] * n,
+                "pred_name": ["a"] * n,
+                "confidence": [0.6] * n,
+                "probabilities": [p.tolist() for p in probs],
+                "correct": [True, False][:n] + [True] * (n - 2),
+                "loss": [0.51, 1.6][:n] + [0.51] * (n - 2),
+                "runner_up": [1] * n,
+                "cam_disagreement": [0.1] * n,
+            }
+        ),
+        "cams": pa.table(
+            {
+                "image_id": ids,
+                "method": ["gradcam"] * n,
+                "target_kind": ["pred"] * n,
+                "target_class": [0] * n,
+                "h": [2] * n,
+                "w": [2] * n,
+                "map": [maps.tolist()] * n,
+            }
+        ),
+        "embeddings": pa.table(
+            {
+                "image_id": ids,
+                "split": ["val"] * n,
+                "vector": [[1.0, 0.5, 0.25]] * n,
+            }
+        ),
+        "faithfulness": pa.table(
+            {
+                "image_id": ids,
+                "method": ["gradcam"] * n,
+                "drop": [0.25] * n,
+                "increase": [0.0] * n,
+                "deletion_auc": [0.2] * n,
+                "insertion_auc": [0.7] * n,
+            }
+        ),
+    }
+
+
+RUN_ROW = {
+    "dataset_spec": "imagefolder:/data",
+    "dataset_fingerprint": "fp1",
+    "dataset_kind": "imagefolder",
+    "arch": "resnet18",
+    "class_names": ["a", "b", "c"],
+    "methods": ["gradcam"],
+    "target_layer": "layer4",
+    "map_h": 2,
+    "map_w": 2,
+    "num_val": 2,
+    "num_train": 1,
+    "num_failed": 1,
+    "accuracy": 0.5,
+    "config_json": json.dumps({"model": {"arch": "resnet18"}}),
+    "versions_json": "{}",
+    "timings_json": "{}",
+    "device": "cpu",
+}
+
+
+def test_round_trip_every_table(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "s")
+    ids = sorted([_iid(1), _iid(2)])
+    train = _iid(3)
+    st = store.staging("job-1")
+    st.write_chunk("c0", _tiny_tables(ids))
+    st.write_chunk(
+        "t0", {"embeddings": pa.table({"image_id": [train], "split": ["train"], "vector": [[0.0, 1.0, 0.0]]})}
+    )
+    assert st.done_chunks() == {"c0", "t0"}
+    assert sum(b.num_rows for b in st.iter_table("embeddings", ["image_id"])) == 3
+    store.add_images(
+        "fp1",
+        pa.table(
+            {
+                "image_id": [*ids, train],
+                "split": ["val", "val", "train"],
+                "label": [0, 1, 2],
+                "label_name": ["a", "b", "c"],
+                "source": ["v/0.png", "v/1.png", "t/2.png"],
+                "width": [32] * 3,
+                "height": [24] * 3,
+                "thumbnail": [b"\x89PNG-0", b"\x89PNG-1", b"\x89PNG-2"],
+            }
+        ),
+    )
+    globals_ = {
+        "embeddings": pa.table({"image_id": [*ids, train], "x": [1.0, 2.0, 3.0], "y": [-1.0, -2.0, -3.0]}),
+        "neighbors": pa.table(
+            {
+                "image_id": [ids[0], ids[0]],
+                "kind": ["twin", "counterfactual"],
+                "rank": [1, 1],
+                "neighbor_id": [train, train],
+                "neighbor_class": [2, 2],
+                "similarity": [0.9, 0.5],
+            }
+        ),
+        "class_metrics": pa.table(
+            {
+                "class": [0, 1, 2],
+                "class_name": ["a", "b", "c"],
+                "precision": [0.5, 0.0, 0.0],
+                "recall": [1.0, 0.0, 0.0],
+                "f1": [2 / 3, 0.0, 0.0],
+                "support": [1, 1, 0],
+            }
+        ),
+        "confusion": pa.table({"true_class": [0, 1], "pred_class": [0, 0], "count": [1, 1]}),
+        "failures": pa.table(
+            {"image_id": [_iid(9)], "split": ["val"], "source": ["v/bad.jpg"], "reason": ["truncated"]}
+        ),
+    }
+    run_id = st.publish(RUN_ROW, globals_)
+    run_dir = tmp_path / "s" / "runs" / run_id
+    assert (run_dir / "manifest.json").is_file()
+    assert not any((tmp_path / "s" / "_staging").iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["job_key"] == "job-1"
+
+    # Every file has exactly the schema of store/schema.py and run_id everywhere.
+    for name in RUN_TABLES:
+        t = pq.read_table(run_dir / f"{name}.parquet")
+        assert t.schema.remove_metadata().equals(TABLES[name].schema.remove_metadata()), name
+        assert set(t.column("run_id").to_pylist()) <= {run_id}
+    emb = pq.read_table(run_dir / "embeddings.parquet").to_pylist()
+    assert [r["image_id"] for r in emb] == [train, *ids]  # clustered by (split, image_id)
+    assert [r["x"] for r in emb] == [3.0, 1.0, 2.0]  # projection merged onto staged vectors
+    assert np.allclose(emb[1]["vector"], [1.0, 0.5, 0.25])
+
+    r = open_store(tmp_path / "s")
+    assert r.runs()["run_id"].tolist() == [run_id]
+    info = r.run(run_id)
+    assert info is not None and info.class_names == ["a", "b", "c"] and info.labeled and info.map_h == 2
+    assert info.config["model"]["arch"] == "resnet18"
+    h = r.headline(run_id)
+    assert h["n"] == 2 and h["accuracy"] == 0.5 and h["errors"] == 1 and h["failed"] == 1
+    assert math.isclose(h["macro_precision"], 0.5 / 3)
+    assert r.class_metrics(run_id)["support"].tolist() == [1, 1, 0]
+    assert r.confusion(run_id)["count"].tolist() == [1, 1]
+    hist = r.confidence_histogram(run_id, bins=10)
+    assert hist["count"].sum() == 2 and hist["bin_start"].iloc[0] == pytest.approx(0.6)
+    fs = r.faithfulness_summary(run_id)
+    assert fs["method"].tolist() == ["gradcam"] and fs["n"].iloc[0] == 2
+    det = r.image(run_id, ids[1])
+    assert det is not None and det.prediction["correct"] is False and det.topk[0][:2] == (0, "a")
+    assert det.source == "v/1.png" and det.width == 32 and det.height == 24
+    np.testing.assert_allclose(det.cams[("gradcam", "pred")][1], np.linspace(0, 1, 4).reshape(2, 2))
+    np.testing.assert_allclose(r.cam(run_id, ids[0], "gradcam"), np.linspace(0, 1, 4).reshape(2, 2))
+    assert r.cam(run_id, ids[0], "scorecam") is None
+    assert r.thumbnail(run_id, ids[1]) == b"\x89PNG-1"
+    nb = r.neighbors(run_id, ids[0])
+    assert nb["kind"].tolist() == ["twin", "counterfactual"] and nb["neighbor_class_name"].tolist() == [
+        "c",
+        "c",
+    ]
+    pts = r.embedding_points(run_id, include_train=True)
+    assert pts["split"].tolist() == ["val", "val", "train"] and pts["label"].tolist() == [0, 1, 2]
+    tids, tlabels, tvec = r.train_embeddings(run_id)
+    assert tids == [train] and tlabels.tolist() == [2] and tvec.shape == (1, 3) and tvec.dtype == np.float32
+    assert r.failures(run_id)["reason"].tolist() == ["truncated"]
+    train_detail = r.image(run_id, train)
+    assert train_detail is not None and train_detail.prediction == {} and train_detail.split == "train"
+    assert r.sql("SELECT count(*) AS n FROM images")["n"].iloc[0] == 3
+    r.close()
+
+
+def test_conform_rejects_unknown_and_missing_columns(tmp_path: Path) -> None:
+    st = Store.create(tmp_path / "s").staging("j")
+    with pytest.raises(ValueError, match="unknown columns"):
+        st.write_chunk("c", {"failures": pa.table({"image_id": [_iid(1)], "split": ["val"], "bogus": [1]})})
+    with pytest.raises(ValueError, match="required column 'split'"):
+        st.write_chunk("c", {"failures": pa.table({"image_id": [_iid(1)]})})
+    with pytest.raises(ValueError, match="chunk tables"):
+        st.write_chunk("c", {"confusion": pa.table({"true_class": [0]})})
+    with pytest.raises(ValueError, match="invalid chunk id"):
+        st.write_chunk("../evil", {})
+    assert st.done_chunks() == set()
+
+
+def test_store_create_refuses_foreign_dir(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cat.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="not an xaidash store"):
+        Store.create(tmp_path / "data")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        Store.create(tmp_path / "file")
+    with pytest.raises(UserError, match="not an xaidash store"):
+        open_store(tmp_path / "data")
+
+
+def test_publish_twice_refused_until_deleted(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "s")
+    st = store.staging("job")
+    st.write_chunk("c0", _tiny_tables([_iid(1), _iid(2)]))
+    run_id = st.publish(RUN_ROW, {})
+    with pytest.raises(UserError, match="already published"):
+        store.staging("job")
+    r = open_store(tmp_path / "s")
+    assert r.latest_run_id() == run_id
+    store.delete(run_id)
+    assert r.runs().empty and r.run(run_id) is None  # the reader notices without reopening
+    store.staging("job").abort()  # the key is free again
+    assert not (tmp_path / "s" / "runs" / run_id).exists()
+    assert not any((tmp_path / "s" / "_trash").iterdir())
+
+
+def test_second_live_writer_same_job_refused(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "s")
+    st = store.staging("job")
+    with pytest.raises(UserError, match="being written by another process"):
+        store.staging("job")
+    st.close()
+    store.staging("job").abort()
+
+
+def test_resume_reuses_done_chunks(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "s")
+    ids = sorted(_iid(i) for i in range(6))
+    st = store.staging("resumable")
+    st.write_chunk("c0", _tiny_tables(ids[0:2]))
+    st.write_chunk("c1", _tiny_tables(ids[2:4]))
+    # A chunk killed midway: its parts exist but its marker does not.
+    (st.dir / "parts" / "predictions" / "c2.parquet").write_bytes(b"garbage from a killed write")
+    st.close()  # the process "dies" here (close == lock released)
+
+    st2 = store.staging("resumable")
+    assert st2.done_chunks() == {"c0", "c1"}
+    st2.write_chunk("c2", _tiny_tables(ids[4:6]))
+    run_id = st2.publish(RUN_ROW, {})
+    r = open_store(tmp_path / "s")
+    assert r.headline(run_id)["n"] == 6
+    got = r.sql("SELECT image_id FROM predictions ORDER BY image_id")["image_id"].tolist()
+    assert got == ids  # compacted and sorted by image_id across chunks
+
+
+def test_gc_removes_dead_staging_keeps_live_and_resumable(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "s")
+    live = store.staging("live")
+    dead = store.staging("dead")
+    dead.write_chunk("c0", _tiny_tables([_iid(1), _iid(2)]))
+    dead.close()
+    empty_dead = store.staging("empty")
+    empty_dead.close()
+    assert store.gc(grace_s=3600) == []  # too young
+    removed = store.gc(keep_resumable=True)
+    assert removed == [str(empty_dead.dir)]
+    assert store.gc(dry_run=True) == [str(dead.dir)] and dead.dir.exists()
+    assert store.gc() == [str(dead.dir)]
+    assert live.dir.exists() and not dead.dir.exists()
+    live.abort()
+
+
+# ------------------------------------------------------------------------------------ reader
+
+
+def test_synthetic_store_is_realistic(synth: tuple[Path, list[str]]) -> None:
+    path, ids = synth
+    r = open_store(path)
+    assert len(ids) == 2 and r.latest_run_id() == ids[-1]
+    runs = r.runs()
+    assert runs["run_id"].tolist() == ids[::-1]  # newest first
+    for run_id in ids:
+        h = r.headline(run_id)
+        assert h["n"] == N_VAL and 0.7 < h["accuracy"] < 0.95
+        p = r.sql(
+            "SELECT probabilities, confidence, pred, label, correct FROM predictions WHERE run_id = ?",
+            [run_id],
+        )
+        sums = np.array([np.sum(x) for x in p["probabilities"]])
+        assert np.allclose(sums, 1, atol=1e-5)
+        assert (p["correct"] == (p["pred"] == p["label"])).all()
+        maps = r.sql("SELECT map FROM cams WHERE run_id = ? LIMIT 50", [run_id])["map"]
+        arr = np.stack([np.asarray(m) for m in maps])
+        assert arr.min() >= 0 and arr.max() <= 1 and arr.shape[1] == 49
+        nb = r.sql("SELECT DISTINCT neighbor_id FROM neighbors WHERE run_id = ?", [run_id])["neighbor_id"]
+        train = set(
+            r.sql("SELECT image_id FROM embeddings WHERE run_id = ? AND split = 'train'", [run_id])[
+                "image_id"
+            ]
+        )
+        assert set(nb) <= train
+        assert r.confusion(run_id)["count"].sum() == N_VAL
+    d = r.diff(ids[0], ids[1])
+    assert set(d.flips["change"]) <= {"fixed", "broke", "changed"} and len(d.flips) > 0
+    assert set(d.metrics["metric"]) >= {"accuracy", "macro_f1"}
+    assert d.confusion_delta["delta"].sum() == 0
+    some = d.flips["image_id"].iloc[0]
+    hist = r.image_history(ids[1], some)
+    assert hist["run_id"].tolist() == ids and hist["pred"].iloc[0] != hist["pred"].iloc[1]
+    # Train Grad-CAMs exist so twins can show theirs.
+    tid = r.neighbors(ids[1], some)["neighbor_id"].iloc[0]
+    assert r.cam(ids[1], tid, "gradcam") is not None and r.thumbnail(ids[1], tid)
+
+
+def test_gallery_filters_sort_pagination(synth: tuple[Path, list[str]]) -> None:
+    path, ids = synth
+    r = open_store(path)
+    run_id = ids[-1]
+    preds = r.sql("SELECT * FROM predictions WHERE run_id = ?", [run_id])
+    df, total = r.gallery(run_id, GalleryQuery(page_size=1000))
+    assert total == N_VAL and len(df) == N_VAL
+    assert df["confidence"].is_monotonic_increasing
+    wrong, total_wrong = r.gallery(
+        run_id, GalleryQuery(outcome="wrong", sort="loss", descending=True, page_size=50)
+    )
+    assert total_wrong == int((~preds["correct"]).sum()) and not wrong["correct"].any()
+    assert wrong["loss"].is_monotonic_decreasing and (wrong["sort_value"] == wrong["loss"]).all()
+    q = GalleryQuery(true_class=1, pred_class=2, conf_min=0.2, conf_max=0.9)
+    _, n = r.gallery(run_id, q)
+    expect = ((preds["label"] == 1) & (preds["pred"] == 2) & preds["confidence"].between(0.2, 0.9)).sum()
+    assert n == expect
+    # Pages tile the full ordering exactly, ties broken by image_id.
+    pages = [r.gallery(run_id, GalleryQuery(sort="disagreement", page=p, page_size=7))[0] for p in range(50)]
+    allrows = pd.concat(pages)
+    assert len(allrows) == N_VAL and allrows["image_id"].is_unique
+    ref = preds.sort_values(["cam_disagreement", "image_id"])["image_id"].tolist()
+    assert allrows["image_id"].tolist() == ref
+    # faithfulness sort = insertion_auc - deletion_auc of the chosen method
+    f = r.sql(
+        "SELECT image_id, insertion_auc - deletion_auc AS s FROM faithfulness WHERE run_id = ? AND "
+        "method = 'scorecam'",
+        [run_id],
+    ).set_index("image_id")["s"]
+    top, _ = r.gallery(
+        run_id, GalleryQuery(sort="faithfulness", method="scorecam", descending=True, page_size=5)
+    )
+    assert np.allclose(top["sort_value"].to_numpy(), np.sort(f.to_numpy())[::-1][:5], atol=1e-6)
+    sel = tuple(preds["image_id"].iloc[:10])
+    df, n = r.gallery(run_id, GalleryQuery(image_ids=sel, page_size=24))
+    assert n == 10 and set(df["image_id"]) == set(sel)
+    past, n = r.gallery(run_id, GalleryQuery(page=10_000))
+    assert past.empty and n == N_VAL
+    with pytest.raises(UserError, match="unknown sort"):
+        r.gallery(run_id, GalleryQuery(sort="name"))
+    with pytest.raises(UserError, match="unknown outcome"):
+        r.gallery(run_id, GalleryQuery(outcome="maybe"))
+
+
+EVIL = ["' OR 1=1 --", "x'; DROP TABLE predictions; --", "--", "1; DELETE FROM runs", '"; ATTACH', "*", "%"]
+
+
+def test_sql_shaped_input_returns_nothing_and_changes_nothing(synth: tuple[Path, list[str]]) -> None:
+    path, ids = synth
+    before = _snapshot(path)
+    r = open_store(path)
+    run_id = ids[-1]
+    img = r.gallery(run_id, GalleryQuery())[0]["image_id"].iloc[0]
+    for s in EVIL:
+        assert r.run(s) is None
+        assert r.headline(s)["n"] is None
+        assert r.class_metrics(s).empty and r.confusion(s).empty and r.failures(s).empty
+        assert r.gallery(s, GalleryQuery())[1] == 0
+        assert r.gallery(run_id, GalleryQuery(image_ids=(s,)))[1] == 0
+        assert r.gallery(run_id, GalleryQuery(image_ids=(s, img)))[1] == 1
+        assert r.gallery(run_id, GalleryQuery(sort="faithfulness", method=s))[1] == N_VAL
+        assert r.image(run_id, s) is None and r.image(s, img) is None
+        assert r.cam(run_id, img, s) is None and r.cam(run_id, s, "gradcam") is None
+        assert r.cam(run_id, img, "gradcam", target_kind=s) is None
+        assert r.thumbnail(run_id, s) is None and r.neighbors(run_id, s).empty
+        assert r.embedding_points(s).empty and r.train_embeddings(s)[0] == []
+        assert r.diff(s, run_id).flips.empty and r.image_history(run_id, s).empty
+        assert r.sql("SELECT count(*) AS n FROM predictions WHERE image_id = ?", [s])["n"].iloc[0] == 0
+        with pytest.raises(UserError):
+            Store.open(path).delete(s)
+    for bad in [
+        "DROP TABLE predictions",
+        "SELECT 1; DROP TABLE predictions",
+        "COPY predictions TO 'x.csv'",
+        "CREATE TABLE t AS SELECT 1",
+        "ATTACH 'x.db'",
+        "SET threads = 1",
+    ]:
+        with pytest.raises(UserError):
+            r.sql(bad)
+    assert r.headline(run_id)["n"] == N_VAL
+    assert r.sql("SELECT count(*) AS n FROM predictions")["n"].iloc[0] == 2 * N_VAL
+    r.close()
+    assert _snapshot(path) == before
+
+
+def test_older_schema_version_is_skipped_with_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    ids = build_synthetic_store(
+        path, n_val=40, n_train=20, n_classes=3, emb_dim=8, runs=2, with_thumbnails=False
+    )
+    mf = path / "runs" / ids[0] / "manifest.json"
+    m = json.loads(mf.read_text())
+    m["schema_version"] = 0
+    m["run"]["versions_json"] = json.dumps({"xaidash": "0.0.9"})
+    mf.write_text(json.dumps(m))
+    r = open_store(path)
+    assert r.runs()["run_id"].tolist() == [ids[1]]  # listing does not crash, the old run is skipped
+    msg = r.skipped_runs()[ids[0]]
+    assert f"run {ids[0]} was written by schema v0; this xaidash reads v{SCHEMA_VERSION}" in msg
+    assert "recompute it or install xaidash 0.0.9" in msg
+    with pytest.raises(UserError, match="schema v0"):
+        r.run(ids[0])
+    with pytest.raises(UserError, match="schema v0"):
+        r.headline(ids[0])
+    assert r.sql("SELECT DISTINCT run_id FROM predictions")["run_id"].tolist() == [ids[1]]
+
+
+def test_thumbnails_stored_once_per_fingerprint(synth: tuple[Path, list[str]]) -> None:
+    path, ids = synth
+    r = open_store(path)
+    counts = r.sql(
+        "SELECT count(*) AS n, count(DISTINCT image_id) AS d, count(DISTINCT dataset_fingerprint) AS f "
+        "FROM images"
+    )
+    assert counts["n"].iloc[0] == counts["d"].iloc[0] == N_VAL + N_TRAIN and counts["f"].iloc[0] == 1
+    store = Store.open(path)
+    fp = r.run(ids[0]).dataset_fingerprint
+    parts = sorted((path / "images" / fp).glob("part-*.parquet"))
+    again = pq.read_table(parts[0])
+    store.add_images(fp, again.drop_columns(["dataset_fingerprint"]))
+    assert sorted((path / "images" / fp).glob("part-*.parquet")) == parts  # nothing new written
+    assert store.thumbnail_ids(fp) == set(r.sql("SELECT image_id FROM images")["image_id"])
+
+
+def test_reader_refreshes_when_runs_appear(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    Store.create(path)
+    r = open_store(path)
+    assert r.runs().empty and r.latest_run_id() is None
+    assert r.headline("20260101-000000-abcdef")["n"] is None
+    ids = build_synthetic_store(path, n_val=30, n_train=10, n_classes=3, emb_dim=8, runs=1)
+    assert r.latest_run_id() == ids[0]
+    assert r.sql("SELECT count(*) AS n FROM predictions")["n"].iloc[0] == 30
+
+
+def test_schema_docs_cover_every_column() -> None:
+    md = markdown()
+    for spec in TABLES.values():
+        for field in spec.schema:
+            assert field.metadata and field.metadata[b"doc"], (spec.name, field.name)
+            assert f"`{field.name}`" in md
+    doc = Path(__file__).resolve().parents[1] / "docs" / "STORE.md"
+    if doc.exists():
+        assert md in doc.read_text(), "docs/STORE.md is stale: regenerate with python -m store.schema"
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_runs_list_show_delete_gc(
+    synth: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s"
+    ids = build_synthetic_store(path, n_val=40, n_train=20, n_classes=3, emb_dim=8, runs=2)
+    assert cli_main(["runs", "list", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ids[0] in out and ids[1] in out and out.index(ids[1]) < out.index(ids[0])
+    assert cli_main(["runs", "list", "--store", str(path), "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["run_id"] for x in lines] == ids[::-1]
+    assert cli_main(["runs", "show", "--store", str(path), ids[0]]) == 0
+    out = capsys.readouterr().out
+    assert ids[0] in out and "accuracy=" in out and "predictions" in out
+    assert cli_main(["runs", "show", "--store", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run_id"] == ids[1]
+    assert cli_main(["runs", "show", "--store", str(path), "nope"]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert cli_main(["runs", "delete", "--store", str(path), "x'; DROP TABLE predictions; --"]) == 2
+    assert "invalid run id" in capsys.readouterr().err
+    assert cli_main(["runs", "list", "--store", str(tmp_path / "nostore")]) == 2
+    assert "not an xaidash store" in capsys.readouterr().err
+
+    st = Store.open(path).staging("dead-job")
+    st.close()
+    assert cli_main(["runs", "gc", "--store", str(path), "--dry-run"]) == 0
+    assert "would remove" in capsys.readouterr().out and st.dir.exists()
+    assert cli_main(["runs", "gc", "--store", str(path)]) == 0
+    assert "removed" in capsys.readouterr().out and not st.dir.exists()
+    assert cli_main(["runs", "gc", "--store", str(path)]) == 0
+    assert "nothing to clean up" in capsys.readouterr().out
+
+    assert cli_main(["runs", "delete", "--store", str(path), ids[0]]) == 0
+    assert f"deleted {ids[0]}" in capsys.readouterr().out
+    assert open_store(path).runs()["run_id"].tolist() == [ids[1]]
+    assert cli_main(["runs", "delete", "--store", str(path), ids[0]]) == 2
+    assert "no run" in capsys.readouterr().err
