@@ -399,8 +399,10 @@ class StoreReader:
         listed ourselves, never user input.
         """
         con = self._con
-        con.register("_runs_arrow", runs_table)
-        con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs_arrow")
+        # Arrow registrations are visible only to the connection that made them, not to the
+        # per-thread cursors, so they are copied into real (in-memory) tables.
+        _arrow_to_table(con, "_runs_rows", runs_table)
+        con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs_rows")
         for name in RUN_TABLES:
             if name == "runs":
                 continue
@@ -412,7 +414,7 @@ class StoreReader:
                     f"SELECT * FROM read_parquet({lst}, union_by_name = true)"
                 )
             else:
-                con.register(f"_empty_{name}", _duck_type_schema(TABLES[name].schema).empty_table())
+                _arrow_to_table(con, f"_empty_{name}", _duck_type_schema(TABLES[name].schema).empty_table())
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _empty_{name}")
         parts = sorted((self.path / "images").glob("*/part-*.parquet"))
         if parts:
@@ -421,7 +423,7 @@ class StoreReader:
                 f"CREATE OR REPLACE VIEW images AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
             )
         else:
-            con.register("_empty_images", TABLES["images"].schema.empty_table())
+            _arrow_to_table(con, "_empty_images", TABLES["images"].schema.empty_table())
             con.execute("CREATE OR REPLACE VIEW images AS SELECT * FROM _empty_images")
 
     # ---------------------------------------------------------------- per-run cache
@@ -1122,6 +1124,15 @@ class StoreReader:
             raise UserError("sql() runs exactly one SELECT statement")
         self._maybe_refresh()
         return self._df(query, params)
+
+
+def _arrow_to_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """Materialize an Arrow table as a DuckDB table visible to every cursor (name is ours)."""
+    con.register("_arrow_in", table)
+    try:
+        con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _arrow_in")
+    finally:
+        con.unregister("_arrow_in")
 
 
 def _copy(value: Any) -> Any:
