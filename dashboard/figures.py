@@ -76,7 +76,7 @@ def plot_confusion(confusion: pd.DataFrame, class_names: Sequence[str], normaliz
             z=shown,
             x=names,
             y=names,
-            customdata=custom,
+            customdata=custom.tolist(),  # plain lists: typed arrays arrive as objects in clickData
             text=text,
             texttemplate="%{text}" if text is not None else None,
             colorscale="Blues",
@@ -170,6 +170,21 @@ def plot_topk(topk: Sequence[tuple[int, str, float]], true_class: int | None = N
     return fig
 
 
+def class_palette(n: int) -> list[str]:
+    """Distinct colours for ``n`` classes: the theme's 5-colour colorway repeats too soon.
+
+    Plotly's 10-colour qualitative palette up to 10 classes, then Dark24 and Alphabet; more
+    classes than that repeat (the legend and hover still name them).
+    """
+    from plotly.express import colors
+
+    if n <= 10:
+        return list(colors.qualitative.Plotly)
+    if n <= 24:
+        return list(colors.qualitative.Dark24)
+    return list(colors.qualitative.Alphabet) + list(colors.qualitative.Dark24)
+
+
 def sample_points(points: pd.DataFrame, max_points: int = MAX_MAP_POINTS, seed: int = 0) -> pd.DataFrame:
     """Deterministic subsample for display that keeps every error (they are what users hunt)."""
     if len(points) <= max_points:
@@ -204,8 +219,10 @@ def plot_embedding(
     labeled = "label" in shown and shown["label"].notna().any()
     key = "label" if (color_by == "true" and labeled) else "pred"
     fig = go.Figure()
+    palette = class_palette(len(class_names))
     for cls, part in shown.groupby(shown[key].fillna(-1).astype(int), sort=True):
         name = class_names[cls] if 0 <= cls < len(class_names) else ("train" if cls < 0 else str(cls))
+        color = palette[cls % len(palette)] if cls >= 0 else "#adb5bd"
         wrong = part["correct"].eq(False).to_numpy() if "correct" in part else np.zeros(len(part), bool)
         is_train = (part["split"] == "train").to_numpy() if "split" in part else np.zeros(len(part), bool)
         symbols = np.where(wrong, "x", np.where(is_train, "circle-open", "circle"))
@@ -217,7 +234,13 @@ def plot_embedding(
                 mode="markers",
                 name=str(name),
                 customdata=part["image_id"],
-                marker={"symbol": symbols, "size": sizes, "opacity": 0.8, "line": {"width": 0}},
+                marker={
+                    "symbol": symbols,
+                    "size": sizes,
+                    "opacity": 0.8,
+                    "line": {"width": 0},
+                    "color": color,
+                },
                 hovertemplate=f"{name}<extra></extra>",
             )
         )

@@ -152,6 +152,9 @@ def test_confusion_click_opens_filtered_gallery() -> None:
     assert overview.confusion_click_target(click, "?run=abc") == "/gallery?run=abc&true=3&pred=5&desc=1"
     assert overview.confusion_click_target({"points": [{"customdata": ["x"]}]}, "") is None
     assert overview.confusion_click_target(None, "") is None
+    # what plotly really sends for a heatmap: the cell's labels, no customdata
+    real = {"points": [{"curveNumber": 0, "x": "b", "y": "a", "z": 4}]}
+    assert overview.confusion_click_target(real, "", ["a", "b"]) == "/gallery?true=0&pred=1&desc=1"
 
 
 def test_gallery_controls_to_search() -> None:
@@ -362,11 +365,14 @@ def test_confusion_click_callback_over_http(client: Any, app: Any) -> None:
     r = post_callback(
         client,
         app,
-        "url.pathname",
-        {"overview-confusion.clickData": {"points": [{"customdata": [1, 2, 3]}]}, "url.search": ""},
+        "url.href",
+        {
+            "overview-confusion.clickData": {"points": [{"x": "bird", "y": "automobile", "z": 3}]},
+            "url.search": "",
+        },
         "overview-confusion.clickData",
     )
-    assert r["response"]["url"] == {"pathname": "/gallery", "search": "?true=1&pred=2&desc=1"}
+    assert r["response"]["url"] == {"href": "/gallery?true=1&pred=2&desc=1"}
 
 
 def test_embedding_callbacks_over_http(client: Any, app: Any, state: Any) -> None:

@@ -242,13 +242,26 @@ def layout(ctx: PageContext) -> Any:
     return html.Div([c for c in children if c is not None], id=f"{PREFIX}-page")
 
 
-def confusion_click_target(click: dict[str, Any] | None, search: str | None) -> str | None:
-    """The gallery URL (path + query) for a click on a confusion cell, or None."""
+def confusion_click_target(
+    click: dict[str, Any] | None, search: str | None, class_names: list[str] | None = None
+) -> str | None:
+    """The gallery URL (path + query) for a click on a confusion cell, or None.
+
+    Plotly's heatmap click events carry the cell's x/y labels (not its customdata), so the
+    class names of the run map them back to indices; customdata is used when present.
+    """
     if not click or not click.get("points"):
         return None
-    cd = click["points"][0].get("customdata")
-    if not cd or len(cd) < 2:
-        return None
+    point = click["points"][0]
+    cd = point.get("customdata")
+    if isinstance(cd, dict):  # a typed array serialised as {"0": .., "1": ..}
+        cd = [cd.get("0", cd.get(0)), cd.get("1", cd.get(1))]
+    if not isinstance(cd, list | tuple) or len(cd) < 2:
+        names = [str(n) for n in (class_names or [])]
+        if point.get("y") in names and point.get("x") in names:
+            cd = [names.index(point["y"]), names.index(point["x"])]
+        else:
+            return None
     try:
         true, pred = int(cd[0]), int(cd[1])
     except (TypeError, ValueError):
@@ -261,18 +274,16 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
     """Thin wrappers: confusion click -> gallery URL; normalize toggle -> URL."""
 
     @app.callback(
-        Output("url", "pathname", allow_duplicate=True),
-        Output("url", "search", allow_duplicate=True),
+        Output("url", "href", allow_duplicate=True),
         Input(f"{PREFIX}-confusion", "clickData"),
         State("url", "search"),
         prevent_initial_call=True,
     )
-    def open_cell(click: dict[str, Any] | None, search: str | None) -> tuple[Any, Any]:
-        target = confusion_click_target(click, search)
-        if target is None:
-            return no_update, no_update
-        path, _, query = target.partition("?")
-        return path, ("?" + query) if query else ""
+    def open_cell(click: dict[str, Any] | None, search: str | None) -> Any:
+        run = state.data.resolve_run(parse_query(search).run).run_id
+        info = state.data.run(run) if run else None
+        target = confusion_click_target(click, search, list(getattr(info, "class_names", []) or []))
+        return no_update if target is None else target
 
     @app.callback(
         Output("url", "search", allow_duplicate=True),

@@ -1,0 +1,402 @@
+"""End-to-end tests in headless Chromium against a live dashboard (``pytest -m browser``).
+
+The app runs in a thread on a free port over a synthetic store (two runs). Each test drives
+what a reviewer does - click a confusion cell, open an image, select a region of the map,
+compare runs, upload an image - and saves a screenshot to ``tests/screenshots/`` for a human
+to look at. Every page must be styled (Bootstrap applied) and load nothing from outside.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SHOTS = Path(__file__).parent / "screenshots"
+WAIT_S = 30.0
+
+if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    pytest.skip("chromium/chromedriver not installed", allow_module_level=True)
+selenium = pytest.importorskip("selenium")
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """A dashboard served by werkzeug in a daemon thread."""
+
+    def __init__(self, store: Path, selections: Path) -> None:
+        from werkzeug.serving import make_server
+
+        from dashboard.app import create_app
+
+        self.app = create_app(store, selections_dir=selections)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._srv = make_server("127.0.0.1", self.port, self.app.server, threaded=True)
+        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    from store.synthetic import build_synthetic_store
+
+    store = tmp_path_factory.mktemp("bstore")
+    build_synthetic_store(store, n_val=300, n_train=400, runs=2, seed=2)
+    srv = LiveServer(store, tmp_path_factory.mktemp("sel"))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    opts = Options()
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1500,1100",
+    ):
+        opts.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="xaidash-chrome-")
+    opts.add_argument(f"--user-data-dir={profile}")
+    opts.binary_location = CHROMIUM
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv.set_page_load_timeout(60)
+    SHOTS.mkdir(exist_ok=True)
+    yield drv
+    drv.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    """Poll ``cond`` until truthy (exceptions count as not yet)."""
+    end = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < end:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as exc:  # element not there yet, stale, ...
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what} ({last})")
+
+
+def css(drv: Any, selector: str) -> list[Any]:
+    return drv.find_elements(By.CSS_SELECTOR, selector)
+
+
+def check_page(drv: Any, name: str) -> None:
+    """Styled, nothing external, no Dash error, images loaded; then a screenshot."""
+    bg = drv.execute_script("return getComputedStyle(document.getElementById('navbar')).backgroundColor")
+    assert bg not in ("rgba(0, 0, 0, 0)", "transparent"), "Bootstrap CSS not applied to the navbar"
+    external = drv.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => !n.startsWith('http://127.0.0.1') && !n.startsWith('data:'))"
+    )
+    assert external == [], f"loaded from outside the server: {external}"
+    assert not css(drv, ".dash-fe-error__title"), "a Dash callback error is shown"
+    assert "could not be rendered" not in drv.page_source
+    wait_for(
+        lambda: drv.execute_script(
+            "return Array.from(document.querySelectorAll('.dash-graph'))"
+            ".every(g => g.querySelector('.main-svg'))"
+        ),
+        f"graphs on {name} to draw",
+    )
+    wait_for(
+        lambda: drv.execute_script(
+            "return Array.from(document.images).every(i => i.complete && (i.naturalWidth > 0 || !i.src))"
+        ),
+        f"images on {name} to load",
+    )
+    drv.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def open_page(drv: Any, url: str, ready: str) -> None:
+    drv.get(url)
+    wait_for(lambda: css(drv, ready), f"{ready} at {url}")
+
+
+def click_xy(drv: Any, x: float, y: float) -> None:
+    """A real mouse click at viewport coordinates (Chrome DevTools input events)."""
+    drv.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+    time.sleep(0.2)  # let plotly compute the hover point the click reports
+    for kind in ("mousePressed", "mouseReleased"):
+        drv.execute_cdp_cmd(
+            "Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}
+        )
+
+
+def drag(drv: Any, points: list[tuple[float, float]]) -> None:
+    """A real mouse drag through ``points`` (viewport coordinates)."""
+    x0, y0 = points[0]
+    drv.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x0, "y": y0})
+    drv.execute_cdp_cmd(
+        "Input.dispatchMouseEvent",
+        {"type": "mousePressed", "x": x0, "y": y0, "button": "left", "clickCount": 1},
+    )
+    for x, y in points[1:]:
+        drv.execute_cdp_cmd(
+            "Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y, "button": "left"}
+        )
+        time.sleep(0.03)
+    x1, y1 = points[-1]
+    drv.execute_cdp_cmd(
+        "Input.dispatchMouseEvent",
+        {"type": "mouseReleased", "x": x1, "y": y1, "button": "left", "clickCount": 1},
+    )
+
+
+# JS: viewport position of data coordinates (category index or value) in a plotly graph.
+_TO_VIEWPORT = """
+const gd = document.querySelector(arguments[0] + ' .js-plotly-plot');
+const fl = gd._fullLayout, r = gd.getBoundingClientRect();
+return [r.left + fl.xaxis._offset + fl.xaxis.l2p(arguments[1]),
+        r.top + fl.yaxis._offset + fl.yaxis.l2p(arguments[2])];
+"""
+
+
+def test_overview_and_confusion_click_opens_gallery(driver: Any, server: LiveServer) -> None:
+    open_page(driver, server.url + "/", "#overview-confusion .js-plotly-plot")
+    assert "Accuracy" in driver.page_source and "Most faithful for this model" in driver.page_source
+    check_page(driver, "overview")
+    # The off-diagonal cell true=0 -> pred=1 (the synthetic data confuses neighbouring classes).
+    x, y = driver.execute_script(_TO_VIEWPORT, "#overview-confusion", 1, 0)
+    click_xy(driver, x, y)
+    wait_for(lambda: "/gallery" in driver.current_url, "navigation to the gallery")
+    assert "true=0" in driver.current_url and "pred=1" in driver.current_url
+    wait_for(lambda: css(driver, "#gallery-rows, .xd-empty"), "gallery results")
+    badges = driver.find_element(By.ID, "gallery-results").text
+    assert "true = airplane" in badges and "pred = automobile" in badges
+    check_page(driver, "gallery_confusion_cell")
+
+
+def test_gallery_filters_write_the_url(driver: Any, server: LiveServer) -> None:
+    open_page(driver, server.url + "/gallery?outcome=wrong&sort=confidence&desc=1", "#gallery-rows")
+    n_rows = len(css(driver, "#gallery-rows .xd-row"))
+    assert n_rows > 0
+    assert len(css(driver, "#gallery-rows img")) == 5 * n_rows  # image + four overlays per row
+    assert all("/overlay/" in i.get_attribute("src") for i in css(driver, "#gallery-rows .xd-cell img")[1:5])
+    check_page(driver, "gallery_wrong")
+    # Picking "correct" rewrites the query string and re-renders.
+    driver.find_element(
+        By.CSS_SELECTOR, "label[for='_dbcprivate_radioitems_gallery-outcome_input_correct']"
+    ).click()
+    wait_for(lambda: "outcome=correct" in driver.current_url, "outcome in the URL")
+    wait_for(lambda: not css(driver, "#gallery-rows .xd-row-wrong"), "only correct rows")
+
+
+def test_image_page_four_cams_and_twins(driver: Any, server: LiveServer) -> None:
+    open_page(driver, server.url + "/gallery?outcome=wrong", "#gallery-rows .xd-row-link")
+    css(driver, "#gallery-rows .xd-row-link")[0].click()
+    wait_for(lambda: "/image" in driver.current_url, "navigation to the image page")
+    wait_for(lambda: css(driver, "#image-twins img"), "twins")
+    cams = css(driver, ".xd-cam-large")
+    assert len(cams) == 8  # four for the predicted class, four for the true class (wrong)
+    assert "Why not" in driver.page_source
+    assert len(css(driver, "#image-twins .xd-neighbor")) >= 1
+    assert len(css(driver, "#image-counterfactuals .xd-neighbor")) >= 1
+    assert css(driver, "#image-faithfulness") and css(driver, "#image-history")
+    check_page(driver, "image_page")
+
+
+def test_embedding_box_selection_opens_gallery(driver: Any, server: LiveServer) -> None:
+    open_page(driver, server.url + "/embedding", "#embedding-graph .js-plotly-plot")
+    wait_for(lambda: css(driver, "#embedding-graph .gl-canvas, #embedding-graph canvas"), "WebGL canvas")
+    driver.execute_script(
+        "Plotly.relayout(document.querySelector('#embedding-graph .js-plotly-plot'), {dragmode: 'select'})"
+    )
+    time.sleep(0.5)
+    # Drag a box over the middle half of the plot area.
+    rect = driver.execute_script(
+        "const gd=document.querySelector('#embedding-graph .js-plotly-plot'); const fl=gd._fullLayout;"
+        "const r=gd.getBoundingClientRect();"
+        "return [r.left+fl._size.l, r.top+fl._size.t, fl._size.w, fl._size.h];"
+    )
+    left, top, w, h = rect
+    pts = [(left + w * (0.1 + 0.05 * i), top + h * (0.1 + 0.05 * i)) for i in range(9)]
+    drag(driver, pts)
+    btn = wait_for(lambda: css(driver, "#embedding-open-gallery"), "the open-selection button")[0]
+    n_sel = int(driver.find_element(By.ID, "embedding-selection-count").text.split()[0].replace(",", ""))
+    assert n_sel > 0
+    check_page(driver, "embedding_selection")
+    btn.click()
+    wait_for(lambda: "/gallery" in driver.current_url, "navigation to the gallery")
+    assert "sel=" in driver.current_url or "ids=" in driver.current_url
+    count = wait_for(lambda: css(driver, "#gallery-count"), "gallery count")[0].text
+    assert int(count.split()[0].replace(",", "")) == n_sel
+    assert css(driver, "#gallery-selection-badge")
+    check_page(driver, "gallery_selection")
+
+
+def test_embedding_click_draws_twin_lines(driver: Any, server: LiveServer) -> None:
+    open_page(driver, server.url + "/embedding", "#embedding-graph .js-plotly-plot")
+    # Click the first point of the first class trace at its on-screen position.
+    x, y = driver.execute_script(
+        "const gd=document.querySelector('#embedding-graph .js-plotly-plot');"
+        "const t=gd._fullData.find(d => d.customdata && d.customdata.length && d.x.length);"
+        "const fl=gd._fullLayout, r=gd.getBoundingClientRect();"
+        "return [r.left+fl.xaxis._offset+fl.xaxis.l2p(t.x[0]), r.top+fl.yaxis._offset+fl.yaxis.l2p(t.y[0])];"
+    )
+    click_xy(driver, x, y)
+    wait_for(lambda: css(driver, "#embedding-open-image"), "the pinned point panel")
+    wait_for(
+        lambda: driver.execute_script(
+            "return document.querySelector('#embedding-graph .js-plotly-plot')"
+            ".data.some(d => d.name === 'twins')"
+        ),
+        "twin lines",
+    )
+    assert "id=" in driver.current_url
+    check_page(driver, "embedding_twins")
+
+
+def test_compare_runs(driver: Any, server: LiveServer) -> None:
+    open_page(driver, server.url + "/compare", "#compare-metrics")
+    assert "right → wrong" in driver.page_source and "wrong → right" in driver.page_source
+    wait_for(lambda: css(driver, "#compare-flips .xd-row img"), "flipped images")
+    check_page(driver, "compare")
+    driver.find_element(
+        By.CSS_SELECTOR, "label[for='_dbcprivate_radioitems_compare-change_input_fixed']"
+    ).click()
+    wait_for(lambda: "change=fixed" in driver.current_url, "change=fixed in the URL")
+    wait_for(lambda: css(driver, "#compare-flips .xd-row img"), "fixed images")
+
+
+def test_bad_query_params_are_harmless(driver: Any, server: LiveServer) -> None:
+    open_page(
+        driver, server.url + "/gallery?run=nope&page=abc&true=1%3BDROP%20TABLE%20runs&cmin=x", "#gallery-rows"
+    )
+    assert "There is no run" in driver.page_source
+    check_page(driver, "gallery_bad_params")
+
+
+# ---------------------------------------------------------------- upload (real model)
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A tiny real run computed by the real job (random-weight resnet18 on 16 px images)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("compute.job", reason="compute.job has not landed")
+    from compute.checkpoint import Checkpoint, save_checkpoint
+    from compute.models import build_model
+    from tests.imagegen import make_imagefolder
+    from xaidash.cli import main
+
+    root = tmp_path_factory.mktemp("real")
+    folder = make_imagefolder(root / "data", ("left", "right"), n_train=6, n_val=4, size=16)
+    torch.manual_seed(0)
+    parts = build_model("resnet18", 2, input_size=16)
+    ckpt_path = root / "model.pt"
+    save_checkpoint(
+        Checkpoint(
+            arch="resnet18",
+            classes=["left", "right"],
+            preprocessing=parts.preprocessing,
+            small_input_stem=True,
+            state_dict=parts.model.state_dict(),
+            train_args={},
+            metrics={},
+            versions={},
+            created="2024-01-01T00:00:00+00:00",
+            path=None,
+            sha256=None,
+        ),
+        str(ckpt_path),
+    )
+    store = root / "store"
+    rc = main(
+        [
+            "compute",
+            "--data",
+            f"imagefolder:{folder}",
+            "--checkpoint",
+            str(ckpt_path),
+            "--store",
+            str(store),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--batch-size",
+            "4",
+            "--chunk-size",
+            "8",
+            "--scorecam-max-channels",
+            "4",
+            "--faithfulness-steps",
+            "2",
+            "--projection",
+            "pca",
+            "--twins",
+            "2",
+        ]
+    )
+    assert rc == 0
+    srv = LiveServer(store, root / "sel")
+    yield srv
+    srv.close()
+
+
+def _upload(driver: Any, path: Path) -> None:
+    field = driver.find_element(By.CSS_SELECTOR, "#explain-upload input[type=file]")
+    field.send_keys(str(path))
+
+
+def test_upload_explains_an_image(driver: Any, real_server: LiveServer, tmp_path: Path) -> None:
+    from PIL import Image
+
+    img = tmp_path / "upload.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(img)
+    open_page(driver, real_server.url + "/explain", "#explain-upload")
+    _upload(driver, img)
+    wait_for(lambda: css(driver, "#explain-output"), "the explanation", timeout=120)
+    assert "Top-3 classes" in driver.page_source
+    assert len(css(driver, "#explain-output .xd-cam-large")) >= 3  # CAM, Grad-CAM, Grad-CAM++ (+ Score-CAM)
+    assert css(driver, "#explain-output .xd-neighbor"), "twins from the train embeddings"
+    check_page(driver, "explain_upload")
+    # A file that is not an image is refused with a clear message.
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not an image")
+    open_page(driver, real_server.url + "/explain", "#explain-upload")
+    _upload(driver, bad)
+    msg = wait_for(lambda: css(driver, "#explain-error"), "the refusal")[0].text
+    assert "not an image" in msg or "not a PNG or JPEG" in msg
+    driver.save_screenshot(str(SHOTS / "explain_refused.png"))
+
+
+_ = (base64, io)
