@@ -9,9 +9,10 @@ are checked against regexes/allow-lists before use, so a filter value like
 
 Speed with many runs: per-run queries read that run's own files directly
 (``read_parquet(?)`` with ``runs/<id>/<table>.parquet``), so their cost does not grow with the
-number of runs; the run list comes from the manifests (JSON, cached per run directory). The
-cross-run views (``predictions``, ``cams``, ... for :meth:`StoreReader.sql`) are rebuilt when
-``runs/`` changes, detected by its mtime (one ``stat`` per call), or on :meth:`refresh`.
+number of runs; the run list comes from the manifests (JSON, cached per run directory). New or
+deleted runs are noticed by the mtime of ``runs/`` (one ``stat`` per call) or :meth:`refresh`.
+The cross-run views (``predictions``, ``cams``, ... for :meth:`StoreReader.sql`) are rebuilt
+lazily, on the first ``sql()`` call after a change.
 Parquet footers are cached (``parquet_metadata_cache``), and files are sorted by image_id in
 small row groups so a point lookup decodes one row group.
 """
@@ -276,6 +277,8 @@ class StoreReader:
         self._cached: OrderedDict[str, str] = OrderedDict()  # run_id -> cache table suffix
         self._memo: OrderedDict[tuple[object, ...], object] = OrderedDict()
         self._galleries: dict[str, _GalleryIndex] = {}
+        self._views_for: tuple[pa.Table, list[_RunEntry]] = (RUNS.empty_table(), [])
+        self._views_dirty = True
         try:
             # Footers of files we read over and over (one per run and table) stay in memory.
             self._con.execute("SET parquet_metadata_cache = true")
@@ -373,7 +376,10 @@ class StoreReader:
         if len(df):
             df = df.sort_values(["created", "run_id"], ascending=False, kind="stable").reset_index(drop=True)
         self._runs_df = df
-        self._build_views(table, ok)
+        # The cross-run views are only needed by sql(); binding them reads the footer of every
+        # file of every run (union_by_name), ~3 ms per run, so they are built on first use.
+        self._views_for = (table, ok)
+        self._views_dirty = True
         self._runs_mtime = mtime
 
     def _load_entry(self, name: str, d: Path, mtime_ns: int) -> _RunEntry:
@@ -1123,6 +1129,10 @@ class StoreReader:
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
             raise UserError("sql() runs exactly one SELECT statement")
         self._maybe_refresh()
+        with self._lock:
+            if self._views_dirty:
+                self._build_views(*self._views_for)
+                self._views_dirty = False
         return self._df(query, params)
 
 
