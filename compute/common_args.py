@@ -47,20 +47,34 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                    help="use at most N validation images (stratified by class, deterministic)")
 
 
+def device_name(text: str) -> str:
+    """argparse type: auto | cpu | cuda | cuda:N."""
+    name = text.strip().lower()
+    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"invalid device {text!r}; valid devices: auto, cpu, cuda, cuda:N")
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """``--device auto|cpu|cuda`` (auto = cuda when available, else cpu)."""
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where to run: auto (cuda if available), cpu or cuda (default: auto)")
+    """``--device auto|cpu|cuda|cuda:N`` (auto = cuda when available, else cpu)."""
+    parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda[:N]",
+                        help="where to run: auto (cuda if available), cpu, cuda or cuda:N (default: auto)")
 
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for ``--device``; UserError when cuda is asked for but unavailable."""
     import torch
 
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise UserError(f"unknown device {name!r}; valid devices: {', '.join(DEVICES)}")
+    try:
+        name = device_name(name)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(str(exc)) from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available to PyTorch here; use --device cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is available to PyTorch here; use --device cpu")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return torch.device(name)

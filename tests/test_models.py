@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,16 @@ from compute.models import (
 )
 from tests.imagegen import make_imagefolder
 from xaidash.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # The CI box has 2 cores shared by several jobs: one thread avoids OpenMP oversubscription.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # Expected target-layer map side for a 32 px input (ResNets: CIFAR stem -> /8; VGG /16; else /32)
 MAP_SIDE_32 = {"resnet18": 4, "resnet34": 4, "resnet50": 4, "mobilenet_v3_large": 1,

@@ -107,6 +107,7 @@ def test_train_reports_skipped_on_stdout(tmp_path: Path, capsys: pytest.CaptureF
         ("other_arch", r"weights .* do not fit resnet34: key 'layer1\.2\.conv1\.weight' is missing"),
         ("bad_out", r"cannot write to"),
         ("cuda", r"--device cuda: no CUDA GPU"),
+        ("bad_device", r"invalid device .tpu."),
     ],
 )
 def test_bad_inputs_one_line(case: str, pattern: str, folder: Path, tmp_path: Path,
@@ -147,6 +148,12 @@ def test_bad_inputs_one_line(case: str, pattern: str, folder: Path, tmp_path: Pa
         out = str(tmp_path / "afile" / "m.pt")  # parent is a file
     elif case == "cuda":
         extra = ["--device", "cuda"]
+    elif case == "bad_device":
+        with pytest.raises(SystemExit) as ei:  # argparse rejects it: usage + one error line
+            cli.main(["train", "--data", data, "--model", model, "--out", out, "--device", "tpu"])
+        assert ei.value.code == 2
+        assert re.search(pattern, capsys.readouterr().err)
+        return
     rc = cli.main(["train", "--data", data, "--model", model, "--out", out, "--epochs", "1",
                    "--workers", "0", *extra])
     assert rc == 2
