@@ -544,6 +544,10 @@ class _Job:
         get_module(parts.model, self.target_layer)  # UserError listing the valid names
         # CAM needs GAP + one linear layer on *this* layer; another layer makes it inapplicable
         self.linear_head = parts.linear_head if self.target_layer == parts.target_layer else None
+        if "cam" in self.methods and self.linear_head is None:
+            log.warning("cam is not applicable to %s at layer %s (needs global average pooling + one "
+                        "linear layer after it); the run will not have CAM maps",
+                        parts.arch, self.target_layer)
         self.preprocessing = parts.preprocessing
         self.class_names = self.loaded.classes
 
@@ -847,11 +851,15 @@ class _Job:
                     vec_parts.append(flat.reshape(len(col), dim))
             vectors = np.concatenate(vec_parts) if vec_parts else np.zeros((0, 1), np.float32)
             n_failed = sum(b.num_rows for b in staging.iter_table("failures", columns=["image_id"]))
+            # The methods the run really has: CAM may have been found inapplicable at runtime
+            # (CamEngine checks logits == fc(GAP(A)) on the first batch and switches it off).
             map_hw = None
-            for b in staging.iter_table("cams", columns=["h", "w"]):
+            present: set[str] = set()
+            for b in staging.iter_table("cams", columns=["method", "h", "w"]):
                 if b.num_rows:
-                    map_hw = (int(b.column("h")[0].as_py()), int(b.column("w")[0].as_py()))
-                    break
+                    present.update(b.column("method").unique().to_pylist())
+                    if map_hw is None:
+                        map_hw = (int(b.column("h")[0].as_py()), int(b.column("w")[0].as_py()))
 
         val_ids = pred_cols["image_id"]
         row_of = {iid: i for i, iid in enumerate(emb_ids)}
@@ -924,7 +932,7 @@ class _Job:
             "checkpoint_sha256": self.loaded.checkpoint_sha256,
             "arch": self.loaded.arch,
             "class_names": list(self.class_names),
-            "methods": [m for m in self.methods if m != "cam" or self.linear_head is not None],
+            "methods": [m for m in self.methods if m in present],
             "target_layer": self.target_layer,
             "map_h": map_hw[0] if map_hw else None,
             "map_w": map_hw[1] if map_hw else None,
