@@ -6,7 +6,8 @@ uploads an image. ``model_ref`` is ``json.loads(runs.config_json)["model"]`` as 
 
 * ``{"checkpoint": "/abs/path.pt", "sha256": "...", "target_layer": "layer4"}``, or
 * ``{"arch": "resnet18", "weights": "imagenet" | "/abs/state_dict.pt", "classes": [...],
-  "target_layer": "layer4"}``.
+  "target_layer": "layer4"}``;
+* optionally ``"scorecam_max_channels"``: the run's Score-CAM cap, applied here too.
 
 Models are built once per model_ref and cached (with a lock per model: the CAM hooks of one
 model must not be shared by two concurrent requests). A checkpoint that is gone, or whose
@@ -126,7 +127,9 @@ def _load(model_ref: Mapping[str, object]) -> _Cached:
 def get_model(model_ref: Mapping[str, object]) -> _Cached:
     """The cached model for ``model_ref`` (verified against the run's sha256 on every call)."""
     _verify(model_ref)
-    key = json.dumps(dict(model_ref), sort_keys=True, default=str)
+    # the model's identity only: options such as the Score-CAM cap must not load a second copy
+    key = json.dumps({k: v for k, v in model_ref.items() if k != "scorecam_max_channels"},
+                     sort_keys=True, default=str)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is None:
@@ -164,7 +167,8 @@ def explain_image(
     Twins are the ``k`` train images of the predicted class whose embedding (``train_vectors``,
     e.g. ``StoreReader.train_embeddings``) is most cosine-similar to this image's; none when
     no train vectors are given. ``scorecam_max_channels`` mirrors the job's option (the note
-    says so when it approximates).
+    says so when it approximates); by default the run's own setting
+    (``model_ref["scorecam_max_channels"]``) is used, so the upload page matches the run.
     """
     from compute.imageio import to_rgb
     from compute.neighbors import twins_for_vector
@@ -172,6 +176,8 @@ def explain_image(
     for m in methods:
         if m not in METHODS:
             raise choices_error("method", m, METHODS)
+    if scorecam_max_channels is None and isinstance(model_ref.get("scorecam_max_channels"), int):
+        scorecam_max_channels = int(model_ref["scorecam_max_channels"])  # type: ignore[call-overload]
     cached = get_model(model_ref)
     rgb = to_rgb(image)
     x = cached.preprocessing.transform(train=False)(rgb).unsqueeze(0)

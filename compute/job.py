@@ -612,7 +612,9 @@ class _Job:
         cfg["explain"] = list(self.explain)
         cfg["target_layer"] = self.target_layer
         cfg["job_key"] = self.job_key
-        cfg["model"] = {**self.loaded.model_ref, "target_layer": self.target_layer}
+        # explain.py rebuilds the model from this; the Score-CAM cap keeps its maps like the run's
+        cfg["model"] = {**self.loaded.model_ref, "target_layer": self.target_layer,
+                        "scorecam_max_channels": self.cfg.scorecam_max_channels}
         return json.dumps(cfg, sort_keys=True, default=str)
 
     # -- per-image phase -------------------------------------------------------------------

@@ -68,6 +68,9 @@ def test_cache_and_notes(run: tuple[Path, Path, str]) -> None:
     img = Image.fromarray(np.full((20, 24, 3), 128, np.uint8))
     ex = explain_image(ref, img, methods=("scorecam",), scorecam_max_channels=3)
     assert "scorecam" in ex.notes and "top-3" in ex.notes["scorecam"] and ex.twins == []
+    capped = {**ref, "scorecam_max_channels": 2}  # the run's cap is the default
+    assert get_model(capped) is get_model(ref)
+    assert "top-2" in explain_image(capped, img, methods=("scorecam",)).notes["scorecam"]
     with pytest.raises(UserError, match="unknown method"):
         explain_image(ref, img, methods=("lime",))
 
