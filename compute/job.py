@@ -175,6 +175,9 @@ class _Timer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        #: set to the CUDA device: kernels are asynchronous, so a stage ends with a synchronize
+        #: (otherwise GPU time would be billed to whichever later stage first waits for it)
+        self.cuda: torch.device | None = None
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -182,6 +185,8 @@ class _Timer:
         try:
             yield
         finally:
+            if self.cuda is not None:
+                torch.cuda.synchronize(self.cuda)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
@@ -565,6 +570,7 @@ class _Job:
         for p in model.parameters():  # inference only: no parameter gradients ever
             p.requires_grad_(False)
         self.channels_last = self.device.type == "cuda"
+        self.timer.cuda = self.device if self.device.type == "cuda" else None
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -730,7 +736,8 @@ class _Job:
         ids = [it.image_id for it in items]
         labeled = self.dataset.labeled and all(it.label is not None for it in items)
         labels = torch.tensor([it.label for it in items], dtype=torch.long) if labeled else None
-        with self.autocast():
+        # sub-stages of per_image_val (the rest of it is decoding wait, tables and writes)
+        with self.timer.stage("val_forward_backward"), self.autocast():
             res = engine.forward(x, self.methods, true_labels=labels if "true" in self.explain else None)
         logits = res.logits.float()
         probs = logits.softmax(dim=1)
@@ -741,7 +748,7 @@ class _Job:
         maps: dict[str, torch.Tensor] = {m: res.maps[(m, "pred")] for m in self.methods
                                           if (m, "pred") in res.maps}
         if "scorecam" in self.methods:
-            with self.autocast():
+            with self.timer.stage("val_scorecam"), self.autocast():
                 maps["scorecam"] = engine.scorecam(
                     x, res.activations, pred, batch_size=max(cfg.batch_size, 64),
                     max_channels=cfg.scorecam_max_channels, channels_last=self.channels_last,
@@ -761,7 +768,7 @@ class _Job:
                         rows.add_maps(ids, m, "true", lab_np, res.maps[(m, "true")].cpu().numpy(), wrong)
                 if "scorecam" in self.methods:
                     sel = torch.from_numpy(wrong).to(self.device)
-                    with self.autocast():
+                    with self.timer.stage("val_scorecam"), self.autocast():
                         sc_true = engine.scorecam(
                             x[sel], res.activations[sel.to(res.activations.device)],
                             labels[wrong].to(self.device), batch_size=max(cfg.batch_size, 64),
@@ -774,7 +781,7 @@ class _Job:
         if cfg.faithfulness and maps:
             from compute.faithfulness import faithfulness
 
-            with self.autocast():
+            with self.timer.stage("val_faithfulness"), self.autocast():
                 # the base probability Y is the confidence already computed: saves a forward
                 fa = faithfulness(self.model, x, maps, pred.to(self.device), steps=cfg.faithfulness_steps,
                                   batch_size=max(cfg.batch_size, 64), base_probs=conf.to(self.device))
