@@ -25,6 +25,7 @@ from store import GalleryQuery, open_store
 from store.synthetic import build_synthetic_store
 
 TARGET_P95_MS = 50.0
+METHODS = ("cam", "gradcam", "gradcampp", "scorecam")
 
 
 def _timeit(fn: Callable[[int], object], repeat: int) -> tuple[float, float, float]:
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             ("image", lambda i: r.image(run_b, img(i))),
             ("cam", lambda i: r.cam(run_b, img(i), "gradcam")),
             ("thumbnail", lambda i: r.thumbnail(run_b, img(i))),
+            ("cams_batch 24 ids x 4", lambda i: r.cams_batch(run_b, ids[i % 100 : i % 100 + 24], METHODS)),
+            ("thumbnails 24 ids", lambda i: r.thumbnails(run_b, ids[i % 100 : i % 100 + 24])),
             ("neighbors", lambda i: r.neighbors(run_b, img(i))),
             ("embedding_points val", lambda i: r.embedding_points(run_b)),
             ("embedding_points +train", lambda i: r.embedding_points(run_b, include_train=True)),

@@ -19,6 +19,7 @@ small row groups so a point lookup decodes one row group.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import hashlib
@@ -39,6 +40,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from store.schema import FINGERPRINT_RE, IMAGE_ID_RE, RUN_ID_RE, RUN_TABLES, RUNS, SCHEMA_VERSION, TABLES
 from store.writer import MANIFEST, MARKER, read_manifest
@@ -184,6 +187,54 @@ class _GalleryIndex:
         return o
 
 
+class _RowGroupIndex:
+    """image_id ranges of the row groups of image_id-sorted Parquet files, for point lookups.
+
+    DuckDB prunes row groups by min/max too, but pays a per-row-group cost on every query and
+    prunes poorly for lists of ids; with this index a lookup decodes exactly the row groups that
+    can hold the ids (pyarrow, footer parsed once), which keeps a 24-image gallery page of maps
+    at a few ms instead of ~200 ms on 100k images.
+    """
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.meta: dict[str, pq.FileMetaData] = {}
+        mins: list[tuple[str, str, str, int]] = []  # (min, max, path, rg)
+        for path in paths:
+            md = pq.ParquetFile(path).metadata
+            self.meta[str(path)] = md
+            col = md.schema.to_arrow_schema().get_field_index("image_id")
+            for rg in range(md.num_row_groups):
+                st = md.row_group(rg).column(col).statistics
+                if md.row_group(rg).num_rows == 0:
+                    continue
+                if st is None or not st.has_min_max:
+                    mins.append(("", "\uffff", str(path), rg))  # no stats: always read
+                else:
+                    mins.append((str(st.min), str(st.max), str(path), rg))
+        mins.sort()
+        self.entries = mins
+        self._min = [m[0] for m in mins]
+
+    def read(self, ids: Sequence[str], columns: list[str]) -> pa.Table:
+        """Rows whose image_id is in ``ids`` (only ``columns``, which must include image_id)."""
+        wanted: dict[str, set[int]] = {}
+        for i in ids:
+            hi = bisect.bisect_right(self._min, i)
+            for lo_min, lo_max, path, rg in reversed(self.entries[:hi]):
+                if lo_max >= i:
+                    wanted.setdefault(path, set()).add(rg)
+                elif lo_min != "":
+                    break  # sorted, non-overlapping ranges: nothing earlier can contain i
+        tables = []
+        key = pa.array(sorted(set(ids)), type=pa.string())
+        for path, rgs in wanted.items():
+            t = pq.ParquetFile(path, metadata=self.meta[path]).read_row_groups(sorted(rgs), columns=columns)
+            tables.append(t.filter(pc.is_in(t.column("image_id"), value_set=key)))
+        if not tables:
+            return pa.table({c: pa.array([], type=pa.null()) for c in columns})
+        return pa.concat_tables(tables, promote_options="permissive")
+
+
 @dataclass
 class _RunEntry:
     run_id: str
@@ -277,6 +328,7 @@ class StoreReader:
         self._cached: OrderedDict[str, str] = OrderedDict()  # run_id -> cache table suffix
         self._memo: OrderedDict[tuple[object, ...], object] = OrderedDict()
         self._galleries: dict[str, _GalleryIndex] = {}
+        self._rg_index: dict[tuple[str, ...], _RowGroupIndex] = {}
         self._views_for: tuple[pa.Table, list[_RunEntry]] = (RUNS.empty_table(), [])
         self._views_dirty = True
         try:
@@ -554,6 +606,35 @@ class StoreReader:
         if not d.is_dir() or not any(d.glob("part-*.parquet")):
             return None
         return str(d / "part-*.parquet")
+
+    def _index(self, paths: Sequence[Path]) -> _RowGroupIndex:
+        """Row-group index over files (cached; immutable run files, append-only image parts)."""
+        key = tuple(str(p) for p in paths)
+        with self._lock:
+            idx = self._rg_index.get(key)
+            if idx is None:
+                if len(self._rg_index) > 64:
+                    self._rg_index.clear()
+                # image parts of a fingerprint grow: drop indexes of an older listing of the dir
+                for old in [
+                    k for k in self._rg_index if k and key and Path(k[0]).parent == Path(key[0]).parent
+                ]:
+                    del self._rg_index[old]
+                idx = self._rg_index[key] = _RowGroupIndex(paths)
+            return idx
+
+    def _cams_rows(self, e: _RunEntry, ids: Sequence[str]) -> pa.Table:
+        cols = ["image_id", "method", "target_kind", "target_class", "h", "w", "map"]
+        return self._index([e.dir / "cams.parquet"]).read(ids, cols)
+
+    def _image_rows(self, e: _RunEntry, ids: Sequence[str], columns: list[str]) -> pa.Table | None:
+        fp = e.row.get("dataset_fingerprint")
+        if not fp or not _fp_re.match(fp):
+            return None
+        parts = sorted((self.path / "images" / fp).glob("part-*.parquet"))
+        if not parts:
+            return None
+        return self._index(parts).read(ids, columns)
 
     @staticmethod
     def _valid_image_id(image_id: object) -> bool:
@@ -833,11 +914,7 @@ class StoreReader:
             f'SELECT * EXCLUDE (ord, x, y, source, width, height) FROM cache."l_{h}" WHERE image_id = ?',
             [image_id],
         )
-        cams = self._arrow(
-            "SELECT method, target_kind, target_class, h, w, map FROM read_parquet(?) WHERE image_id = ? "
-            "ORDER BY method, target_kind",
-            [str(e.dir / "cams.parquet"), image_id],
-        )
+        cams = self._cams_rows(e, [image_id])
         meta = self._image_meta(e, h, image_id)
         if pred.num_rows == 0 and cams.num_rows == 0 and meta is None:
             return None
@@ -858,7 +935,7 @@ class StoreReader:
             for c in np.argsort(-probs, kind="stable")[:TOPK]:
                 topk.append((int(c), names[c] if c < len(names) else str(c), float(probs[c])))
         maps: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
-        for r in cams.to_pylist():
+        for r in sorted(cams.to_pylist(), key=lambda r: (r["method"], r["target_kind"])):
             arr = np.asarray(r["map"], dtype=np.float32).reshape(r["h"], r["w"])
             maps[(r["method"], r["target_kind"])] = (int(r["target_class"]), arr)
         faith = self._df(
@@ -902,34 +979,47 @@ class StoreReader:
 
     def cam(self, run_id: str, image_id: str, method: str, target_kind: str = "pred") -> np.ndarray | None:
         """One raw map as float32 [h, w] in [0, 1], or None."""
-        f = self._file(run_id, "cams")
-        if f is None or not self._valid_image_id(image_id) or target_kind not in ("pred", "true"):
-            return None
-        if not isinstance(method, str) or not _method_re.match(method):
-            return None
-        t = self._arrow(
-            "SELECT h, w, map FROM read_parquet(?) "
-            "WHERE image_id = ? AND method = ? AND target_kind = ? LIMIT 1",
-            [f, image_id, method, target_kind],
-        )
-        if t.num_rows == 0:
-            return None
-        r = t.to_pylist()[0]
-        return np.asarray(r["map"], dtype=np.float32).reshape(r["h"], r["w"])
+        got = self.cams_batch(run_id, [image_id], [method], target_kind)
+        return got.get((image_id, method))
+
+    def cams_batch(
+        self, run_id: str, image_ids: Sequence[str], methods: Sequence[str], target_kind: str = "pred"
+    ) -> dict[tuple[str, str], np.ndarray]:
+        """Maps of many images at once: (image_id, method) -> float32 [h, w] (missing pairs absent).
+
+        One read of the run's cams file (row groups pruned by image_id), for gallery pages.
+        """
+        e = self._entry(run_id)
+        ids = [i for i in image_ids if self._valid_image_id(i)]
+        ms = {m for m in methods if isinstance(m, str) and _method_re.match(m)}
+        if e is None or not ids or not ms or target_kind not in ("pred", "true"):
+            return {}
+        out: dict[tuple[str, str], np.ndarray] = {}
+        for r in self._cams_rows(e, ids).to_pylist():
+            if r["method"] in ms and r["target_kind"] == target_kind:
+                out[(r["image_id"], r["method"])] = np.asarray(r["map"], dtype=np.float32).reshape(
+                    r["h"], r["w"]
+                )
+        return out
+
+    def thumbnails(self, run_id: str, image_ids: Sequence[str]) -> dict[str, bytes]:
+        """Thumbnails of many images at once: image_id -> bytes (images without one are absent)."""
+        e = self._entry(run_id)
+        ids = [i for i in image_ids if self._valid_image_id(i)]
+        if e is None or not ids:
+            return {}
+        t = self._image_rows(e, ids, ["image_id", "thumbnail"])
+        if t is None:
+            return {}
+        out: dict[str, bytes] = {}
+        for r in t.to_pylist():
+            if r["thumbnail"] is not None:
+                out.setdefault(r["image_id"], bytes(r["thumbnail"]))
+        return out
 
     def thumbnail(self, run_id: str, image_id: str) -> bytes | None:
         """PNG/JPEG bytes of the image's thumbnail (shared per dataset fingerprint), or None."""
-        e = self._entry(run_id)
-        if e is None or not self._valid_image_id(image_id):
-            return None
-        glob = self._image_glob(e)
-        if glob is None:
-            return None
-        t = self._arrow("SELECT thumbnail FROM read_parquet(?) WHERE image_id = ? LIMIT 1", [glob, image_id])
-        if t.num_rows == 0:
-            return None
-        v = t.column(0)[0].as_py()
-        return bytes(v) if v is not None else None
+        return self.thumbnails(run_id, [image_id]).get(image_id)
 
     def neighbors(self, run_id: str, image_id: str) -> pd.DataFrame:
         """kind, rank, neighbor_id, neighbor_class, neighbor_class_name, similarity (twins first)."""

@@ -214,6 +214,12 @@ def test_round_trip_every_table(tmp_path: Path) -> None:
     np.testing.assert_allclose(r.cam(run_id, ids[0], "gradcam"), np.linspace(0, 1, 4).reshape(2, 2))
     assert r.cam(run_id, ids[0], "scorecam") is None
     assert r.thumbnail(run_id, ids[1]) == b"\x89PNG-1"
+    assert r.thumbnails(run_id, [*ids, "' OR 1=1 --"]) == {ids[0]: b"\x89PNG-0", ids[1]: b"\x89PNG-1"}
+    batch = r.cams_batch(run_id, [*ids, "--"], ["gradcam", "x'; DROP"])
+    assert set(batch) == {(ids[0], "gradcam"), (ids[1], "gradcam")} and batch[(ids[0], "gradcam")].shape == (
+        2,
+        2,
+    )
     nb = r.neighbors(run_id, ids[0])
     assert nb["kind"].tolist() == ["twin", "counterfactual"] and nb["neighbor_class_name"].tolist() == [
         "c",
