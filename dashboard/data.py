@@ -83,6 +83,8 @@ class DashData:
         self._images = _LRU(1024)  # image details, neighbours
         self._cams = _LRU(20_000)  # (run, image, method, kind) -> np.ndarray | None
         self._thumbs = _LRU(20_000)  # (fingerprint or run, image) -> bytes | None
+        self._pending: dict[tuple[str, str], threading.Event] = {}
+        self._pending_lock = threading.Lock()
 
     # ---- runs -------------------------------------------------------------------------------
     def _call(self, name: str, *args: Any) -> Any:
@@ -171,12 +173,20 @@ class DashData:
         # Not cached: a new run of the same data adds a row.
         return self._call("image_history", run_id, image_id)  # type: ignore[no-any-return]
 
+    def _await_prefetch(self, run_id: str, image_id: str) -> None:
+        """If a page's batch prefetch covering this image is in flight, wait for it (bounded)."""
+        ev = self._pending.get((run_id, image_id))
+        if ev is not None:
+            ev.wait(timeout=5.0)
+
     def cam(self, run_id: str, image_id: str, method: str, target_kind: str = "pred") -> np.ndarray | None:
         """One raw map, from the prefetch cache when a page already loaded it in batch."""
+        self._await_prefetch(run_id, image_id)
         key = (run_id, image_id, method, target_kind)
         return self._cams.get(key, lambda: self._call("cam", run_id, image_id, method, target_kind))
 
     def thumbnail(self, run_id: str, image_id: str) -> bytes | None:
+        self._await_prefetch(run_id, image_id)
         return self._thumbs.get((run_id, image_id), lambda: self._call("thumbnail", run_id, image_id))
 
     def prefetch(self, run_id: str, image_ids: Sequence[str], methods: Iterable[str] = METHODS) -> None:
@@ -192,6 +202,40 @@ class DashData:
             fetch_batch(self, run_id, ids, tuple(m for m in methods if m in METHODS))
         except Exception:  # a missed optimisation must not break the page
             log.debug("prefetch failed; overlays will be read one by one", exc_info=True)
+
+    def prefetch_async(self, run_id: str, image_ids: Sequence[str], methods: Iterable[str] = METHODS) -> None:
+        """:meth:`prefetch` in a background thread, so the page returns without waiting for it.
+
+        The browser asks for the page's overlays a moment later; routes for these images wait
+        for the batch (see :meth:`_await_prefetch`) instead of issuing ~100 single queries.
+        """
+        ids = [i for i in dict.fromkeys(image_ids) if re.match(IMAGE_ID_RE.pattern, i)]
+        ids = [i for i in ids if self._thumbs._d.get((run_id, i)) is None]  # already loaded: skip
+        if not ids:
+            return
+        ev = threading.Event()
+        with self._pending_lock:
+            for i in ids:
+                self._pending.setdefault((run_id, i), ev)
+        methods = tuple(methods)
+
+        def work() -> None:
+            try:
+                self.prefetch(run_id, ids, methods)
+            finally:
+                with self._pending_lock:
+                    for i in ids:
+                        if self._pending.get((run_id, i)) is ev:
+                            del self._pending[(run_id, i)]
+                ev.set()
+
+        threading.Thread(target=work, name="xaidash-prefetch", daemon=True).start()
+
+    def wait_prefetch(self, timeout: float = 10.0) -> None:
+        """Wait until no prefetch is in flight (clean shutdown, benchmarks)."""
+        end = time.monotonic() + timeout
+        while self._pending and time.monotonic() < end:
+            time.sleep(0.01)
 
 
 def fetch_batch(data: DashData, run_id: str, ids: list[str], methods: tuple[str, ...]) -> None:

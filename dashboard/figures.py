@@ -244,40 +244,33 @@ def plot_embedding(
                 hovertemplate=f"{name}<extra></extra>",
             )
         )
-    if selected is not None and twin_points is not None and len(twin_points):
-        sel = points[points["image_id"] == selected]
-        if len(sel):
-            x0, y0 = float(sel["x"].iloc[0]), float(sel["y"].iloc[0])
-            xs: list[float | None] = []
-            ys: list[float | None] = []
-            for x1, y1 in zip(twin_points["x"], twin_points["y"], strict=False):
-                xs += [x0, float(x1), None]
-                ys += [y0, float(y1), None]
-            fig.add_trace(
-                go.Scattergl(
-                    x=xs,
-                    y=ys,
-                    mode="lines",
-                    name="twins",
-                    line={"color": "#2c3e50", "width": 1.5},
-                    hoverinfo="skip",
-                )
-            )
-            fig.add_trace(
-                go.Scattergl(
-                    x=[x0],
-                    y=[y0],
-                    mode="markers",
-                    name="selected",
-                    hoverinfo="skip",
-                    marker={
-                        "symbol": "star",
-                        "size": 16,
-                        "color": "#f39c12",
-                        "line": {"width": 1, "color": "#000"},
-                    },
-                )
-            )
+    # Traces 0 and 1 are always the twin lines and the selected star (empty until a point is
+    # pinned), so a click can update just them with a Patch instead of resending every point.
+    lines_x, lines_y, star_x, star_y = twin_line_coords(points, selected, twin_points)
+    fig.add_trace(
+        go.Scattergl(
+            x=lines_x,
+            y=lines_y,
+            mode="lines",
+            name="twins",
+            line={"color": "#2c3e50", "width": 1.5},
+            hoverinfo="skip",
+            showlegend=False,
+        )
+    )
+    fig.add_trace(
+        go.Scattergl(
+            x=star_x,
+            y=star_y,
+            mode="markers",
+            name="selected",
+            hoverinfo="skip",
+            showlegend=False,
+            marker={"symbol": "star", "size": 16, "color": "#f39c12", "line": {"width": 1, "color": "#000"}},
+        )
+    )
+    # Move them to the front of the trace list (indices 0 and 1).
+    fig.data = fig.data[-2:] + fig.data[:-2]
     note = (
         f"showing {len(shown):,} of {len(points):,} points (all errors kept)"
         if len(shown) < len(points)
@@ -296,6 +289,24 @@ def plot_embedding(
         uirevision="embedding",
     )
     return fig
+
+
+def twin_line_coords(
+    points: pd.DataFrame, selected: str | None, twin_points: pd.DataFrame | None
+) -> tuple[list[float | None], list[float | None], list[float], list[float]]:
+    """Line segments selected -> each twin (None-separated) and the selected point itself."""
+    if selected is None or twin_points is None or points is None or not len(points):
+        return [], [], [], []
+    sel = points[points["image_id"] == selected]
+    if not len(sel):
+        return [], [], [], []
+    x0, y0 = float(sel["x"].iloc[0]), float(sel["y"].iloc[0])
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for x1, y1 in zip(twin_points["x"], twin_points["y"], strict=False):
+        xs += [x0, float(x1), None]
+        ys += [y0, float(y1), None]
+    return xs, ys, [x0], [y0]
 
 
 def plot_confusion_delta(delta: pd.DataFrame, class_names: Sequence[str]) -> go.Figure:

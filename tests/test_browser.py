@@ -276,7 +276,7 @@ def test_embedding_click_draws_twin_lines(driver: Any, server: LiveServer) -> No
     wait_for(
         lambda: driver.execute_script(
             "return document.querySelector('#embedding-graph .js-plotly-plot')"
-            ".data.some(d => d.name === 'twins')"
+            ".data.some(d => d.name === 'twins' && d.x && d.x.length > 0)"
         ),
         "twin lines",
     )

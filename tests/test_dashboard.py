@@ -391,8 +391,8 @@ def test_embedding_callbacks_over_http(client: Any, app: Any, state: Any) -> Non
         {"embedding-graph.clickData": {"points": [{"customdata": iid}]}, "url.search": ""},
         "embedding-graph.clickData",
     )
-    fig = click["response"]["embedding-graph"]["figure"]
-    assert any(t.get("name") == "twins" for t in fig["data"])
+    patch = json.dumps(click["response"]["embedding-graph"]["figure"])
+    assert "__dash_patch_update" in patch and '"data", 0, "x"' in patch  # only the twin trace is sent
     assert f"id={iid}" in click["response"]["url"]["search"]
     sel = post_callback(
         client,

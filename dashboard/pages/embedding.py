@@ -15,7 +15,7 @@ import dash
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, State, dcc, html, no_update
+from dash import Input, Output, Patch, State, dcc, html, no_update
 
 from dashboard import figures
 from dashboard.components import (
@@ -37,33 +37,63 @@ MAX_INLINE = 20
 
 
 def embedding_figure(state: AppState, run_id: str, f: Filters, selected: str | None = None) -> Any:
-    """The map, with twin lines from ``selected`` when given."""
+    """The map as a figure dict, with twin lines from ``selected`` when given.
+
+    The 20,000-point base figure is built once per (run, colouring, train) - runs are immutable
+    - and a selection only swaps the two small leading traces.
+    """
     data = state.data
-    info = data.run(run_id)
-    names = list(getattr(info, "class_names", []) or [])
-    points = data.embedding_points(run_id, f.train)
-    twins = None
-    if selected is not None:
-        twins = twin_positions(state, run_id, selected)
-    return figures.plot_embedding(points, names, color_by=f.color, selected=selected, twin_points=twins)
+
+    def build() -> dict[str, Any]:
+        info = data.run(run_id)
+        names = list(getattr(info, "class_names", []) or [])
+        points = data.embedding_points(run_id, f.train)
+        return figures.plot_embedding(points, names, color_by=f.color).to_plotly_json()
+
+    base = data._per_run.get(("embedding-figure", run_id, f.color, f.train), build)
+    if selected is None:
+        return base
+    xs, ys, sx, sy = twin_update(state, run_id, selected)
+    fig = dict(base)
+    fig["data"] = [
+        {**base["data"][0], "x": xs, "y": ys},
+        {**base["data"][1], "x": sx, "y": sy},
+        *base["data"][2:],
+    ]
+    return fig
 
 
-def twin_positions(state: AppState, run_id: str, image_id: str) -> pd.DataFrame:
-    """x, y, similarity of ``image_id``'s twins (train points, looked up even when hidden)."""
+def positions(state: AppState, run_id: str) -> dict[str, tuple[float, float]]:
+    """image id -> (x, y) of every point (val and train), cached per run.
+
+    A plain dict: O(1) look-ups (pandas' ``isin`` over an Arrow-string index of 120k ids
+    iterates them in Python and cost ~1 s per click).
+    """
+
+    def build() -> dict[str, tuple[float, float]]:
+        pts = state.data.embedding_points(run_id, True)
+        return dict(
+            zip(pts["image_id"].tolist(), zip(pts["x"].tolist(), pts["y"].tolist(), strict=True), strict=True)
+        )
+
+    return state.data._per_run.get(("embedding-positions", run_id), build)
+
+
+def twin_update(
+    state: AppState, run_id: str, image_id: str
+) -> tuple[list[Any], list[Any], list[float], list[float]]:
+    """Coordinates of the twin lines and the star for ``image_id``."""
+    pos = positions(state, run_id)
+    if image_id not in pos:
+        return [], [], [], []
     nb = state.data.neighbors(run_id, image_id)
-    if not len(nb):
-        return pd.DataFrame(columns=["x", "y", "similarity"])
-    nb = nb[nb["kind"] == "twin"]
-    allpts = state.data.embedding_points(run_id, True)
-    pos = allpts.set_index("image_id")[["x", "y"]]
-    nb = nb[nb["neighbor_id"].isin(pos.index)]
-    return pd.DataFrame(
-        {
-            "x": pos.loc[nb["neighbor_id"], "x"].to_numpy(),
-            "y": pos.loc[nb["neighbor_id"], "y"].to_numpy(),
-            "similarity": nb["similarity"].to_numpy(),
-        }
-    )
+    twin_ids = [
+        str(n) for k, n in zip(nb["kind"], nb["neighbor_id"], strict=True) if k == "twin" and n in pos
+    ]
+    twins = pd.DataFrame({"x": [pos[n][0] for n in twin_ids], "y": [pos[n][1] for n in twin_ids]})
+    x0, y0 = pos[image_id]
+    me = pd.DataFrame({"image_id": [image_id], "x": [x0], "y": [y0]})
+    return figures.twin_line_coords(me, image_id, twins)
 
 
 def layout(ctx: PageContext) -> Any:
@@ -155,10 +185,13 @@ def layout(ctx: PageContext) -> Any:
 
 def point_summary(state: AppState, run_id: str, image_id: str) -> dict[str, Any] | None:
     """Label/prediction of one point (from the cached points table)."""
-    pts = state.data.embedding_points(run_id, True)
-    row = pts[pts["image_id"] == image_id]
-    if not len(row):
+    if image_id not in positions(state, run_id):
         return None
+    pts = state.data._per_run.get(
+        ("embedding-by-id", run_id),
+        lambda: state.data.embedding_points(run_id, True).set_index("image_id", drop=False),
+    )
+    row = pts.loc[[image_id]]
     return {
         k: (None if (v is None or (isinstance(v, float) and np.isnan(v))) else v)
         for k, v in row.iloc[0].to_dict().items()
@@ -315,13 +348,17 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         if run is None or pid is None:
             return no_update, no_update, no_update
         f = replace(f, run=run, id=pid)
+        # Only the two leading traces change: a Patch sends ~100 bytes instead of the map.
+        xs, ys, sx, sy = twin_update(state, run, pid)
+        patch = Patch()
+        patch["data"][0]["x"] = xs
+        patch["data"][0]["y"] = ys
+        patch["data"][1]["x"] = sx
+        patch["data"][1]["y"] = sy
         # The URL keeps the pinned point (shareable), written without a re-render of the page:
-        # the router ignores changes that only touch "id" on this page (see app.render).
-        return (
-            selected_panel(state, run, pid, f),
-            embedding_figure(state, run, f, pid),
-            to_query(f, ("run", "color", "train", "id", "cmap", "alpha")),
-        )
+        # the router ignores changes that only touch "id" on this page (see app.SOFT_KEYS).
+        keys = ("run", "color", "train", "id", "cmap", "alpha")
+        return selected_panel(state, run, pid, f), patch, to_query(f, keys)
 
     @app.callback(
         Output(f"{PREFIX}-selection", "children"),

@@ -214,7 +214,7 @@ def results(ctx: PageContext, run_id: str, info: Any, selection: tuple[str, ...]
         # A stale link past the end: show the last page rather than nothing.
         f = replace(f, page=pages - 1)
         rows, total = ctx.data.gallery(run_id, gallery_query(f, selection))
-    ctx.data.prefetch(run_id, list(rows["image_id"]), methods)
+    ctx.data.prefetch_async(run_id, list(rows["image_id"]), methods)
     names = list(getattr(info, "class_names", []) or [])
     chips = []
     if selection is not None:
