@@ -21,6 +21,9 @@ shard, so a re-run with the same arguments — or another shard of the same job 
 the same staging and skips ``done_chunks()``. ``--shard I/N`` takes chunks whose global index
 (val chunks first, then train) is ``I mod N``; the shard that finds every chunk done runs the
 global phase (``--finalize`` runs it on demand). A job key is published at most once.
+Limitation today: ``Staging`` holds one exclusive lock per job, so shards of the same job run
+one after another against a store (a second concurrent shard is refused with a clear error);
+concurrent shards need per-shard staging in store/.
 
 Precision: fp32 by default everywhere. ``--precision bf16`` wraps the network forwards in
 ``torch.autocast(bfloat16)``; maps are computed from fp32 copies of activations/gradients
