@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "publishes the run (or use --finalize)")
     parser.add_argument("--finalize", action="store_true",
                         help="skip the per-image phase and run the global phase (all chunks must be done)")
+    parser.add_argument("--new-run", action="store_true",
+                        help="publish a new run even if an identical one (same model, data and "
+                             "arguments) already exists; by default that run is reported and reused")
     parser.add_argument("--chunk-size", type=int, default=256, metavar="N",
                         help="val/train images per resumable chunk (default 256)")
 

@@ -107,6 +107,7 @@ class JobConfig:
     shard: str | None = None
     finalize: bool = False
     chunk_size: int = 256
+    new_run: bool = False
 
     @classmethod
     def from_args(cls, args: Any) -> JobConfig:
@@ -147,6 +148,7 @@ class JobConfig:
             shard=get("shard"),
             finalize=bool(get("finalize", False)),
             chunk_size=int(get("chunk_size") or 256),
+            new_run=bool(get("new_run", False)),
         )
 
 
@@ -516,6 +518,10 @@ class _Job:
     def __init__(self, cfg: JobConfig) -> None:
         self.cfg = cfg
         self.timer = _Timer()
+        #: seconds per image of each method computed *alone* (seed 004's cost comparison);
+        #: measured once on the first, already warm, validation batch
+        self.method_seconds: dict[str, float] = {}
+        self._scorecam_pred = [0.0, 0]  # seconds, images: Score-CAM for the predicted class
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -745,6 +751,8 @@ class _Job:
         # sub-stages of per_image_val (the rest of it is decoding wait, tables and writes)
         with self.timer.stage("val_forward_backward"), self.autocast():
             res = engine.forward(x, self.methods, true_labels=labels if "true" in self.explain else None)
+        if not self.method_seconds:
+            self._calibrate(engine, x)
         logits = res.logits.float()
         probs = logits.softmax(dim=1)
         conf, pred = probs.max(dim=1)
@@ -754,11 +762,14 @@ class _Job:
         maps: dict[str, torch.Tensor] = {m: res.maps[(m, "pred")] for m in self.methods
                                           if (m, "pred") in res.maps}
         if "scorecam" in self.methods:
+            t0 = time.perf_counter()
             with self.timer.stage("val_scorecam"), self.autocast():
                 maps["scorecam"] = engine.scorecam(
                     x, res.activations, pred, batch_size=max(cfg.batch_size, 64),
                     max_channels=cfg.scorecam_max_channels, channels_last=self.channels_last,
                 ).float()
+            self._scorecam_pred[0] += time.perf_counter() - t0
+            self._scorecam_pred[1] += len(ids)
         maps = {m: maps[m] for m in self.methods if m in maps}  # canonical order
 
         for m, mp in maps.items():
@@ -823,6 +834,37 @@ class _Job:
         rows.emb_ids.extend(ids)
         rows.emb_split.extend(["val"] * len(ids))
         rows.emb_vecs.append(res.embedding.float().cpu().numpy())
+
+    def _calibrate(self, engine: CamEngine, x: torch.Tensor) -> None:
+        """Time each method alone on this batch, per image.
+
+        In a run the three gradient methods share one forward and one backward pass, so their
+        cost cannot be told apart there. Seed 004 compares the methods' cost, so each one is
+        also run alone once: CAM is a forward pass and a weighted sum, Grad-CAM and Grad-CAM++
+        add the backward pass to the target layer, and Score-CAM (timed over the whole run)
+        adds its masked forward passes to a forward pass that captures the activations.
+        """
+        b = max(1, x.shape[0])
+        alone = [m for m in ("cam", "gradcam", "gradcampp") if m in self.methods]
+        if "scorecam" in self.methods:
+            alone.append("forward")
+        for m in alone:
+            if m == "cam" and not engine.cam_applicable:
+                continue
+            t0 = time.perf_counter()
+            with self.autocast():
+                engine.forward(x, [] if m == "forward" else [m])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.method_seconds[m] = (time.perf_counter() - t0) / b
+
+    def method_ms_per_image(self) -> dict[str, float]:
+        """Milliseconds per image of each method on its own (see :meth:`_calibrate`)."""
+        out = {m: 1000.0 * v for m, v in self.method_seconds.items() if m != "forward"}
+        seconds, n = self._scorecam_pred
+        if "scorecam" in self.methods and n:
+            out["scorecam"] = 1000.0 * (self.method_seconds.get("forward", 0.0) + seconds / n)
+        return {m: round(v, 3) for m, v in out.items()}
 
     def _train_batch(self, engine: CamEngine, x_cpu: torch.Tensor, items: Sequence[Item],
                      rows: _ChunkRows) -> None:
@@ -958,7 +1000,8 @@ class _Job:
             "scorecam_note": scorecam_note,
             "config_json": self.config_json(),
             "versions_json": json.dumps(_versions(used)),
-            "timings_json": json.dumps({k: round(v, 3) for k, v in self.timer.seconds.items()}),
+            "timings_json": json.dumps({**{k: round(v, 3) for k, v in self.timer.seconds.items()},
+                                        "method_ms_per_image": self.method_ms_per_image()}),
             "device": str(self.device) if self.device.type == "cpu"
             else f"{self.device} ({_gpu_name(self.device)})",
         }
@@ -1004,9 +1047,18 @@ def run_job(cfg: JobConfig) -> JobResult:
         job.setup()
     store = job.store
     existing = store.published_job(job.job_key)
+    if existing is not None and cfg.new_run:
+        # Same model, data and arguments, but the user asked for another run (the demo does,
+        # to add a run each time it is started). The suffix is deterministic - the first free
+        # one - so a killed --new-run job still resumes its own staging when run again.
+        n = 2
+        while store.published_job(f"{job.job_key}-{n}") is not None:
+            n += 1
+        job.job_key = f"{job.job_key}-{n}"
+        existing = None
     if existing is not None:
         log.info("this run already exists: run %s (same model, data and arguments); nothing to do. "
-                 "Delete it with `xaidash runs delete %s --store %s` to recompute.",
+                 "Delete it with `xaidash runs delete %s --store %s`, or pass --new-run, to recompute.",
                  existing, existing, cfg.store)
         return JobResult(ok=True, run_id=existing, already_published=True, chunks_total=len(job.chunks))
 

@@ -75,8 +75,12 @@ def run_summary(info: Any) -> html.Div:
     return html.Div(parts, className="mb-3 small xd-run-summary")
 
 
-def faithfulness_block(summary: pd.DataFrame) -> list[Any]:
-    """Faithfulness table per method plus the sentence naming the most faithful one."""
+def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None = None) -> list[Any]:
+    """Faithfulness table per method plus the sentence naming the most faithful one.
+
+    ``cost_ms`` is each method's measured cost per image when computed alone (the run's
+    ``timings_json["method_ms_per_image"]``): seed 004's comparison table, measured.
+    """
     if summary is None or len(summary) == 0:
         return [
             empty_state(
@@ -88,6 +92,7 @@ def faithfulness_block(summary: pd.DataFrame) -> list[Any]:
     best, ranked = most_faithful(summary)
     ranked = ranked.copy()
     ranked["label"] = ranked["method"].map(method_label)
+    ranked["cost_ms"] = ranked["method"].map(lambda m: (cost_ms or {}).get(m))
     table = df_table(
         ranked.sort_values("mean_rank") if "mean_rank" in ranked else ranked,
         [
@@ -97,6 +102,7 @@ def faithfulness_block(summary: pd.DataFrame) -> list[Any]:
             ("deletion_auc", "Deletion AUC ↓"),
             ("insertion_auc", "Insertion AUC ↑"),
             ("mean_rank", "Mean rank"),
+            ("cost_ms", "Cost ms/image"),
             ("n", "Images"),
         ],
         formats={
@@ -105,6 +111,7 @@ def faithfulness_block(summary: pd.DataFrame) -> list[Any]:
             "deletion_auc": lambda v, r: fmt_num(v),
             "insertion_auc": lambda v, r: fmt_num(v),
             "mean_rank": lambda v, r: fmt_num(v, 2),
+            "cost_ms": lambda v, r: fmt_num(v, 1),
             "label": lambda v, r: html.B(v) if r.get("method") == best else v,
         },
         id=f"{PREFIX}-faithfulness-table",
@@ -115,12 +122,20 @@ def faithfulness_block(summary: pd.DataFrame) -> list[Any]:
             html.B(method_label(best) if best else "—"),
             ". Rule: each of the four metrics ranks the methods (lowest Average Drop, highest "
             "Increase in Confidence, lowest Deletion AUC, highest Insertion AUC rank first); the "
-            "best mean rank wins, ties broken by Insertion − Deletion AUC.",
+            "best mean rank wins, ties broken by Insertion − Deletion AUC. Cost is each method "
+            "computed alone on this run's device; in a run CAM, Grad-CAM and Grad-CAM++ share "
+            "one forward and one backward pass.",
         ],
         className="small mt-2 mb-0",
         id=f"{PREFIX}-faithful-sentence",
     )
     return [table, sentence]
+
+
+def _method_cost(info: Any) -> dict[str, float]:
+    timings = getattr(info, "timings", None) or {}
+    cost = timings.get("method_ms_per_image") if isinstance(timings, dict) else None
+    return {str(k): float(v) for k, v in cost.items()} if isinstance(cost, dict) else {}
 
 
 def class_table(metrics: pd.DataFrame, f: Filters) -> Any:
@@ -234,7 +249,10 @@ def layout(ctx: PageContext) -> Any:
             )
         )
     children.append(
-        card("Faithfulness of each explanation method", faithfulness_block(data.faithfulness_summary(run_id)))
+        card(
+            "Faithfulness and cost of each explanation method",
+            faithfulness_block(data.faithfulness_summary(run_id), _method_cost(info)),
+        )
     )
     failed = int(h.get("failed") or 0)
     if failed:
