@@ -26,16 +26,44 @@ DEMO_DATA = "fashion-mnist:T-shirt/top,Pullover,Coat,Shirt"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--workdir", default="xaidash-demo", help="where the checkpoint and the store go (default: %(default)s)"
+        "--workdir",
+        default="xaidash-demo",
+        help="where the checkpoint and the store go (default: %(default)s)",
     )
-    parser.add_argument("--no-serve", action="store_true", help="stop after computing; do not start the server")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind the dashboard (default: %(default)s)")
+    parser.add_argument(
+        "--no-serve", action="store_true", help="stop after computing; do not start the server"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind the dashboard (default: %(default)s)"
+    )
     parser.add_argument("--port", type=int, default=8050, help="port of the dashboard (default: %(default)s)")
-    parser.add_argument("--data-root", default=None, help="where Fashion-MNIST lives if not in the Debian package")
-    parser.add_argument("--train-images", type=int, default=3000, help="training images (default: %(default)s)")
-    parser.add_argument("--val-images", type=int, default=200, help="validation images (default: %(default)s)")
-    parser.add_argument("--twin-pool", type=int, default=1000, help="training images embedded for twins")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default: %(default)s)")
+    parser.add_argument(
+        "--data-root", default=None, help="where Fashion-MNIST lives if not in the Debian package"
+    )
+    parser.add_argument(
+        "--train-images", type=int, default=2000, help="training images (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--val-images", type=int, default=120, help="validation images (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--twin-pool",
+        type=int,
+        default=600,
+        help="training images embedded as twin candidates (default: %(default)s)",
+    )
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs (default: %(default)s)")
+    parser.add_argument(
+        "--scorecam-channels",
+        type=int,
+        default=48,
+        help="Score-CAM over the top-N of 512 channels, labelled approximate in the "
+        "store and the dashboard; 0 = exact (about 3 s per image on 2 CPU cores) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--faithfulness-steps", type=int, default=8, help="deletion/insertion steps (default: %(default)s)"
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--retrain", action="store_true", help="train a new checkpoint even if one exists")
 
@@ -60,26 +88,73 @@ def run(args: argparse.Namespace) -> int:
     if ckpt.exists() and not args.retrain:
         log.info("demo: reusing checkpoint %s (pass --retrain to train a new one)", ckpt)
     else:
-        log.info("demo: training ResNet-18 on %s (%d images, %d epochs)", DEMO_DATA, args.train_images, args.epochs)
+        log.info(
+            "demo: training ResNet-18 on %s (%d images, %d epochs)", DEMO_DATA, args.train_images, args.epochs
+        )
         _cli(
-            ["train", "--data", DEMO_DATA, *data_root, "--model", "resnet18", "--weights", "none",
-             "--input-size", "32", "--limit-train", str(args.train_images),
-             "--limit-val", str(args.val_images), "--epochs", str(args.epochs), "--lr", "1e-3",
-             "--seed", "0", "--device", args.device, "--out", str(ckpt)]
+            [
+                "train",
+                "--data",
+                DEMO_DATA,
+                *data_root,
+                "--model",
+                "resnet18",
+                "--weights",
+                "none",
+                "--input-size",
+                "32",
+                "--limit-train",
+                str(args.train_images),
+                "--limit-val",
+                str(args.val_images),
+                "--epochs",
+                str(args.epochs),
+                "--lr",
+                "1e-3",
+                "--seed",
+                "0",
+                "--device",
+                args.device,
+                "--out",
+                str(ckpt),
+            ]
         )
     trained = time.perf_counter()
 
+    scorecam = ["--scorecam-max-channels", str(args.scorecam_channels)] if args.scorecam_channels > 0 else []
     log.info("demo: computing predictions, four CAMs, twins and faithfulness into %s", store)
     _cli(
-        ["compute", "--data", DEMO_DATA, *data_root, "--checkpoint", str(ckpt), "--store", str(store),
-         "--limit-val", str(args.val_images), "--limit-train", str(args.twin_pool),
-         "--methods", "cam,gradcam,gradcampp,scorecam", "--explain", "pred,true",
-         "--device", args.device, "--new-run"]
+        [
+            "compute",
+            "--data",
+            DEMO_DATA,
+            *data_root,
+            "--checkpoint",
+            str(ckpt),
+            "--store",
+            str(store),
+            "--limit-val",
+            str(args.val_images),
+            "--limit-train",
+            str(args.twin_pool),
+            "--methods",
+            "cam,gradcam,gradcampp,scorecam",
+            "--explain",
+            "pred,true",
+            "--faithfulness-steps",
+            str(args.faithfulness_steps),
+            *scorecam,
+            "--device",
+            args.device,
+            "--new-run",
+        ]
     )
     done = time.perf_counter()
     log.info(
         "demo: train %.0f s, compute %.0f s, total %.0f s",
-        trained - started, done - trained, done - started,
+        trained - started,
+        done - trained,
+        done - started,
     )
     if args.no_serve:
         print(f"store ready: {store}\nopen it with: xaidash serve --store {store}")
