@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from compute.common_args import add_data_arguments, add_device_argument, positive_int
+from compute.common_args import add_data_arguments, add_device_argument, non_negative_int, positive_int
 
 ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg16",
               "efficientnet_lite0")  # mirrors compute.models.ARCHITECTURES without importing torch
@@ -22,16 +22,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
 
 
@@ -56,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     g.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
     g.add_argument("--seed", type=int, default=0, help="random seed; CPU runs are deterministic (default 0)")
-    g.add_argument("--workers", type=_non_negative_int, default=None, metavar="N",
+    g.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
                    help="data loading worker processes (default: cores - 1, at most 4; 0 = in-process)")
     add_device_argument(parser)
 

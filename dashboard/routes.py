@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flask import Flask, Response, abort, request
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from dashboard.data import DashData
 
 log = logging.getLogger(__name__)
+
+Renderer = Callable[[], "tuple[bytes, str] | None"]
 
 ONE_YEAR = 365 * 24 * 3600
 TARGET_KINDS = ("pred", "true")
@@ -81,6 +84,18 @@ def register_routes(
         resp.headers["Cache-Control"] = "public, max-age=86400"
         return resp
 
+    def safe(render: Renderer, what: str) -> Renderer:
+        """A missing or unreadable run, map or thumbnail is a 404, never a 500 (and not cached)."""
+
+        def wrapped() -> tuple[bytes, str] | None:
+            try:
+                return render()
+            except Exception:  # an unreadable run/file, a run deleted meanwhile, a corrupt PNG
+                log.warning("could not render %s", what, exc_info=True)
+                return None
+
+        return wrapped
+
     @server.route("/img/<run_id>/<image_id>.png")
     def thumbnail(run_id: str, image_id: str) -> Response:
         if not RUN_ID_RE.match(run_id) or not IMAGE_ID_RE.match(image_id):
@@ -97,7 +112,7 @@ def register_routes(
                 return None
             return overlays.render_resized(thumb, size)
 
-        out = png_cache.get_or_render(key, render)
+        out = png_cache.get_or_render(key, safe(render, f"thumbnail {run_id}/{image_id}"))
         if out is None:
             abort(404)
         return _image_response(out[0], out[1], etag)
@@ -126,7 +141,7 @@ def register_routes(
                 return overlays.render_heatmap(cam, cmap, size or 96), "image/png"
             return overlays.render_overlay(thumb, cam, cmap, alpha, size), "image/png"
 
-        out = png_cache.get_or_render(key, render)
+        out = png_cache.get_or_render(key, safe(render, f"overlay {run_id}/{image_id}/{method}"))
         if out is None:
             abort(404)
         return _image_response(out[0], out[1], etag)

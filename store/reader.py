@@ -214,17 +214,25 @@ class _RowGroupIndex:
         mins.sort()
         self.entries = mins
         self._min = [m[0] for m in mins]
+        # Ranges may overlap across files (the thumbnails of a dataset are one part file per
+        # compute chunk, and train and val chunks interleave), so a backwards scan can only stop
+        # once no entry at or before it reaches up to the id: keep the running max of the ends.
+        self._max_upto: list[str] = []
+        top = ""
+        for m in mins:
+            top = max(top, m[1])
+            self._max_upto.append(top)
 
     def read(self, ids: Sequence[str], columns: list[str]) -> pa.Table:
         """Rows whose image_id is in ``ids`` (only ``columns``, which must include image_id)."""
         wanted: dict[str, set[int]] = {}
         for i in ids:
-            hi = bisect.bisect_right(self._min, i)
-            for lo_min, lo_max, path, rg in reversed(self.entries[:hi]):
+            for j in range(bisect.bisect_right(self._min, i) - 1, -1, -1):
+                if self._max_upto[j] < i:
+                    break  # no range at or before j reaches i
+                _, lo_max, path, rg = self.entries[j]
                 if lo_max >= i:
                     wanted.setdefault(path, set()).add(rg)
-                elif lo_min != "":
-                    break  # sorted, non-overlapping ranges: nothing earlier can contain i
         tables = []
         key = pa.array(sorted(set(ids)), type=pa.string())
         for path, rgs in wanted.items():

@@ -552,3 +552,20 @@ def test_cli_runs_list_show_delete_gc(
     assert open_store(path).runs()["run_id"].tolist() == [ids[1]]
     assert cli_main(["runs", "delete", "--store", str(path), ids[0]]) == 2
     assert "no run" in capsys.readouterr().err
+
+
+def test_point_lookup_finds_ids_in_overlapping_files(tmp_path: Path) -> None:
+    """Thumbnail part files overlap in id range (one per chunk, train and val interleave)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from store.reader import _RowGroupIndex
+
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(pa.table({"image_id": ["10", "30"], "v": [1, 3]}), a)
+    pq.write_table(pa.table({"image_id": ["20", "25"], "v": [2, 2]}), b)
+    index = _RowGroupIndex([a, b])
+    for image_id, v in (("10", 1), ("20", 2), ("25", 2), ("30", 3)):
+        got = index.read([image_id], ["image_id", "v"]).to_pydict()
+        assert got == {"image_id": [image_id], "v": [v]}
+    assert index.read(["99", "00"], ["image_id", "v"]).num_rows == 0

@@ -166,7 +166,7 @@ def test_argparse_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as ei:
         cli.main(["train", "--data", "cifar10", "--model", "resnet18", "--out", "x.pt", "--epochs", "0"])
     assert ei.value.code == 2
-    assert "expected a positive integer" in capsys.readouterr().err
+    assert "expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_help_does_not_import_torch() -> None:
