@@ -116,6 +116,11 @@ class JobConfig:
         def get(name: str, default: Any = None) -> Any:
             return getattr(args, name, default)
 
+        def number(name: str, default: int) -> int:
+            # 0 is a value (rejected by setup() with a clear message), not "missing"
+            v = get(name)
+            return default if v is None else int(v)
+
         def split_list(v: Any) -> list[str] | None:
             if v is None:
                 return None
@@ -131,23 +136,23 @@ class JobConfig:
             weights=get("weights"),
             classes=split_list(get("classes")),
             data_root=get("data_root"),
-            methods=tuple(split_list(get("methods")) or METHODS),
+            methods=tuple(METHODS if get("methods") is None else (split_list(get("methods")) or ())),
             explain=tuple(split_list(get("explain")) or ("pred",)),
             target_layer=get("target_layer"),
             device=str(get("device") or "auto"),
             precision=str(get("precision") or "fp32"),
-            batch_size=int(get("batch_size") or 64),
+            batch_size=number("batch_size", 64),
             workers=int(get("workers") if get("workers") is not None else 2),
             limit_val=get("limit_val"),
             limit_train=get("limit_train"),
             twins=int(get("twins") if get("twins") is not None else 5),
             projection=get("projection"),
-            faithfulness_steps=int(get("faithfulness_steps") or 16),
+            faithfulness_steps=number("faithfulness_steps", 16),
             faithfulness=not bool(get("no_faithfulness", False)),
             scorecam_max_channels=get("scorecam_max_channels"),
             shard=get("shard"),
             finalize=bool(get("finalize", False)),
-            chunk_size=int(get("chunk_size") or 256),
+            chunk_size=number("chunk_size", 256),
             new_run=bool(get("new_run", False)),
         )
 
@@ -755,7 +760,10 @@ class _Job:
             self._calibrate(engine, x)
         logits = res.logits.float()
         probs = logits.softmax(dim=1)
-        conf, pred = probs.max(dim=1)
+        # the class the gradient maps explain (argmax of the logits): ties in the rounded
+        # softmax must not make the stored prediction differ from the explained class
+        pred = res.targets["pred"].to(probs.device)
+        conf = probs.gather(1, pred[:, None])[:, 0]
         # runner-up: the second most probable class (none for a one-class model)
         runner = probs.topk(2, dim=1).indices[:, 1] if probs.shape[1] >= 2 else torch.full_like(pred, -1)
         pred_np = pred.cpu().numpy()

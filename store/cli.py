@@ -153,9 +153,15 @@ def _delete(args: argparse.Namespace) -> int:
     from store.writer import Store, validate_run_id
 
     store = Store.open(args.store)
-    for run_id in args.run_ids:
+    run_ids = list(dict.fromkeys(args.run_ids))  # each once, in the order given
+    for run_id in run_ids:
         validate_run_id(run_id)
-    for run_id in args.run_ids:
+    # all or nothing: check every run exists before deleting any
+    missing = [r for r in run_ids if not (store.runs_dir / r).is_dir()]
+    if missing:
+        raise UserError(f"no run {', '.join(map(repr, missing))} in {store.path} (see `xaidash runs list`); "
+                        "nothing was deleted")
+    for run_id in run_ids:
         store.delete(run_id)
         print(f"deleted {run_id}")
     return 0
@@ -164,8 +170,8 @@ def _delete(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from store.writer import Store
 
-    if args.grace < 0:
-        raise UserError(f"--grace must be >= 0, got {args.grace}")
+    if not args.grace >= 0 or args.grace == float("inf"):  # also rejects nan
+        raise UserError(f"--grace must be a number of seconds >= 0, got {args.grace}")
     store = Store.open(args.store)
     removed = store.gc(grace_s=args.grace, keep_resumable=args.keep_resumable, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

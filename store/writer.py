@@ -306,19 +306,24 @@ class Store:
         (so a typo never scatters runs into, say, a dataset directory).
         """
         p = Path(path).expanduser().absolute()
-        if p.exists() and not p.is_dir():
-            raise UserError(f"store path {p} is a file, not a directory; choose a directory")
-        if p.is_dir() and not (p / MARKER).exists() and any(p.iterdir()):
-            raise UserError(
-                f"{p} exists and is not an xaidash store (no {MARKER} file); choose a new or empty directory"
-            )
-        p.mkdir(parents=True, exist_ok=True)
-        if not (p / MARKER).exists():
-            marker = {"format": FORMAT, "schema_version": SCHEMA_VERSION}
-            _atomic_write_bytes(p / MARKER, json.dumps(marker).encode(), durable)
-        store = cls(p, durable)
-        for d in (store.runs_dir, store.images_dir, store.staging_dir, store.trash_dir):
-            d.mkdir(exist_ok=True)
+        try:
+            if p.exists() and not p.is_dir():
+                raise UserError(f"store path {p} is a file, not a directory; choose a directory")
+            if p.is_dir() and not (p / MARKER).exists() and any(p.iterdir()):
+                raise UserError(
+                    f"{p} exists and is not an xaidash store (no {MARKER} file); "
+                    "choose a new or empty directory"
+                )
+            p.mkdir(parents=True, exist_ok=True)
+            if not (p / MARKER).exists():
+                marker = {"format": FORMAT, "schema_version": SCHEMA_VERSION}
+                _atomic_write_bytes(p / MARKER, json.dumps(marker).encode(), durable)
+            store = cls(p, durable)
+            for d in (store.runs_dir, store.images_dir, store.staging_dir, store.trash_dir):
+                d.mkdir(exist_ok=True)
+        except OSError as exc:  # permissions, read-only file system, ...
+            reason = exc.strerror or exc
+            raise UserError(f"cannot use {p} as a store: {reason}; choose a writable directory") from exc
         return store
 
     @classmethod
@@ -672,8 +677,15 @@ class Staging:
         if self.store.durable:
             _fsync_dir(self.store.runs_dir)
         log.info("published run %s (%s)", run_id, self.job_key)
+        # Move the staging out of the way while still holding its lock: a job of the same key
+        # that starts right after must find a fresh staging, not one being deleted under it.
+        trash = self.store.trash_dir / f"staging-{self.dir.name}-{os.getpid()}-{time.time_ns()}"
+        try:
+            os.rename(self.dir, trash)
+        except OSError:
+            trash = self.dir
         self.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
         return run_id
 
     def _compact(

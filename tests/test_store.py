@@ -552,6 +552,10 @@ def test_cli_runs_list_show_delete_gc(
     assert open_store(path).runs()["run_id"].tolist() == [ids[1]]
     assert cli_main(["runs", "delete", "--store", str(path), ids[0]]) == 2
     assert "no run" in capsys.readouterr().err
+    # all or nothing: one missing id deletes none of the others
+    assert cli_main(["runs", "delete", "--store", str(path), ids[1], ids[0]]) == 2
+    assert "nothing was deleted" in capsys.readouterr().err
+    assert open_store(path).runs()["run_id"].tolist() == [ids[1]]
 
 
 def test_point_lookup_finds_ids_in_overlapping_files(tmp_path: Path) -> None:
