@@ -276,6 +276,30 @@ def _memo_run(fn: Callable[..., _T]) -> Callable[..., _T]:
     return wrapper
 
 
+def _manifest_row(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The runs row of a manifest, checked against the runs schema.
+
+    Raises KeyError/ValueError/TypeError/ArrowException for a manifest that is valid JSON but not
+    a valid run (no ``run.created``, a bad timestamp, a value of the wrong type), so one bad
+    manifest becomes a skipped run instead of breaking the whole run list.
+    """
+    run = manifest.get("run")
+    if not isinstance(run, dict):
+        raise TypeError("'run' is not an object")
+    row = {k: v for k, v in run.items() if k in RUNS.names}
+    created = pd.Timestamp(row["created"])  # KeyError when absent, ValueError when unparsable
+    if pd.isna(created):
+        raise ValueError("'run.created' is empty")
+    if created.tzinfo is None:
+        created = created.tz_localize("UTC")
+    row["created"] = created.to_pydatetime()
+    missing = [f.name for f in RUNS if not f.nullable and row.get(f.name) is None]
+    if missing:
+        raise KeyError(f"required run fields missing: {', '.join(missing)}")
+    pa.Table.from_pylist([row], schema=RUNS)  # every value has the documented type
+    return row
+
+
 def _schema_message(run_id: str, version: object, manifest: Mapping[str, Any]) -> str:
     hint = "the version that wrote it"
     try:
@@ -453,9 +477,12 @@ class StoreReader:
             return _RunEntry(name, d, mtime_ns, manifest, msg)
         if not _run_id_re.match(name) or manifest.get("run_id") != name:
             return _RunEntry(name, d, mtime_ns, manifest, f"directory {name} does not match its manifest")
-        row = dict(manifest.get("run", {}))
-        row["created"] = pd.Timestamp(row["created"]).to_pydatetime()
-        row = {k: v for k, v in row.items() if k in RUNS.names}
+        try:
+            row = _manifest_row(manifest)
+        except (KeyError, ValueError, TypeError, OverflowError, pa.ArrowException) as exc:
+            msg = f"run {name} has a malformed manifest ({type(exc).__name__}: {exc}); delete it"
+            log.warning("%s", msg)
+            return _RunEntry(name, d, mtime_ns, manifest, msg)
         return _RunEntry(name, d, mtime_ns, manifest, None, row)
 
     def _build_views(self, runs_table: pa.Table, ok: list[_RunEntry]) -> None:

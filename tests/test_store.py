@@ -473,6 +473,39 @@ def test_older_schema_version_is_skipped_with_clear_message(tmp_path: Path) -> N
     assert r.sql("SELECT DISTINCT run_id FROM predictions")["run_id"].tolist() == [ids[1]]
 
 
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda m: m["run"].pop("created"),
+        lambda m: m["run"].__setitem__("created", "not a timestamp"),
+        lambda m: m["run"].__setitem__("created", None),
+        lambda m: m["run"].__setitem__("num_val", "many"),
+        lambda m: m.__setitem__("run", ["not", "an", "object"]),
+    ],
+    ids=["no-created", "bad-created", "null-created", "bad-type", "run-not-object"],
+)
+def test_malformed_manifest_is_skipped_not_fatal(
+    tmp_path: Path, breakage: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s"
+    ids = build_synthetic_store(
+        path, n_val=20, n_train=10, n_classes=3, emb_dim=8, runs=2, with_thumbnails=False
+    )
+    mf = path / "runs" / ids[0] / "manifest.json"
+    m = json.loads(mf.read_text())
+    breakage(m)  # type: ignore[operator]
+    mf.write_text(json.dumps(m))  # valid JSON, but not a valid run
+    r = open_store(path)
+    assert r.runs()["run_id"].tolist() == [ids[1]]  # the good run is still listed
+    assert "malformed manifest" in r.skipped_runs()[ids[0]]
+    assert r.headline(ids[1])["n"] == 20
+    with pytest.raises(UserError, match="malformed manifest"):
+        r.run(ids[0])
+    assert cli_main(["runs", "list", "--store", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert ids[1] in captured.out and f"skipped {ids[0]}" in captured.err
+
+
 def test_thumbnails_stored_once_per_fingerprint(synth: tuple[Path, list[str]]) -> None:
     path, ids = synth
     r = open_store(path)
