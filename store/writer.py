@@ -437,7 +437,8 @@ class Store:
           ``grace_s`` (other hosts: at least an hour); with ``keep_resumable`` staging that has
           done chunks is kept so re-running the same job resumes it;
         * ``_trash`` entries (a delete interrupted between rename and rmtree);
-        * temporary files of interrupted atomic writes under ``images/``.
+        * temporary files of interrupted atomic writes under ``images/`` (never those of a live
+          :meth:`add_images`: a fingerprint folder whose lock is held is skipped).
         Published runs are never touched. ``dry_run`` only reports what would be removed.
         """
         removed: list[str] = []
@@ -471,11 +472,27 @@ class Store:
                     shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
                 removed.append(str(d))
         if self.images_dir.is_dir():
-            for tmp in self.images_dir.glob("*/.*.tmp-*"):
-                if now - tmp.stat().st_mtime >= grace_s:
-                    if not dry_run:
-                        tmp.unlink(missing_ok=True)
-                    removed.append(str(tmp))
+            for fp_dir in sorted(self.images_dir.iterdir()):
+                if not fp_dir.is_dir():
+                    continue
+                # add_images holds this lock while it writes its temp file: a held lock means a
+                # live append, whose temp file must survive. Holding it ourselves keeps a new
+                # append from starting while we clean up.
+                fp_lock = _FileLock.try_acquire(fp_dir / ".lock")
+                if fp_lock is None:
+                    continue
+                try:
+                    for tmp in sorted(fp_dir.glob(".*.tmp-*")):
+                        try:
+                            age = now - tmp.stat().st_mtime
+                        except OSError:
+                            continue
+                        if age >= grace_s:
+                            if not dry_run:
+                                tmp.unlink(missing_ok=True)
+                            removed.append(str(tmp))
+                finally:
+                    fp_lock.release()
         for r in removed:
             log.info("gc: %s %s", "would remove" if dry_run else "removed", r)
         return removed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -321,6 +322,50 @@ def test_gc_removes_dead_staging_keeps_live_and_resumable(tmp_path: Path) -> Non
     assert store.gc() == [str(dead.dir)]
     assert live.dir.exists() and not dead.dir.exists()
     live.abort()
+
+
+def test_gc_keeps_temp_file_of_a_live_image_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import store.writer as w
+
+    store = Store.create(tmp_path / "s", durable=False)
+    images = pa.table({"image_id": [_iid(1), _iid(2)], "split": ["val", "val"], "label": [0, 1]})
+    writing, resume = threading.Event(), threading.Event()
+    orig = w._write_parquet_atomic
+
+    def slow_write(path: Path, table: pa.Table, rgs: int, durable: bool) -> None:
+        # the temp file exists and add_images holds the fingerprint lock: gc runs right now
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(b"half-written part")
+        writing.set()
+        assert resume.wait(30)
+        assert tmp.exists(), "gc removed the temp file of a live add_images"
+        orig(path, table, rgs, durable)
+
+    monkeypatch.setattr(w, "_write_parquet_atomic", slow_write)
+    errors: list[BaseException] = []
+
+    def append() -> None:
+        try:
+            store.add_images("fp1", images)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=append)
+    t.start()
+    try:
+        assert writing.wait(30)
+        assert store.gc() == []  # grace 0, but the append is live
+    finally:
+        resume.set()
+        t.join(30)
+    assert not errors, errors
+    assert store.thumbnail_ids("fp1") == {_iid(1), _iid(2)}
+    # a temp file left by a dead append (lock free) is still cleaned up
+    dead = tmp_path / "s" / "images" / "fp1" / ".part-x.parquet.tmp-999999"
+    dead.write_bytes(b"left over")
+    assert store.gc() == [str(dead)] and not dead.exists()
 
 
 # ------------------------------------------------------------------------------------ reader
