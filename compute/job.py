@@ -21,9 +21,13 @@ shard, so a re-run with the same arguments — or another shard of the same job 
 the same staging and skips ``done_chunks()``. ``--shard I/N`` takes chunks whose global index
 (val chunks first, then train) is ``I mod N``; the shard that finds every chunk done runs the
 global phase (``--finalize`` runs it on demand). A job key is published at most once.
-Limitation today: ``Staging`` holds one exclusive lock per job, so shards of the same job run
-one after another against a store (a second concurrent shard is refused with a clear error);
-concurrent shards need per-shard staging in store/.
+Shards run at the same time (one per GPU or machine, same store): each opens the staging as
+owner ``shard-I-of-N`` (a shared lock on the staging plus its own exclusive one, so the same
+shard twice is refused), chunk writes are atomic per chunk, and a shard that finds every chunk
+done takes the exclusive publish lock, re-checks that every chunk is done and that the job was
+not published meanwhile, and only then runs the global phase and publishes; a shard that loses
+that race reports the published run (exit 0). An unsharded job (and ``--finalize``) stays the
+only writer of its staging.
 
 Precision: fp32 by default everywhere. ``--precision bf16`` wraps the network forwards in
 ``torch.autocast(bfloat16)``; maps are computed from fp32 copies of activations/gradients
@@ -1070,7 +1074,16 @@ def run_job(cfg: JobConfig) -> JobResult:
                  existing, existing, cfg.store)
         return JobResult(ok=True, run_id=existing, already_published=True, chunks_total=len(job.chunks))
 
-    staging = store.staging(job.job_key)
+    from store.writer import AlreadyPublished
+
+    # Shards of one job run at the same time (one per GPU or machine): each holds its own lock on
+    # the shared staging and writes its own chunks; an unsharded job is the only writer.
+    owner = f"shard-{job.shard[0]}-of-{job.shard[1]}" if job.shard else None
+    try:
+        staging = store.staging(job.job_key, owner=owner)
+    except AlreadyPublished as exc:  # another shard published it since the check above
+        log.info("this run already exists: run %s (published by another shard)", exc.run_id)
+        return JobResult(ok=True, run_id=exc.run_id, already_published=True, chunks_total=len(job.chunks))
     try:
         all_ids = {c.chunk_id for c in job.chunks}
         done = staging.done_chunks() & all_ids
@@ -1101,14 +1114,22 @@ def run_job(cfg: JobConfig) -> JobResult:
             return JobResult(ok=True, chunks_total=len(job.chunks), chunks_done_here=written,
                              chunks_missing=len(missing), timings=dict(job.timer.seconds))
         try:
-            run_id, accuracy = job.global_phase(staging)
-        except UserError as exc:
+            # Every chunk is done: take the exclusive publish lock (waits for other shards that
+            # are still writing or publishing), then re-check under it before the global phase.
+            with staging.publishing():
+                missing = all_ids - staging.done_chunks()
+                if missing:  # pragma: no cover - a chunk being rewritten by an overlapping shard
+                    raise UserError(f"{len(missing)} chunks are not done any more; run --finalize "
+                                    "once every shard has finished")
+                run_id, accuracy = job.global_phase(staging)
+        except AlreadyPublished as exc:
             # another shard published the same job concurrently: report its run, not an error
-            other = store.published_job(job.job_key)
-            if other is None:
-                raise
-            log.info("%s", exc)
-            return JobResult(ok=True, run_id=other, already_published=True, chunks_total=len(job.chunks))
+            log.info("shard %s: every chunk is done and another shard published the run: %s",
+                     cfg.shard, exc.run_id)
+            staging.close()
+            return JobResult(ok=True, run_id=exc.run_id, already_published=True,
+                             chunks_total=len(job.chunks), chunks_done_here=written,
+                             timings=dict(job.timer.seconds))
     except BaseException:
         staging.close()  # keep the staging: a re-run resumes from the done chunks
         raise

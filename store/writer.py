@@ -12,7 +12,9 @@ Layout (the only place besides :mod:`store.reader` that knows it)::
         part-<ns>-<pid>.parquet      appended atomically, deduplicated by image_id
         .lock                        flock serializing appends
       _staging/<sha1(job_key)[:20]>/ a job being written; invisible to readers
-        .lock  owner.json            flock held by the live writer; pid, host, start time
+        .lock  owner.json            flock held by the live writer(s) (shared by shards); pid, host
+        owners/<owner>.lock .json    one per concurrent writer (shard-I-of-N), held exclusively
+        .publish.lock                shared while a chunk is written, exclusive while publishing
         parts/<table>/<chunk>.parquet  one file per chunk and table (tmp + rename)
         chunks/<chunk>.done          written after the chunk's parts: the chunk is complete
         out/                         publish() builds the run here, then renames it to runs/
@@ -30,11 +32,16 @@ Why this shape:
   (``done_chunks()``), parts of unfinished chunks are ignored and overwritten.
 * A job key is published at most once: the manifest of every run records its job key and
   ``Store.staging``/``publish`` refuse a key already present. Deleting the run frees the key.
+* Concurrent shards: several writers (``Store.staging(key, owner="shard-I-of-N")``) share one
+  staging, each writing its own chunks; exactly one publishes, under the exclusive
+  ``.publish.lock`` after re-checking that the key was not published meanwhile (see
+  :class:`Staging`).
 * Garbage collection (``Store.gc``): a staging directory whose ``.lock`` no process holds
-  belongs to a dead writer. It is removed when its last activity is older than ``grace_s``
-  (default 0) unless ``keep_resumable`` is set and it has done chunks that a re-run of the same
-  job would reuse. Staging of another host is only removed after at least an hour, because
-  ``flock`` across hosts on network file systems is not reliable.
+  (neither exclusively nor shared) belongs to dead writers. It is removed when its last
+  activity is older than ``grace_s`` (default 0) unless ``keep_resumable`` is set and it has
+  done chunks that a re-run of the same job would reuse. Staging of another host is only
+  removed after at least an hour, because ``flock`` across hosts on network file systems is not
+  reliable.
 """
 
 from __future__ import annotations
@@ -148,6 +155,21 @@ def validate_fingerprint(fp: str) -> str:
     return fp
 
 
+class AlreadyPublished(UserError):
+    """The job key has a published run (``run_id``): nothing left to write."""
+
+    def __init__(self, job_key: str, run_id: str) -> None:
+        super().__init__(
+            f"job {job_key!r} was already published as run {run_id}; "
+            f"delete it first (xaidash runs delete {run_id}) to recompute"
+        )
+        self.job_key = job_key
+        self.run_id = run_id
+
+
+_owner_re = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+
+
 def job_key_hash(job_key: str) -> str:
     """Directory name of a job's staging area (job keys may contain any characters)."""
     return hashlib.sha1(job_key.encode("utf-8")).hexdigest()[:20]
@@ -229,22 +251,34 @@ class _FileLock:
     the process dies, even on SIGKILL, and a recycled pid cannot fake it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shared: bool = False, blocking: bool = False) -> None:
         self.path = path
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd: int | None = None  # set before open: __del__ must work when open fails
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, op)
         except OSError:
             os.close(self._fd)
             self._fd = None
             raise
 
     @classmethod
-    def try_acquire(cls, path: Path) -> _FileLock | None:
+    def try_acquire(cls, path: Path, shared: bool = False) -> _FileLock | None:
         try:
-            return cls(path)
+            return cls(path, shared=shared)
         except OSError:
             return None
+
+    def still_at_path(self) -> bool:
+        """Whether the locked file is still the one at ``path`` (not renamed away or deleted)."""
+        if self._fd is None:
+            return False
+        try:
+            a, b = os.fstat(self._fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -357,20 +391,21 @@ class Store:
                 return str(m.get("run_id", d.name))
         return None
 
-    def staging(self, job_key: str) -> Staging:
+    def staging(self, job_key: str, owner: str | None = None) -> Staging:
         """A (possibly resumed) staging area for ``job_key``, invisible to readers.
 
-        UserError if the job key was already published or another live process writes it.
+        ``owner`` None: the only writer of the job (exclusive). ``owner`` given (e.g.
+        ``"shard-0-of-4"``): one of several writers that run at the same time and write disjoint
+        chunks into the same staging (see :class:`Staging`).
+        UserError if the job key was already published (:class:`AlreadyPublished`) or a live
+        process already writes it as the same owner (or exclusively).
         """
         if not job_key:
             raise UserError("empty job key")
         done = self.published_job(job_key)
         if done is not None:
-            raise UserError(
-                f"job {job_key!r} was already published as run {done}; "
-                f"delete it first (xaidash runs delete {done}) to recompute"
-            )
-        return Staging(self, job_key)
+            raise AlreadyPublished(job_key, done)
+        return Staging(self, job_key, owner)
 
     def delete(self, run_id: str) -> None:
         """Delete a run atomically: rename it out of runs/ (readers stop seeing it), then rmtree."""
@@ -450,12 +485,11 @@ class Store:
                     continue
                 lock = _FileLock.try_acquire(d / ".lock")
                 if lock is None:
-                    continue  # a live writer holds it
+                    continue  # a live writer (or any live shard, which holds it shared) holds it
                 try:
-                    owner = _read_owner(d)
                     age = now - _last_activity(d)
                     grace = grace_s
-                    if owner.get("hostname") not in (None, host):
+                    if _owner_hosts(d) - {None, host}:
                         grace = max(grace, OTHER_HOST_GRACE_S)
                     if age < grace:
                         continue
@@ -507,10 +541,27 @@ def _read_owner(d: Path) -> dict[str, Any]:
         return {}
 
 
+def _owner_hosts(d: Path) -> set[str | None]:
+    """Hostnames of every writer that ever owned the staging dir (exclusive and shard owners)."""
+    owners = [_read_owner(d)]
+    if (d / "owners").is_dir():
+        owners += [_read_json(p) for p in (d / "owners").glob("*.json")]
+    return {o.get("hostname") for o in owners if o}
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        with open(p, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _last_activity(d: Path) -> float:
-    """Newest mtime of the staging dir's bookkeeping (owner file, chunk markers, dirs)."""
+    """Newest mtime of the staging dir's bookkeeping (owner files, chunk markers, dirs)."""
     times = [d.stat().st_mtime]
-    for p in (d / "owner.json", d / "chunks", d / "parts", d / "out"):
+    for p in (d / "owner.json", d / "owners", d / "chunks", d / "parts", d / "out"):
         with contextlib.suppress(OSError):
             times.append(p.stat().st_mtime)
     return max(times)
@@ -523,36 +574,90 @@ def _last_activity(d: Path) -> float:
 class Staging:
     """One compute job being written. Obtain with :meth:`Store.staging`.
 
-    Holds an exclusive flock on its directory for its whole life; the lock is released by
-    :meth:`publish`, :meth:`abort`, :meth:`close` or the death of the process.
+    Locks (all ``flock``, so the kernel drops them when a writer dies, SIGKILL included):
+
+    * ``.lock`` says the staging is alive. The exclusive writer (``owner`` None) holds it
+      exclusively for its whole life; each of several concurrent writers (``owner`` given, e.g.
+      one per shard) holds it *shared* plus ``owners/<owner>.lock`` exclusively, so two shards
+      of one job run at the same time while the same shard twice, or a shard next to an exclusive
+      writer, is refused. ``gc`` removes a staging only when it can take ``.lock`` exclusively,
+      i.e. when no writer of any kind is alive.
+    * ``.publish.lock``: :meth:`write_chunk` holds it shared while it writes one chunk;
+      :meth:`publishing` / :meth:`publish` hold it exclusively, so the global phase and publish
+      never see a chunk half-rewritten, and exactly one writer publishes: the one that gets the
+      lock re-checks that the job was not published meanwhile (:class:`AlreadyPublished`).
+
+    The locks are released by :meth:`publish`, :meth:`abort`, :meth:`close` or the death of the
+    process. Concurrent writers must write disjoint chunks (shards of the same plan).
     """
 
-    def __init__(self, store: Store, job_key: str) -> None:
+    def __init__(self, store: Store, job_key: str, owner: str | None = None) -> None:
+        if owner is not None and not _owner_re.match(owner):
+            raise ValueError(f"invalid staging owner {owner!r}: must match {_owner_re.pattern}")
         self.store = store
         self.job_key = job_key
+        self.owner = owner
         self.dir = store.staging_dir / job_key_hash(job_key)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lock = _FileLock.try_acquire(self.dir / ".lock")
-        if lock is None:
-            owner = _read_owner(self.dir)
-            raise UserError(
-                f"job {job_key!r} is being written by another process "
-                f"(pid {owner.get('pid')} on {owner.get('hostname')}); wait for it or stop it"
-            )
-        self._lock: _FileLock | None = lock
-        previous = _read_owner(self.dir)
-        owner = {
-            "job_key": job_key,
-            "pid": os.getpid(),
-            "hostname": socket.gethostname(),
-            "started": _dt.datetime.now(_dt.UTC).isoformat(),
-            "resumed_from_pid": previous.get("pid"),
-        }
-        _atomic_write_bytes(self.dir / "owner.json", json.dumps(owner).encode(), store.durable)
-        (self.dir / "parts").mkdir(exist_ok=True)
-        (self.dir / "chunks").mkdir(exist_ok=True)
+        self._lock: _FileLock | None = None
+        self._owner_lock: _FileLock | None = None
+        self._publish_lock: _FileLock | None = None
+        for _attempt in range(20):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                lock = _FileLock.try_acquire(self.dir / ".lock", shared=owner is not None)
+            except FileNotFoundError:  # pragma: no cover - removed between mkdir and open
+                continue
+            if lock is None:
+                raise UserError(self._busy_message())
+            if lock.still_at_path():
+                break
+            # The staging was renamed away (published) or removed (gc) between mkdir and flock:
+            # what we locked is not the staging at this path any more.
+            lock.release()
+            done = store.published_job(job_key)
+            if done is not None:
+                raise AlreadyPublished(job_key, done)
+        else:  # pragma: no cover - a staging recreated and removed 20 times in a row
+            raise UserError(f"staging of job {job_key!r} keeps disappearing; is a gc running in a loop?")
+        self._lock = lock
+        try:
+            if owner is not None:
+                (self.dir / "owners").mkdir(exist_ok=True)
+                self._owner_lock = _FileLock.try_acquire(self.dir / "owners" / f"{owner}.lock")
+                if self._owner_lock is None:
+                    raise UserError(self._busy_message())
+            owner_file = self.dir / "owner.json" if owner is None else self.dir / "owners" / f"{owner}.json"
+            previous = _read_json(owner_file)
+            info = {
+                "job_key": job_key,
+                "owner": owner,
+                "pid": os.getpid(),
+                "hostname": socket.gethostname(),
+                "started": _dt.datetime.now(_dt.UTC).isoformat(),
+                "resumed_from_pid": previous.get("pid"),
+            }
+            _atomic_write_bytes(owner_file, json.dumps(info).encode(), store.durable)
+            (self.dir / "parts").mkdir(exist_ok=True)
+            (self.dir / "chunks").mkdir(exist_ok=True)
+        except BaseException:
+            self.close()
+            raise
         if previous:
             log.info("resuming job %r: %d chunks already done", job_key, len(self.done_chunks()))
+
+    def _busy_message(self) -> str:
+        owners = [_read_owner(self.dir)]
+        if (self.dir / "owners").is_dir():
+            owners += [_read_json(p) for p in sorted((self.dir / "owners").glob("*.json"))]
+        who = ", ".join(
+            f"pid {o.get('pid')} on {o.get('hostname')}" + (f" as {o['owner']}" if o.get("owner") else "")
+            for o in owners
+            if o
+        )
+        return (
+            f"job {self.job_key!r} is being written by another process ({who or 'unknown'}); "
+            "wait for it or stop it"
+        )
 
     # context manager: leaves the staging (resumable) on error, only releases the lock
     def __enter__(self) -> Staging:
@@ -562,26 +667,69 @@ class Staging:
         self.close()
 
     def close(self) -> None:
-        """Release the lock without removing anything (the job stays resumable)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Release the locks without removing anything (the job stays resumable)."""
+        for name in ("_publish_lock", "_owner_lock", "_lock"):
+            lock = getattr(self, name)
+            if lock is not None:
+                lock.release()
+                setattr(self, name, None)
 
     def _check_open(self) -> None:
         if self._lock is None:
             raise RuntimeError("staging is closed (published, aborted or closed)")
+
+    def _check_still_here(self) -> None:
+        """UserError when another writer published the job (its staging was moved away)."""
+        assert self._lock is not None
+        if not self._lock.still_at_path():
+            done = self.store.published_job(self.job_key)
+            if done is not None:
+                raise AlreadyPublished(self.job_key, done)
+            raise UserError(f"the staging of job {self.job_key!r} was removed by another process")
 
     def done_chunks(self) -> set[str]:
         """Chunk ids written completely (their marker exists); a resumed job skips these."""
         d = self.dir / "chunks"
         return {p.name[: -len(".done")] for p in d.glob("*.done")} if d.is_dir() else set()
 
+    def _open_publish_lock(self, shared: bool) -> _FileLock:
+        try:
+            return _FileLock(self.dir / ".publish.lock", shared=shared, blocking=True)
+        except FileNotFoundError:  # the staging was moved away: published (or removed)
+            self._check_still_here()
+            raise
+
+    @contextlib.contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Hold the exclusive publish lock: no chunk is being written, no one else publishes.
+
+        Blocks while other writers write chunks or publish. Raises :class:`AlreadyPublished`
+        when another writer published the job meanwhile. Run the global phase (which reads the
+        staged tables) and :meth:`publish` inside it; publish releases it.
+        """
+        self._check_open()
+        if self._publish_lock is not None:  # re-entrant
+            yield
+            return
+        self._publish_lock = self._open_publish_lock(shared=False)
+        try:
+            self._check_still_here()
+            done = self.store.published_job(self.job_key)
+            if done is not None:
+                raise AlreadyPublished(self.job_key, done)
+            yield
+        finally:
+            if self._publish_lock is not None:
+                self._publish_lock.release()
+                self._publish_lock = None
+
     def write_chunk(self, chunk_id: str, tables: Mapping[str, pa.Table]) -> None:
         """Write one chunk's tables, all-or-nothing.
 
         Each table becomes its own part file (tmp + rename); the chunk's marker is written last,
         so a chunk killed midway is simply not done and its parts are ignored and overwritten.
-        Columns are cast to the store schema (``run_id`` is added at publish).
+        Columns are cast to the store schema (``run_id`` is added at publish). Holds the publish
+        lock shared meanwhile, so a concurrent publish never sees the chunk half-written.
         """
         self._check_open()
         if not isinstance(chunk_id, str) or not _chunk_re.match(chunk_id) or chunk_id.startswith("_"):
@@ -592,6 +740,17 @@ class Staging:
         if unknown:
             raise ValueError(f"chunk tables must be among {CHUNK_TABLES}, got {unknown}")
         conformed = {n: conform(t, _staged_schema(n), n) for n, t in tables.items()}
+        if self._publish_lock is not None:  # inside publishing(): the lock is ours already
+            self._write_chunk(chunk_id, conformed)
+            return
+        plock = self._open_publish_lock(shared=True)
+        try:
+            self._check_still_here()
+            self._write_chunk(chunk_id, conformed)
+        finally:
+            plock.release()
+
+    def _write_chunk(self, chunk_id: str, conformed: Mapping[str, pa.Table]) -> None:
         marker = self.dir / "chunks" / f"{chunk_id}.done"
         marker.unlink(missing_ok=True)
         # Drop parts of an earlier attempt of this chunk first: a table absent from this write
@@ -621,7 +780,11 @@ class Staging:
             yield from pq.ParquetFile(part).iter_batches(batch_size=_COMPACT_BATCH_ROWS, columns=columns)
 
     def abort(self) -> None:
-        """Discard the job: remove the staging directory."""
+        """Discard the job: remove the staging directory (a shard owner only releases its locks:
+        other shards may be writing into it; ``gc`` removes it once none is alive)."""
+        if self.owner is not None:
+            self.close()
+            return
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -642,10 +805,10 @@ class Staging:
         bad = [k for k in run if k not in RUNS.names]
         if bad:
             raise ValueError(f"unknown runs columns {bad}; expected {RUNS.names}")
-        existing = self.store.published_job(self.job_key)
-        if existing is not None:
-            raise UserError(f"job {self.job_key!r} was already published as run {existing}")
+        with self.publishing():  # exclusive: no chunk half-written, nobody else publishing
+            return self._publish(run, tables)
 
+    def _publish(self, run: Mapping[str, object], tables: Mapping[str, pa.Table]) -> str:
         now = _dt.datetime.now(_dt.UTC)
         run_id = new_run_id(self.job_key, now)
         while (self.store.runs_dir / run_id).exists():

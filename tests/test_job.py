@@ -246,6 +246,80 @@ def test_sharded_equals_unsharded(folder: Path, ckpt: Path, tmp_path: Path) -> N
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# A compute shard run as `python -m xaidash.cli compute ...`, with a barrier after its first chunk:
+# it waits (up to a minute) until every shard has written one, so the shards provably hold the
+# same job's staging at the same time (as shards on several GPUs/machines do).
+_SHARD_CHILD = """
+import pathlib, runpy, sys, time
+import compute.job as j
+barrier, n = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+orig, state = j._Job._write_chunk, {"first": True}
+def write_chunk(self, staging, chunk, rows):
+    orig(self, staging, chunk, rows)
+    if state.pop("first", False):
+        (barrier / f"ready-{self.cfg.shard.replace('/', '-')}").touch()
+        deadline = time.monotonic() + 60
+        while len(list(barrier.glob("ready-*"))) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+j._Job._write_chunk = write_chunk
+sys.argv = ["xaidash.cli", *sys.argv[3:]]
+runpy.run_module("xaidash.cli", run_name="__main__")
+"""
+
+
+def test_concurrent_shards_publish_one_run_equal_to_unsharded(
+    folder: Path, ckpt: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    store, barrier = tmp_path / "sharded", tmp_path / "barrier"
+    barrier.mkdir()
+    args = ["compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(ckpt), "--store", str(store),
+            "--device", "cpu", "--workers", "0", "--batch-size", "4", "--chunk-size", "4",
+            "--methods", "cam,gradcam", "--no-faithfulness", "--projection", "pca", "--twins", "3"]
+    env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SHARD_CHILD, str(barrier), "2", *args, "--shard", f"{i}/2"],
+                         cwd=str(repo), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outs: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if any(p.returncode not in (None, 0) for p in procs):
+                break  # one shard failed: do not wait for the other's barrier timeout
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            out, err = p.communicate(timeout=60)
+            outs.append(out + err)
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+    # both shards were inside the job's staging at the same time
+    assert sorted(x.name for x in barrier.iterdir()) == ["ready-0-2", "ready-1-2"]
+    with open_store(store) as r:
+        runs = r.runs()
+    assert len(runs) == 1  # exactly one run published
+    rid = str(runs["run_id"].iloc[0])
+    assert _staging_empty(store)
+
+    plain = tmp_path / "plain"
+    rb = run_job(_cfg(f"imagefolder:{folder}", ckpt, plain, methods=("cam", "gradcam"), faithfulness=False))
+    assert rb.published
+    q = ("SELECT image_id, pred, confidence, runner_up, loss FROM predictions WHERE run_id = ? "
+         "ORDER BY image_id")
+    pd.testing.assert_frame_equal(_q(store, q, rid), _q(plain, q, rb.run_id or ""))
+    qn = ("SELECT image_id, kind, rank, neighbor_id FROM neighbors WHERE run_id = ? "
+          "ORDER BY image_id, kind, rank")
+    pd.testing.assert_frame_equal(_q(store, qn, rid), _q(plain, qn, rb.run_id or ""))
+
+
 def test_finalize_with_missing_chunks_fails(folder: Path, ckpt: Path, tmp_path: Path) -> None:
     cfg = _cfg(f"imagefolder:{folder}", ckpt, tmp_path / "s", methods=("gradcam",), faithfulness=False)
     run_job(JobConfig(**{**cfg.__dict__, "shard": "0/3"}))

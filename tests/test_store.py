@@ -324,6 +324,36 @@ def test_gc_removes_dead_staging_keeps_live_and_resumable(tmp_path: Path) -> Non
     live.abort()
 
 
+def test_concurrent_shard_owners_share_staging_publish_once(tmp_path: Path) -> None:
+    from store.writer import AlreadyPublished
+
+    store = Store.create(tmp_path / "s", durable=False)
+    ids = sorted(_iid(i) for i in range(4))
+    a = store.staging("job", owner="shard-0-of-2")
+    b = store.staging("job", owner="shard-1-of-2")  # a second shard runs at the same time
+    with pytest.raises(UserError, match="being written by another process"):
+        store.staging("job", owner="shard-0-of-2")  # the same shard twice
+    with pytest.raises(UserError, match="being written by another process"):
+        store.staging("job")  # an exclusive writer next to live shards
+    a.write_chunk("c0", _tiny_tables(ids[:2]))
+    b.write_chunk("c1", _tiny_tables(ids[2:]))
+    a.close()  # shard 0 is dead, shard 1 alive: gc keeps the staging
+    assert store.gc() == [] and b.dir.is_dir()
+    a = store.staging("job", owner="shard-0-of-2")  # shard 0 restarted
+    assert a.done_chunks() == b.done_chunks() == {"c0", "c1"}
+    run_id = b.publish(RUN_ROW, {})
+    # the loser of the publish race learns the run
+    with pytest.raises(AlreadyPublished) as exc, a.publishing():
+        pass
+    assert exc.value.run_id == run_id
+    with pytest.raises(AlreadyPublished):
+        a.write_chunk("c2", _tiny_tables(ids[:2]))
+    a.close()
+    r = open_store(tmp_path / "s")
+    assert r.runs()["run_id"].tolist() == [run_id] and r.headline(run_id)["n"] == 4
+    assert not any((tmp_path / "s" / "_staging").iterdir())
+
+
 def test_gc_keeps_temp_file_of_a_live_image_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
