@@ -31,7 +31,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -358,6 +358,9 @@ class StoreReader:
         self._runs_mtime: int | None = None
         self._cache_runs = max(1, int(cache_runs))
         self._cached: OrderedDict[str, str] = OrderedDict()  # run_id -> cache table suffix
+        #: run_id -> queries using its cache tables right now; a pinned run is never evicted
+        self._pins: dict[str, int] = {}
+        self._doomed: set[str] = set()  # deleted runs whose tables are dropped once unpinned
         self._memo: OrderedDict[tuple[object, ...], object] = OrderedDict()
         self._galleries: dict[str, _GalleryIndex] = {}
         self._rg_index: dict[tuple[str, ...], _RowGroupIndex] = {}
@@ -586,12 +589,53 @@ class StoreReader:
                 [str(e.dir / "faithfulness.parquet")],
             )
             self._cached[e.run_id] = h
-            while len(self._cached) > self._cache_runs:
-                self._evict(next(iter(self._cached)))
+            self._trim(keep=e.run_id)
             return h
+
+    @contextlib.contextmanager
+    def _pinned(self, *entries: _RunEntry) -> Iterator[list[str]]:
+        """The cache table suffixes of runs, pinned while the caller queries them.
+
+        Another thread caching more than ``cache_runs`` runs evicts (drops) the least recently
+        used cache tables; a pinned run is skipped, so a query never loses its table mid-way
+        (the cache may exceed ``cache_runs`` while pins last, and is trimmed when they end).
+        """
+        with self._lock:
+            hs = []
+            for e in entries:  # pin each as soon as it is cached: caching the next must not evict it
+                hs.append(self._cache(e))
+                self._pins[e.run_id] = self._pins.get(e.run_id, 0) + 1
+        try:
+            yield hs
+        finally:
+            with self._lock:
+                for e in entries:
+                    n = self._pins.get(e.run_id, 0) - 1
+                    if n > 0:
+                        self._pins[e.run_id] = n
+                    else:
+                        self._pins.pop(e.run_id, None)
+                self._trim()
+
+    def _trim(self, keep: str | None = None) -> None:
+        """Evict unpinned deleted runs, then the least recently used unpinned runs over the limit."""
+        with self._lock:
+            for run_id in [r for r in self._doomed if r not in self._pins]:
+                self._evict(run_id)
+            over = len(self._cached) - self._cache_runs
+            for run_id in list(self._cached):
+                if over <= 0:
+                    break
+                if run_id != keep and run_id not in self._pins:
+                    self._evict(run_id)
+                    over -= 1
 
     def _evict(self, run_id: str) -> None:
         with self._lock:
+            if run_id in self._pins:  # in use right now: drop its tables when the query ends
+                self._doomed.add(run_id)
+                return
+            self._doomed.discard(run_id)
             h = self._cached.pop(run_id, None)
             self._galleries.pop(run_id, None)
             if h is not None:
@@ -733,8 +777,12 @@ class StoreReader:
         e = self._entry(run_id)
         if e is None:
             return dict.fromkeys(keys)
-        h = self._cache(e)
-        t = self._arrow(
+        with self._pinned(e) as (h,):
+            t = self._headline_row(h, e)
+        return self._headline_out(keys, t, e)
+
+    def _headline_row(self, h: str, e: _RunEntry) -> pa.Table:
+        return self._arrow(
             f"""
             SELECT
               (SELECT count(*) FROM cache."l_{h}") AS n,
@@ -748,6 +796,9 @@ class StoreReader:
             """,
             [str(e.dir / "class_metrics.parquet")],
         )
+
+    @staticmethod
+    def _headline_out(keys: Sequence[str], t: pa.Table, e: _RunEntry) -> dict[str, float | int | None]:
         row = t.to_pylist()[0]
         tables = (e.manifest or {}).get("tables", {})
         row["failed"] = int(tables.get("failures", {}).get("rows", e.row.get("num_failed") or 0))
@@ -797,18 +848,19 @@ class StoreReader:
         e = self._entry(run_id)
         if e is None:
             return pd.DataFrame(columns=cols)
-        h = self._cache(e)
-        return self._df(
-            f"""
-            WITH b AS (
-              SELECT least(CAST(floor(confidence * ?) AS INTEGER), ? - 1) AS bin, correct FROM cache."l_{h}"
+        with self._pinned(e) as (h,):
+            return self._df(
+                f"""
+                WITH b AS (
+                  SELECT least(CAST(floor(confidence * ?) AS INTEGER), ? - 1) AS bin, correct
+                  FROM cache."l_{h}"
+                )
+                SELECT bin / ?::DOUBLE AS bin_start, (bin + 1) / ?::DOUBLE AS bin_end, correct,
+                       count(*) AS "count"
+                FROM b GROUP BY bin, correct ORDER BY bin, correct
+                """,
+                [bins, bins, bins, bins],
             )
-            SELECT bin / ?::DOUBLE AS bin_start, (bin + 1) / ?::DOUBLE AS bin_end, correct,
-                   count(*) AS "count"
-            FROM b GROUP BY bin, correct ORDER BY bin, correct
-            """,
-            [bins, bins, bins, bins],
-        )
 
     @_memo_run
     def faithfulness_summary(self, run_id: str) -> pd.DataFrame:
@@ -817,14 +869,14 @@ class StoreReader:
         e = self._entry(run_id)
         if e is None:
             return pd.DataFrame(columns=cols)
-        h = self._cache(e)
-        return self._df(
-            f"""
-            SELECT method, avg("drop") AS "drop", avg(increase) AS increase,
-                   avg(deletion_auc) AS deletion_auc, avg(insertion_auc) AS insertion_auc, count(*) AS n
-            FROM cache."f_{h}" GROUP BY method ORDER BY method
-            """
-        )
+        with self._pinned(e) as (h,):
+            return self._df(
+                f"""
+                SELECT method, avg("drop") AS "drop", avg(increase) AS increase,
+                       avg(deletion_auc) AS deletion_auc, avg(insertion_auc) AS insertion_auc, count(*) AS n
+                FROM cache."f_{h}" GROUP BY method ORDER BY method
+                """
+            )
 
     # ---------------------------------------------------------------- gallery
     def gallery(self, run_id: str, q: GalleryQuery) -> tuple[pd.DataFrame, int]:
@@ -944,7 +996,10 @@ class StoreReader:
         e = self._entry(run_id)
         if e is None or not self._valid_image_id(image_id):
             return None
-        h = self._cache(e)
+        with self._pinned(e) as (h,):
+            return self._image(e, h, image_id)
+
+    def _image(self, e: _RunEntry, h: str, image_id: str) -> ImageDetail | None:
         pred = self._arrow(
             f'SELECT * EXCLUDE (ord, x, y, source, width, height) FROM cache."l_{h}" WHERE image_id = ?',
             [image_id],
@@ -1087,11 +1142,11 @@ class StoreReader:
         )
 
     def _embedding_points(self, e: _RunEntry, include_train: bool) -> pd.DataFrame:
-        h = self._cache(e)
-        val = self._arrow(
-            f'SELECT image_id, split, x, y, label, label_name, pred, pred_name, correct FROM cache."l_{h}" '
-            "ORDER BY ord"
-        )
+        with self._pinned(e) as (h,):
+            val = self._arrow(
+                f'SELECT image_id, split, x, y, label, label_name, pred, pred_name, correct '
+                f'FROM cache."l_{h}" ORDER BY ord'
+            )
         if not include_train:
             return val.to_pandas()
         emb = str(e.dir / "embeddings.parquet")
@@ -1197,20 +1252,20 @@ class StoreReader:
             """,
             [str(ea.dir / "confusion.parquet"), str(eb.dir / "confusion.parquet")],
         )
-        la, lb = self._cache(ea), self._cache(eb)
-        flips = self._df(
-            f"""
-            SELECT a.image_id, coalesce(b.label, a.label) AS label,
-                   coalesce(b.label_name, a.label_name) AS label_name,
-                   a.pred AS pred_a, b.pred AS pred_b, a.confidence AS conf_a, b.confidence AS conf_b,
-                   CASE WHEN NOT a.correct AND b.correct THEN 'fixed'
-                        WHEN a.correct AND NOT b.correct THEN 'broke'
-                        ELSE 'changed' END AS change
-            FROM cache."l_{la}" a JOIN cache."l_{lb}" b USING (image_id)
-            WHERE a.pred <> b.pred OR a.correct IS DISTINCT FROM b.correct
-            ORDER BY change, a.image_id
-            """
-        )
+        with self._pinned(ea, eb) as (la, lb):
+            flips = self._df(
+                f"""
+                SELECT a.image_id, coalesce(b.label, a.label) AS label,
+                       coalesce(b.label_name, a.label_name) AS label_name,
+                       a.pred AS pred_a, b.pred AS pred_b, a.confidence AS conf_a, b.confidence AS conf_b,
+                       CASE WHEN NOT a.correct AND b.correct THEN 'fixed'
+                            WHEN a.correct AND NOT b.correct THEN 'broke'
+                            ELSE 'changed' END AS change
+                FROM cache."l_{la}" a JOIN cache."l_{lb}" b USING (image_id)
+                WHERE a.pred <> b.pred OR a.correct IS DISTINCT FROM b.correct
+                ORDER BY change, a.image_id
+                """
+            )
         return RunDiff(metrics, conf, flips)
 
     def image_history(self, run_id: str, image_id: str) -> pd.DataFrame:

@@ -581,6 +581,84 @@ def test_malformed_manifest_is_skipped_not_fatal(
     assert ids[1] in captured.out and f"skipped {ids[0]}" in captured.err
 
 
+@pytest.fixture(scope="module")
+def six_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    path = tmp_path_factory.mktemp("six") / "store"
+    ids = build_synthetic_store(path, n_val=40, n_train=10, n_classes=3, emb_dim=8, runs=6)
+    return path, ids
+
+
+def test_cache_eviction_never_drops_a_table_in_use(
+    six_runs: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic: while a query of one run is about to read its cache table, another thread
+    caches 4 other runs (cache_runs=4), which used to evict and drop that table (Catalog Error)."""
+    import threading
+
+    from store.reader import StoreReader
+
+    path, ids = six_runs
+    r = StoreReader(path, cache_runs=4)
+    image_id = r.gallery(ids[0], GalleryQuery(page_size=1))[0]["image_id"].iloc[0]
+    orig = StoreReader._arrow
+    fired: list[bool] = []
+
+    def racing_arrow(self: StoreReader, query: str, params: object = None) -> pa.Table:
+        if 'cache."l_' in query and not fired and threading.current_thread() is threading.main_thread():
+            fired.append(True)
+            other = threading.Thread(target=lambda: [r.warm(i) for i in ids[1:5]])
+            other.start()
+            other.join(60)
+        return orig(self, query, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(StoreReader, "_arrow", racing_arrow)
+    detail = r.image(ids[0], image_id)
+    assert fired and detail is not None and detail.image_id == image_id
+    monkeypatch.setattr(StoreReader, "_arrow", orig)
+    assert len(r._cached) <= 4  # trimmed back to the limit once the query ended
+    fired.clear()
+    monkeypatch.setattr(StoreReader, "_arrow", racing_arrow)
+    assert r.headline(ids[5])["n"] == 40
+    monkeypatch.setattr(StoreReader, "_arrow", orig)
+    assert r.diff(ids[0], ids[5]).metrics.shape[0] == 8
+    r.close()
+
+
+def test_cache_eviction_race_with_threads(six_runs: tuple[Path, list[str]]) -> None:
+    import random
+    import threading
+
+    from store.reader import StoreReader
+
+    path, ids = six_runs
+    r = StoreReader(path, cache_runs=4)
+    image_ids = {i: r.gallery(i, GalleryQuery(page_size=3))[0]["image_id"].tolist() for i in ids}
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(40):
+                run_id = rng.choice(ids)
+                assert r.image(run_id, rng.choice(image_ids[run_id])) is not None
+                assert r.headline(run_id)["n"] == 40
+                assert not r.confidence_histogram(run_id).empty
+                assert len(r.embedding_points(run_id)) == 40
+                a, b = rng.sample(ids, 2)
+                r.diff(a, b)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert len(r._cached) <= 4
+    r.close()
+
+
 def test_thumbnails_stored_once_per_fingerprint(synth: tuple[Path, list[str]]) -> None:
     path, ids = synth
     r = open_store(path)
