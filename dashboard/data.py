@@ -239,40 +239,19 @@ class DashData:
 
 
 def fetch_batch(data: DashData, run_id: str, ids: list[str], methods: tuple[str, ...]) -> None:
-    """Adapter over ``reader.sql`` (bound parameters only): maps and thumbnails for many images.
+    """Prefetch the predicted-class maps and the thumbnails of a page of images in two reads.
 
-    The reader API looks images up one at a time; this is the minimal batch version the gallery
-    needs. Table names are the store's documented view names.
+    The reader's batch lookups decode only the row groups that can hold these ids, so a
+    24-image gallery page costs one read of maps and one of thumbnails, not 120 point queries.
     """
-    placeholders = ",".join("?" for _ in ids)
-    mplace = ",".join("?" for _ in methods)
-    cams = data.reader.sql(
-        f"SELECT image_id, method, target_kind, h, w, map FROM cams "
-        f"WHERE run_id = ? AND method IN ({mplace}) AND image_id IN ({placeholders})",
-        [run_id, *methods, *ids],
-    )
-    thumbs = data.reader.sql(
-        f"SELECT i.image_id, i.thumbnail FROM images i JOIN runs r "
-        f"ON i.dataset_fingerprint = r.dataset_fingerprint "
-        f"WHERE r.run_id = ? AND i.image_id IN ({placeholders})",
-        [run_id, *ids],
-    )
-    seen: set[tuple[str, str, str, str]] = set()
-    for row in cams.itertuples(index=False):
-        key = (run_id, str(row.image_id), str(row.method), str(row.target_kind))
-        arr = np.asarray(row.map, dtype=np.float32).reshape(int(row.h), int(row.w))
-        data._cams.put(key, arr)
-        seen.add(key)
-    # Remember misses too (e.g. CAM is not applicable to this head): the route then answers
-    # 404 from memory instead of querying again.
+    maps = data.reader.cams_batch(run_id, ids, methods, "pred")
+    thumbs = data.reader.thumbnails(run_id, ids)
     for image_id in ids:
         for method in methods:
-            if (run_id, image_id, method, "pred") not in seen:
-                data._cams.put((run_id, image_id, method, "pred"), None)
-    for row in thumbs.itertuples(index=False):
-        data._thumbs.put(
-            (run_id, str(row.image_id)), bytes(row.thumbnail) if row.thumbnail is not None else None
-        )
+            # Remember misses too (e.g. CAM is not applicable to this head): the route then
+            # answers 404 from memory instead of querying again.
+            data._cams.put((run_id, image_id, method, "pred"), maps.get((image_id, method)))
+        data._thumbs.put((run_id, image_id), thumbs.get(image_id))
 
 
 # ---- selections (lasso in the embedding map -> gallery) -------------------------------------
