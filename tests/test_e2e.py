@@ -132,13 +132,13 @@ def _compute(data: str, ckpt: Path, store: Path) -> str:
 
 @pytest.mark.browser
 def test_retraining_loop_compare(tmp_path: Path, driver: Any) -> None:  # noqa: F811
-    data = make_imagefolder(tmp_path / "data", ("cat", "dog"), n_train=12, n_val=10, size=16)
+    data = make_imagefolder(tmp_path / "data", ("cat", "dog"), n_train=20, n_val=10, size=16)
     spec = f"imagefolder:{data}"
     store = tmp_path / "store"
     v1, v2 = tmp_path / "v1.pt", tmp_path / "v2.pt"
     _train("--data", spec, "--model", "resnet18", "--epochs", "1", "--lr", "1e-5", "--out", str(v1))
     run_a = _compute(spec, v1, store)
-    _train("--data", spec, "--model", "resnet18", "--epochs", "3", "--lr", "2e-3", "--out", str(v2))
+    _train("--data", spec, "--model", "resnet18", "--epochs", "3", "--lr", "1e-3", "--out", str(v2))
     run_b = _compute(spec, v2, store)
     assert run_a != run_b
 
