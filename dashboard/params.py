@@ -145,7 +145,8 @@ class Filters:
     # compare
     a: str | None = None
     b: str | None = None
-    change: str = "broke"
+    #: which flips the compare page lists; None = not chosen: the first non-empty group
+    change: str | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -188,7 +189,7 @@ def parse_query(search: str | None) -> Filters:
         norm=parse_bool(g("norm")),
         a=valid_run_id(g("a")),
         b=valid_run_id(g("b")),
-        change=change if change in ("broke", "fixed", "changed") else "broke",
+        change=change if change in ("broke", "fixed", "changed") else None,
     )
 
 

@@ -232,7 +232,10 @@ def layout(ctx: PageContext) -> Any:
     labeled = bool(getattr(info_b, "labeled", True))
     flips = diff.flips
     counts = flips["change"].value_counts().to_dict() if len(flips) else {}
-    part = flips[flips["change"] == f.change] if len(flips) else flips
+    # Unless the link chose a group, open the first one that has images: after a retrain that
+    # only fixed errors, "right -> wrong (0)" is not what the reviewer came to see.
+    change = f.change or next((c for c in ("broke", "fixed", "changed") if counts.get(c)), "broke")
+    part = flips[flips["change"] == change] if len(flips) else flips
     pages = max(1, math.ceil(len(part) / FLIPS_PER_PAGE))
     page = min(f.page, pages - 1)
     shown = part.iloc[page * FLIPS_PER_PAGE : (page + 1) * FLIPS_PER_PAGE]
@@ -243,7 +246,7 @@ def layout(ctx: PageContext) -> Any:
             {"label": f"wrong → right ({counts.get('fixed', 0):,})", "value": "fixed"},
             {"label": f"other changes ({counts.get('changed', 0):,})", "value": "changed"},
         ],
-        value=f.change,
+        value=change,
         inline=True,
         className="small",
     )
