@@ -1,10 +1,11 @@
 """Look and feel: a Bootswatch theme served from the installed ``bootstrap-flask`` package.
 
-``dbc.themes.*`` are CDN URLs and render an unstyled page offline, so the Bootstrap CSS is
-served by our own Flask route from the ``bootstrap-flask`` wheel (which ships Bootstrap 5 and
-the Bootswatch themes). Bootswatch themes start with an ``@import`` of Google Fonts; that line
-is stripped so the page never reaches outside the server (the CSS font stacks fall back to
-system fonts). Plotly figures use the matching ``dash-bootstrap-templates`` template.
+dash-bootstrap-components' theme constants are CDN URLs and render an unstyled page
+offline, so the Bootstrap CSS is served by our own Flask route from the ``bootstrap-flask``
+wheel (which ships Bootstrap 5 and the Bootswatch themes). Bootswatch themes start with an
+``@import`` of Google Fonts; that line is stripped so the page never reaches outside the
+server (the CSS font stacks fall back to system fonts). Plotly figures use the matching
+``dash-bootstrap-templates`` template.
 """
 
 from __future__ import annotations
