@@ -187,6 +187,13 @@ class _GalleryIndex:
         return o
 
 
+#: the predictions columns a gallery page shows (plus its ``sort_value``)
+_GALLERY_COLUMNS = (
+    "image_id", "label", "label_name", "pred", "pred_name",
+    "confidence", "correct", "loss", "cam_disagreement",
+)
+
+
 class _RowGroupIndex:
     """image_id ranges of the row groups of image_id-sorted Parquet files, for point lookups.
 
@@ -886,18 +893,7 @@ class StoreReader:
         deletion_auc of ``q.method``); disagreement (cam_disagreement). Nulls sort last; ties
         are broken by image_id so pages are stable.
         """
-        cols = [
-            "image_id",
-            "label",
-            "label_name",
-            "pred",
-            "pred_name",
-            "confidence",
-            "correct",
-            "loss",
-            "cam_disagreement",
-            "sort_value",
-        ]
+        cols = [*_GALLERY_COLUMNS, "sort_value"]
         empty = pd.DataFrame(columns=cols)
         if q.outcome not in OUTCOMES:
             raise UserError(f"unknown outcome {q.outcome!r}; valid outcomes: {', '.join(OUTCOMES)}")
@@ -967,19 +963,7 @@ class StoreReader:
             keys["none"] = np.full(t.num_rows, np.nan)
             correct = t.column("correct").cast(pa.int8()).fill_null(-1).to_numpy()
             g = _GalleryIndex(
-                table=t.select(
-                    [
-                        "image_id",
-                        "label",
-                        "label_name",
-                        "pred",
-                        "pred_name",
-                        "confidence",
-                        "correct",
-                        "loss",
-                        "cam_disagreement",
-                    ]
-                ),
+                table=t.select(list(_GALLERY_COLUMNS)),
                 pos={k: i for i, k in enumerate(t.column("image_id").to_pylist())},
                 keys=keys,
                 confidence=keys["confidence"],
