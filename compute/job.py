@@ -717,13 +717,14 @@ class _Job:
 
     def _write_chunk(self, staging: Any, chunk: Chunk, rows: _ChunkRows) -> None:
         tables = rows.tables(with_predictions=chunk.split == "val")
-        staging.write_chunk(chunk.chunk_id, tables)
-        # Thumbnails after the chunk: a crash in between only means re-adding them (deduped).
+        # Thumbnails are staged with the chunk and join the dataset's shared images at publish,
+        # so a killed job leaves nothing visible.
         if rows.images["image_id"]:
-            self.store.add_images(self.fingerprint, pa.table({
-                **{k: v for k, v in rows.images.items() if k != "thumbnail"},
+            tables["images"] = pa.table({
+                **{k: v for k, v in rows.images.items() if k not in ("thumbnail", "dataset_fingerprint")},
                 "thumbnail": pa.array(rows.images["thumbnail"], pa.binary()),
-            }))
+            })
+        staging.write_chunk(chunk.chunk_id, tables)
 
     def _image_rows(self, items: Sequence[Item], sizes: Sequence[tuple[int, int]],
                     thumbs: Sequence[bytes | None], rows: _ChunkRows) -> None:

@@ -81,7 +81,7 @@ MARKER = ".xaidash-store"
 MANIFEST = "manifest.json"
 FORMAT = "xaidash-store"
 #: Tables a chunk may contain (per-image phase). Global tables go to publish().
-CHUNK_TABLES = ("predictions", "cams", "embeddings", "faithfulness", "failures", "neighbors")
+CHUNK_TABLES = ("predictions", "cams", "embeddings", "faithfulness", "failures", "neighbors", "images")
 #: Tables publish() accepts as global-phase tables.
 GLOBAL_TABLES = (
     "neighbors",
@@ -221,7 +221,9 @@ def conform(
 def _staged_schema(name: str) -> pa.Schema:
     """Schema of a staged part: the table schema without run_id (unknown until publish)."""
     schema = TABLES[name].schema
-    return schema.remove(schema.get_field_index("run_id"))
+    # images rows are per dataset, not per run: their fingerprint is the run's, added at publish
+    drop = "dataset_fingerprint" if name == "images" else "run_id"
+    return schema.remove(schema.get_field_index(drop))
 
 
 def _jsonable(value: object) -> object:
@@ -849,6 +851,14 @@ class Staging:
             "run": {k: _jsonable(v) for k, v in row.items()},
             "tables": manifest_tables,
         }
+        # Thumbnails join the dataset's shared images only now, so a job killed before its
+        # publish leaves nothing visible. A crash between here and the rename below leaves
+        # thumbnails without a run - harmless: the rerun finds them and skips re-adding them.
+        fingerprint = str(run.get("dataset_fingerprint") or "")
+        for part in self._parts("images"):
+            if fingerprint:
+                self.store.add_images(fingerprint, pq.read_table(part))
+
         # The manifest is written last: a run directory without it is not a run.
         _atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode(), self.store.durable)
         if self.store.durable:

@@ -199,6 +199,7 @@ def test_killed_job_resumes_without_recomputing(folder: Path, ckpt: Path, tmp_pa
     assert written == ["val-000000"]
     with open_store(tmp_path / "s") as r:
         assert len(r.runs()) == 0  # a killed job leaves nothing visible
+    assert not list((tmp_path / "s" / "images").rglob("*.parquet"))  # not even its thumbnails
     monkeypatch.delenv(FAIL_AFTER_ENV)
     written.clear()
     res = run_job(cfg)
@@ -211,6 +212,8 @@ def test_killed_job_resumes_without_recomputing(folder: Path, ckpt: Path, tmp_pa
         assert len(r.runs()) == 1
     pred = _q(tmp_path / "s", "SELECT image_id FROM predictions WHERE run_id = ?", res.run_id)
     assert len(pred) == 10
+    with open_store(tmp_path / "s") as r:  # every image's thumbnail arrived with the publish
+        assert all(r.thumbnail(res.run_id, i) for i in pred["image_id"])
 
 
 def test_sharded_equals_unsharded(folder: Path, ckpt: Path, tmp_path: Path) -> None:
