@@ -131,23 +131,17 @@ def flip_rows(run_a: str, run_b: str, flips: pd.DataFrame, f: Filters, class_nam
                                 dcc.Link(thumb_img(run_b, iid), href=image_href(run_b, iid, f)),
                                 className="xd-cell",
                             ),
-                            html.Div(
-                                dcc.Link(
-                                    overlay_img(
-                                        run_a, iid, f.method, f, title=f"run A {method_label(f.method)}"
+                            *(
+                                html.Div(
+                                    dcc.Link(
+                                        overlay_img(
+                                            run, iid, f.method, f, title=f"run {ab} {method_label(f.method)}"
+                                        ),
+                                        href=image_href(run, iid, f),
                                     ),
-                                    href=image_href(run_a, iid, f),
-                                ),
-                                className="xd-cell",
-                            ),
-                            html.Div(
-                                dcc.Link(
-                                    overlay_img(
-                                        run_b, iid, f.method, f, title=f"run B {method_label(f.method)}"
-                                    ),
-                                    href=image_href(run_b, iid, f),
-                                ),
-                                className="xd-cell",
+                                    className="xd-cell",
+                                )
+                                for ab, run in (("A", run_a), ("B", run_b))
                             ),
                         ],
                         className="xd-row-images",

@@ -81,30 +81,22 @@ def class_options(names: list[str]) -> list[dict[str, Any]]:
 
 def filter_panel(f: Filters, names: list[str], labeled: bool, methods: list[str]) -> Any:
     """Left column: filters, sort, display."""
-    items: list[Any] = []
-    if labeled:
-        items += [
-            dbc.Label("True class", html_for=f"{PREFIX}-true", className="small mb-0"),
+
+    def class_filter(label: str, key: str, value: int | None) -> list[Any]:
+        return [
+            dbc.Label(label, html_for=f"{PREFIX}-{key}", className="small mb-0"),
             dcc.Dropdown(
-                id=f"{PREFIX}-true",
-                options=class_options(names),
-                value=f.true,
-                placeholder="any",
+                id=f"{PREFIX}-{key}", options=class_options(names), value=value, placeholder="any",
                 className="mb-2",
             ),
         ]
+
+    items: list[Any] = []
+    if labeled:
+        items += class_filter("True class", "true", f.true)
     else:
         items.append(html.Div(dcc.Dropdown(id=f"{PREFIX}-true", options=[], value=None), hidden=True))
-    items += [
-        dbc.Label("Predicted class", html_for=f"{PREFIX}-pred", className="small mb-0"),
-        dcc.Dropdown(
-            id=f"{PREFIX}-pred",
-            options=class_options(names),
-            value=f.pred,
-            placeholder="any",
-            className="mb-2",
-        ),
-    ]
+    items += class_filter("Predicted class", "pred", f.pred)
     outcome = dbc.RadioItems(
         id=f"{PREFIX}-outcome",
         options=[{"label": o, "value": o} for o in ("all", "correct", "wrong")],
