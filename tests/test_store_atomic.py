@@ -108,9 +108,8 @@ def _wait_for(proc: subprocess.Popen[str], marker: str, timeout: float = 120) ->
     raise AssertionError(f"timed out waiting for {marker}")
 
 
-@pytest.mark.parametrize("where", ["chunk", "compact", "rename"])
-def test_sigkill_leaves_nothing_visible_and_next_writer_resumes(tmp_path: Path, where: str) -> None:
-    path = tmp_path / "s"
+def _kill_when_paused(path: Path, where: str) -> int | None:
+    """Start a writer that pauses at ``where``, SIGKILL it there; return its exit code."""
     proc = _spawn(path, where)
     try:
         _wait_for(proc, "PAUSED")
@@ -119,7 +118,13 @@ def test_sigkill_leaves_nothing_visible_and_next_writer_resumes(tmp_path: Path, 
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    return proc.returncode
+
+
+@pytest.mark.parametrize("where", ["chunk", "compact", "rename"])
+def test_sigkill_leaves_nothing_visible_and_next_writer_resumes(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "s"
+    assert _kill_when_paused(path, where) == -signal.SIGKILL
 
     # Nothing visible: no run directory, and a reader sees an empty store.
     assert [p.name for p in (path / "runs").iterdir()] == []
@@ -137,14 +142,7 @@ def test_sigkill_leaves_nothing_visible_and_next_writer_resumes(tmp_path: Path, 
     assert reader.headline(run_id)["n"] == 150
 
     # And gc cleans a dead writer's staging (a second killed job, never resumed).
-    proc = _spawn(tmp_path / "s2", where)
-    try:
-        _wait_for(proc, "PAUSED")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _kill_when_paused(tmp_path / "s2", where)
     s2 = Store.open(tmp_path / "s2")
     staged = list((tmp_path / "s2" / "_staging").iterdir())
     assert len(staged) == 1
