@@ -345,7 +345,11 @@ class Store:
         try:
             if p.exists() and not p.is_dir():
                 raise UserError(f"store path {p} is a file, not a directory; choose a directory")
-            if p.is_dir() and not (p / MARKER).exists() and any(p.iterdir()):
+            # A store another process is creating right now holds only its marker's temp file
+            # (and, a moment later, the marker): that is not "some other directory".
+            if p.is_dir() and not (p / MARKER).exists() and any(
+                not e.name.startswith(f".{MARKER}.tmp-") for e in p.iterdir()
+            ) and not (p / MARKER).exists():
                 raise UserError(
                     f"{p} exists and is not an xaidash store (no {MARKER} file); "
                     "choose a new or empty directory"

@@ -759,3 +759,14 @@ def test_point_lookup_finds_ids_in_overlapping_files(tmp_path: Path) -> None:
         got = index.read([image_id], ["image_id", "v"]).to_pydict()
         assert got == {"image_id": [image_id], "v": [v]}
     assert index.read(["99", "00"], ["image_id", "v"]).num_rows == 0
+
+
+def test_create_while_another_process_is_creating_the_store(tmp_path: Path) -> None:
+    """Two shards start at once: one may see the other's marker temp file before the marker."""
+    from store.writer import MARKER, Store
+
+    path = tmp_path / "s"
+    path.mkdir()
+    (path / f".{MARKER}.tmp-99999").write_bytes(b"{}")
+    assert Store.create(path).path == path.absolute()
+    assert (path / MARKER).is_file()
