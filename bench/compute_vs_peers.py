@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compute.cams import CamEngine
+from xaidash.compute.cams import CamEngine
 
 GRADIENT = ("cam", "gradcam", "gradcampp")
 

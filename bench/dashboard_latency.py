@@ -29,7 +29,7 @@ TARGET_P95_MS = 150.0
 
 
 def build_store(path: Path, n_val: int, n_train: int) -> None:
-    from store.synthetic import build_synthetic_store
+    from xaidash.store.synthetic import build_synthetic_store
 
     t = time.perf_counter()
     build_synthetic_store(path, n_val=n_val, n_train=n_train, runs=2, seed=0)
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.store / "runs").is_dir() or not any((args.store / "runs").iterdir()):
         build_store(args.store, args.n_val, args.n_train)
 
-    from dashboard.app import create_app
-    from dashboard.testing import post_callback
-    from store.reader import GalleryQuery
+    from xaidash.dashboard.app import create_app
+    from xaidash.dashboard.testing import post_callback
+    from xaidash.store.reader import GalleryQuery
 
     t = time.perf_counter()
     app = create_app(args.store)

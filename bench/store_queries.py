@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from store import GalleryQuery, open_store
-from store.synthetic import build_synthetic_store
+from xaidash.constants import METHODS
+from xaidash.store import GalleryQuery, open_store
+from xaidash.store.synthetic import build_synthetic_store
 
 TARGET_P95_MS = 50.0
-METHODS = ("cam", "gradcam", "gradcampp", "scorecam")
 
 
 def _timeit(fn: Callable[[int], object], repeat: int) -> tuple[float, float, float]:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xaidash.constants import GRADIENT_METHODS, METHODS, TARGET_KINDS
 from xaidash.errors import UserError, choices_error
 
 __all__ = [
@@ -47,11 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "scorecam")
-#: The methods :meth:`CamEngine.forward` computes from its single forward + backward pass.
-GRADIENT_METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp")
-TARGET_KINDS: tuple[str, ...] = ("pred", "true")
 
 
 def minmax_normalize(maps: Tensor) -> Tensor:

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compute.models import ModelParts, Preprocessing, build_model, check_arch, imagenet_class_names
+from xaidash.compute.models import ModelParts, Preprocessing, build_model, check_arch, imagenet_class_names
 from xaidash.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from compute.data import Dataset
+    from xaidash.compute.data import Dataset
 
 FORMAT = "xaidash-checkpoint"
 VERSION = 1
@@ -191,7 +191,7 @@ def model_from_checkpoint(ckpt: Checkpoint) -> ModelParts:
     """Rebuild the network from ``ckpt`` (eval mode) with the checkpoint's preprocessing."""
     import dataclasses
 
-    from compute.models import load_weights_into
+    from xaidash.compute.models import load_weights_into
 
     parts = build_model(ckpt.arch, len(ckpt.classes), "none", ckpt.preprocessing.input_size,
                         small_input_stem=ckpt.small_input_stem)

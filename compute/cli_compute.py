@@ -1,15 +1,14 @@
 """``xaidash compute``: run a model over every validation image and publish one run.
 
 Light imports only (argparse/stdlib): ``xaidash --help`` must not import torch. The job itself
-lives in :mod:`compute.job` and is imported inside :func:`run`.
+lives in :mod:`xaidash.compute.job` and is imported inside :func:`run`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-METHOD_NAMES = ("cam", "gradcam", "gradcampp", "scorecam")  # == compute.cams.METHODS (no torch here)
-PROJECTION_NAMES = ("umap", "pca", "tsne")
+from xaidash.constants import METHODS, PROJECTIONS
 
 
 def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
@@ -45,7 +44,7 @@ def _add_data_fallback(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Define the ``compute`` options (shared data/device options come from common_args)."""
     try:  # the shared options, when the foundation module provides them
-        from compute import common_args  # argparse-only module: still light
+        from xaidash.compute import common_args  # argparse-only module: still light
 
         common_args.add_data_arguments(parser)
         common_args.add_device_argument(parser)
@@ -66,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--store", required=True, metavar="DIR",
                         help="results store directory (created if missing)")
-    parser.add_argument("--methods", default=",".join(METHOD_NAMES), metavar="LIST",
-                        help=f"comma-separated CAM methods (default all: {','.join(METHOD_NAMES)})")
+    parser.add_argument("--methods", default=",".join(METHODS), metavar="LIST",
+                        help=f"comma-separated CAM methods (default all: {','.join(METHODS)})")
     parser.add_argument("--explain", default="pred", metavar="pred|pred,true",
                         help="targets to explain: the predicted class, and also the true class of "
                              "wrong predictions with 'pred,true' (default pred)")
@@ -77,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fp32 (default) or bf16 autocast for the forward passes (CUDA; see docs)")
     parser.add_argument("--twins", type=int, default=5, metavar="K",
                         help="twins and counterfactuals per image and class (default 5)")
-    parser.add_argument("--projection", default=None, choices=PROJECTION_NAMES,
+    parser.add_argument("--projection", default=None, choices=PROJECTIONS,
                         help="2-D projection of the embeddings (default umap if installed, else pca)")
     parser.add_argument("--faithfulness-steps", type=int, default=16, metavar="N",
                         help="deletion/insertion steps (default 16)")
@@ -99,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the job; returns the process exit code."""
-    from compute.job import JobConfig, run_job
+    from xaidash.compute.job import JobConfig, run_job
 
     result = run_job(JobConfig.from_args(args))
     return 0 if result.ok else 1

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from compute.common_args import add_data_arguments, add_device_argument, non_negative_int, positive_int
-
-ARCH_NAMES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg16",
-              "efficientnet_lite0")  # mirrors compute.models.ARCHITECTURES without importing torch
+from xaidash.compute.common_args import (
+    add_data_arguments,
+    add_device_argument,
+    non_negative_int,
+    positive_int,
+)
+from xaidash.constants import ARCHITECTURES
 
 
 def _positive_float(text: str) -> float:
@@ -31,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     # No argparse choices= here: the model layer raises a UserError listing the valid names,
     # the same one-line message as every other bad input.
-    g.add_argument("--model", required=True, metavar="ARCH", help=f"architecture: {', '.join(ARCH_NAMES)}")
+    g.add_argument("--model", required=True, metavar="ARCH", help=f"architecture: {', '.join(ARCHITECTURES)}")
     g.add_argument("--weights", default="none", metavar="imagenet|none|PATH",
                    help="initial weights: imagenet (pretrained; efficientnet_lite0 works offline), none "
                         "(from scratch, default), or a state_dict / checkpoint file of the same architecture")
@@ -53,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, print the validation report (stdout), return the exit code."""
-    from compute.train import TrainConfig, checkpoint_path_hint, train
+    from xaidash.compute.train import TrainConfig, checkpoint_path_hint, train
 
     cfg = TrainConfig(
         data=args.data, model=args.model, out=args.out, weights=args.weights, data_root=args.data_root,

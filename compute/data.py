@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from compute.imageio import IMAGE_EXTENSIONS, ImageLoadError, load_image
+from xaidash.compute.imageio import IMAGE_EXTENSIONS, ImageLoadError, load_image
 from xaidash.errors import UserError, choices_error
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 The dashboard never imports torch at start-up; it imports this module lazily when a user
 uploads an image. ``model_ref`` is ``json.loads(runs.config_json)["model"]`` as written by
-:mod:`compute.job`:
+:mod:`xaidash.compute.job`:
 
 * ``{"checkpoint": "/abs/path.pt", "sha256": "...", "target_layer": "layer4"}``, or
 * ``{"arch": "resnet18", "weights": "imagenet" | "/abs/state_dict.pt", "classes": [...],
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from compute.cams import METHODS, CamEngine
+from xaidash.compute.cams import METHODS, CamEngine
 from xaidash.errors import UserError, choices_error
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _verify(model_ref: Mapping[str, object]) -> None:
 
 
 def _load(model_ref: Mapping[str, object]) -> _Cached:
-    from compute import checkpoint as ckpt_mod
+    from xaidash.compute import checkpoint as ckpt_mod
 
     if model_ref.get("checkpoint"):
         ckpt = ckpt_mod.load_checkpoint(str(model_ref["checkpoint"]))
@@ -170,8 +170,8 @@ def explain_image(
     says so when it approximates); by default the run's own setting
     (``model_ref["scorecam_max_channels"]``) is used, so the upload page matches the run.
     """
-    from compute.imageio import to_rgb
-    from compute.neighbors import twins_for_vector
+    from xaidash.compute.imageio import to_rgb
+    from xaidash.compute.neighbors import twins_for_vector
 
     for m in methods:
         if m not in METHODS:

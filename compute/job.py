@@ -11,8 +11,8 @@ Two phases (DESIGN.md "Data flow"):
    Each chunk is written with ``Staging.write_chunk`` (all-or-nothing), so memory does not
    grow with the dataset and a killed job resumes at the first chunk not done.
 2. **Global phase** — reads all embeddings and predictions back from staging: twins and
-   counterfactuals (:mod:`compute.neighbors`), the 2-D projection (:mod:`compute.projection`),
-   metrics and confusion (:mod:`compute.metrics`); then ``Staging.publish`` writes the run
+   counterfactuals (:mod:`xaidash.compute.neighbors`), the 2-D projection (:mod:`xaidash.compute.projection`),
+   metrics and confusion (:mod:`xaidash.compute.metrics`); then ``Staging.publish`` writes the run
    atomically with its provenance.
 
 Resume and shards: the job key hashes everything that changes the results (model identity,
@@ -65,14 +65,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from compute.cams import METHODS, CamEngine
-from compute.data import Dataset, ImageLoadError, Item, open_dataset, subsample
+from xaidash.compute.cams import CamEngine
+from xaidash.compute.data import Dataset, ImageLoadError, Item, open_dataset, subsample
+from xaidash.constants import GRADIENT_METHODS, METHODS, PRECISIONS, PROJECTIONS, TARGET_KINDS
 from xaidash.errors import UserError, choices_error
 
 log = logging.getLogger(__name__)
 
-EXPLAIN_TARGETS = ("pred", "true")
-PRECISIONS = ("fp32", "bf16")
 #: Test hook: raise after this many chunks were written by this process (simulates a kill).
 FAIL_AFTER_ENV = "XAIDASH_COMPUTE_FAIL_AFTER_CHUNKS"
 #: Bump when the per-image computation changes meaning, so old staging is never reused.
@@ -237,11 +236,11 @@ def validate_methods(methods: Sequence[str]) -> tuple[str, ...]:
 
 def validate_explain(explain: Sequence[str]) -> tuple[str, ...]:
     for e in explain:
-        if e not in EXPLAIN_TARGETS:
-            raise choices_error("explain target", e, EXPLAIN_TARGETS)
+        if e not in TARGET_KINDS:
+            raise choices_error("explain target", e, TARGET_KINDS)
     if "pred" not in explain:
         raise UserError("--explain must include 'pred' (use pred or pred,true)")
-    return tuple(e for e in EXPLAIN_TARGETS if e in explain)
+    return tuple(e for e in TARGET_KINDS if e in explain)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -300,7 +299,7 @@ class LoadedModel:
 
 def load_model(cfg: JobConfig, dataset: Dataset) -> LoadedModel:
     """Load the checkpoint (or plain weights) and check it fits the dataset's classes."""
-    from compute import checkpoint as ckpt_mod
+    from xaidash.compute import checkpoint as ckpt_mod
 
     if cfg.checkpoint and (cfg.model or cfg.weights):
         raise UserError("give either --checkpoint or --model/--weights, not both")
@@ -378,7 +377,7 @@ class _ImageSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return len(self.items)
 
     def __getitem__(self, i: int) -> _Sample:
-        from compute.imageio import thumbnail_png
+        from xaidash.compute.imageio import thumbnail_png
 
         item = self.items[i]
         try:
@@ -535,9 +534,9 @@ class _Job:
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
         """Validate everything and load the model; raise UserError before any real work."""
-        from compute.models import get_module
-        from compute.projection import PROJECTIONS, umap_available
-        from store.writer import Store
+        from xaidash.compute.models import get_module
+        from xaidash.compute.projection import umap_available
+        from xaidash.store.writer import Store
 
         cfg = self.cfg
         self.methods = validate_methods(cfg.methods)
@@ -809,7 +808,7 @@ class _Job:
                     rows.add_maps(ids, "scorecam", "true", lab_np, full, wrong)
 
         if cfg.faithfulness and maps:
-            from compute.faithfulness import faithfulness
+            from xaidash.compute.faithfulness import faithfulness
 
             with self.timer.stage("val_faithfulness"), self.autocast():
                 # the base probability Y is the confidence already computed: saves a forward
@@ -858,7 +857,7 @@ class _Job:
         adds its masked forward passes to a forward pass that captures the activations.
         """
         b = max(1, x.shape[0])
-        alone = [m for m in ("cam", "gradcam", "gradcampp") if m in self.methods]
+        alone = [m for m in GRADIENT_METHODS if m in self.methods]
         if "scorecam" in self.methods:
             alone.append("forward")
         for m in alone:
@@ -898,9 +897,9 @@ class _Job:
     # -- global phase ------------------------------------------------------------------------
     def global_phase(self, staging: Any) -> tuple[str, float | None]:
         """Neighbours, projection, metrics; publish. Returns (run_id, accuracy)."""
-        from compute.metrics import classification_report, confusion_long
-        from compute.neighbors import find_neighbors
-        from compute.projection import project_2d
+        from xaidash.compute.metrics import classification_report, confusion_long
+        from xaidash.compute.neighbors import find_neighbors
+        from xaidash.compute.projection import project_2d
 
         with self.timer.stage("global_read"):
             pred_cols: dict[str, list[Any]] = {k: [] for k in ("image_id", "label", "pred", "runner_up")}
@@ -1046,7 +1045,7 @@ def _versions(projection: str) -> dict[str, str]:
 
 def _run_bytes(store_path: Path, run_id: str) -> int:
     """Bytes of a published run's tables, from its manifest."""
-    from store.writer import read_manifest
+    from xaidash.store.writer import read_manifest
 
     m = read_manifest(store_path / "runs" / run_id) or {}
     tables: Mapping[str, Any] = m.get("tables", {})
@@ -1075,7 +1074,7 @@ def run_job(cfg: JobConfig) -> JobResult:
                  existing, existing, cfg.store)
         return JobResult(ok=True, run_id=existing, already_published=True, chunks_total=len(job.chunks))
 
-    from store.writer import AlreadyPublished
+    from xaidash.store.writer import AlreadyPublished
 
     # Shards of one job run at the same time (one per GPU or machine): each holds its own lock on
     # the shared staging and writes its own chunks; an unsharded job is the only writer.

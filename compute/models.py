@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xaidash.constants import ARCHITECTURES
 from xaidash.errors import UserError, choices_error
 
 if TYPE_CHECKING:  # torch is heavy; keep ``import compute.models`` cheap for type users
@@ -59,10 +60,6 @@ if TYPE_CHECKING:  # torch is heavy; keep ``import compute.models`` cheap for ty
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURES: tuple[str, ...] = (
-    "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg16",
-    "efficientnet_lite0",
-)
 RESNETS = ("resnet18", "resnet34", "resnet50")
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

@@ -28,11 +28,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from xaidash.constants import PROJECTIONS
 from xaidash.errors import choices_error
 
 log = logging.getLogger(__name__)
 
-PROJECTIONS: tuple[str, ...] = ("umap", "pca", "tsne")
 # below this many rows UMAP's spectral init / kNN graph is degenerate: use PCA instead
 _MIN_ROWS_NONLINEAR = 16
 
@@ -143,7 +143,7 @@ def project_2d(
     out = np.empty((n, 2), np.float32)
     out[sample_idx] = fitted
     if n > xs.shape[0]:
-        from compute.neighbors import class_restricted_topk
+        from xaidash.compute.neighbors import class_restricted_topk
 
         rest = np.setdiff1d(np.arange(n), sample_idx)
         sims, idx = class_restricted_topk(

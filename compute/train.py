@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
-from compute.checkpoint import Checkpoint, check_writable, current_versions, now_iso, save_checkpoint
-from compute.common_args import resolve_device
-from compute.data import Dataset, ImageLoadError, Item, open_dataset, subsample
-from compute.models import HEAD_MODULES, build_model, check_arch, freeze_backbone, get_module
+from xaidash.compute.checkpoint import Checkpoint, check_writable, current_versions, now_iso, save_checkpoint
+from xaidash.compute.common_args import resolve_device
+from xaidash.compute.data import Dataset, ImageLoadError, Item, open_dataset, subsample
+from xaidash.compute.models import HEAD_MODULES, build_model, check_arch, freeze_backbone, get_module
 from xaidash.errors import UserError
 
 logger = logging.getLogger(__name__)

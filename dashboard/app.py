@@ -18,17 +18,18 @@ import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
-from dashboard import theme
-from dashboard.app_helpers import run_label
-from dashboard.data import DashData, SelectionStore
-from dashboard.pages import compare, embedding, explain, gallery, image, overview
-from dashboard.params import parse_query, qs_of
-from dashboard.routes import register_routes
-from dashboard.state import AppState, PageContext
+import xaidash.assets
+from xaidash.dashboard import theme
+from xaidash.dashboard.app_helpers import run_label
+from xaidash.dashboard.data import DashData, SelectionStore
+from xaidash.dashboard.pages import compare, embedding, explain, gallery, image, overview
+from xaidash.dashboard.params import parse_query, qs_of
+from xaidash.dashboard.routes import register_routes
+from xaidash.dashboard.state import AppState, PageContext
 
 log = logging.getLogger(__name__)
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(xaidash.assets.__file__).resolve().parent
 
 # (module, path, nav label); the image page has no nav entry (opened from the other pages).
 PAGES: tuple[tuple[Any, str, str | None], ...] = (
@@ -164,7 +165,7 @@ def create_app(
     ``reader`` (a StoreReader) may be passed to share one; otherwise ``open_store`` is called.
     """
     if reader is None:
-        from store.reader import open_store
+        from xaidash.store.reader import open_store
 
         reader = open_store(store_path)
     state = AppState(

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if not 0 < int(args.port) < 65536:
         raise UserError(f"--port {args.port} is not a valid port (1-65535)")
-    from dashboard.app import create_app
+    from xaidash.dashboard.app import create_app
 
     app = create_app(store)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

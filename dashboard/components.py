@@ -9,9 +9,10 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
-from dashboard.overlays import COLORMAPS, colormap_css_gradient
-from dashboard.params import METHOD_LABELS, Filters
-from dashboard.routes import image_url, overlay_url
+from xaidash.constants import METHOD_LABELS
+from xaidash.dashboard.overlays import COLORMAPS, colormap_css_gradient
+from xaidash.dashboard.params import Filters
+from xaidash.dashboard.routes import image_url, overlay_url
 
 
 def empty_state(title: str, body: str | list[Any], color: str = "info", icon: str = "i") -> dbc.Alert:

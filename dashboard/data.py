@@ -1,6 +1,6 @@
 """The dashboard's view of a store: caching, locking and small derived computations.
 
-The dashboard talks to the store only through :class:`store.reader.StoreReader` (and its
+The dashboard talks to the store only through :class:`xaidash.store.reader.StoreReader` (and its
 ``sql()`` escape hatch with bound parameters for the two batch look-ups below). Runs are
 immutable, so per-run aggregates are memoised forever; only the list of runs is re-read
 (a compute job may publish a new run while the dashboard is open).
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +22,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from dashboard.params import IMAGE_ID_RE, METHODS, RUN_ID_RE, SELECTION_RE
+from xaidash.constants import IMAGE_ID_RE, METHODS, RUN_ID_RE
+from xaidash.dashboard.params import SELECTION_RE
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class DashData:
 
     def run(self, run_id: str) -> Any:
         """RunInfo for ``run_id`` (None when unknown)."""
-        if not re.match(RUN_ID_RE.pattern, run_id):
+        if not RUN_ID_RE.match(run_id):
             return None
         return self._per_run.get(("run", run_id), lambda: self._call("run", run_id))
 
@@ -195,7 +195,7 @@ class DashData:
         A gallery page then triggers ~100 overlay requests that all hit memory. Best effort: if
         the batch query fails (reader layout changed), the routes fall back to one-by-one reads.
         """
-        ids = [i for i in dict.fromkeys(image_ids) if re.match(IMAGE_ID_RE.pattern, i)]
+        ids = [i for i in dict.fromkeys(image_ids) if IMAGE_ID_RE.match(i)]
         if not ids:
             return
         try:
@@ -209,7 +209,7 @@ class DashData:
         The browser asks for the page's overlays a moment later; routes for these images wait
         for the batch (see :meth:`_await_prefetch`) instead of issuing ~100 single queries.
         """
-        ids = [i for i in dict.fromkeys(image_ids) if re.match(IMAGE_ID_RE.pattern, i)]
+        ids = [i for i in dict.fromkeys(image_ids) if IMAGE_ID_RE.match(i)]
         ids = [i for i in ids if self._thumbs._d.get((run_id, i)) is None]  # already loaded: skip
         if not ids:
             return
@@ -278,7 +278,7 @@ class SelectionStore:
 
     def put(self, ids: Sequence[str]) -> str:
         """Store ``ids`` (validated, de-duplicated, sorted) and return their key."""
-        clean = sorted({i for i in ids if re.match(IMAGE_ID_RE.pattern, i)})
+        clean = sorted({i for i in ids if IMAGE_ID_RE.match(i)})
         key = self.key_for(clean)
         self._mem.put((key,), tuple(clean))
         try:
@@ -302,7 +302,7 @@ class SelectionStore:
                 text = (self.dir / f"{key}.txt").read_text(encoding="ascii")
             except OSError:
                 return None
-            return tuple(i for i in text.split() if re.match(IMAGE_ID_RE.pattern, i))
+            return tuple(i for i in text.split() if IMAGE_ID_RE.match(i))
 
         return self._mem.get((key,), load)
 

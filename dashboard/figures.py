@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.theme import COLOR_CORRECT, COLOR_WRONG, figure_template
+from xaidash.dashboard.theme import COLOR_CORRECT, COLOR_WRONG, figure_template
 
 # Beyond this many classes the per-cell numbers in heatmaps become unreadable.
 MAX_ANNOTATED_CLASSES = 20

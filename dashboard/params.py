@@ -13,21 +13,11 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from urllib.parse import parse_qs, urlencode
 
-from dashboard.overlays import COLORMAPS, DEFAULT_ALPHA, DEFAULT_CMAP, parse_alpha, parse_cmap
+from xaidash.constants import IMAGE_ID_RE, METHODS, OUTCOMES, RUN_ID_RE, SORTS
+from xaidash.dashboard.overlays import COLORMAPS, DEFAULT_ALPHA, DEFAULT_CMAP, parse_alpha, parse_cmap
 
-RUN_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
-IMAGE_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 SELECTION_RE = re.compile(r"^[0-9a-f]{12}$")
 
-METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "scorecam")
-METHOD_LABELS: dict[str, str] = {
-    "cam": "CAM",
-    "gradcam": "Grad-CAM",
-    "gradcampp": "Grad-CAM++",
-    "scorecam": "Score-CAM",
-}
-OUTCOMES: tuple[str, ...] = ("all", "correct", "wrong")
-SORTS: tuple[str, ...] = ("confidence", "loss", "faithfulness", "disagreement")
 SORT_LABELS: dict[str, str] = {
     "confidence": "Confidence",
     "loss": "Loss",
@@ -251,8 +241,6 @@ def image_href(run_id: str | None, image_id: str, f: Filters | None = None) -> s
 
 __all__ = [
     "COLORMAPS",
-    "METHODS",
-    "METHOD_LABELS",
     "Filters",
     "gallery_href",
     "image_href",

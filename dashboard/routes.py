@@ -14,18 +14,17 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, Response, abort, request
 
-from dashboard import overlays, theme
-from dashboard.params import IMAGE_ID_RE, METHODS, RUN_ID_RE
+from xaidash.constants import IMAGE_ID_RE, METHODS, RUN_ID_RE, TARGET_KINDS
+from xaidash.dashboard import overlays, theme
 
 if TYPE_CHECKING:
-    from dashboard.data import DashData
+    from xaidash.dashboard.data import DashData
 
 log = logging.getLogger(__name__)
 
 Renderer = Callable[[], "tuple[bytes, str] | None"]
 
 ONE_YEAR = 365 * 24 * 3600
-TARGET_KINDS = ("pred", "true")
 
 
 def overlay_url(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dashboard.data import DashData, ResolvedRun, SelectionStore
-from dashboard.params import Filters
+from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
+from xaidash.dashboard.params import Filters
 
 
 @dataclass

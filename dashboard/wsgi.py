@@ -1,4 +1,4 @@
-"""WSGI entry point for production serving: ``gunicorn 'dashboard.wsgi:server'``.
+"""WSGI entry point for production serving: ``gunicorn 'xaidash.dashboard.wsgi:server'``.
 
 The store directory comes from the ``XAIDASH_STORE`` environment variable.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from dashboard.app import create_app
+from xaidash.dashboard.app import create_app
 
 _store = os.environ.get("XAIDASH_STORE")
 if not _store:

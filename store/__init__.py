@@ -1,10 +1,10 @@
 """The results store: the only code that knows file layout and SQL.
 
 Writer side (compute): :class:`Store`, :class:`Staging`. Reader side (dashboard):
-:func:`open_store` -> :class:`StoreReader`, :class:`GalleryQuery`. Schemas: :mod:`store.schema`.
+:func:`open_store` -> :class:`StoreReader`, :class:`GalleryQuery`. Schemas: :mod:`xaidash.store.schema`.
 
 The names are resolved lazily (PEP 562) so that importing a light submodule such as
-``store.cli`` (for ``xaidash --help``) does not load DuckDB and pyarrow.
+``xaidash.store.cli`` (for ``xaidash --help``) does not load DuckDB and pyarrow.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from store.reader import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader, open_store
-    from store.schema import SCHEMA_VERSION
-    from store.writer import Staging, Store
+    from xaidash.store.reader import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader, open_store
+    from xaidash.store.schema import SCHEMA_VERSION
+    from xaidash.store.writer import Staging, Store
 
 _WHERE = {
-    "GalleryQuery": "store.reader",
-    "ImageDetail": "store.reader",
-    "RunDiff": "store.reader",
-    "RunInfo": "store.reader",
-    "StoreReader": "store.reader",
-    "open_store": "store.reader",
-    "SCHEMA_VERSION": "store.schema",
-    "Staging": "store.writer",
-    "Store": "store.writer",
+    "GalleryQuery": "xaidash.store.reader",
+    "ImageDetail": "xaidash.store.reader",
+    "RunDiff": "xaidash.store.reader",
+    "RunInfo": "xaidash.store.reader",
+    "StoreReader": "xaidash.store.reader",
+    "open_store": "xaidash.store.reader",
+    "SCHEMA_VERSION": "xaidash.store.schema",
+    "Staging": "xaidash.store.writer",
+    "Store": "xaidash.store.writer",
 }
 
 __all__ = [

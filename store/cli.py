@@ -77,7 +77,7 @@ def _fmt(v: Any) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from store.reader import open_store
+    from xaidash.store.reader import open_store
 
     with open_store(args.store) as reader:
         df = reader.runs()
@@ -106,7 +106,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from store.reader import open_store
+    from xaidash.store.reader import open_store
 
     with open_store(args.store) as reader:
         run_id = args.run_id or reader.latest_run_id()
@@ -150,7 +150,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from store.writer import Store, validate_run_id
+    from xaidash.store.writer import Store, validate_run_id
 
     store = Store.open(args.store)
     run_ids = list(dict.fromkeys(args.run_ids))  # each once, in the order given
@@ -168,7 +168,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from store.writer import Store
+    from xaidash.store.writer import Store
 
     if not args.grace >= 0 or args.grace == float("inf"):  # also rejects nan
         raise UserError(f"--grace must be a number of seconds >= 0, got {args.grace}")

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,19 +42,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from store.schema import FINGERPRINT_RE, IMAGE_ID_RE, RUN_ID_RE, RUN_TABLES, RUNS, SCHEMA_VERSION, TABLES
-from store.writer import MANIFEST, MARKER, read_manifest
+from xaidash.constants import FINGERPRINT_RE, IMAGE_ID_RE, METHOD_RE, OUTCOMES, RUN_ID_RE, SORTS
 from xaidash.errors import UserError
+from xaidash.store.schema import RUN_TABLES, RUNS, SCHEMA_VERSION, TABLES
+from xaidash.store.writer import MANIFEST, MARKER, read_manifest
 
 log = logging.getLogger(__name__)
 
-_run_id_re = re.compile(RUN_ID_RE)
-_image_id_re = re.compile(IMAGE_ID_RE)
-_method_re = re.compile(r"^[a-z0-9_]{1,32}$")
-_fp_re = re.compile(FINGERPRINT_RE)
 
-OUTCOMES = ("all", "correct", "wrong")
-SORTS = ("confidence", "loss", "faithfulness", "disagreement")
 MAX_PAGE_SIZE = 1000
 TOPK = 5
 #: Heads up to this many classes keep probabilities in the in-memory cache (ImageNet: read on demand).
@@ -485,7 +479,7 @@ class StoreReader:
             msg = _schema_message(name, version, manifest)
             log.warning("%s", msg)
             return _RunEntry(name, d, mtime_ns, manifest, msg)
-        if not _run_id_re.match(name) or manifest.get("run_id") != name:
+        if not RUN_ID_RE.match(name) or manifest.get("run_id") != name:
             return _RunEntry(name, d, mtime_ns, manifest, f"directory {name} does not match its manifest")
         try:
             row = _manifest_row(manifest)
@@ -547,7 +541,7 @@ class StoreReader:
                 self._cached.move_to_end(e.run_id)
                 return h
             h = hashlib.sha1(e.run_id.encode()).hexdigest()[:16]  # a safe identifier
-            methods = [m for m in e.row.get("methods") or [] if _method_re.match(m)]
+            methods = [m for m in e.row.get("methods") or [] if METHOD_RE.match(m)]
             faith_cols = ", ".join(
                 f'max(insertion_auc - deletion_auc) FILTER (WHERE method = ?) AS "faith_{m}"' for m in methods
             )
@@ -667,7 +661,7 @@ class StoreReader:
     # ---------------------------------------------------------------- helpers
     def _entry(self, run_id: object) -> _RunEntry | None:
         """The entry of a readable run, None for malformed/unknown ids; UserError for old runs."""
-        if not isinstance(run_id, str) or not _run_id_re.match(run_id):
+        if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
             return None
         self._maybe_refresh()
         e = self._entries.get(run_id)
@@ -686,7 +680,7 @@ class StoreReader:
 
     def _image_glob(self, e: _RunEntry) -> str | None:
         fp = e.row.get("dataset_fingerprint")
-        if not fp or not _fp_re.match(fp):
+        if not fp or not FINGERPRINT_RE.match(fp):
             return None
         d = self.path / "images" / fp
         if not d.is_dir() or not any(d.glob("part-*.parquet")):
@@ -715,7 +709,7 @@ class StoreReader:
 
     def _image_rows(self, e: _RunEntry, ids: Sequence[str], columns: list[str]) -> pa.Table | None:
         fp = e.row.get("dataset_fingerprint")
-        if not fp or not _fp_re.match(fp):
+        if not fp or not FINGERPRINT_RE.match(fp):
             return None
         parts = sorted((self.path / "images" / fp).glob("part-*.parquet"))
         if not parts:
@@ -724,7 +718,7 @@ class StoreReader:
 
     @staticmethod
     def _valid_image_id(image_id: object) -> bool:
-        return isinstance(image_id, str) and bool(_image_id_re.match(image_id))
+        return isinstance(image_id, str) and bool(IMAGE_ID_RE.match(image_id))
 
     def _class_names(self, e: _RunEntry) -> list[str]:
         return list(e.row.get("class_names") or [])
@@ -907,7 +901,7 @@ class StoreReader:
             return empty, 0
         if q.sort == "faithfulness":
             methods = e.row.get("methods") or []
-            if not isinstance(q.method, str) or q.method not in methods or not _method_re.match(q.method):
+            if not isinstance(q.method, str) or q.method not in methods or not METHOD_RE.match(q.method):
                 key = "none"  # unknown method: nothing to sort by, keep image order
             else:
                 key = f"faith_{q.method}"
@@ -944,7 +938,7 @@ class StoreReader:
             if g is not None:
                 return g
             h = self._cache(e)
-            methods = [m for m in e.row.get("methods") or [] if _method_re.match(m)]
+            methods = [m for m in e.row.get("methods") or [] if METHOD_RE.match(m)]
             faith = "".join(f', "faith_{m}"' for m in methods)
             t = self._arrow(
                 "SELECT image_id, label, label_name, pred, pred_name, confidence, correct, loss, "
@@ -1065,7 +1059,7 @@ class StoreReader:
         """
         e = self._entry(run_id)
         ids = [i for i in image_ids if self._valid_image_id(i)]
-        ms = {m for m in methods if isinstance(m, str) and _method_re.match(m)}
+        ms = {m for m in methods if isinstance(m, str) and METHOD_RE.match(m)}
         if e is None or not ids or not ms or target_kind not in ("pred", "true"):
             return {}
         out: dict[tuple[str, str], np.ndarray] = {}

@@ -32,18 +32,6 @@ import pyarrow as pa
 #: the version it was written with and readers refuse (skip) runs of another version.
 SCHEMA_VERSION = 1
 
-#: Valid run ids (also the directory name of a run). Validated before any use.
-RUN_ID_RE = r"^[0-9A-Za-z_-]{1,64}$"
-#: Valid image ids: 16 hex chars of sha1 (see compute/data.py Item.image_id).
-IMAGE_ID_RE = r"^[0-9a-f]{16}$"
-#: Valid chunk ids (file names of staged parts).
-CHUNK_ID_RE = r"^[0-9A-Za-z_.-]{1,128}$"
-#: Valid dataset fingerprints (directory names under images/).
-FINGERPRINT_RE = r"^[0-9A-Za-z_-]{1,128}$"
-
-TARGET_KINDS = ("pred", "true")
-NEIGHBOR_KINDS = ("twin", "counterfactual")
-SPLITS = ("train", "val")
 
 
 def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:

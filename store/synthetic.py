@@ -1,7 +1,7 @@
 """A realistic synthetic store for tests, the dashboard and benchmarks (no torch needed).
 
-``build_synthetic_store`` writes through the real :class:`store.writer.Store` /
-:class:`store.writer.Staging` API, chunk by chunk, exactly like the compute job, so it exercises
+``build_synthetic_store`` writes through the real :class:`xaidash.store.writer.Store` /
+:class:`xaidash.store.writer.Staging` API, chunk by chunk, exactly like the compute job, so it exercises
 the writer as well as giving the dashboard plausible data:
 
 * class names (CIFAR-10's for <= 10 classes), labels, ~80 % accuracy with structured confusion
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from store.writer import Store
+from xaidash.store.writer import Store
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _THUMB_VARIANTS = 16

@@ -1,6 +1,6 @@
 """Writer side of the results store: :class:`Store` and :class:`Staging`.
 
-Layout (the only place besides :mod:`store.reader` that knows it)::
+Layout (the only place besides :mod:`xaidash.store.reader` that knows it)::
 
     STORE/
       .xaidash-store                 marker: this directory is a store (format + schema version)
@@ -64,16 +64,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store.schema import (
-    CHUNK_ID_RE,
-    FINGERPRINT_RE,
-    RUN_ID_RE,
+from xaidash.constants import CHUNK_ID_RE, FINGERPRINT_RE, RUN_ID_RE
+from xaidash.errors import UserError
+from xaidash.store.schema import (
     RUN_TABLES,
     RUNS,
     SCHEMA_VERSION,
     TABLES,
 )
-from xaidash.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +95,6 @@ GLOBAL_TABLES = (
 OTHER_HOST_GRACE_S = 3600.0
 _COMPACT_BATCH_ROWS = 8192
 
-_run_id_re = re.compile(RUN_ID_RE)
-_chunk_re = re.compile(CHUNK_ID_RE)
-_fp_re = re.compile(FINGERPRINT_RE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,15 +138,15 @@ def _write_parquet_atomic(path: Path, table: pa.Table, row_group_size: int, dura
 
 def validate_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is a well-formed run id, else raise UserError."""
-    if not isinstance(run_id, str) or not _run_id_re.match(run_id):
-        raise UserError(f"invalid run id {run_id!r}: run ids match {RUN_ID_RE}")
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+        raise UserError(f"invalid run id {run_id!r}: run ids match {RUN_ID_RE.pattern}")
     return run_id
 
 
 def validate_fingerprint(fp: str) -> str:
     """Return ``fp`` if it can be used as a directory name, else raise UserError."""
-    if not isinstance(fp, str) or not _fp_re.match(fp):
-        raise UserError(f"invalid dataset fingerprint {fp!r}: must match {FINGERPRINT_RE}")
+    if not isinstance(fp, str) or not FINGERPRINT_RE.match(fp):
+        raise UserError(f"invalid dataset fingerprint {fp!r}: must match {FINGERPRINT_RE.pattern}")
     return fp
 
 
@@ -738,9 +733,9 @@ class Staging:
         lock shared meanwhile, so a concurrent publish never sees the chunk half-written.
         """
         self._check_open()
-        if not isinstance(chunk_id, str) or not _chunk_re.match(chunk_id) or chunk_id.startswith("_"):
+        if not isinstance(chunk_id, str) or not CHUNK_ID_RE.match(chunk_id) or chunk_id.startswith("_"):
             raise ValueError(
-                f"invalid chunk id {chunk_id!r}: must match {CHUNK_ID_RE} and not start with '_'"
+                f"invalid chunk id {chunk_id!r}: must match {CHUNK_ID_RE.pattern} and not start with '_'"
             )
         unknown = [n for n in tables if n not in CHUNK_TABLES]
         if unknown:

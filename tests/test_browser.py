@@ -50,7 +50,7 @@ class LiveServer:
     def __init__(self, store: Path, selections: Path) -> None:
         from werkzeug.serving import make_server
 
-        from dashboard.app import create_app
+        from xaidash.dashboard.app import create_app
 
         self.app = create_app(store, selections_dir=selections)
         self.port = _free_port()
@@ -65,7 +65,7 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from store.synthetic import build_synthetic_store
+    from xaidash.store.synthetic import build_synthetic_store
 
     store = tmp_path_factory.mktemp("bstore")
     build_synthetic_store(store, n_val=300, n_train=400, runs=2, seed=2)
@@ -311,11 +311,11 @@ def test_bad_query_params_are_harmless(driver: Any, server: LiveServer) -> None:
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A tiny real run computed by the real job (random-weight resnet18 on 16 px images)."""
     torch = pytest.importorskip("torch")
-    pytest.importorskip("compute.job", reason="compute.job has not landed")
-    from compute.checkpoint import Checkpoint, save_checkpoint
-    from compute.models import build_model
+    pytest.importorskip("xaidash.compute.job", reason="xaidash.compute.job has not landed")
     from tests.imagegen import make_imagefolder
     from xaidash.cli import main
+    from xaidash.compute.checkpoint import Checkpoint, save_checkpoint
+    from xaidash.compute.models import build_model
 
     root = tmp_path_factory.mktemp("real")
     folder = make_imagefolder(root / "data", ("left", "right"), n_train=6, n_val=4, size=16)

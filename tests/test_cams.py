@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compute.cams import (
+from xaidash.compute.cams import (
     CAM,
     GRADIENT_METHODS,
     METHODS,

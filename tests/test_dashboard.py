@@ -15,15 +15,15 @@ import pandas as pd
 import plotly
 import pytest
 
-from dashboard import figures
-from dashboard.app import create_app, is_soft_change, render
-from dashboard.data import SelectionStore, most_faithful
-from dashboard.pages import embedding, explain, gallery, overview
-from dashboard.params import Filters, gallery_href, parse_query, to_query
-from dashboard.testing import post_callback
+from xaidash.dashboard import figures
+from xaidash.dashboard.app import create_app, is_soft_change, render
+from xaidash.dashboard.data import SelectionStore, most_faithful
+from xaidash.dashboard.pages import embedding, explain, gallery, overview
+from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_query
+from xaidash.dashboard.testing import post_callback
 
-pytest.importorskip("store.synthetic")
-from store.synthetic import build_synthetic_store
+pytest.importorskip("xaidash.store.synthetic")
+from xaidash.store.synthetic import build_synthetic_store
 
 
 def text_of(component: Any) -> str:
@@ -60,7 +60,7 @@ def latest(state: Any) -> str:
 
 
 def a_wrong_image(state: Any) -> str:
-    from store.reader import GalleryQuery
+    from xaidash.store.reader import GalleryQuery
 
     rows, total = state.data.gallery(latest(state), GalleryQuery(outcome="wrong"))
     assert total > 0
@@ -288,7 +288,7 @@ class _Unlabeled:
 
 
 def test_unlabeled_run_without_faithfulness(store_dir: Path) -> None:
-    from store.reader import open_store
+    from xaidash.store.reader import open_store
 
     app = create_app(store_dir, reader=_Unlabeled(open_store(store_dir)))
     st = app.server.config["XAIDASH_STATE"]
@@ -300,7 +300,7 @@ def test_unlabeled_run_without_faithfulness(store_dir: Path) -> None:
 
 
 def test_empty_store(tmp_path: Path) -> None:
-    from store.writer import Store
+    from xaidash.store.writer import Store
 
     Store.create(tmp_path / "empty")
     app = create_app(tmp_path / "empty")
@@ -442,7 +442,7 @@ def test_explain_upload_validation() -> None:
 def test_serve_cli_validates_arguments(tmp_path: Path) -> None:
     import argparse
 
-    from dashboard import cli
+    from xaidash.dashboard import cli
     from xaidash.errors import UserError
 
     p = argparse.ArgumentParser()

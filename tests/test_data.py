@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compute import data as data_mod
-from compute.data import FASHION_MNIST_CLASSES, ImageLoadError, Item, open_dataset, subsample
 from tests.imagegen import (
     make_fake_cifar10,
     make_fake_fashion_mnist,
@@ -24,6 +22,8 @@ from tests.imagegen import (
     make_unlabeled_folder,
     write_corrupt_image,
 )
+from xaidash.compute import data as data_mod
+from xaidash.compute.data import FASHION_MNIST_CLASSES, ImageLoadError, Item, open_dataset, subsample
 from xaidash.errors import UserError
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from store import open_store
 from tests.imagegen import make_imagefolder
 from tests.test_browser import LiveServer, check_page, css, driver, open_page, wait_for  # noqa: F401
 from xaidash.cli import main
+from xaidash.store import open_store
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 TINY_DEMO = [

@@ -1,4 +1,4 @@
-"""compute.explain: one uploaded image explained with a run's model, as the dashboard does."""
+"""xaidash.compute.explain: one uploaded image explained with a run's model, as the dashboard does."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compute.explain import clear_cache, explain_image, get_model, model_ref_from_config
-from compute.job import JobConfig, run_job
-from store.reader import open_store
 from tests.imagegen import make_imagefolder
 from tests.test_job import CLASSES, SIZE, _save_ckpt
+from xaidash.compute.explain import clear_cache, explain_image, get_model, model_ref_from_config
+from xaidash.compute.job import JobConfig, run_job
 from xaidash.errors import UserError
+from xaidash.store.reader import open_store
 
 
 @pytest.fixture(scope="module")

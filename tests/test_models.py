@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compute.checkpoint import (
+from tests.imagegen import make_imagefolder
+from xaidash.compute.checkpoint import (
     Checkpoint,
     check_classes,
     checkpoint_from_weights,
@@ -17,8 +18,8 @@ from compute.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from compute.data import open_dataset
-from compute.models import (
+from xaidash.compute.data import open_dataset
+from xaidash.compute.models import (
     ARCHITECTURES,
     Preprocessing,
     build_model,
@@ -26,7 +27,6 @@ from compute.models import (
     get_module,
     imagenet_class_names,
 )
-from tests.imagegen import make_imagefolder
 from xaidash.errors import UserError
 
 

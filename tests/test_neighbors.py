@@ -1,11 +1,17 @@
-"""compute.neighbors: chunked exact top-k equals brute force, class restriction, counterfactuals."""
+"""xaidash.compute.neighbors: chunked exact top-k equals brute force, class restriction, counterfactuals."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from compute.neighbors import COUNTERFACTUAL, TWIN, class_restricted_topk, find_neighbors, twins_for_vector
+from xaidash.compute.neighbors import (
+    COUNTERFACTUAL,
+    TWIN,
+    class_restricted_topk,
+    find_neighbors,
+    twins_for_vector,
+)
 
 
 def _brute(

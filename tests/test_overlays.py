@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard import overlays
+from xaidash.dashboard import overlays
 
 
 def _png(w: int = 32, h: int = 24, color: tuple[int, int, int] = (10, 200, 30)) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compute.cams import CamEngine, minmax_normalize
+from xaidash.compute.cams import CamEngine, minmax_normalize
 
 torchcam_methods = pytest.importorskip("torchcam.methods")
 pgc = pytest.importorskip("pytorch_grad_cam")

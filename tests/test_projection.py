@@ -1,11 +1,11 @@
-"""compute.projection: shapes, determinism, sample-fit + transform path, bad input."""
+"""xaidash.compute.projection: shapes, determinism, sample-fit + transform path, bad input."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from compute.projection import default_projection, project_2d, umap_available
+from xaidash.compute.projection import default_projection, project_2d, umap_available
 from xaidash.errors import UserError
 
 

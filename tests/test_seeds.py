@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import open_store
 from tests.imagegen import make_fake_cifar10, make_imagefolder
 from xaidash.cli import main
+from xaidash.store import open_store
 
 FAST = ["--device", "cpu", "--workers", "0"]
 
@@ -75,7 +75,7 @@ def test_seed001_real_vs_fake_twins_and_misclassified(
     with open_store(store) as r:
         run_id = r.latest_run_id()
         assert run_id is not None
-        from store import GalleryQuery
+        from xaidash.store import GalleryQuery
 
         wrong, n_wrong = r.gallery(run_id, GalleryQuery(outcome="wrong", page_size=100))
         head = r.headline(run_id)
@@ -197,7 +197,7 @@ def test_seed003_cifar_subset_frozen_backbone(tmp_path: Path, capsys: pytest.Cap
         metrics = r.class_metrics(run_id)
         assert list(metrics["class_name"]) == ["cat", "dog", "horse"]
         assert int(metrics["support"].sum()) == r.headline(run_id)["n"]
-        from store import GalleryQuery
+        from xaidash.store import GalleryQuery
 
         for outcome in ("correct", "wrong"):
             page, n = r.gallery(run_id, GalleryQuery(outcome=outcome, page_size=3))

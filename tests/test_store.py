@@ -15,14 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from store import SCHEMA_VERSION, GalleryQuery, Store, open_store
-from store.schema import RUN_TABLES, TABLES, markdown
-from store.synthetic import build_synthetic_store
 from xaidash.cli import main as cli_main
 from xaidash.errors import UserError
+from xaidash.store import SCHEMA_VERSION, GalleryQuery, Store, open_store
+from xaidash.store.schema import RUN_TABLES, TABLES, markdown
+from xaidash.store.synthetic import build_synthetic_store
 
 N_VAL, N_TRAIN, N_CLASSES = 300, 200, 5
-METHODS = ("cam", "gradcam", "gradcampp", "scorecam")
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +324,7 @@ def test_gc_removes_dead_staging_keeps_live_and_resumable(tmp_path: Path) -> Non
 
 
 def test_concurrent_shard_owners_share_staging_publish_once(tmp_path: Path) -> None:
-    from store.writer import AlreadyPublished
+    from xaidash.store.writer import AlreadyPublished
 
     store = Store.create(tmp_path / "s", durable=False)
     ids = sorted(_iid(i) for i in range(4))
@@ -357,7 +356,7 @@ def test_concurrent_shard_owners_share_staging_publish_once(tmp_path: Path) -> N
 def test_gc_keeps_temp_file_of_a_live_image_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import store.writer as w
+    import xaidash.store.writer as w
 
     store = Store.create(tmp_path / "s", durable=False)
     images = pa.table({"image_id": [_iid(1), _iid(2)], "split": ["val", "val"], "label": [0, 1]})
@@ -595,7 +594,7 @@ def test_cache_eviction_never_drops_a_table_in_use(
     caches 4 other runs (cache_runs=4), which used to evict and drop that table (Catalog Error)."""
     import threading
 
-    from store.reader import StoreReader
+    from xaidash.store.reader import StoreReader
 
     path, ids = six_runs
     r = StoreReader(path, cache_runs=4)
@@ -628,7 +627,7 @@ def test_cache_eviction_race_with_threads(six_runs: tuple[Path, list[str]]) -> N
     import random
     import threading
 
-    from store.reader import StoreReader
+    from xaidash.store.reader import StoreReader
 
     path, ids = six_runs
     r = StoreReader(path, cache_runs=4)
@@ -749,7 +748,7 @@ def test_point_lookup_finds_ids_in_overlapping_files(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from store.reader import _RowGroupIndex
+    from xaidash.store.reader import _RowGroupIndex
 
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     pq.write_table(pa.table({"image_id": ["10", "30"], "v": [1, 3]}), a)
@@ -763,7 +762,7 @@ def test_point_lookup_finds_ids_in_overlapping_files(tmp_path: Path) -> None:
 
 def test_create_while_another_process_is_creating_the_store(tmp_path: Path) -> None:
     """Two shards start at once: one may see the other's marker temp file before the marker."""
-    from store.writer import MARKER, Store
+    from xaidash.store.writer import MARKER, Store
 
     path = tmp_path / "s"
     path.mkdir()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from store import GalleryQuery, Store, open_store
-from store.synthetic import build_synthetic_store
+from xaidash.store import GalleryQuery, Store, open_store
+from xaidash.store.synthetic import build_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,8 +25,8 @@ CHILD = textwrap.dedent(
     """
     import hashlib, sys, time, os
     import numpy as np, pyarrow as pa
-    import store.writer as w
-    from store.writer import Store
+    import xaidash.store.writer as w
+    from xaidash.store.writer import Store
 
     path, where = sys.argv[1], sys.argv[2]
 

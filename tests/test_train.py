@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import xaidash.cli as cli
-from compute.checkpoint import load_checkpoint, model_from_checkpoint
-from compute.data import open_dataset
-from compute.train import TrainConfig, train
 from tests.imagegen import make_fake_cifar10, make_imagefolder, write_corrupt_image
+from xaidash.compute.checkpoint import load_checkpoint, model_from_checkpoint
+from xaidash.compute.data import open_dataset
+from xaidash.compute.train import TrainConfig, train
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +138,7 @@ def test_bad_inputs_one_line(case: str, pattern: str, folder: Path, tmp_path: Pa
         data = "cifar10:cat,unicorn"
         extra = ["--data-root", str(root)]
     elif case == "other_arch":
-        from compute.models import build_model
+        from xaidash.compute.models import build_model
 
         weights = tmp_path / "r18.pth"
         torch.save(build_model("resnet18", 2, input_size=32).model.state_dict(), weights)

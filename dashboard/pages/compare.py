@@ -15,9 +15,10 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
-from dashboard import figures
-from dashboard.app_helpers import run_label
-from dashboard.components import (
+from xaidash.constants import METHODS
+from xaidash.dashboard import figures
+from xaidash.dashboard.app_helpers import run_label
+from xaidash.dashboard.components import (
     card,
     empty_state,
     fmt_num,
@@ -28,8 +29,8 @@ from dashboard.components import (
     thumb_img,
     warning_alert,
 )
-from dashboard.params import METHODS, Filters, image_href, parse_query, to_query
-from dashboard.state import AppState, PageContext
+from xaidash.dashboard.params import Filters, image_href, parse_query, to_query
+from xaidash.dashboard.state import AppState, PageContext
 
 PREFIX = "compare"
 FLIPS_PER_PAGE = 12

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
-from dashboard import figures
-from dashboard.components import (
+from xaidash.dashboard import figures
+from xaidash.dashboard.components import (
     card,
     correctness_badge,
     empty_state,
@@ -28,9 +28,9 @@ from dashboard.components import (
     thumb_img,
     warning_alert,
 )
-from dashboard.params import Filters, gallery_href, image_href, parse_query, to_query, valid_image_id
-from dashboard.routes import overlay_url
-from dashboard.state import AppState, PageContext
+from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query, valid_image_id
+from xaidash.dashboard.routes import overlay_url
+from xaidash.dashboard.state import AppState, PageContext
 
 PREFIX = "embedding"
 MAX_INLINE = 20

@@ -1,6 +1,6 @@
 """Explain an image: upload a PNG/JPEG and see what the run's model makes of it, on the fly.
 
-The only page that runs the model: ``compute.explain`` (and with it torch) is imported inside
+The only page that runs the model: ``xaidash.compute.explain`` (and with it torch) is imported inside
 the callback, so the rest of the dashboard starts fast and works without torch. Uploads are
 checked before decoding: size limit, PNG/JPEG only, decompression bombs refused.
 """
@@ -20,8 +20,9 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 from PIL import Image, ImageOps
 
-from dashboard import figures, overlays
-from dashboard.components import (
+from xaidash.constants import METHODS
+from xaidash.dashboard import figures, overlays
+from xaidash.dashboard.components import (
     card,
     empty_state,
     fmt_num,
@@ -31,8 +32,8 @@ from dashboard.components import (
     thumb_img,
     warning_alert,
 )
-from dashboard.params import METHODS, parse_query
-from dashboard.state import AppState, PageContext
+from xaidash.dashboard.params import parse_query
+from xaidash.dashboard.state import AppState, PageContext
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def layout(ctx: PageContext) -> Any:
 
 
 def render_explanation(state: AppState, run_id: str, image: Image.Image, filename: str | None) -> Any:
-    """Run ``compute.explain.explain_image`` and lay out its result (or say why not)."""
+    """Run ``xaidash.compute.explain.explain_image`` and lay out its result (or say why not)."""
     info = state.data.run(run_id)
     ref = model_ref_of(info)
     if ref is None:
@@ -172,7 +173,7 @@ def render_explanation(state: AppState, run_id: str, image: Image.Image, filenam
             color="warning",
         )
     try:
-        from compute.explain import explain_image  # lazy: imports torch
+        from xaidash.compute.explain import explain_image  # lazy: imports torch
     except ImportError as exc:
         return empty_state(
             "The model cannot be loaded here",

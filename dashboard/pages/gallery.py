@@ -16,7 +16,8 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
-from dashboard.components import (
+from xaidash.constants import METHODS, SORTS
+from xaidash.dashboard.components import (
     card,
     correctness_badge,
     display_controls,
@@ -29,25 +30,23 @@ from dashboard.components import (
     thumb_img,
     warning_alert,
 )
-from dashboard.params import (
+from xaidash.dashboard.params import (
     GALLERY_KEYS,
-    METHODS,
     PAGE_SIZES,
     SORT_LABELS,
-    SORTS,
     Filters,
     image_href,
     parse_query,
     to_query,
 )
-from dashboard.state import AppState, PageContext
+from xaidash.dashboard.state import AppState, PageContext
 
 PREFIX = "gallery"
 
 
 def gallery_query(f: Filters, selection: tuple[str, ...] | None) -> Any:
     """Filters -> the reader's GalleryQuery (typed values only; the reader binds them)."""
-    from store.reader import GalleryQuery
+    from xaidash.store.reader import GalleryQuery
 
     return GalleryQuery(
         true_class=f.true,

@@ -16,8 +16,9 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
-from dashboard import figures
-from dashboard.components import (
+from xaidash.constants import METHODS
+from xaidash.dashboard import figures
+from xaidash.dashboard.components import (
     card,
     correctness_badge,
     df_table,
@@ -31,8 +32,8 @@ from dashboard.components import (
     thumb_img,
     warning_alert,
 )
-from dashboard.params import METHODS, Filters, gallery_href, image_href, parse_query, to_query
-from dashboard.state import AppState, PageContext
+from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query
+from xaidash.dashboard.state import AppState, PageContext
 
 PREFIX = "image"
 LARGE = 288  # px: the stored thumbnails are <= 96 px, upscaled smoothly for the big view

@@ -12,8 +12,8 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
-from dashboard import figures
-from dashboard.components import (
+from xaidash.dashboard import figures
+from xaidash.dashboard.components import (
     card,
     df_table,
     empty_state,
@@ -24,9 +24,9 @@ from dashboard.components import (
     stat,
     warning_alert,
 )
-from dashboard.data import most_faithful
-from dashboard.params import Filters, gallery_href, parse_query, to_query
-from dashboard.state import AppState, PageContext
+from xaidash.dashboard.data import most_faithful
+from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_query
+from xaidash.dashboard.state import AppState, PageContext
 
 PREFIX = "overview"
 MAX_CLASS_ROWS = 200

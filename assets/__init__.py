@@ -1,0 +1,1 @@
+"""Static files the dashboard serves under ``/assets/`` (CSS, logo), installed as ``xaidash.assets``."""

@@ -1,0 +1,58 @@
+"""The names every layer agrees on, in one torch-free module.
+
+The CLI (argument choices), the compute job, the store (schemas, validation), the dashboard (URL
+parsing, labels) and the benches import these; none of them spells a method name or an id pattern
+itself. Importing this module costs nothing (stdlib only), so ``xaidash --help`` stays light.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+#: The four class-activation-map methods, in canonical (display and storage) order.
+METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp", "scorecam")
+#: The methods that come from the shared forward + backward pass (Score-CAM is forward-only).
+GRADIENT_METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp")
+METHOD_LABELS: Final[dict[str, str]] = {
+    "cam": "CAM",
+    "gradcam": "Grad-CAM",
+    "gradcampp": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+}
+
+#: Which class a map explains: the predicted one, or the true one of a wrong prediction.
+TARGET_KINDS: Final[tuple[str, ...]] = ("pred", "true")
+NEIGHBOR_KINDS: Final[tuple[str, ...]] = ("twin", "counterfactual")
+SPLITS: Final[tuple[str, ...]] = ("train", "val")
+
+#: Gallery filters and sort keys (the reader's GalleryQuery and the dashboard's URL parser).
+OUTCOMES: Final[tuple[str, ...]] = ("all", "correct", "wrong")
+SORTS: Final[tuple[str, ...]] = ("confidence", "loss", "faithfulness", "disagreement")
+
+#: Arithmetic precision of the network forwards.
+PRECISIONS: Final[tuple[str, ...]] = ("fp32", "bf16")
+#: 2-D projections of the embeddings.
+PROJECTIONS: Final[tuple[str, ...]] = ("umap", "pca", "tsne")
+#: Architectures ``train`` and ``compute`` can build.
+ARCHITECTURES: Final[tuple[str, ...]] = (
+    "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0", "vgg16",
+    "efficientnet_lite0",
+)
+
+#: Valid run ids (also the directory name of a run). Validated before any use.
+RUN_ID_PATTERN: Final = r"^[0-9A-Za-z_-]{1,64}$"
+#: Valid image ids: 16 hex chars of sha1 (see compute/data.py ``image_id_for``).
+IMAGE_ID_PATTERN: Final = r"^[0-9a-f]{16}$"
+#: Valid chunk ids (file names of staged parts).
+CHUNK_ID_PATTERN: Final = r"^[0-9A-Za-z_.-]{1,128}$"
+#: Valid dataset fingerprints (directory names under images/).
+FINGERPRINT_PATTERN: Final = r"^[0-9A-Za-z_-]{1,128}$"
+#: Valid method names as they may appear in a URL or a stored row.
+METHOD_PATTERN: Final = r"^[a-z0-9_]{1,32}$"
+
+RUN_ID_RE: Final = re.compile(RUN_ID_PATTERN)
+IMAGE_ID_RE: Final = re.compile(IMAGE_ID_PATTERN)
+CHUNK_ID_RE: Final = re.compile(CHUNK_ID_PATTERN)
+FINGERPRINT_RE: Final = re.compile(FINGERPRINT_PATTERN)
+METHOD_RE: Final = re.compile(METHOD_PATTERN)
