@@ -1,5 +1,5 @@
-"""Classification metrics: accuracy, per-class precision/recall/F1/support, macro and weighted
-averages, and the confusion matrix.
+"""Classification metrics (accuracy, per-class precision/recall/F1/support, macro and weighted
+averages, the confusion matrix) and the disagreement between CAM methods.
 
 Plain numpy on integer label/prediction arrays, so the global phase of the job does not need
 scikit-learn; the definitions match ``sklearn.metrics`` (``precision_recall_fscore_support``
@@ -9,6 +9,7 @@ class), which the tests check.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,3 +122,28 @@ def confusion_long(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c = cm.shape[0]
     true_idx, pred_idx = np.meshgrid(np.arange(c), np.arange(c), indexing="ij")
     return true_idx.reshape(-1), pred_idx.reshape(-1), cm.reshape(-1).astype(np.int64)
+
+
+def cam_disagreement(maps: Sequence[np.ndarray]) -> np.ndarray:
+    """``predictions.cam_disagreement``: 1 − mean pairwise Pearson correlation between the
+    methods' maps (each ``[B, h, w]``), per image, as float32 ``[B]``.
+
+    A constant map has no defined correlation: pairs involving one are left out, and an image
+    with no valid pair gets NaN (stored as null). With fewer than two methods: all NaN. Torch-free
+    (numpy), so the compute job and the synthetic store used by the benchmarks share this one
+    definition.
+    """
+    if len(maps) < 2:
+        return np.full(maps[0].shape[0] if maps else 0, np.nan, np.float32)
+    flat = np.stack([np.asarray(m, np.float64).reshape(m.shape[0], -1) for m in maps], 1)  # [B, M, P]
+    centered = flat - flat.mean(axis=2, keepdims=True)
+    norms = np.linalg.norm(centered, axis=2)  # [B, M]
+    dots = np.einsum("bip,bjp->bij", centered, centered)  # [B, M, M]
+    iu, ju = np.triu_indices(len(maps), 1)
+    den = norms[:, iu] * norms[:, ju]
+    ok = den > 1e-12
+    r = np.where(ok, dots[:, iu, ju] / np.where(ok, den, 1.0), 0.0)
+    count = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, 1.0 - r.sum(axis=1) / np.maximum(count, 1), np.nan)
+    return out.astype(np.float32)
