@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from xaidash.store.reader import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader, open_store
     from xaidash.store.schema import SCHEMA_VERSION
-    from xaidash.store.writer import Staging, Store
+    from xaidash.store.staging import Staging
+    from xaidash.store.writer import Store
 
 _WHERE = {
     "GalleryQuery": "xaidash.store.reader",
@@ -25,7 +26,7 @@ _WHERE = {
     "StoreReader": "xaidash.store.reader",
     "open_store": "xaidash.store.reader",
     "SCHEMA_VERSION": "xaidash.store.schema",
-    "Staging": "xaidash.store.writer",
+    "Staging": "xaidash.store.staging",
     "Store": "xaidash.store.writer",
 }
 

@@ -4,7 +4,8 @@ Compute does not spell Arrow types or column lists: it fills a :class:`TableBuil
 staged table by column name, and the builder checks each name against :mod:`xaidash.store.schema`
 as soon as it is used (a typo fails at the first batch, not at publish) and casts to the schema
 when the table is built. Matrix columns (``[N, D]`` numpy) become Arrow list columns without a
-Python loop over rows.
+Python loop over rows. :func:`conform` is the check the store itself applies to every table
+it is handed (chunks, global-phase tables, images).
 """
 
 from __future__ import annotations
@@ -25,6 +26,42 @@ def list_array(values: np.ndarray, value_type: pa.DataType) -> pa.Array:
     offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
     flat = pa.array(values.reshape(-1)).cast(value_type)
     return pa.ListArray.from_arrays(offsets, flat, type=pa.list_(value_type))
+
+
+def conform(
+    table: pa.Table, schema: pa.Schema, name: str, fill: Mapping[str, object] | None = None
+) -> pa.Table:
+    """Cast ``table`` to ``schema``: reorder, cast types, add missing nullable columns as null.
+
+    ``fill`` gives constant values for columns the caller need not supply (e.g. run_id).
+    Unknown columns and missing required columns are programming errors (ValueError), so a
+    mismatch between compute and store is caught at the first chunk, not at read time.
+    """
+    fill = dict(fill or {})
+    unknown = [c for c in table.column_names if c not in schema.names]
+    if unknown:
+        raise ValueError(f"table {name!r}: unknown columns {unknown}; expected {schema.names}")
+    n = table.num_rows
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            col = table.column(field.name)
+            try:
+                col = col.cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(
+                    f"table {name!r}: column {field.name!r} cannot be {field.type}: {exc}"
+                ) from exc
+            if not field.nullable and col.null_count:
+                raise ValueError(f"table {name!r}: column {field.name!r} must not contain nulls")
+        elif field.name in fill:
+            col = pa.array([fill[field.name]] * n, type=field.type)
+        elif field.nullable:
+            col = pa.nulls(n, type=field.type)
+        else:
+            raise ValueError(f"table {name!r}: required column {field.name!r} is missing")
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def staged_schema(name: str) -> pa.Schema:

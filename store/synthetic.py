@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from xaidash.store.builder import staged_schema
 from xaidash.store.writer import Store
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -307,13 +309,16 @@ def build_synthetic_store(
         # ---- global phase: projection, neighbours, metrics, confusion, failures
         val_xy = class_xy[pred] * 0.7 + class_xy[val_label] * 0.3 + rr.normal(0, 1.5, (n_val, 2))
         train_xy = class_xy[train_label] + rr.normal(0, 1.5, (n_train, 2))
-        emb_xy = pa.table(
-            {
-                "image_id": np.concatenate([val_ids, train_ids]),
-                "x": np.concatenate([val_xy[:, 0], train_xy[:, 0]]).astype(np.float32),
-                "y": np.concatenate([val_xy[:, 1], train_xy[:, 1]]).astype(np.float32),
-            }
+        # Like the compute job: the staged vectors are read back and published once, with x/y.
+        xy_ids = pa.array(np.concatenate([val_ids, train_ids]), pa.string())
+        xy = np.concatenate([val_xy, train_xy]).astype(np.float32)
+        cols = ["image_id", "split", "vector"]
+        staged = pa.Table.from_batches(
+            list(staging.iter_table("embeddings", cols)),
+            schema=pa.schema([staged_schema("embeddings").field(c) for c in cols]),
         )
+        at = pc.index_in(staged.column("image_id"), value_set=xy_ids).to_numpy(zero_copy_only=False)
+        embeddings = staged.append_column("x", pa.array(xy[at, 0])).append_column("y", pa.array(xy[at, 1]))
         runner_all = np.argsort(-probs_all, 1)[:, 1] if n_classes > 1 else pred
         k = n_neighbors
         nb_ids, nb_kind, nb_rank, nb_nid, nb_cls, nb_sim = [], [], [], [], [], []
@@ -426,7 +431,7 @@ def build_synthetic_store(
         run_id = staging.publish(
             run_row,
             {
-                "embeddings": emb_xy,
+                "embeddings": embeddings,
                 "neighbors": neighbors,
                 "class_metrics": class_metrics,
                 "confusion": confusion,

@@ -18,7 +18,9 @@ import pytest
 from xaidash.cli import main as cli_main
 from xaidash.errors import UserError
 from xaidash.store import SCHEMA_VERSION, GalleryQuery, Store, open_store
+from xaidash.store.builder import staged_schema
 from xaidash.store.schema import RUN_TABLES, TABLES, markdown
+from xaidash.store.staging import Staging
 from xaidash.store.synthetic import build_synthetic_store
 
 N_VAL, N_TRAIN, N_CLASSES = 300, 200, 5
@@ -102,6 +104,17 @@ def _tiny_tables(ids: list[str]) -> dict[str, pa.Table]:
     }
 
 
+def _complete_embeddings(st: Staging, xy: dict[str, tuple[float, float]] | None = None) -> pa.Table:
+    """What the global phase hands to publish: the staged vectors plus their 2-D projection."""
+    cols = ["image_id", "split", "vector"]
+    batches = list(st.iter_table("embeddings", cols))
+    t = pa.Table.from_batches(batches) if batches else staged_schema("embeddings").empty_table().select(cols)
+    xy = xy or {}
+    pts = [xy.get(i, (0.0, 0.0)) for i in t.column("image_id").to_pylist()]
+    x = pa.array([p[0] for p in pts], pa.float32())
+    return t.append_column("x", x).append_column("y", pa.array([p[1] for p in pts], pa.float32()))
+
+
 RUN_ROW = {
     "dataset_spec": "imagefolder:/data",
     "dataset_fingerprint": "fp1",
@@ -149,8 +162,9 @@ def test_round_trip_every_table(tmp_path: Path) -> None:
             }
         ),
     )
+    projection = {ids[0]: (1.0, -1.0), ids[1]: (2.0, -2.0), train: (3.0, -3.0)}
     globals_ = {
-        "embeddings": pa.table({"image_id": [*ids, train], "x": [1.0, 2.0, 3.0], "y": [-1.0, -2.0, -3.0]}),
+        "embeddings": _complete_embeddings(st, projection),
         "neighbors": pa.table(
             {
                 "image_id": [ids[0], ids[0]],
@@ -190,7 +204,7 @@ def test_round_trip_every_table(tmp_path: Path) -> None:
         assert set(t.column("run_id").to_pylist()) <= {run_id}
     emb = pq.read_table(run_dir / "embeddings.parquet").to_pylist()
     assert [r["image_id"] for r in emb] == [train, *ids]  # clustered by (split, image_id)
-    assert [r["x"] for r in emb] == [3.0, 1.0, 2.0]  # projection merged onto staged vectors
+    assert [r["x"] for r in emb] == [3.0, 1.0, 2.0]  # the complete table publish was given
     assert np.allclose(emb[1]["vector"], [1.0, 0.5, 0.25])
 
     r = open_store(tmp_path / "s")
@@ -236,6 +250,22 @@ def test_round_trip_every_table(tmp_path: Path) -> None:
     r.close()
 
 
+def test_publish_takes_the_complete_embeddings_table(tmp_path: Path) -> None:
+    """The staged embeddings are global-phase input: the run holds the table publish was given."""
+    st = Store.create(tmp_path / "s", durable=False).staging("job")
+    ids = sorted([_iid(1), _iid(2)])
+    st.write_chunk("c0", _tiny_tables(ids))
+    xy_only = pa.table({"image_id": ids, "x": [1.0, 2.0], "y": [3.0, 4.0]})
+    with pytest.raises(ValueError, match="complete 'embeddings' table.*missing split, vector"):
+        st.publish(RUN_ROW, {"embeddings": xy_only})
+    with pytest.raises(ValueError, match="missing image_id, split, vector, x, y"):
+        st.publish(RUN_ROW, {})
+    one = _complete_embeddings(st, {ids[0]: (5.0, 6.0)}).slice(0, 1)
+    run_id = st.publish(RUN_ROW, {"embeddings": one})
+    emb = pq.read_table(tmp_path / "s" / "runs" / run_id / "embeddings.parquet").to_pylist()
+    assert [(r["run_id"], r["image_id"], r["x"], r["y"]) for r in emb] == [(run_id, ids[0], 5.0, 6.0)]
+
+
 def test_conform_rejects_unknown_and_missing_columns(tmp_path: Path) -> None:
     st = Store.create(tmp_path / "s").staging("j")
     with pytest.raises(ValueError, match="unknown columns"):
@@ -265,7 +295,7 @@ def test_publish_twice_refused_until_deleted(tmp_path: Path) -> None:
     store = Store.create(tmp_path / "s")
     st = store.staging("job")
     st.write_chunk("c0", _tiny_tables([_iid(1), _iid(2)]))
-    run_id = st.publish(RUN_ROW, {})
+    run_id = st.publish(RUN_ROW, {"embeddings": _complete_embeddings(st)})
     with pytest.raises(UserError, match="already published"):
         store.staging("job")
     r = open_store(tmp_path / "s")
@@ -299,7 +329,7 @@ def test_resume_reuses_done_chunks(tmp_path: Path) -> None:
     st2 = store.staging("resumable")
     assert st2.done_chunks() == {"c0", "c1"}
     st2.write_chunk("c2", _tiny_tables(ids[4:6]))
-    run_id = st2.publish(RUN_ROW, {})
+    run_id = st2.publish(RUN_ROW, {"embeddings": _complete_embeddings(st2)})
     r = open_store(tmp_path / "s")
     assert r.headline(run_id)["n"] == 6
     got = r.sql("SELECT image_id FROM predictions ORDER BY image_id")["image_id"].tolist()
@@ -340,7 +370,7 @@ def test_concurrent_shard_owners_share_staging_publish_once(tmp_path: Path) -> N
     assert store.gc() == [] and b.dir.is_dir()
     a = store.staging("job", owner="shard-0-of-2")  # shard 0 restarted
     assert a.done_chunks() == b.done_chunks() == {"c0", "c1"}
-    run_id = b.publish(RUN_ROW, {})
+    run_id = b.publish(RUN_ROW, {"embeddings": _complete_embeddings(b)})
     # the loser of the publish race learns the run
     with pytest.raises(AlreadyPublished) as exc, a.publishing():
         pass
@@ -356,12 +386,12 @@ def test_concurrent_shard_owners_share_staging_publish_once(tmp_path: Path) -> N
 def test_gc_keeps_temp_file_of_a_live_image_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    import xaidash.store.writer as w
+    from xaidash.store import files
 
     store = Store.create(tmp_path / "s", durable=False)
     images = pa.table({"image_id": [_iid(1), _iid(2)], "split": ["val", "val"], "label": [0, 1]})
     writing, resume = threading.Event(), threading.Event()
-    orig = w._write_parquet_atomic
+    orig = files.write_parquet_atomic
 
     def slow_write(path: Path, table: pa.Table, rgs: int, durable: bool) -> None:
         # the temp file exists and add_images holds the fingerprint lock: gc runs right now
@@ -372,7 +402,7 @@ def test_gc_keeps_temp_file_of_a_live_image_append(tmp_path: Path, monkeypatch: 
         assert tmp.exists(), "gc removed the temp file of a live add_images"
         orig(path, table, rgs, durable)
 
-    monkeypatch.setattr(w, "_write_parquet_atomic", slow_write)
+    monkeypatch.setattr(files, "write_parquet_atomic", slow_write)
     errors: list[BaseException] = []
 
     def append() -> None:

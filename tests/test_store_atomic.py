@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from xaidash.store import GalleryQuery, Store, open_store
+from xaidash.store.builder import staged_schema
 from xaidash.store.synthetic import build_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,9 @@ CHILD = textwrap.dedent(
     """
     import hashlib, sys, time, os
     import numpy as np, pyarrow as pa
+    import xaidash.store.files as files
     import xaidash.store.writer as w
+    from xaidash.store.builder import staged_schema
     from xaidash.store.writer import Store
 
     path, where = sys.argv[1], sys.argv[2]
@@ -35,14 +38,14 @@ CHILD = textwrap.dedent(
         time.sleep(60)
 
     if where == "chunk":
-        orig = w._write_parquet_atomic
+        orig = files.write_parquet_atomic
         calls = []
         def slow(p, t, rgs, durable):
             orig(p, t, rgs, durable)
             calls.append(p)
             if len(calls) == 5:  # chunk c2, after its first table is on disk, before its marker
                 pause("PAUSED")
-        w._write_parquet_atomic = slow
+        files.write_parquet_atomic = slow
     elif where == "compact":
         orig_c = w.Staging._compact
         def slow_c(self, name, *a):
@@ -78,7 +81,7 @@ CHILD = textwrap.dedent(
         })
     print("CHUNKS_DONE", flush=True)
     st.publish({"dataset_fingerprint": "fp", "class_names": ["a", "b"], "methods": ["gradcam"],
-                "num_val": 150}, {})
+                "num_val": 150}, {"embeddings": staged_schema("embeddings").empty_table()})
     print("PUBLISHED", flush=True)
     """
 )
@@ -137,7 +140,8 @@ def test_sigkill_leaves_nothing_visible_and_next_writer_resumes(tmp_path: Path, 
     assert st.done_chunks() == expected_done
     if where == "chunk":
         st.write_chunk("c2", {"predictions": _rows(100, 150)})
-    run_id = st.publish({"dataset_fingerprint": "fp", "class_names": ["a", "b"], "methods": ["gradcam"]}, {})
+    run_row = {"dataset_fingerprint": "fp", "class_names": ["a", "b"], "methods": ["gradcam"]}
+    run_id = st.publish(run_row, {"embeddings": staged_schema("embeddings").empty_table()})
     assert reader.latest_run_id() == run_id
     assert reader.headline(run_id)["n"] == 150
 
