@@ -29,7 +29,7 @@ TARGET_P95_MS = 150.0
 
 
 def build_store(path: Path, n_val: int, n_train: int) -> None:
-    from xaidash.store.synthetic import build_synthetic_store
+    from tests.support.synthetic import build_synthetic_store
 
     t = time.perf_counter()
     build_synthetic_store(path, n_val=n_val, n_train=n_train, runs=2, seed=0)

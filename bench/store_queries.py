@@ -23,7 +23,10 @@ import numpy as np
 
 from xaidash.constants import METHODS
 from xaidash.store import GalleryQuery, open_store
-from xaidash.store.synthetic import build_synthetic_store
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the synthetic store lives with the tests, not in the package
+from tests.support.synthetic import build_synthetic_store  # noqa: E402
 
 TARGET_P95_MS = 50.0
 

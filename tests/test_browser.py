@@ -65,7 +65,7 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from xaidash.store.synthetic import build_synthetic_store
+    from tests.support.synthetic import build_synthetic_store
 
     store = tmp_path_factory.mktemp("bstore")
     build_synthetic_store(store, n_val=300, n_train=400, runs=2, seed=2)

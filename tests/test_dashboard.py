@@ -22,8 +22,8 @@ from xaidash.dashboard.pages import embedding, explain, gallery, overview
 from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_query
 from xaidash.dashboard.testing import post_callback
 
-pytest.importorskip("xaidash.store.synthetic")
-from xaidash.store.synthetic import build_synthetic_store
+pytest.importorskip("tests.support.synthetic")
+from tests.support.synthetic import build_synthetic_store
 
 
 def text_of(component: Any) -> str:

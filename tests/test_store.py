@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support.synthetic import build_synthetic_store
 from xaidash.cli import main as cli_main
 from xaidash.errors import UserError
 from xaidash.store import SCHEMA_VERSION, GalleryQuery, Store, open_store
 from xaidash.store.builder import staged_schema
 from xaidash.store.schema import RUN_TABLES, TABLES, markdown
 from xaidash.store.staging import Staging
-from xaidash.store.synthetic import build_synthetic_store
 
 N_VAL, N_TRAIN, N_CLASSES = 300, 200, 5
 
@@ -256,7 +256,7 @@ def test_publish_takes_the_complete_embeddings_table(tmp_path: Path) -> None:
     ids = sorted([_iid(1), _iid(2)])
     st.write_chunk("c0", _tiny_tables(ids))
     xy_only = pa.table({"image_id": ids, "x": [1.0, 2.0], "y": [3.0, 4.0]})
-    with pytest.raises(ValueError, match="complete 'embeddings' table.*missing split, vector"):
+    with pytest.raises(ValueError, match=r"complete .embeddings. table.*missing split, vector"):
         st.publish(RUN_ROW, {"embeddings": xy_only})
     with pytest.raises(ValueError, match="missing image_id, split, vector, x, y"):
         st.publish(RUN_ROW, {})

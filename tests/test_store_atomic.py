@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.synthetic import build_synthetic_store
 from xaidash.store import GalleryQuery, Store, open_store
 from xaidash.store.builder import staged_schema
-from xaidash.store.synthetic import build_synthetic_store
 
 REPO = Path(__file__).resolve().parents[1]
 

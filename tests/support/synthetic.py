@@ -1,7 +1,7 @@
-"""A realistic synthetic store for tests, the dashboard and benchmarks (no torch needed).
+"""A realistic synthetic store for tests and benchmarks (no torch needed; not installed).
 
 ``build_synthetic_store`` writes through the real :class:`xaidash.store.writer.Store` /
-:class:`xaidash.store.writer.Staging` API, chunk by chunk, exactly like the compute job, so it exercises
+:class:`xaidash.store.staging.Staging` API, chunk by chunk, exactly like the compute job, so it exercises
 the writer as well as giving the dashboard plausible data:
 
 * class names (CIFAR-10's for <= 10 classes), labels, ~80 % accuracy with structured confusion
@@ -9,7 +9,8 @@ the writer as well as giving the dashboard plausible data:
   cross-entropy loss, runner-up class;
 * smooth maps in [0, 1] (Gaussian blobs around an object centre, each method a noisy view of
   it, Score-CAM the noisiest) for target "pred", plus target "true" for wrong predictions, plus
-  train Grad-CAMs; cam_disagreement computed from them as defined in CONTRACTS.md;
+  train Grad-CAMs; cam_disagreement computed from them by the compute job's own
+  :func:`xaidash.compute.metrics.cam_disagreement`;
 * class-clustered embeddings and 2-D projection, twins (train images of the predicted class)
   and counterfactuals (of the runner-up class), faithfulness numbers, per-class metrics and
   the confusion matrix computed from the predictions, a few load failures;
@@ -31,7 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xaidash.store.builder import staged_schema
+from xaidash.compute.metrics import cam_disagreement
+from xaidash.constants import METHODS
+from xaidash.store.builder import list_array, staged_schema
 from xaidash.store.writer import Store
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -86,33 +89,12 @@ def _maps(centers: np.ndarray, hw: tuple[int, int], rng: np.random.Generator, no
     return ((m - lo) / np.where(hi > lo, hi - lo, 1)).astype(np.float32)
 
 
-def _disagreement(maps: np.ndarray) -> np.ndarray:
-    """1 - mean pairwise Pearson correlation between methods; maps [N, M, h, w]."""
-    n, m = maps.shape[:2]
-    if m < 2:
-        return np.zeros(n, np.float32)
-    flat = maps.reshape(n, m, -1)
-    z = flat - flat.mean(-1, keepdims=True)
-    sd = np.sqrt((z**2).mean(-1, keepdims=True))
-    z = np.where(sd > 0, z / np.where(sd > 0, sd, 1), 0)
-    corr = np.einsum("nip,njp->nij", z, z) / flat.shape[-1]
-    iu = np.triu_indices(m, 1)
-    return (1 - corr[:, iu[0], iu[1]].mean(-1)).astype(np.float32)
-
-
-def _list_array(values: np.ndarray, type_: pa.DataType) -> pa.Array:
-    """[N, K] numpy -> Arrow list array without a Python loop."""
-    n, k = values.shape
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)), type=type_)
-
-
 def build_synthetic_store(
     path: str | Path,
     n_val: int = 1000,
     n_train: int = 2000,
     n_classes: int = 10,
-    methods: Sequence[str] = ("cam", "gradcam", "gradcampp", "scorecam"),
+    methods: Sequence[str] = METHODS,
     emb_dim: int = 512,
     map_hw: tuple[int, int] = (7, 7),
     runs: int = 2,
@@ -201,7 +183,8 @@ def build_synthetic_store(
                 [_maps(centers[:, j], map_hw, rr, method_noise.get(m, 0.05)) for j, m in enumerate(methods)],
                 1,
             )
-            dis = _disagreement(maps)
+            # NaN (no valid pair of maps) is stored as null, like the compute job does
+            dis = pa.array(cam_disagreement(list(maps.swapaxes(0, 1))), pa.float32(), from_pandas=True)
             ids = val_ids[sl]
             wrong = np.flatnonzero(p != lab)
             cam_ids = np.concatenate([np.repeat(ids, len(methods)), np.repeat(ids[wrong], len(methods))])
@@ -232,7 +215,7 @@ def build_synthetic_store(
                         "pred": p,
                         "pred_name": np.array(names, dtype=object)[p],
                         "confidence": conf,
-                        "probabilities": _list_array(probs, pa.list_(pa.float32())),
+                        "probabilities": list_array(probs, pa.float32()),
                         "correct": p == lab,
                         "loss": loss,
                         "runner_up": runner.astype(np.int32),
@@ -247,14 +230,14 @@ def build_synthetic_store(
                         "target_class": cam_target.astype(np.int32),
                         "h": np.full(len(cam_ids), h, np.int32),
                         "w": np.full(len(cam_ids), w, np.int32),
-                        "map": _list_array(all_maps, pa.list_(pa.float32())),
+                        "map": list_array(all_maps, pa.float32()),
                     }
                 ),
                 "embeddings": pa.table(
                     {
                         "image_id": ids,
                         "split": np.full(n, "val"),
-                        "vector": _list_array(vecs_val, pa.list_(pa.float32())),
+                        "vector": list_array(vecs_val, pa.float32()),
                     }
                 ),
                 "faithfulness": pa.table(
@@ -287,7 +270,7 @@ def build_synthetic_store(
                     {
                         "image_id": ids,
                         "split": np.full(n, "train"),
-                        "vector": _list_array(vec, pa.list_(pa.float32())),
+                        "vector": list_array(vec, pa.float32()),
                     }
                 ),
                 "cams": pa.table(
@@ -298,7 +281,7 @@ def build_synthetic_store(
                         "target_class": lab,
                         "h": np.full(n, h, np.int32),
                         "w": np.full(n, w, np.int32),
-                        "map": _list_array(gmaps, pa.list_(pa.float32())),
+                        "map": list_array(gmaps, pa.float32()),
                     }
                 ),
             }
@@ -350,16 +333,7 @@ def build_synthetic_store(
                 "neighbor_class": np.concatenate(nb_cls) if nb_cls else np.array([], np.int32),
                 "similarity": np.concatenate(nb_sim) if nb_sim else np.array([], np.float32),
             },
-            schema=pa.schema(
-                [
-                    ("image_id", pa.string()),
-                    ("kind", pa.string()),
-                    ("rank", pa.int32()),
-                    ("neighbor_id", pa.string()),
-                    ("neighbor_class", pa.int32()),
-                    ("similarity", pa.float32()),
-                ]
-            ),
+            schema=staged_schema("neighbors"),
         )
 
         cm = np.zeros((n_classes, n_classes), np.int64)
