@@ -10,8 +10,10 @@ several apps can live in one process (tests).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import dash
@@ -20,19 +22,23 @@ from dash import Input, Output, State, dcc, html, no_update
 
 import xaidash.assets
 from xaidash.dashboard import theme
-from xaidash.dashboard.app_helpers import run_label
+from xaidash.dashboard.components import run_label
 from xaidash.dashboard.data import DashData, SelectionStore
 from xaidash.dashboard.pages import compare, embedding, explain, gallery, image, overview
 from xaidash.dashboard.params import parse_query, qs_of
 from xaidash.dashboard.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.store import open_store
+
+if TYPE_CHECKING:
+    from xaidash.store import StoreReader
 
 log = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(xaidash.assets.__file__).resolve().parent
 
 # (module, path, nav label); the image page has no nav entry (opened from the other pages).
-PAGES: tuple[tuple[Any, str, str | None], ...] = (
+PAGES: tuple[tuple[ModuleType, str, str | None], ...] = (
     (overview, "/", "Overview"),
     (gallery, "/gallery", "Gallery"),
     (embedding, "/embedding", "Embedding map"),
@@ -43,7 +49,7 @@ PAGES: tuple[tuple[Any, str, str | None], ...] = (
 NAV_ITEMS = [(path, label) for _, path, label in PAGES if label]
 
 
-def safe_render(fn: Any, ctx: PageContext) -> Any:
+def safe_render(fn: Callable[[PageContext], Any], ctx: PageContext) -> Any:
     """Render a page; an unexpected error becomes an alert, never a traceback in the page."""
     try:
         return fn(ctx)
@@ -126,8 +132,11 @@ def run_options(state: AppState) -> list[dict[str, str]]:
 def render(state: AppState, pathname: str | None, search: str | None) -> Any:
     """The page for a URL (plain function: unit tests call it without a browser)."""
     filters = parse_query(search)
-    resolved = state.data.resolve_run(filters.run)
-    ctx = PageContext(state=state, filters=filters, resolved=resolved)
+    return render_page(pathname, PageContext(state, filters, state.data.resolve_run(filters.run)))
+
+
+def render_page(pathname: str | None, ctx: PageContext) -> Any:
+    """The page at ``pathname`` for an already parsed URL and resolved run."""
     path = (pathname or "/").rstrip("/") or "/"
     for module, page_path, _ in PAGES:
         if path == page_path:
@@ -158,15 +167,13 @@ def is_soft_change(rendered: dict[str, Any] | None, pathname: str | None, search
 
 
 def create_app(
-    store_path: str | Path, reader: Any = None, selections_dir: str | Path | None = None
+    store_path: str | Path, reader: StoreReader | None = None, selections_dir: str | Path | None = None
 ) -> dash.Dash:
     """Build the dashboard over the store at ``store_path``.
 
-    ``reader`` (a StoreReader) may be passed to share one; otherwise ``open_store`` is called.
+    ``reader`` may be passed to share one; otherwise ``open_store`` is called.
     """
     if reader is None:
-        from xaidash.store.reader import open_store
-
         reader = open_store(store_path)
     state = AppState(
         data=DashData(reader), selections=SelectionStore(selections_dir), store_path=str(store_path)
@@ -182,7 +189,7 @@ def create_app(
         external_stylesheets=[theme.CSS_ROUTE.format(name=theme.THEME)],
         suppress_callback_exceptions=True,  # page components appear only after routing
         serve_locally=True,
-        update_title=None,
+        update_title="",  # keep the tab title while callbacks run
     )
     app.layout = html.Div(
         [
@@ -219,8 +226,9 @@ def create_app(
             # The page already shows this state (e.g. a pinned point written to the URL by the
             # embedding map's own callback): keep the URL shareable without a re-render.
             return (no_update,) * (4 + len(NAV_ITEMS))
-        content = render(state, pathname, search)
-        resolved = state.data.resolve_run(parse_query(search).run)
+        filters = parse_query(search)
+        resolved = state.data.resolve_run(filters.run)
+        content = render_page(pathname, PageContext(state, filters, resolved))
         run_q = "?" + urlencode({"run": resolved.run_id}) if resolved.run_id else ""
         hrefs = [path + run_q for path, _ in NAV_ITEMS]
         return (content, run_options(state), resolved.run_id, {"path": pathname, "search": search}, *hrefs)

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import dash_bootstrap_components as dbc
+import numpy as np
 import pandas as pd
 from dash import dcc, html
 
-from xaidash.constants import METHOD_LABELS
+from xaidash.constants import METHOD_LABELS, METHODS
 from xaidash.dashboard.overlays import COLORMAPS, colormap_css_gradient
 from xaidash.dashboard.params import Filters
 from xaidash.dashboard.routes import image_url, overlay_url
+
+if TYPE_CHECKING:
+    from xaidash.store import RunInfo
+
+#: One row of a DataFrame, as ``DataFrame.to_dict("records")`` gives it.
+Record = Mapping[Hashable, Any]
+
+
+def run_methods(info: RunInfo) -> list[str]:
+    """The run's explanation methods in display order (all four when the run names none)."""
+    return [m for m in METHODS if m in (info.methods or METHODS)]
+
+
+def run_label(rec: Record) -> str:
+    """A human label for a row of the runs table: date, model, dataset, accuracy."""
+    created = rec.get("created")
+    when = created.strftime("%Y-%m-%d %H:%M") if isinstance(created, datetime) else str(created)[:16]
+    acc = rec.get("accuracy")
+    acc_s = f" · acc {100 * acc:.1f}%" if acc is not None and acc == acc else ""
+    return f"{when} · {rec.get('arch') or '?'} · {rec.get('dataset_spec') or ''}{acc_s}"
 
 
 def empty_state(title: str, body: str | list[Any], color: str = "info", icon: str = "i") -> dbc.Alert:
@@ -68,24 +91,30 @@ def stat(
     return dbc.Card(body, className="shadow-sm h-100 xd-stat")
 
 
-def fmt_pct(x: Any, digits: int = 1) -> str:
+def _number(x: object) -> float | None:
+    """``x`` as a float; None for None, NaN and what is not a number."""
+    if not isinstance(x, int | float | np.integer | np.floating):
+        return None
+    v = float(x)
+    return None if math.isnan(v) else v
+
+
+def fmt_pct(x: object, digits: int = 1) -> str:
     """0.8734 -> '87.3%'; None/NaN -> '—'."""
-    try:
-        if x is None or pd.isna(x):
-            return "—"
-        return f"{100 * float(x):.{digits}f}%"
-    except (TypeError, ValueError):
-        return "—"
+    v = _number(x)
+    return "—" if v is None else f"{100 * v:.{digits}f}%"
 
 
-def fmt_num(x: Any, digits: int = 3) -> str:
+def fmt_num(x: object, digits: int = 3) -> str:
     """A float with ``digits`` decimals; None/NaN -> '—'."""
-    try:
-        if x is None or pd.isna(x):
-            return "—"
-        return f"{float(x):.{digits}f}"
-    except (TypeError, ValueError):
-        return "—"
+    v = _number(x)
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_count(x: object) -> str:
+    """12345 -> '12,345'; None/NaN -> '—'."""
+    v = _number(x)
+    return "—" if v is None else f"{int(v):,}"
 
 
 def method_label(method: str) -> str:
@@ -174,12 +203,12 @@ def df_table(
             fmt = formats.get(col)
             cells.append(html.Td(fmt(v, rec) if fmt else ("—" if v is None else str(v))))
         rows.append(html.Tr(cells))
-    kwargs = {"id": id} if id else {}
-    return html.Div(
-        dbc.Table([head, html.Tbody(rows)], striped=True, hover=True, size="sm", className="mb-0 xd-table"),
-        className=f"xd-table-wrap {className}",
-        **kwargs,
+    table = dbc.Table(
+        [head, html.Tbody(rows)], striped=True, hover=True, size="sm", className="mb-0 xd-table"
     )
+    if id:
+        return html.Div(table, className=f"xd-table-wrap {className}", id=id)
+    return html.Div(table, className=f"xd-table-wrap {className}")
 
 
 def correctness_badge(correct: Any) -> dbc.Badge:

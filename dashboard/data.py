@@ -1,9 +1,12 @@
-"""The dashboard's view of a store: caching, locking and small derived computations.
+"""The dashboard's view of a store: a thin typed facade over the store reader.
 
-The dashboard talks to the store only through :class:`xaidash.store.reader.StoreReader` (and its
-``sql()`` escape hatch with bound parameters for the two batch look-ups below). Runs are
-immutable, so per-run aggregates are memoised forever; only the list of runs is re-read
-(a compute job may publish a new run while the dashboard is open).
+Pages and routes reach the store only through :class:`DashData`, which forwards to the public
+methods of :class:`xaidash.store.StoreReader` and returns what the reader returns (RunInfo,
+ImageDetail, RunDiff, DataFrames). The reader owns the caching of store data: it memoises
+per-run aggregates (published runs are immutable) and notices new runs by itself. DashData keeps
+one buffer of its own, for the gallery's batch prefetch (see :class:`DashData`). What the
+pages build from store data at some cost (the embedding map's figure) is cached apart, in a
+:class:`DerivedCache`.
 """
 
 from __future__ import annotations
@@ -17,191 +20,232 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 import numpy as np
 import pandas as pd
 
-from xaidash.constants import IMAGE_ID_RE, METHODS, RUN_ID_RE
+from xaidash.constants import IMAGE_ID_RE, METHODS
 from xaidash.dashboard.params import SELECTION_RE
+
+if TYPE_CHECKING:
+    from xaidash.store import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
-RUNS_TTL_S = 5.0
+#: How long a route waits for a page's batch prefetch that covers its image.
+PREFETCH_WAIT_S = 5.0
 
 
-class _LRU:
-    """Tiny thread-safe LRU keyed by hashable tuples (values may be None: cached misses)."""
+class LRU(Generic[K, V]):
+    """Tiny thread-safe LRU; a stored None is a remembered miss, not an absent key."""
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
-        self._d: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._d: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+    def lookup(self, key: K) -> tuple[bool, V | None]:
+        """(True, value) when ``key`` is cached, else (False, None); never computes."""
+        with self._lock:
+            if key not in self._d:
+                return False, None
+            self._d.move_to_end(key)
+            return True, self._d[key]
+
+    def get(self, key: K, compute: Callable[[], V]) -> V:
+        """The cached value, or ``compute()`` stored under ``key``."""
         with self._lock:
             if key in self._d:
                 self._d.move_to_end(key)
-                return self._d[key]  # type: ignore[no-any-return]
-        value = compute()
-        with self._lock:
-            self._d[key] = value
-            while len(self._d) > self.maxsize:
-                self._d.popitem(last=False)
+                return self._d[key]
+        value = compute()  # outside the lock: two threads may compute one key once; harmless
+        self.put(key, value)
         return value
 
-    def put(self, key: tuple[Any, ...], value: Any) -> None:
+    def put(self, key: K, value: V) -> None:
         with self._lock:
             self._d[key] = value
+            self._d.move_to_end(key)
             while len(self._d) > self.maxsize:
                 self._d.popitem(last=False)
+
+
+T = TypeVar("T")
+
+
+class DerivedCache:
+    """Things built from store data that are expensive to build, e.g. the embedding map's
+    20,000-point figure (~0.5 s) or its id -> position index.
+
+    Not a copy of store data (the reader caches that): the results of work done on it. Keys
+    start with what was built and the run id; runs are immutable, so entries never go stale.
+    """
+
+    def __init__(self, maxsize: int = 64) -> None:
+        self._lru: LRU[tuple[object, ...], object] = LRU(maxsize)
+
+    def get(self, key: tuple[object, ...], build: Callable[[], T]) -> T:
+        # The key names what was built, so the value under it is always of build's type.
+        return cast(T, self._lru.get(key, build))
 
 
 @dataclass(frozen=True)
 class ResolvedRun:
-    """The run a page shows and, when the URL asked for another one, why it was replaced."""
+    """The run a page shows (None: the store has no runs) and, when the URL asked for another
+    one, why it was replaced."""
 
-    run_id: str | None
+    info: RunInfo | None
     warning: str | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self.info is None else self.info.run_id
 
 
 class DashData:
-    """Cached, thread-safe access to one store for all pages and routes.
+    """Typed access to one store for all pages and routes.
 
-    The reader gives each thread its own DuckDB cursor, so calls run concurrently (Flask serves
-    requests on threads; a gallery page fires ~100 overlay requests at once). Caching makes the
-    expensive aggregates run once per run.
+    Every method forwards to the reader. The reader gives each thread its own DuckDB cursor, so
+    calls run concurrently (Flask serves requests on threads; a gallery page fires ~100 overlay
+    requests at once).
+
+    The one thing kept here is the prefetch buffer: a gallery page reads its images' maps and
+    thumbnails in two batch queries (:meth:`prefetch_async`) and the ~100 overlay requests that
+    follow take them from memory. The reader has no per-image cache, so this duplicates nothing;
+    reads that no prefetch covered go to the reader and are not kept (the overlay routes cache
+    the rendered PNGs).
     """
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: StoreReader) -> None:
         self.reader = reader
-        self._runs: tuple[float, pd.DataFrame] | None = None
-        self._per_run = _LRU(512)  # (name, run_id, *args) -> aggregate
-        self._pages = _LRU(256)  # gallery pages
-        self._images = _LRU(1024)  # image details, neighbours
-        self._cams = _LRU(20_000)  # (run, image, method, kind) -> np.ndarray | None
-        self._thumbs = _LRU(20_000)  # (fingerprint or run, image) -> bytes | None
+        self._cams: LRU[tuple[str, str, str], np.ndarray | None] = LRU(20_000)  # (run, image, method)
+        self._thumbs: LRU[tuple[str, str], bytes | None] = LRU(20_000)  # (run, image)
         self._pending: dict[tuple[str, str], threading.Event] = {}
         self._pending_lock = threading.Lock()
 
     # ---- runs -------------------------------------------------------------------------------
-    def _call(self, name: str, *args: Any) -> Any:
-        return getattr(self.reader, name)(*args)
-
     def runs(self) -> pd.DataFrame:
-        """All runs, newest first (re-read at most every few seconds)."""
-        now = time.monotonic()
-        if self._runs is None or now - self._runs[0] > RUNS_TTL_S:
-            self._runs = (now, self._call("runs"))
-        return self._runs[1]
+        """All readable runs, newest first (a run published meanwhile is listed at once)."""
+        return self.reader.runs()
 
     def run_ids(self) -> list[str]:
         runs = self.runs()
         return [str(r) for r in runs["run_id"]] if len(runs) else []
 
-    def run(self, run_id: str) -> Any:
-        """RunInfo for ``run_id`` (None when unknown)."""
-        if not RUN_ID_RE.match(run_id):
-            return None
-        return self._per_run.get(("run", run_id), lambda: self._call("run", run_id))
+    def run(self, run_id: str) -> RunInfo | None:
+        """RunInfo for ``run_id``; None when there is no such run."""
+        return self.reader.run(run_id)
 
     def resolve_run(self, requested: str | None) -> ResolvedRun:
         """The run to show: the requested one if it exists, else the latest (with a warning)."""
         ids = self.run_ids()
-        if not ids:
-            return ResolvedRun(None)
-        if requested is None:
-            return ResolvedRun(ids[0])
-        if requested in ids:
-            return ResolvedRun(requested)
-        return ResolvedRun(ids[0], f"There is no run {requested!r} in this store; showing the latest run.")
+        if requested is not None and requested in ids:
+            info = self.run(requested)
+            if info is not None:
+                return ResolvedRun(info)
+        latest = self.run(ids[0]) if ids else None
+        if requested is None or latest is None:
+            return ResolvedRun(latest)
+        return ResolvedRun(latest, f"There is no run {requested!r} in this store; showing the latest run.")
 
-    def comparable_runs(self, run_id: str) -> pd.DataFrame:
-        """Runs over the same dataset fingerprint as ``run_id`` (newest first)."""
+    def comparable_runs(self, info: RunInfo) -> pd.DataFrame:
+        """Runs over the same dataset fingerprint as ``info`` (newest first)."""
         runs = self.runs()
-        info = self.run(run_id)
-        if info is None or not len(runs):
-            return runs.iloc[0:0]
-        fp = getattr(info, "dataset_fingerprint", None)
-        return runs[runs["dataset_fingerprint"] == fp]
+        if not len(runs):
+            return runs
+        return runs[runs["dataset_fingerprint"] == info.dataset_fingerprint]
 
-    # ---- per-run aggregates (immutable, cached) ---------------------------------------------
-    def cached(self, name: str, run_id: str, *args: Any) -> Any:
-        """Memoised ``reader.<name>(run_id, *args)``."""
-        return self._per_run.get((name, run_id, *args), lambda: self._call(name, run_id, *args))
-
-    def headline(self, run_id: str) -> dict[str, Any]:
-        return self.cached("headline", run_id)  # type: ignore[no-any-return]
+    # ---- per-run aggregates (memoised by the reader) ----------------------------------------
+    def headline(self, run_id: str) -> dict[str, float | int | None]:
+        return self.reader.headline(run_id)
 
     def class_metrics(self, run_id: str) -> pd.DataFrame:
-        return self.cached("class_metrics", run_id)  # type: ignore[no-any-return]
+        return self.reader.class_metrics(run_id)
 
     def confusion(self, run_id: str) -> pd.DataFrame:
-        return self.cached("confusion", run_id)  # type: ignore[no-any-return]
+        return self.reader.confusion(run_id)
 
     def confidence_histogram(self, run_id: str, bins: int = 20) -> pd.DataFrame:
-        return self.cached("confidence_histogram", run_id, bins)  # type: ignore[no-any-return]
+        return self.reader.confidence_histogram(run_id, bins)
 
     def faithfulness_summary(self, run_id: str) -> pd.DataFrame:
-        return self.cached("faithfulness_summary", run_id)  # type: ignore[no-any-return]
+        return self.reader.faithfulness_summary(run_id)
 
     def failures(self, run_id: str) -> pd.DataFrame:
-        return self.cached("failures", run_id)  # type: ignore[no-any-return]
+        return self.reader.failures(run_id)
 
     def embedding_points(self, run_id: str, include_train: bool = False) -> pd.DataFrame:
-        return self.cached("embedding_points", run_id, include_train)  # type: ignore[no-any-return]
-
-    def diff(self, run_a: str, run_b: str) -> Any:
-        return self._per_run.get(("diff", run_a, run_b), lambda: self._call("diff", run_a, run_b))
+        return self.reader.embedding_points(run_id, include_train)
 
     def train_embeddings(self, run_id: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        return self.cached("train_embeddings", run_id)  # type: ignore[no-any-return]
+        return self.reader.train_embeddings(run_id)
+
+    def diff(self, run_a: str, run_b: str) -> RunDiff:
+        return self.reader.diff(run_a, run_b)
 
     # ---- pages and images -------------------------------------------------------------------
-    def gallery(self, run_id: str, q: Any) -> tuple[pd.DataFrame, int]:
-        return self._pages.get(("gallery", run_id, q), lambda: self._call("gallery", run_id, q))
+    def gallery(self, run_id: str, q: GalleryQuery) -> tuple[pd.DataFrame, int]:
+        return self.reader.gallery(run_id, q)
 
-    def image(self, run_id: str, image_id: str) -> Any:
-        return self._images.get(("image", run_id, image_id), lambda: self._call("image", run_id, image_id))
+    def image(self, run_id: str, image_id: str) -> ImageDetail | None:
+        return self.reader.image(run_id, image_id)
 
     def neighbors(self, run_id: str, image_id: str) -> pd.DataFrame:
-        return self._images.get(("nb", run_id, image_id), lambda: self._call("neighbors", run_id, image_id))
+        return self.reader.neighbors(run_id, image_id)
 
     def image_history(self, run_id: str, image_id: str) -> pd.DataFrame:
-        # Not cached: a new run of the same data adds a row.
-        return self._call("image_history", run_id, image_id)  # type: ignore[no-any-return]
+        return self.reader.image_history(run_id, image_id)
 
+    def cam(self, run_id: str, image_id: str, method: str, target_kind: str = "pred") -> np.ndarray | None:
+        """One raw map: from the prefetch buffer when a page loaded it in batch, else the reader."""
+        if target_kind == "pred":
+            self._await_prefetch(run_id, image_id)
+            found, cam = self._cams.lookup((run_id, image_id, method))
+            if found:
+                return cam
+        return self.reader.cam(run_id, image_id, method, target_kind)
+
+    def thumbnail(self, run_id: str, image_id: str) -> bytes | None:
+        """Thumbnail bytes: from the prefetch buffer when a page loaded them, else the reader."""
+        self._await_prefetch(run_id, image_id)
+        found, thumb = self._thumbs.lookup((run_id, image_id))
+        return thumb if found else self.reader.thumbnail(run_id, image_id)
+
+    # ---- the gallery's batch prefetch -------------------------------------------------------
     def _await_prefetch(self, run_id: str, image_id: str) -> None:
         """If a page's batch prefetch covering this image is in flight, wait for it (bounded)."""
         ev = self._pending.get((run_id, image_id))
         if ev is not None:
-            ev.wait(timeout=5.0)
-
-    def cam(self, run_id: str, image_id: str, method: str, target_kind: str = "pred") -> np.ndarray | None:
-        """One raw map, from the prefetch cache when a page already loaded it in batch."""
-        self._await_prefetch(run_id, image_id)
-        key = (run_id, image_id, method, target_kind)
-        return self._cams.get(key, lambda: self._call("cam", run_id, image_id, method, target_kind))
-
-    def thumbnail(self, run_id: str, image_id: str) -> bytes | None:
-        self._await_prefetch(run_id, image_id)
-        return self._thumbs.get((run_id, image_id), lambda: self._call("thumbnail", run_id, image_id))
+            ev.wait(timeout=PREFETCH_WAIT_S)
 
     def prefetch(self, run_id: str, image_ids: Sequence[str], methods: Iterable[str] = METHODS) -> None:
-        """Load maps and thumbnails of a page's images in two queries instead of ~5 per image.
+        """Load the predicted-class maps and the thumbnails of a page's images in two reads.
 
-        A gallery page then triggers ~100 overlay requests that all hit memory. Best effort: if
-        the batch query fails (reader layout changed), the routes fall back to one-by-one reads.
+        The reader's batch look-ups decode only the row groups that can hold these ids, so a
+        24-image gallery page costs one read of maps and one of thumbnails, not 120 point
+        queries. Best effort: if a batch read fails (e.g. the run was deleted meanwhile), the
+        routes read one by one.
         """
         ids = [i for i in dict.fromkeys(image_ids) if IMAGE_ID_RE.match(i)]
+        ms = tuple(m for m in methods if m in METHODS)
         if not ids:
             return
         try:
-            fetch_batch(self, run_id, ids, tuple(m for m in methods if m in METHODS))
+            maps = self.reader.cams_batch(run_id, ids, ms, "pred")
+            thumbs = self.reader.thumbnails(run_id, ids)
         except Exception:  # a missed optimisation must not break the page
             log.debug("prefetch failed; overlays will be read one by one", exc_info=True)
+            return
+        for image_id in ids:
+            for method in ms:
+                # Misses are kept too (e.g. CAM is not applicable to this head): the route then
+                # answers 404 from memory instead of querying again.
+                self._cams.put((run_id, image_id, method), maps.get((image_id, method)))
+            self._thumbs.put((run_id, image_id), thumbs.get(image_id))
 
     def prefetch_async(self, run_id: str, image_ids: Sequence[str], methods: Iterable[str] = METHODS) -> None:
         """:meth:`prefetch` in a background thread, so the page returns without waiting for it.
@@ -209,8 +253,11 @@ class DashData:
         The browser asks for the page's overlays a moment later; routes for these images wait
         for the batch (see :meth:`_await_prefetch`) instead of issuing ~100 single queries.
         """
-        ids = [i for i in dict.fromkeys(image_ids) if IMAGE_ID_RE.match(i)]
-        ids = [i for i in ids if self._thumbs._d.get((run_id, i)) is None]  # already loaded: skip
+        ids = [
+            i
+            for i in dict.fromkeys(image_ids)
+            if IMAGE_ID_RE.match(i) and self._thumbs.lookup((run_id, i))[1] is None  # loaded: skip
+        ]
         if not ids:
             return
         ev = threading.Event()
@@ -238,22 +285,6 @@ class DashData:
             time.sleep(0.01)
 
 
-def fetch_batch(data: DashData, run_id: str, ids: list[str], methods: tuple[str, ...]) -> None:
-    """Prefetch the predicted-class maps and the thumbnails of a page of images in two reads.
-
-    The reader's batch lookups decode only the row groups that can hold these ids, so a
-    24-image gallery page costs one read of maps and one of thumbnails, not 120 point queries.
-    """
-    maps = data.reader.cams_batch(run_id, ids, methods, "pred")
-    thumbs = data.reader.thumbnails(run_id, ids)
-    for image_id in ids:
-        for method in methods:
-            # Remember misses too (e.g. CAM is not applicable to this head): the route then
-            # answers 404 from memory instead of querying again.
-            data._cams.put((run_id, image_id, method, "pred"), maps.get((image_id, method)))
-        data._thumbs.put((run_id, image_id), thumbs.get(image_id))
-
-
 # ---- selections (lasso in the embedding map -> gallery) -------------------------------------
 
 
@@ -270,7 +301,7 @@ class SelectionStore:
             base = os.environ.get("XAIDASH_CACHE_DIR") or os.path.join(Path.home(), ".cache", "xaidash")
             directory = Path(base) / "selections"
         self.dir = Path(directory)
-        self._mem = _LRU(256)
+        self._mem: LRU[str, tuple[str, ...] | None] = LRU(256)
 
     @staticmethod
     def key_for(ids: Sequence[str]) -> str:
@@ -280,7 +311,7 @@ class SelectionStore:
         """Store ``ids`` (validated, de-duplicated, sorted) and return their key."""
         clean = sorted({i for i in ids if IMAGE_ID_RE.match(i)})
         key = self.key_for(clean)
-        self._mem.put((key,), tuple(clean))
+        self._mem.put(key, tuple(clean))
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             path = self.dir / f"{key}.txt"
@@ -304,7 +335,7 @@ class SelectionStore:
                 return None
             return tuple(i for i in text.split() if IMAGE_ID_RE.match(i))
 
-        return self._mem.get((key,), load)
+        return self._mem.get(key, load)
 
 
 # ---- derived numbers ------------------------------------------------------------------------
@@ -322,7 +353,7 @@ def most_faithful(summary: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
     not raw values, because the four metrics live on different scales. Returns the winner (None
     when there is nothing to rank) and the table with a ``mean_rank`` column.
     """
-    if summary is None or len(summary) == 0:
+    if len(summary) == 0:
         return None, summary
     df = summary.copy()
     ranks = []
@@ -332,6 +363,10 @@ def most_faithful(summary: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
     if not ranks:
         return None, df
     df["mean_rank"] = pd.concat(ranks, axis=1).mean(axis=1)
-    tie = df.get("insertion_auc", 0).fillna(0) - df.get("deletion_auc", 0).fillna(0)
+
+    def filled(col: str) -> pd.Series:
+        return df[col].fillna(0) if col in df else pd.Series(0.0, index=df.index)
+
+    tie = filled("insertion_auc") - filled("deletion_auc")
     order = df.assign(_tie=tie).sort_values(["mean_rank", "_tie"], ascending=[True, False])
     return str(order["method"].iloc[0]), df

@@ -17,6 +17,7 @@ from functools import lru_cache
 from threading import Lock
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 # Colormaps offered in the UI. An allow-list (not "any matplotlib name") keeps the cache key
@@ -64,12 +65,12 @@ def parse_size(value: str | int | None) -> int | None:
 
 
 @lru_cache(maxsize=len(COLORMAPS))
-def _lut(cmap: str) -> np.ndarray:
+def _lut(cmap: str) -> npt.NDArray[np.uint8]:
     """256x3 uint8 lookup table for a colormap (matplotlib imported lazily: it is slow to load)."""
     import matplotlib
 
     cm = matplotlib.colormaps[cmap]
-    rgba = cm(np.linspace(0.0, 1.0, 256))
+    rgba = np.asarray(cm(np.linspace(0.0, 1.0, 256)), dtype=np.float64)
     return (rgba[:, :3] * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -104,10 +105,11 @@ def upsample_map(cam: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(m, 0.0, 1.0)
 
 
-def colorize(cam: np.ndarray, cmap: str) -> np.ndarray:
+def colorize(cam: np.ndarray, cmap: str) -> npt.NDArray[np.uint8]:
     """Map a [H, W] float map in [0, 1] to an [H, W, 3] uint8 RGB heatmap."""
     idx = (np.clip(cam, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return _lut(parse_cmap(cmap))[idx]
+    heat: npt.NDArray[np.uint8] = _lut(parse_cmap(cmap))[idx]  # numpy types fancy indexing as Any
+    return heat
 
 
 def resize_image(img: Image.Image, size: int | None) -> Image.Image:

@@ -25,6 +25,10 @@ SORT_LABELS: dict[str, str] = {
     "disagreement": "Disagreement between methods",
 }
 PAGE_SIZES: tuple[int, ...] = (12, 24, 48, 96)
+#: What the embedding map colours points by: their true or their predicted class.
+COLOR_BY: tuple[str, ...] = ("true", "pred")
+#: The groups of images whose prediction changed between two runs (``RunDiff.flips["change"]``).
+CHANGES: tuple[str, ...] = ("broke", "fixed", "changed")
 MAX_INLINE_IDS = 20  # selections this small travel as ids in the URL; larger ones as a hash
 MAX_PAGE = 100_000
 
@@ -146,12 +150,16 @@ _DEFAULTS = Filters()
 def parse_query(search: str | None) -> Filters:
     """Parse and validate a query string into :class:`Filters`; bad values become defaults."""
     qs = qs_of(search)
-    g = lambda k: _first(qs, k)  # noqa: E731 - tiny local accessor
+
+    def g(key: str) -> str | None:
+        return _first(qs, key)
+
     outcome = g("outcome")
     sort = g("sort")
     method = g("method")
     color = g("color")
     change = g("change")
+    sel = g("sel")
     cmin = parse_float(g("cmin"), 0.0)
     cmax = parse_float(g("cmax"), 1.0)
     if cmin > cmax:
@@ -167,19 +175,19 @@ def parse_query(search: str | None) -> Filters:
         sort=sort if sort in SORTS else "confidence",
         desc=parse_bool(g("desc")),
         method=method if method in METHODS else "gradcam",
-        sel=g("sel") if g("sel") and SELECTION_RE.match(g("sel") or "") else None,
+        sel=sel if sel and SELECTION_RE.match(sel) else None,
         ids=parse_ids(g("ids")),
         page=parse_int(g("page"), 0, 0, MAX_PAGE) or 0,
         size=size if size in PAGE_SIZES else 24,
         cmap=parse_cmap(g("cmap")),
         alpha=parse_alpha(g("alpha")),
         id=valid_image_id(g("id")),
-        color=color if color in ("true", "pred") else "true",
+        color=color if color in COLOR_BY else "true",
         train=parse_bool(g("train")),
         norm=parse_bool(g("norm")),
         a=valid_run_id(g("a")),
         b=valid_run_id(g("b")),
-        change=change if change in ("broke", "fixed", "changed") else None,
+        change=change if change in CHANGES else None,
     )
 
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
+from xaidash.dashboard.data import DashData, DerivedCache, ResolvedRun, SelectionStore
 from xaidash.dashboard.params import Filters
+
+if TYPE_CHECKING:
+    from xaidash.store import RunInfo
 
 
 @dataclass
 class AppState:
-    """Per-app singletons, created by :func:`dashboard.app.create_app`."""
+    """Per-app singletons, created by :func:`xaidash.dashboard.app.create_app`."""
 
     data: DashData
     selections: SelectionStore
     store_path: str
+    #: figures and indexes built from store data (per app: two apps may show two stores)
+    derived: DerivedCache = field(default_factory=DerivedCache)
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,6 @@ class PageContext:
         return self.state.data
 
     @property
-    def run_id(self) -> str | None:
-        return self.resolved.run_id
-
-    def run_info(self) -> Any:
-        return self.data.run(self.run_id) if self.run_id else None
+    def info(self) -> RunInfo | None:
+        """The run the page shows; None when the store has no runs."""
+        return self.resolved.info

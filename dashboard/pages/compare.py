@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dash
 import dash_bootstrap_components as dbc
@@ -17,20 +17,23 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from xaidash.constants import METHODS
 from xaidash.dashboard import figures
-from xaidash.dashboard.app_helpers import run_label
 from xaidash.dashboard.components import (
     card,
     empty_state,
-    fmt_num,
+    fmt_count,
     fmt_pct,
     method_label,
     no_runs_alert,
     overlay_img,
+    run_label,
     thumb_img,
     warning_alert,
 )
-from xaidash.dashboard.params import Filters, image_href, parse_query, to_query
+from xaidash.dashboard.params import CHANGES, Filters, image_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
+
+if TYPE_CHECKING:
+    from xaidash.store import RunInfo
 
 PREFIX = "compare"
 FLIPS_PER_PAGE = 12
@@ -48,21 +51,25 @@ METRIC_LABELS = {
 LOWER_IS_BETTER = {"errors", "failed"}
 
 
-def pick_pair(ctx: PageContext) -> tuple[str | None, str | None, pd.DataFrame, str | None]:
-    """Runs A (before) and B (after): from the URL when valid, else the two newest comparable."""
+def pick_pair(ctx: PageContext, shown: RunInfo) -> tuple[str | None, RunInfo, pd.DataFrame, str | None]:
+    """Runs A (before) and B (after): from the URL when valid, else the two newest comparable.
+
+    ``shown`` is the page's run, B when the URL names no (existing) run B.
+    """
     f = ctx.filters
-    run_b = f.b if f.b and ctx.data.run(f.b) is not None else ctx.run_id
-    comparable = ctx.data.comparable_runs(run_b) if run_b else pd.DataFrame()
+    info_b = (ctx.data.run(f.b) if f.b else None) or shown
+    run_b = info_b.run_id
+    comparable = ctx.data.comparable_runs(info_b)
     ids = [str(r) for r in comparable["run_id"]] if len(comparable) else []
     warning = None
     if f.a and f.a in ids and f.a != run_b:
-        run_a = f.a
+        run_a: str | None = f.a
     else:
         if f.a and f.a not in ids:
             warning = f"Run {f.a!r} is not a run of the same dataset as {run_b}; picked the previous one."
         older = [r for r in ids if r != run_b]
         run_a = older[0] if older else None
-    return run_a, run_b, comparable, warning
+    return run_a, info_b, comparable, warning
 
 
 def metrics_table(metrics: pd.DataFrame) -> Any:
@@ -72,7 +79,7 @@ def metrics_table(metrics: pd.DataFrame) -> Any:
         key = str(rec["metric"])
         label, pct = METRIC_LABELS.get(key, (key, False))
         d = rec.get("delta")
-        fmt = (lambda v: fmt_pct(v)) if pct else (lambda v: "—" if v is None or pd.isna(v) else f"{int(v):,}")
+        fmt = fmt_pct if pct else fmt_count
         if d is None or pd.isna(d) or d == 0:
             delta_cell: Any = html.Span("±0" if d == 0 else "—", className="text-muted")
         else:
@@ -170,10 +177,11 @@ def flip_rows(run_a: str, run_b: str, flips: pd.DataFrame, f: Filters, class_nam
 
 def layout(ctx: PageContext) -> Any:
     """Render the comparison (plain function, unit-tested)."""
-    if ctx.run_id is None:
+    if ctx.info is None:
         return no_runs_alert(ctx.state.store_path)
-    run_a, run_b, comparable, warning = pick_pair(ctx)
-    f = replace(ctx.filters, run=ctx.run_id, a=run_a, b=run_b)
+    run_a, info_b, comparable, warning = pick_pair(ctx, ctx.info)
+    run_b = info_b.run_id
+    f = replace(ctx.filters, run=ctx.info.run_id, a=run_a, b=run_b)
     options = [
         {"label": run_label(rec), "value": str(rec["run_id"])} for rec in comparable.to_dict("records")
     ]
@@ -209,7 +217,7 @@ def layout(ctx: PageContext) -> Any:
         className="mb-3",
     )
     head: list[Any] = [warning_alert(ctx.resolved.warning), warning_alert(warning), card("Runs", pickers)]
-    if run_a is None or run_b is None:
+    if run_a is None:
         return html.Div(
             [
                 *head,
@@ -222,14 +230,12 @@ def layout(ctx: PageContext) -> Any:
             id=f"{PREFIX}-page",
         )
     diff = ctx.data.diff(run_a, run_b)
-    info_b = ctx.data.run(run_b)
-    names = list(getattr(info_b, "class_names", []) or [])
-    labeled = bool(getattr(info_b, "labeled", True))
+    names = info_b.class_names
     flips = diff.flips
     counts = flips["change"].value_counts().to_dict() if len(flips) else {}
     # Unless the link chose a group, open the first one that has images: after a retrain that
     # only fixed errors, "right -> wrong (0)" is not what the reviewer came to see.
-    change = f.change or next((c for c in ("broke", "fixed", "changed") if counts.get(c)), "broke")
+    change = f.change or next((c for c in CHANGES if counts.get(c)), CHANGES[0])
     part = flips[flips["change"] == change] if len(flips) else flips
     pages = max(1, math.ceil(len(part) / FLIPS_PER_PAGE))
     page = min(f.page, pages - 1)
@@ -266,7 +272,7 @@ def layout(ctx: PageContext) -> Any:
             html.P("No images in this group.", className="text-muted small mb-0"),
         ]
     body: list[Any] = [*head]
-    if labeled:
+    if info_b.labeled:
         body.append(
             dbc.Row(
                 [
@@ -320,7 +326,6 @@ def layout(ctx: PageContext) -> Any:
             )
         )
         body.append(card("Images whose prediction changed", flips_body, header_right=change_tabs))
-    _ = fmt_num
     return html.Div(body, id=f"{PREFIX}-page")
 
 

@@ -9,7 +9,7 @@ in the gallery as a server-side selection.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dash
 import dash_bootstrap_components as dbc
@@ -23,7 +23,6 @@ from xaidash.dashboard.components import (
     correctness_badge,
     empty_state,
     fmt_num,
-    fmt_pct,
     no_runs_alert,
     thumb_img,
     warning_alert,
@@ -32,25 +31,28 @@ from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_qu
 from xaidash.dashboard.routes import overlay_url
 from xaidash.dashboard.state import AppState, PageContext
 
+if TYPE_CHECKING:
+    from xaidash.store import RunInfo
+
 PREFIX = "embedding"
 MAX_INLINE = 20
 
 
-def embedding_figure(state: AppState, run_id: str, f: Filters, selected: str | None = None) -> Any:
+def embedding_figure(state: AppState, info: RunInfo, f: Filters, selected: str | None = None) -> Any:
     """The map as a figure dict, with twin lines from ``selected`` when given.
 
     The 20,000-point base figure is built once per (run, colouring, train) - runs are immutable
     - and a selection only swaps the two small leading traces.
     """
-    data = state.data
+    run_id = info.run_id
 
     def build() -> dict[str, Any]:
-        info = data.run(run_id)
-        names = list(getattr(info, "class_names", []) or [])
-        points = data.embedding_points(run_id, f.train)
-        return figures.plot_embedding(points, names, color_by=f.color).to_plotly_json()
+        points = state.data.embedding_points(run_id, f.train)
+        fig = figures.plot_embedding(points, info.class_names, color_by=f.color)
+        plain: dict[str, Any] = fig.to_plotly_json()  # plotly has no types: a plain dict
+        return plain
 
-    base = data._per_run.get(("embedding-figure", run_id, f.color, f.train), build)
+    base = state.derived.get(("embedding-figure", run_id, f.color, f.train), build)
     if selected is None:
         return base
     xs, ys, sx, sy = twin_update(state, run_id, selected)
@@ -76,7 +78,7 @@ def positions(state: AppState, run_id: str) -> dict[str, tuple[float, float]]:
             zip(pts["image_id"].tolist(), zip(pts["x"].tolist(), pts["y"].tolist(), strict=True), strict=True)
         )
 
-    return state.data._per_run.get(("embedding-positions", run_id), build)
+    return state.derived.get(("embedding-positions", run_id), build)
 
 
 def twin_update(
@@ -98,12 +100,12 @@ def twin_update(
 
 def layout(ctx: PageContext) -> Any:
     """Render the embedding map page (plain function, unit-tested)."""
-    if ctx.run_id is None:
+    info = ctx.info
+    if info is None:
         return no_runs_alert(ctx.state.store_path)
-    run_id = ctx.run_id
+    run_id = info.run_id
     f = replace(ctx.filters, run=run_id)
-    info = ctx.run_info()
-    labeled = bool(getattr(info, "labeled", True))
+    labeled = info.labeled
     points = ctx.data.embedding_points(run_id, f.train)
     if len(points) == 0:
         return empty_state(
@@ -135,7 +137,7 @@ def layout(ctx: PageContext) -> Any:
     )
     graph = dcc.Graph(
         id=f"{PREFIX}-graph",
-        figure=embedding_figure(ctx.state, run_id, f, f.id),
+        figure=embedding_figure(ctx.state, info, f, f.id),
         config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage"], "scrollZoom": True},
         clear_on_unhover=False,
     )
@@ -187,13 +189,13 @@ def point_summary(state: AppState, run_id: str, image_id: str) -> dict[str, Any]
     """Label/prediction of one point (from the cached points table)."""
     if image_id not in positions(state, run_id):
         return None
-    pts = state.data._per_run.get(
+    pts = state.derived.get(
         ("embedding-by-id", run_id),
         lambda: state.data.embedding_points(run_id, True).set_index("image_id", drop=False),
     )
     row = pts.loc[[image_id]]
     return {
-        k: (None if (v is None or (isinstance(v, float) and np.isnan(v))) else v)
+        str(k): (None if (v is None or (isinstance(v, float) and np.isnan(v))) else v)
         for k, v in row.iloc[0].to_dict().items()
     }
 
@@ -416,6 +418,3 @@ def _point_id(event: dict[str, Any] | None) -> str | None:
     if isinstance(cd, list):
         cd = cd[0] if cd else None
     return valid_image_id(str(cd)) if cd is not None else None
-
-
-_ = (fmt_pct, pd)

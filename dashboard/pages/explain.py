@@ -10,17 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import logging
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from xaidash.constants import METHODS
 from xaidash.dashboard import figures, overlays
 from xaidash.dashboard.components import (
     card,
@@ -29,11 +27,15 @@ from xaidash.dashboard.components import (
     method_label,
     no_runs_alert,
     overlay_img,
+    run_methods,
     thumb_img,
     warning_alert,
 )
 from xaidash.dashboard.params import parse_query
 from xaidash.dashboard.state import AppState, PageContext
+
+if TYPE_CHECKING:
+    from xaidash.store import RunInfo
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ def decode_upload(contents: str | None, filename: str | None = None) -> Image.Im
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(f"{name} was refused as a decompression bomb (too many pixels).") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise UploadError(f"{name} is not an image Pillow can read; upload a PNG or JPEG.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UploadError(f"{name} could not be decoded ({exc}); is it truncated or corrupt?") from None
@@ -107,23 +109,23 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def model_ref_of(info: Any) -> dict[str, Any] | None:
+def model_ref_of(info: RunInfo) -> dict[str, Any] | None:
     """The run's model reference (``config_json["model"]``), None when absent or unreadable."""
     try:
-        ref = json.loads(getattr(info, "config_json", None) or "{}").get("model")
-    except (ValueError, AttributeError):
+        ref = info.config.get("model")
+    except (ValueError, AttributeError):  # not JSON, or JSON that is not an object
         return None
     return ref if isinstance(ref, dict) else None
 
 
 def layout(ctx: PageContext) -> Any:
     """Upload area + result container (the work happens in the callback)."""
-    if ctx.run_id is None:
+    info = ctx.info
+    if info is None:
         return no_runs_alert(ctx.state.store_path)
-    info = ctx.run_info()
     ref = model_ref_of(info)
     model_desc = (
-        f"{getattr(info, 'arch', '?')} · checkpoint {ref.get('checkpoint') or ref.get('weights') or '?'}"
+        f"{info.arch or '?'} · checkpoint {ref.get('checkpoint') or ref.get('weights') or '?'}"
         if ref
         else "this run records no model reference"
     )
@@ -162,9 +164,9 @@ def layout(ctx: PageContext) -> Any:
     )
 
 
-def render_explanation(state: AppState, run_id: str, image: Image.Image, filename: str | None) -> Any:
+def render_explanation(state: AppState, info: RunInfo, image: Image.Image, filename: str | None) -> Any:
     """Run ``xaidash.compute.explain.explain_image`` and lay out its result (or say why not)."""
-    info = state.data.run(run_id)
+    run_id = info.run_id
     ref = model_ref_of(info)
     if ref is None:
         return empty_state(
@@ -184,7 +186,7 @@ def render_explanation(state: AppState, run_id: str, image: Image.Image, filenam
 
     try:
         ids, labels, vectors = state.data.train_embeddings(run_id)
-        methods = [m for m in METHODS if m in (getattr(info, "methods", None) or METHODS)]
+        methods = run_methods(info)
         exp = explain_image(
             ref, image, methods=methods, train_ids=ids, train_labels=labels, train_vectors=vectors
         )
@@ -295,15 +297,15 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
     def on_upload(contents: str | None, filename: str | None, search: str | None) -> Any:
         if not contents:
             return no_update
-        run = state.data.resolve_run(parse_query(search).run).run_id
-        if run is None:
+        info = state.data.resolve_run(parse_query(search).run).info
+        if info is None:
             return no_runs_alert(state.store_path)
         try:
             image = decode_upload(contents, filename)
         except UploadError as exc:
             return dbc.Alert(str(exc), color="danger", id=f"{PREFIX}-error")
         try:
-            return render_explanation(state, run, image, filename)
+            return render_explanation(state, info, image, filename)
         except Exception as exc:
             log.exception("explaining an uploaded image failed")
             return dbc.Alert(

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dash
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, Output, State, ctx, dcc, html, no_update
 
-from xaidash.constants import METHODS, SORTS
+from xaidash.constants import OUTCOMES, SORTS
 from xaidash.dashboard.components import (
+    Record,
     card,
     correctness_badge,
     display_controls,
@@ -27,6 +28,7 @@ from xaidash.dashboard.components import (
     method_label,
     no_runs_alert,
     overlay_img,
+    run_methods,
     thumb_img,
     warning_alert,
 )
@@ -40,14 +42,16 @@ from xaidash.dashboard.params import (
     to_query,
 )
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.store import GalleryQuery
+
+if TYPE_CHECKING:
+    from xaidash.store import RunInfo
 
 PREFIX = "gallery"
 
 
-def gallery_query(f: Filters, selection: tuple[str, ...] | None) -> Any:
+def gallery_query(f: Filters, selection: tuple[str, ...] | None) -> GalleryQuery:
     """Filters -> the reader's GalleryQuery (typed values only; the reader binds them)."""
-    from xaidash.store.reader import GalleryQuery
-
     return GalleryQuery(
         true_class=f.true,
         pred_class=f.pred,
@@ -85,7 +89,10 @@ def filter_panel(f: Filters, names: list[str], labeled: bool, methods: list[str]
         return [
             dbc.Label(label, html_for=f"{PREFIX}-{key}", className="small mb-0"),
             dcc.Dropdown(
-                id=f"{PREFIX}-{key}", options=class_options(names), value=value, placeholder="any",
+                id=f"{PREFIX}-{key}",
+                options=class_options(names),
+                value=value,
+                placeholder="any",
                 className="mb-2",
             ),
         ]
@@ -98,7 +105,7 @@ def filter_panel(f: Filters, names: list[str], labeled: bool, methods: list[str]
     items += class_filter("Predicted class", "pred", f.pred)
     outcome = dbc.RadioItems(
         id=f"{PREFIX}-outcome",
-        options=[{"label": o, "value": o} for o in ("all", "correct", "wrong")],
+        options=[{"label": o, "value": o} for o in OUTCOMES],
         value=f.outcome,
         inline=True,
         className="mb-2 small",
@@ -162,7 +169,7 @@ def filter_panel(f: Filters, names: list[str], labeled: bool, methods: list[str]
     return card("Filters", items, className="xd-sticky")
 
 
-def gallery_row(run_id: str, rec: dict[str, Any], f: Filters, methods: list[str]) -> html.Div:
+def gallery_row(run_id: str, rec: Record, f: Filters, methods: list[str]) -> html.Div:
     """One image: metadata, the image, and one overlay per method (all linking to the image page)."""
     href = image_href(run_id, rec["image_id"], f)
     wrong = rec.get("correct") is False or rec.get("correct") == False  # noqa: E712 - numpy bool
@@ -194,10 +201,10 @@ def gallery_row(run_id: str, rec: dict[str, Any], f: Filters, methods: list[str]
     )
 
 
-def results(ctx: PageContext, run_id: str, info: Any, selection: tuple[str, ...] | None) -> list[Any]:
+def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) -> list[Any]:
     """Header (count, active filters, pagination) and the rows."""
-    f = ctx.filters
-    methods = [m for m in METHODS if m in (getattr(info, "methods", None) or METHODS)]
+    f, run_id = ctx.filters, info.run_id
+    methods = run_methods(info)
     q = gallery_query(f, selection)
     rows, total = ctx.data.gallery(run_id, q)
     pages = max(1, math.ceil(total / f.size))
@@ -206,7 +213,7 @@ def results(ctx: PageContext, run_id: str, info: Any, selection: tuple[str, ...]
         f = replace(f, page=pages - 1)
         rows, total = ctx.data.gallery(run_id, gallery_query(f, selection))
     ctx.data.prefetch_async(run_id, list(rows["image_id"]), methods)
-    names = list(getattr(info, "class_names", []) or [])
+    names = info.class_names
     chips = []
     if selection is not None:
         chips.append(
@@ -283,25 +290,22 @@ def results(ctx: PageContext, run_id: str, info: Any, selection: tuple[str, ...]
 
 def layout(ctx: PageContext) -> Any:
     """Render the gallery (plain function, unit-tested)."""
-    if ctx.run_id is None:
+    info = ctx.info
+    if info is None:
         return no_runs_alert(ctx.state.store_path)
-    info = ctx.run_info()
-    run_id = ctx.run_id
-    f = replace(ctx.filters, run=run_id)
+    f = replace(ctx.filters, run=info.run_id)
     ctx = replace(ctx, filters=f)
     selection, sel_warning = resolve_selection(ctx)
-    names = list(getattr(info, "class_names", []) or [])
-    labeled = bool(getattr(info, "labeled", True))
-    methods = [m for m in METHODS if m in (getattr(info, "methods", None) or METHODS)]
+    methods = run_methods(info)
     return html.Div(
         [
             warning_alert(ctx.resolved.warning),
             warning_alert(sel_warning),
             dbc.Row(
                 [
-                    dbc.Col(filter_panel(f, names, labeled, methods), md=4, lg=3, xl=2),
+                    dbc.Col(filter_panel(f, info.class_names, info.labeled, methods), md=4, lg=3, xl=2),
                     dbc.Col(
-                        html.Div(results(ctx, run_id, info, selection), id=f"{PREFIX}-results"),
+                        html.Div(results(ctx, info, selection), id=f"{PREFIX}-results"),
                         md=8,
                         lg=9,
                         xl=10,
@@ -381,5 +385,3 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         *values, search = args
         new = controls_to_search(search, ctx.triggered_id, *values)
         return no_update if new is None else new
-
-    _ = ALL, State  # pattern ids are used for rows (tests find them); no callback needed

@@ -8,15 +8,15 @@ faithfulness per method; this image's prediction in every run of the same datase
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 import dash
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, Output, State, dcc, html, no_update
 
-from xaidash.constants import METHODS
 from xaidash.dashboard import figures
 from xaidash.dashboard.components import (
     card,
@@ -29,6 +29,7 @@ from xaidash.dashboard.components import (
     method_label,
     no_runs_alert,
     overlay_img,
+    run_methods,
     thumb_img,
     warning_alert,
 )
@@ -41,7 +42,12 @@ CAM_SIZE = 224
 
 
 def cam_grid(
-    run_id: str, image_id: str, methods: list[str], f: Filters, target: str, cams: dict[Any, Any]
+    run_id: str,
+    image_id: str,
+    methods: list[str],
+    f: Filters,
+    target: str,
+    cams: Mapping[tuple[str, str], object],
 ) -> Any:
     """The four methods side by side for one target (missing ones say why)."""
     cols = []
@@ -158,9 +164,10 @@ def history_table(hist: pd.DataFrame, run_id: str, image_id: str, f: Filters) ->
 
 def layout(ctx: PageContext) -> Any:
     """Render the image page (plain function, unit-tested)."""
-    if ctx.run_id is None:
+    info = ctx.info
+    if info is None:
         return no_runs_alert(ctx.state.store_path)
-    run_id = ctx.run_id
+    run_id = info.run_id
     f = replace(ctx.filters, run=run_id)
     if f.id is None:
         return empty_state(
@@ -174,8 +181,7 @@ def layout(ctx: PageContext) -> Any:
             [f"Run {run_id} has no image {f.id}. ", dcc.Link("Back to the gallery", href=gallery_href(f))],
             color="warning",
         )
-    info = ctx.run_info()
-    methods = [m for m in METHODS if m in (getattr(info, "methods", None) or METHODS)]
+    methods = run_methods(info)
     pred = detail.prediction or {}
     correct = pred.get("correct")
     wrong = correct is False
@@ -322,5 +328,4 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         )
         if (new.cmap, new.alpha) == (f.cmap, f.alpha):
             return no_update
-        _ = ctx
         return to_query(new)

@@ -5,12 +5,13 @@ faithfulness per method. Clicking a confusion cell opens the gallery on that (tr
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dash
 import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
+from dash.development.base_component import Component
 
 from xaidash.dashboard import figures
 from xaidash.dashboard.components import (
@@ -27,6 +28,9 @@ from xaidash.dashboard.components import (
 from xaidash.dashboard.data import most_faithful
 from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
+
+if TYPE_CHECKING:
+    from xaidash.store import RunInfo
 
 PREFIX = "overview"
 MAX_CLASS_ROWS = 200
@@ -59,17 +63,15 @@ def headline_cards(h: dict[str, Any], f: Filters, labeled: bool) -> dbc.Row:
     return dbc.Row([dbc.Col(c, xs=6, md=4, lg=True, className="mb-3") for c in cards], className="g-3")
 
 
-def run_summary(info: Any) -> html.Div:
+def run_summary(info: RunInfo) -> html.Div:
     """One line describing the run: dataset, model, methods, device, date."""
-    created = getattr(info, "created", None)
-    when = created.strftime("%Y-%m-%d %H:%M UTC") if hasattr(created, "strftime") else str(created)
-    parts = [
-        html.Span(getattr(info, "dataset_spec", None) or "dataset", className="fw-semibold"),
-        f" · model {getattr(info, 'arch', None) or '?'}",
-        f" · layer {getattr(info, 'target_layer', None) or '?'}",
-        f" · methods {', '.join(method_label(m) for m in (getattr(info, 'methods', None) or []))}",
-        f" · {getattr(info, 'device', None) or ''}",
-        f" · {when}",
+    parts: list[str | Component] = [
+        html.Span(info.dataset_spec or "dataset", className="fw-semibold"),
+        f" · model {info.arch or '?'}",
+        f" · layer {info.target_layer or '?'}",
+        f" · methods {', '.join(method_label(m) for m in info.methods)}",
+        f" · {info.device or ''}",
+        f" · {info.created.strftime('%Y-%m-%d %H:%M UTC')}",
         html.Span(f" · run {info.run_id}", className="text-muted"),
     ]
     return html.Div(parts, className="mb-3 small xd-run-summary")
@@ -132,9 +134,8 @@ def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None =
     return [table, sentence]
 
 
-def _method_cost(info: Any) -> dict[str, float]:
-    timings = getattr(info, "timings", None) or {}
-    cost = timings.get("method_ms_per_image") if isinstance(timings, dict) else None
+def _method_cost(info: RunInfo) -> dict[str, float]:
+    cost = info.timings.get("method_ms_per_image")
     return {str(k): float(v) for k, v in cost.items()} if isinstance(cost, dict) else {}
 
 
@@ -182,20 +183,19 @@ def failures_block(failures: pd.DataFrame) -> Any:
 
 def layout(ctx: PageContext) -> Any:
     """Render the overview of the run in ``ctx`` (plain function, unit-tested)."""
-    data, f = ctx.data, ctx.filters
-    if ctx.run_id is None:
+    data, info = ctx.data, ctx.info
+    if info is None:
         return no_runs_alert(ctx.state.store_path)
-    info = ctx.run_info()
-    run_id = ctx.run_id
-    f = replace(f, run=run_id)
+    run_id = info.run_id
+    f = replace(ctx.filters, run=run_id)
     h = data.headline(run_id)
-    labeled = bool(getattr(info, "labeled", True)) and h.get("accuracy") is not None
+    labeled = info.labeled and h.get("accuracy") is not None
     children: list[Any] = [
         warning_alert(ctx.resolved.warning),
         run_summary(info),
         headline_cards(h, f, labeled),
     ]
-    if getattr(info, "scorecam_note", None):
+    if info.scorecam_note:
         children.append(
             dbc.Alert(f"Score-CAM note: {info.scorecam_note}", color="secondary", className="py-2 small")
         )
@@ -210,8 +210,7 @@ def layout(ctx: PageContext) -> Any:
             )
         )
     else:
-        names = list(getattr(info, "class_names", []) or [])
-        conf_fig = figures.plot_confusion(data.confusion(run_id), names, normalize=f.norm)
+        conf_fig = figures.plot_confusion(data.confusion(run_id), info.class_names, normalize=f.norm)
         toggle = dbc.RadioItems(
             id=f"{PREFIX}-norm",
             options=[{"label": "counts", "value": "counts"}, {"label": "row-normalized", "value": "norm"}],
@@ -298,9 +297,8 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         prevent_initial_call=True,
     )
     def open_cell(click: dict[str, Any] | None, search: str | None) -> Any:
-        run = state.data.resolve_run(parse_query(search).run).run_id
-        info = state.data.run(run) if run else None
-        target = confusion_click_target(click, search, list(getattr(info, "class_names", []) or []))
+        info = state.data.resolve_run(parse_query(search).run).info
+        target = confusion_click_target(click, search, info.class_names if info else [])
         return no_update if target is None else target
 
     @app.callback(
