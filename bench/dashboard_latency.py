@@ -2,7 +2,7 @@
 
 Builds (once) a 100,000-image synthetic store, creates the app, and drives each interaction the
 way the browser does - ``POST /_dash-update-component`` with the payload built from the app's
-callback map (``dashboard.testing``) - plus the thumbnail/overlay routes, through Flask's test
+callback map (``tests/support/dash_testing.py``) - plus the thumbnail/overlay routes, through Flask's test
 client (no network, no browser: server-side time only). Prints p50/p95 per interaction; the
 first call of each (cold caches) is reported separately.
 
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.store / "runs").is_dir() or not any((args.store / "runs").iterdir()):
         build_store(args.store, args.n_val, args.n_train)
 
+    from tests.support.dash_testing import post_callback
     from xaidash.dashboard.app import create_app
-    from xaidash.dashboard.testing import post_callback
-    from xaidash.store.reader import GalleryQuery
+    from xaidash.store import GalleryQuery
 
     t = time.perf_counter()
     app = create_app(args.store)

@@ -15,15 +15,13 @@ import pandas as pd
 import plotly
 import pytest
 
+from tests.support.dash_testing import post_callback
+from tests.support.synthetic import build_synthetic_store
 from xaidash.dashboard import figures
 from xaidash.dashboard.app import create_app, is_soft_change, render
 from xaidash.dashboard.data import SelectionStore, most_faithful
 from xaidash.dashboard.pages import embedding, explain, gallery, overview
 from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_query
-from xaidash.dashboard.testing import post_callback
-
-pytest.importorskip("tests.support.synthetic")
-from tests.support.synthetic import build_synthetic_store
 
 
 def text_of(component: Any) -> str:

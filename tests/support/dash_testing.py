@@ -1,4 +1,4 @@
-"""Drive Dash callbacks over HTTP exactly as the browser does (tests and the latency bench).
+"""Drive Dash callbacks over HTTP exactly as the browser does (dashboard tests, latency bench).
 
 The browser posts to ``/_dash-update-component`` with the callback's output key, the values of
 its inputs and states, and which input changed. :func:`callback_payload` builds that payload
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import dash
+from flask.testing import FlaskClient
 
 
 def find_callback(app: dash.Dash, output: str, trigger: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -65,9 +66,9 @@ def callback_payload(
 
 
 def post_callback(
-    client: Any, app: dash.Dash, output: str, values: Mapping[str, Any], changed: str | None = None
+    client: FlaskClient, app: dash.Dash, output: str, values: Mapping[str, Any], changed: str | None = None
 ) -> Any:
-    """POST one callback through the Flask test client (or anything with ``.post``); JSON reply.
+    """POST one callback through the Flask test client; the JSON reply.
 
     Returns ``None`` for a 204 (the callback answered ``no_update`` everywhere).
     """
