@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -362,7 +362,7 @@ class CamEngine:
         self.target_layer = target_layer
         self.linear_head = linear_head
         self._layer = _submodule(model, target_layer)
-        self._fc: nn.Module | None = None
+        self._fc: nn.Linear | None = None
         if linear_head is not None:
             fc = _submodule(model, linear_head)
             if not isinstance(fc, nn.Linear):
@@ -455,7 +455,8 @@ class CamEngine:
         try:
             with torch.no_grad():
                 logits = self.model(x)
-            acts = self._captured
+            # set by the hook during the forward (mypy narrowed it to None above)
+            acts = cast("Tensor | None", self._captured)
         finally:
             self._mode = None
             self._captured = None

@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,13 +93,23 @@ def current_versions() -> dict[str, str]:
             "xaidash": str(__version__)}
 
 
+# sha256 of files keyed by (path, size, mtime): the dashboard verifies a run's checkpoint on every
+# uploaded image, and a checkpoint is re-hashed only when the file changed
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a file, read in chunks (memoized per path, size and mtime)."""
+    st = os.stat(path)
+    key = (str(Path(path).absolute()), st.st_size, st.st_mtime_ns)
+    sha = _SHA_CACHE.get(key)
+    if sha is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        sha = _SHA_CACHE[key] = h.hexdigest()
+    return sha
 
 
 def check_writable(path: str | Path) -> Path:
@@ -238,18 +249,18 @@ def checkpoint_from_weights(arch: str, weights: str, classes: list[str] | None) 
     )
 
 
-def check_classes(ckpt: Checkpoint, dataset: Dataset) -> None:
-    """UserError when the checkpoint's classes do not match a labeled dataset's (unlabeled
+def check_classes(classes: Sequence[str], dataset: Dataset) -> None:
+    """UserError when a model's classes do not match a labeled dataset's (unlabeled
     ``folder:`` data always fits: predictions need no labels)."""
-    if dataset.classes is None or list(dataset.classes) == list(ckpt.classes):
+    if dataset.classes is None or list(dataset.classes) == list(classes):
         return
-    if sorted(dataset.classes) == sorted(ckpt.classes):
+    if sorted(dataset.classes) == sorted(classes):
         raise UserError(
             f"the dataset lists the checkpoint's classes in another order ({', '.join(dataset.classes)}); "
-            f"list them as the checkpoint does: {','.join(ckpt.classes)}"
+            f"list them as the checkpoint does: {','.join(classes)}"
         )
     raise UserError(
-        f"checkpoint classes [{', '.join(ckpt.classes)}] do not match the dataset's classes "
+        f"checkpoint classes [{', '.join(classes)}] do not match the dataset's classes "
         f"[{', '.join(dataset.classes)}]; use the dataset the model was trained on (or a class subset "
         "SPEC with the same classes, e.g. cifar10:cat,dog,horse)"
     )

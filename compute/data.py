@@ -29,6 +29,7 @@ into the first of those roots (needs internet).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -421,6 +422,12 @@ def _fashion_file(d: Path, stem: str) -> Path | None:
     return None
 
 
+def _require(path: Path | None, d: Path, stem: str) -> Path:
+    if path is None:
+        raise UserError(f"Fashion-MNIST file {stem} is missing in {d}")
+    return path
+
+
 def _download_fashion(root: Path) -> Path:
     """Download Fashion-MNIST with torchvision into ``root`` (needs internet)."""
     logger.info("Fashion-MNIST not found locally; downloading it into %s", root)
@@ -445,12 +452,13 @@ def _open_fashion(spec: str, rest: str, data_root: str | None) -> Dataset:
     d = _find_fashion_dir(search)
     if d is None:
         d = _download_fashion(roots[0])
-    files = {s: tuple(_fashion_file(d, n) for n in pair) for s, pair in _FASHION_FILES.items()}
+    files = {s: tuple(_require(_fashion_file(d, n), d, n) for n in pair)
+             for s, pair in _FASHION_FILES.items()}
     logger.debug("Fashion-MNIST from %s", d)
     return _array_dataset(
         spec, "fashion-mnist", FASHION_MNIST_CLASSES, picked,
-        labels={s: (lambda p=files[s][1]: _idx(p)) for s in SPLITS},
-        images={s: (lambda p=files[s][0]: _idx(p)) for s in SPLITS},
+        labels={s: functools.partial(_idx, files[s][1]) for s in SPLITS},
+        images={s: functools.partial(_idx, files[s][0]) for s in SPLITS},
         source_name={"train": "fashion-mnist/train", "val": "fashion-mnist/t10k"},
         size=28,
     )
@@ -521,8 +529,8 @@ def _open_cifar10(spec: str, rest: str, data_root: str | None) -> Dataset:
 
     return _array_dataset(
         spec, "cifar10", CIFAR10_CLASSES, picked,
-        labels={s: (lambda s=s: split_arrays(s)[1]) for s in SPLITS},
-        images={s: (lambda s=s: split_arrays(s)[0]) for s in SPLITS},
+        labels={s: functools.partial(lambda s: split_arrays(s)[1], s) for s in SPLITS},
+        images={s: functools.partial(lambda s: split_arrays(s)[0], s) for s in SPLITS},
         source_name={"train": "cifar10/train", "val": "cifar10/test"},
         size=32,
     )

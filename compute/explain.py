@@ -17,20 +17,22 @@ run's would silently show maps that do not belong to the run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from xaidash.compute.cams import METHODS, CamEngine
+from xaidash.compute.cams import CamEngine
+from xaidash.compute.checkpoint import sha256_file
+from xaidash.compute.loading import for_inference, load_model
+from xaidash.compute.models import Preprocessing
+from xaidash.constants import METHODS
 from xaidash.errors import UserError, choices_error
 
 log = logging.getLogger(__name__)
@@ -56,29 +58,13 @@ class _Cached:
     classes: list[str]
     target_layer: str
     linear_head: str | None
-    preprocessing: Any  # compute.models.Preprocessing
+    preprocessing: Preprocessing
     device: torch.device
     lock: threading.Lock
 
 
 _CACHE: dict[str, _Cached] = {}
 _CACHE_LOCK = threading.Lock()
-# sha256 of checkpoint files keyed by (path, size, mtime): re-hash only when the file changed
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    sha = _SHA_CACHE.get(key)
-    if sha is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        sha = h.hexdigest()
-        _SHA_CACHE[key] = sha
-    return sha
 
 
 def _verify(model_ref: Mapping[str, object]) -> None:
@@ -89,7 +75,7 @@ def _verify(model_ref: Mapping[str, object]) -> None:
         if not path.is_file():
             raise UserError(f"the run's checkpoint {path} no longer exists; cannot explain new images")
         want = model_ref.get("sha256")
-        if want and _file_sha256(path) != want:
+        if want and sha256_file(path) != want:
             raise UserError(
                 f"the run's checkpoint {path} has changed since the run (sha256 differs); "
                 "explanations would not match the run - recompute or restore the file"
@@ -101,27 +87,13 @@ def _verify(model_ref: Mapping[str, object]) -> None:
 
 
 def _load(model_ref: Mapping[str, object]) -> _Cached:
-    from xaidash.compute import checkpoint as ckpt_mod
-
-    if model_ref.get("checkpoint"):
-        ckpt = ckpt_mod.load_checkpoint(str(model_ref["checkpoint"]))
-    elif model_ref.get("arch"):
-        classes = model_ref.get("classes")
-        ckpt = ckpt_mod.checkpoint_from_weights(
-            str(model_ref["arch"]), str(model_ref.get("weights") or "imagenet"),
-            list(classes) if isinstance(classes, (list, tuple)) else None,
-        )
-    else:
-        raise UserError("the run records no model (config_json has no 'model'); cannot explain images")
-    parts = ckpt_mod.model_from_checkpoint(ckpt)
+    loaded = load_model(model_ref)
+    parts = loaded.parts
     target_layer = str(model_ref.get("target_layer") or parts.target_layer)
     linear_head = parts.linear_head if target_layer == parts.target_layer else None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = parts.model.eval().to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return _Cached(model, list(ckpt.classes), target_layer, linear_head, parts.preprocessing, device,
-                   threading.Lock())
+    return _Cached(for_inference(parts.model, device), list(loaded.classes), target_layer, linear_head,
+                   parts.preprocessing, device, threading.Lock())
 
 
 def get_model(model_ref: Mapping[str, object]) -> _Cached:
@@ -144,12 +116,13 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def _network_view(img: Image.Image, prep: Any) -> Image.Image:
+def _network_view(img: Image.Image, prep: Preprocessing) -> Image.Image:
     """The image as the network sees it: shorter side to ``resize``, center crop ``input_size``."""
     from torchvision.transforms import functional as TF
 
     resized = TF.resize(img, prep.resize, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    return TF.center_crop(resized, [prep.input_size, prep.input_size])
+    cropped: Image.Image = TF.center_crop(resized, [prep.input_size, prep.input_size])  # untyped library
+    return cropped
 
 
 def explain_image(

@@ -123,7 +123,7 @@ def average_drop_increase(
     with one forward when ``None``.
     """
     y = _base_probs(model, x, targets, base_probs, batch_size)
-    explained = x * upsample_maps(maps.to(x.device), tuple(x.shape[-2:])).to(x.dtype)
+    explained = x * upsample_maps(maps.to(x.device), (x.shape[-2], x.shape[-1])).to(x.dtype)
     o = class_probabilities(model, explained, targets, batch_size)
     return _drop_increase(y, o)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
     """Scale a 16-bit / 32-bit integer / float single-channel image to 8-bit ``L``."""
     arr = np.asarray(img)
+    out: np.ndarray
     if img.mode.startswith("I;16"):
         # Fixed 16-bit range: scale, do not stretch, so dark images stay dark.
         out = (arr.astype(np.uint32) * 255 + 32767) // 65535
@@ -117,8 +118,7 @@ def load_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
     :class:`ImageLoadError` for missing, unreadable, truncated, corrupt, non-image or
     oversized (decompression bomb) files; never returns a partially decoded image.
     """
-    is_path = isinstance(source, (str, os.PathLike))
-    label = name or (os.fspath(source) if is_path else "<image bytes>")
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image bytes>")
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
@@ -135,7 +135,7 @@ def load_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
                         f"limit of {limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)",
                     )
                 opened.load()  # decode now, inside the try: truncation surfaces here
-                img = opened
+                img: Image.Image = opened
                 try:
                     img = ImageOps.exif_transpose(opened) or opened
                 except Exception as exc:  # broken EXIF should not cost us the pixels
@@ -153,7 +153,7 @@ def load_image(source: str | Path | bytes | BinaryIO, name: str | None = None) -
         raise ImageLoadError(label, "permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(label, f"refused as a decompression bomb: {exc}") from None
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise ImageLoadError(label, "not a recognized image format (unidentified or corrupt)") from None
     except MemoryError:
         raise ImageLoadError(label, "out of memory while decoding") from None

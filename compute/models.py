@@ -57,6 +57,7 @@ from xaidash.errors import UserError, choices_error
 if TYPE_CHECKING:  # torch is heavy; keep ``import compute.models`` cheap for type users
     import torch
     from PIL import Image
+    from torchvision.models import WeightsEnum
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ class Preprocessing:
         if train:
             steps += [T.RandomHorizontalFlip(), T.RandomRotation(10)]
         steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        return T.Compose(steps)
+        composed: Callable[[Image.Image], torch.Tensor] = T.Compose(steps)  # torchvision is untyped
+        return composed
 
     def to_dict(self) -> dict[str, object]:
         """Plain types, for checkpoints and JSON."""
@@ -123,9 +125,14 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Preprocessing:
         """Inverse of :meth:`to_dict`."""
-        mean = tuple(float(x) for x in d["mean"])  # type: ignore[attr-defined]
-        std = tuple(float(x) for x in d["std"])  # type: ignore[attr-defined]
-        return cls(int(d["input_size"]), int(d["resize"]), mean, std)  # type: ignore[arg-type]
+        mean, std = d["mean"], d["std"]
+        input_size, resize = d["input_size"], d["resize"]
+        if not (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple))
+                and isinstance(input_size, int) and isinstance(resize, int) and len(mean) == len(std) == 3):
+            raise ValueError(f"not a preprocessing record: {d!r}")
+        m0, m1, m2 = (float(x) for x in mean)
+        s0, s1, s2 = (float(x) for x in std)
+        return cls(input_size, resize, (m0, m1, m2), (s0, s1, s2))
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,8 @@ def get_module(model: torch.nn.Module, dotted: str) -> torch.nn.Module:
     the available names when there is none."""
     modules = dict(model.named_modules())
     if dotted in modules and dotted:
-        return modules[dotted]
+        found: torch.nn.Module = modules[dotted]
+        return found
     names = [n for n in modules if n]
     top = [n for n in names if "." not in n]
     shown = names if len(names) <= 40 else [*top, f"... ({len(names)} in all, dotted paths allowed)"]
@@ -170,7 +178,7 @@ def get_module(model: torch.nn.Module, dotted: str) -> torch.nn.Module:
 # construction
 
 
-def _torchvision_weights(arch: str) -> object:
+def _torchvision_weights(arch: str) -> WeightsEnum:
     """The torchvision ImageNet weights enum member used for ``--weights imagenet``."""
     from torchvision.models import get_model_weights
 
@@ -186,9 +194,10 @@ def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
     weights = _torchvision_weights(arch)
     try:
-        return weights.get_state_dict(progress=False, check_hash=False)  # type: ignore[attr-defined]
+        state: dict[str, torch.Tensor] = weights.get_state_dict(progress=False, check_hash=False)
+        return state
     except Exception as exc:  # URLError/OSError offline, or a broken cache file
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name  # type: ignore[attr-defined]
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise UserError(
             f"cannot get torchvision's ImageNet weights for {arch} ({type(exc).__name__}: {exc}); "
             f"offline they must already be in the torch hub cache ({cache}). Use --model "
@@ -246,7 +255,7 @@ def _new_model(arch: str, num_classes: int, small_input_stem: bool = False) -> t
 
     import torchvision
 
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    model: torch.nn.Module = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if small_input_stem:
         # CIFAR-style stem (He et al. 2016, §4.2): keep resolution so layer4 is 4x4 at 32 px.
         model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -269,10 +278,12 @@ def _replace_head(model: torch.nn.Module, arch: str, num_classes: int) -> None:
         return
     parent_name, _, leaf = FINAL_LINEAR[arch].rpartition(".")
     parent = get_module(model, parent_name) if parent_name else model
-    old = getattr(parent, leaf) if not leaf.isdigit() else parent[int(leaf)]  # type: ignore[index]
+    old = parent.get_submodule(leaf)
+    if not isinstance(old, torch.nn.Linear):
+        raise TypeError(f"{arch}: {FINAL_LINEAR[arch]} is a {type(old).__name__}, not nn.Linear")
     new = torch.nn.Linear(old.in_features, num_classes)
     if leaf.isdigit():
-        parent[int(leaf)] = new  # type: ignore[index]
+        parent[int(leaf)] = new  # type: ignore[operator]  # a Sequential, indexable at runtime
     else:
         setattr(parent, leaf, new)
 
@@ -350,9 +361,9 @@ def default_preprocessing(arch: str, weights: str, input_size: int | None) -> Pr
         if arch == "efficientnet_lite0":
             _, crop, resize, mean, std = LITE0_PREPROCESSING
             return Preprocessing(crop, resize, mean, std)
-        t = _torchvision_weights(arch).transforms()  # type: ignore[attr-defined]
+        t = _torchvision_weights(arch).transforms()
         return Preprocessing(int(t.crop_size[0]), int(t.resize_size[0]),
-                             tuple(t.mean), tuple(t.std))  # type: ignore[arg-type]
+                             tuple(t.mean), tuple(t.std))
     return Preprocessing(224, 256, IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -406,8 +417,9 @@ def build_model(arch: str, num_classes: int, weights: str = "none", input_size: 
             load_weights_into(model, sd, arch, source, reinit_head=reinit_head)
 
     pre = default_preprocessing(arch, weights if weights in ("none", "imagenet") else "none", input_size)
-    if ckpt is not None and input_size is None and isinstance(ckpt.get("preprocessing"), dict):
-        pre = Preprocessing.from_dict(ckpt["preprocessing"])  # a checkpoint brings its own
+    recorded = ckpt.get("preprocessing") if ckpt is not None else None
+    if input_size is None and isinstance(recorded, dict):
+        pre = Preprocessing.from_dict(recorded)  # a checkpoint brings its own
     model.eval()
     return ModelParts(model, TARGET_LAYERS[arch], LINEAR_HEADS[arch], pre, arch, bool(small_input_stem))
 

@@ -64,7 +64,8 @@ class NeighborTable:
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     """Row-wise L2 normalization in float32 (zero rows stay zero instead of NaN)."""
     x = x.float()
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    out: torch.Tensor = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return out
 
 
 @torch.no_grad()

@@ -50,7 +50,8 @@ def default_projection() -> str:
 def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+    out: np.ndarray = x / np.maximum(n, 1e-12)
+    return out
 
 
 def _pca_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
 from xaidash.compute.checkpoint import Checkpoint, check_writable, current_versions, now_iso, save_checkpoint
 from xaidash.compute.common_args import resolve_device
 from xaidash.compute.data import Dataset, ImageLoadError, Item, open_dataset, subsample
+from xaidash.compute.imageset import Batch, ImageSet, Sample, Transform, collate
 from xaidash.compute.models import HEAD_MODULES, build_model, check_arch, freeze_backbone, get_module
 from xaidash.errors import UserError
 
@@ -77,76 +77,42 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-class ItemDataset(TorchDataset):
-    """Items of a :class:`Dataset` as ``(tensor | None, label, source, reason)`` samples.
-
-    A failed decode yields ``None`` plus the reason instead of raising, so the batch collate
-    can drop it and the main process can report it (worker processes cannot log to the main
-    process's counters directly).
-    """
-
-    def __init__(self, ds: Dataset, items: list[Item], transform: Any) -> None:
-        self.ds = ds
-        self.items = items
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str, str | None]:
-        item = self.items[i]
-        label = -1 if item.label is None else item.label
-        try:
-            img = self.ds.load(item)
-        except ImageLoadError as exc:
-            return None, label, item.source, exc.reason
-        return self.transform(img), label, item.source, None
-
-
-def collate_skip_failed(
-    batch: list[tuple[torch.Tensor | None, int, str, str | None]],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, list[tuple[str, str]]]:
-    """Stack the decodable samples; return the failed ones as ``(source, reason)``."""
-    ok = [b for b in batch if b[0] is not None]
-    failed = [(b[2], b[3] or "unreadable") for b in batch if b[0] is None]
-    if not ok:
-        return None, None, failed
-    x = torch.stack([b[0] for b in ok])  # type: ignore[misc]
-    y = torch.tensor([b[1] for b in ok], dtype=torch.long)
-    return x, y, failed
-
-
-def _note_failures(failed: list[tuple[str, str]], skipped: dict[str, str]) -> None:
-    for source, reason in failed:
+def _note_failures(batch: Batch, items: list[Item], skipped: dict[str, str]) -> None:
+    for index, reason in batch.failed:
+        source = items[index].source
         if source not in skipped:
             skipped[source] = reason
             logger.warning("skipping unreadable image %s: %s", source, reason)
 
 
-def _loader(ds: Dataset, items: list[Item], transform: Any, cfg: TrainConfig, shuffle: bool,
-            workers: int, pin: bool) -> DataLoader:
+def _loader(ds: Dataset, items: list[Item], transform: Transform, cfg: TrainConfig, shuffle: bool,
+            workers: int, pin: bool) -> DataLoader[Sample]:
     gen = torch.Generator().manual_seed(cfg.seed)
     return DataLoader(
-        ItemDataset(ds, items, transform), batch_size=cfg.batch_size, shuffle=shuffle,
-        num_workers=workers, collate_fn=collate_skip_failed, generator=gen, pin_memory=pin,
+        ImageSet(ds, items, transform), batch_size=cfg.batch_size, shuffle=shuffle,
+        num_workers=workers, collate_fn=collate, generator=gen, pin_memory=pin,
         persistent_workers=workers > 0, drop_last=False,
     )
 
 
+def _labels(batch: Batch, items: list[Item]) -> torch.Tensor:
+    return torch.tensor([items[i].label for i in batch.index], dtype=torch.long)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+def evaluate(model: torch.nn.Module, loader: DataLoader[Sample], items: list[Item], device: torch.device,
              skipped: dict[str, str], desc: str = "val") -> tuple[np.ndarray, np.ndarray]:
-    """(labels, predictions) over ``loader``; unreadable images are skipped and noted."""
+    """(labels, predictions) over ``loader`` of ``items``; unreadable images are skipped and noted."""
     model.eval()
     labels: list[np.ndarray] = []
     preds: list[np.ndarray] = []
-    for x, y, failed in tqdm(loader, desc=desc, unit="batch", file=sys.stderr, leave=False):
-        _note_failures(failed, skipped)
-        if x is None:
+    for batch in tqdm(loader, desc=desc, unit="batch", file=sys.stderr, leave=False):
+        _note_failures(batch, items, skipped)
+        if batch.x is None:
             continue
-        logits = model(x.to(device, non_blocking=True))
+        logits = model(batch.x.to(device, non_blocking=True))
         preds.append(logits.argmax(1).cpu().numpy())
-        labels.append(y.numpy())
+        labels.append(_labels(batch, items).numpy())
     if not preds:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(labels), np.concatenate(preds)
@@ -237,12 +203,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         _set_train_mode(model, cfg.model, cfg.freeze_backbone)
         seen, correct, loss_sum = 0, 0, 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", file=sys.stderr)
-        for x, y, failed in bar:
-            _note_failures(failed, skipped)
-            if x is None:
+        for batch in bar:
+            _note_failures(batch, train_items, skipped)
+            if batch.x is None:
                 continue
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            x = batch.x.to(device, non_blocking=True)
+            y = _labels(batch, train_items).to(device, non_blocking=True)
             logits = model(x)
             loss = loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -258,7 +224,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             raise UserError(f"none of the {len(train_items)} training images could be read (see warnings)")
         entry = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen}
         if val_items:
-            labels, preds = evaluate(model, val_loader, device, skipped)
+            labels, preds = evaluate(model, val_loader, val_items, device, skipped)
             entry["val_acc"] = float((labels == preds).mean()) if labels.size else 0.0
         history.append(entry)
         logger.info("epoch %d/%d: loss %.4f, train acc %.3f%s", epoch, cfg.epochs, entry["train_loss"],
@@ -268,7 +234,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     report = "no validation images"
     metrics: dict[str, Any] = {}
     if val_items:
-        labels, preds = evaluate(model, val_loader, device, skipped, desc="final val")
+        labels, preds = evaluate(model, val_loader, val_items, device, skipped, desc="final val")
         metrics, report = _metrics(labels, preds, list(ds.classes))
         accuracy = metrics["val_accuracy"]
     elapsed = time.perf_counter() - t0

@@ -6,6 +6,7 @@ uses a channel cap and faithfulness few steps so each job runs in seconds on a 2
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -14,10 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
+import xaidash.compute.job as job_mod
 from tests.imagegen import make_imagefolder, make_unlabeled_folder, write_corrupt_image
 from xaidash.cli import main
-from xaidash.compute.job import FAIL_AFTER_ENV, JobConfig, _Job, cam_disagreement, run_job
+from xaidash.compute.chunk import ChunkOutput
+from xaidash.compute.job import FAIL_AFTER_ENV, JobConfig, run_job
+from xaidash.compute.metrics import cam_disagreement
 from xaidash.errors import UserError
+from xaidash.store import Staging
 from xaidash.store.reader import open_store
 
 SIZE = 16
@@ -185,13 +190,13 @@ def test_unreadable_image_recorded_and_skipped(ckpt: Path, tmp_path: Path) -> No
 def test_killed_job_resumes_without_recomputing(folder: Path, ckpt: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     written: list[str] = []
-    orig = _Job._write_chunk
+    orig = job_mod.stage_chunk
 
-    def spy(self: _Job, staging: object, chunk: object, rows: object) -> None:
-        written.append(chunk.chunk_id)  # type: ignore[attr-defined]
-        orig(self, staging, chunk, rows)  # type: ignore[arg-type]
+    def spy(staging: Staging, out: ChunkOutput) -> None:
+        written.append(out.chunk_id)
+        orig(staging, out)
 
-    monkeypatch.setattr(_Job, "_write_chunk", spy)
+    monkeypatch.setattr(job_mod, "stage_chunk", spy)
     cfg = _cfg(f"imagefolder:{folder}", ckpt, tmp_path / "s", methods=("cam", "gradcam"), faithfulness=False)
     monkeypatch.setenv(FAIL_AFTER_ENV, "1")
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -256,15 +261,16 @@ _SHARD_CHILD = """
 import pathlib, runpy, sys, time
 import xaidash.compute.job as j
 barrier, n = pathlib.Path(sys.argv[1]), int(sys.argv[2])
-orig, state = j._Job._write_chunk, {"first": True}
-def write_chunk(self, staging, chunk, rows):
-    orig(self, staging, chunk, rows)
+orig, state = j.stage_chunk, {"first": True}
+shard = sys.argv[sys.argv.index("--shard") + 1]
+def stage_chunk(staging, out):
+    orig(staging, out)
     if state.pop("first", False):
-        (barrier / f"ready-{self.cfg.shard.replace('/', '-')}").touch()
+        (barrier / f"ready-{shard.replace('/', '-')}").touch()
         deadline = time.monotonic() + 60
         while len(list(barrier.glob("ready-*"))) < n and time.monotonic() < deadline:
             time.sleep(0.05)
-j._Job._write_chunk = write_chunk
+j.stage_chunk = stage_chunk
 sys.argv = ["xaidash.cli", *sys.argv[3:]]
 runpy.run_module("xaidash.cli", run_name="__main__")
 """
@@ -325,9 +331,9 @@ def test_concurrent_shards_publish_one_run_equal_to_unsharded(
 
 def test_finalize_with_missing_chunks_fails(folder: Path, ckpt: Path, tmp_path: Path) -> None:
     cfg = _cfg(f"imagefolder:{folder}", ckpt, tmp_path / "s", methods=("gradcam",), faithfulness=False)
-    run_job(JobConfig(**{**cfg.__dict__, "shard": "0/3"}))
+    run_job(dataclasses.replace(cfg, shard="0/3"))
     with pytest.raises(UserError, match="not computed yet"):
-        run_job(JobConfig(**{**cfg.__dict__, "finalize": True}))
+        run_job(dataclasses.replace(cfg, finalize=True))
 
 
 def _staging_empty(store: Path) -> bool:
@@ -395,12 +401,14 @@ def test_unlabeled_folder(ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_cam_disagreement() -> None:
-    a = torch.rand(3, 4, 4)
-    assert torch.allclose(cam_disagreement([a, a.clone(), a * 2]), torch.zeros(3), atol=1e-6)
-    assert torch.allclose(cam_disagreement([a, 1 - a]), torch.full((3,), 2.0), atol=1e-6)
-    z = torch.zeros(3, 4, 4)
-    assert torch.isnan(cam_disagreement([a, z])).all()  # constant map: undefined, stored as null
-    assert torch.isnan(cam_disagreement([a])).all()
+    a = np.random.default_rng(0).random((3, 4, 4))
+    np.testing.assert_allclose(cam_disagreement([a, a.copy(), a * 2]), np.zeros(3), atol=1e-6)
+    np.testing.assert_allclose(cam_disagreement([a, 1 - a]), np.full(3, 2.0), atol=1e-6)
+    z = np.zeros((3, 4, 4))
+    assert np.isnan(cam_disagreement([a, z])).all()  # constant map: undefined, stored as null
+    assert np.isnan(cam_disagreement([a])).all()
+    # pairs with a constant map are left out, the others still count
+    np.testing.assert_allclose(cam_disagreement([a, a, z]), np.zeros(3), atol=1e-6)
 
 
 def test_store_path_is_a_file(folder: Path, ckpt: Path, tmp_path: Path) -> None:

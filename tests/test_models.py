@@ -220,8 +220,8 @@ def test_check_classes(tmp_path: Path) -> None:
     root = make_imagefolder(tmp_path / "d", classes=("cat", "dog"), n_train=0, n_val=1, size=8)
     ds = open_dataset(f"imagefolder:{root}")
     pre = Preprocessing(8, 8, (0.5,) * 3, (0.5,) * 3)
-    check_classes(Checkpoint("resnet18", ["cat", "dog"], pre, True, {}), ds)
+    check_classes(Checkpoint("resnet18", ["cat", "dog"], pre, True, {}).classes, ds)
     with pytest.raises(UserError, match=r"another order.*dog,cat"):
-        check_classes(Checkpoint("resnet18", ["dog", "cat"], pre, True, {}), ds)
+        check_classes(Checkpoint("resnet18", ["dog", "cat"], pre, True, {}).classes, ds)
     with pytest.raises(UserError, match=r"checkpoint classes \[a, b, c\] do not match"):
-        check_classes(Checkpoint("resnet18", ["a", "b", "c"], pre, True, {}), ds)
+        check_classes(Checkpoint("resnet18", ["a", "b", "c"], pre, True, {}).classes, ds)

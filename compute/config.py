@@ -1,0 +1,178 @@
+"""The compute job's configuration, and every check on it that needs no heavy work.
+
+:class:`JobConfig` is the CLI's arguments, typed (``xaidash compute`` builds it with
+:meth:`JobConfig.from_args`; tests and other tools build it directly). :func:`validate` is the
+one place its values are checked: it runs first, so a typo fails in milliseconds with a message
+naming the option, never after an hour of compute. The options shared with ``xaidash train``
+(data, limits, device, batch size, workers) are defined once in :mod:`xaidash.compute.common_args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from xaidash.constants import METHODS, PRECISIONS, PROJECTIONS, TARGET_KINDS
+from xaidash.errors import UserError, choices_error
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """All inputs of one compute job."""
+
+    data: str
+    store: str
+    checkpoint: str | None = None
+    model: str | None = None
+    weights: str | None = None
+    classes: tuple[str, ...] | None = None
+    data_root: str | None = None
+    methods: tuple[str, ...] = METHODS
+    explain: tuple[str, ...] = ("pred",)
+    target_layer: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 64
+    workers: int = 2
+    limit_val: int | None = None
+    limit_train: int | None = None
+    twins: int = 5
+    projection: str | None = None
+    faithfulness_steps: int = 16
+    faithfulness: bool = True
+    scorecam_max_channels: int | None = None
+    shard: str | None = None
+    finalize: bool = False
+    chunk_size: int = 256
+    new_run: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> JobConfig:
+        """Build from the ``xaidash compute`` Namespace (attributes it lacks take the defaults;
+        0 is a value, rejected by :func:`validate` with a clear message, not "missing")."""
+        a = vars(args)
+        base = cls(data=str(a["data"]), store=str(a["store"]))
+
+        def number(name: str, default: int) -> int:
+            value = a.get(name)
+            return default if value is None else int(value)
+
+        def text(name: str) -> str | None:
+            value = a.get(name)
+            return None if value is None else str(value)
+
+        def count(name: str) -> int | None:
+            value = a.get(name)
+            return None if value is None else int(value)
+
+        classes = a.get("classes")
+        return dataclasses.replace(
+            base,
+            checkpoint=text("checkpoint"), model=text("model"), weights=text("weights"),
+            classes=None if classes is None else split_list(classes),
+            data_root=text("data_root"),
+            methods=METHODS if a.get("methods") is None else split_list(a["methods"]),
+            explain=split_list(a.get("explain") or "pred"),
+            target_layer=text("target_layer"),
+            device=str(a.get("device") or "auto"), precision=str(a.get("precision") or "fp32"),
+            batch_size=number("batch_size", base.batch_size), workers=number("workers", base.workers),
+            limit_val=count("limit_val"), limit_train=count("limit_train"),
+            twins=number("twins", base.twins), projection=text("projection"),
+            faithfulness_steps=number("faithfulness_steps", base.faithfulness_steps),
+            faithfulness=not bool(a.get("no_faithfulness", False)),
+            scorecam_max_channels=count("scorecam_max_channels"),
+            shard=text("shard"), finalize=bool(a.get("finalize", False)),
+            chunk_size=number("chunk_size", base.chunk_size), new_run=bool(a.get("new_run", False)),
+        )
+
+    def result_args(self) -> dict[str, object]:
+        """The arguments that change the published results (job key and recorded config);
+        device, batch size, workers and shard do not."""
+        return {
+            "methods": list(self.methods),
+            "explain": list(self.explain),
+            "precision": self.precision,
+            "limit_val": self.limit_val,
+            "limit_train": self.limit_train,
+            "twins": self.twins,
+            "projection": self.projection,
+            "faithfulness": self.faithfulness,
+            "faithfulness_steps": self.faithfulness_steps if self.faithfulness else None,
+            "scorecam_max_channels": self.scorecam_max_channels if "scorecam" in self.methods else None,
+            # chunk ids depend on it, so resuming with another chunk size must not mix chunks
+            "chunk_size": self.chunk_size,
+        }
+
+
+def split_list(value: object) -> tuple[str, ...]:
+    """``"a, b"`` or ``["a", "b"]`` -> ``("a", "b")`` (blank entries dropped)."""
+    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return tuple(s for s in (str(p).strip() for p in parts) if s)
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; UserError otherwise."""
+    if spec is None or spec == "":
+        return None
+    try:
+        i_s, n_s = spec.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise UserError(f"bad --shard {spec!r}: expected I/N with integers, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"bad --shard {spec!r}: need N >= 1 and 0 <= I < N")
+    return i, n
+
+
+def validate_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """Known, de-duplicated, in canonical order; UserError listing the valid ones."""
+    if not methods:
+        raise UserError(f"--methods is empty; valid methods: {', '.join(METHODS)}")
+    for m in methods:
+        if m not in METHODS:
+            raise choices_error("method", m, METHODS)
+    return tuple(m for m in METHODS if m in methods)
+
+
+def validate_explain(explain: Sequence[str]) -> tuple[str, ...]:
+    """``pred`` or ``pred,true``, in canonical order."""
+    for e in explain:
+        if e not in TARGET_KINDS:
+            raise choices_error("explain target", e, TARGET_KINDS)
+    if "pred" not in explain:
+        raise UserError("--explain must include 'pred' (use pred or pred,true)")
+    return tuple(e for e in TARGET_KINDS if e in explain)
+
+
+def validate(cfg: JobConfig) -> JobConfig:
+    """``cfg`` with methods and targets in canonical order; UserError naming the first bad option.
+
+    Checks only what needs no dataset, model or store (those are checked as they are opened).
+    """
+    from xaidash.compute.projection import umap_available
+
+    methods = validate_methods(cfg.methods)
+    explain = validate_explain(cfg.explain)
+    parse_shard(cfg.shard)
+    if cfg.precision not in PRECISIONS:
+        raise choices_error("precision", cfg.precision, PRECISIONS)
+    if cfg.projection is not None and cfg.projection not in PROJECTIONS:
+        raise choices_error("projection", cfg.projection, PROJECTIONS)
+    if cfg.projection == "umap" and not umap_available():
+        raise UserError("--projection umap needs umap-learn (pip install umap-learn), or use pca")
+    for name, v, lo in (("--batch-size", cfg.batch_size, 1), ("--chunk-size", cfg.chunk_size, 1),
+                        ("--twins", cfg.twins, 0), ("--faithfulness-steps", cfg.faithfulness_steps, 2),
+                        ("--workers", cfg.workers, 0)):
+        if v < lo:
+            raise UserError(f"{name} must be >= {lo}, got {v}")
+    for name, opt in (("--limit-val", cfg.limit_val), ("--limit-train", cfg.limit_train),
+                      ("--scorecam-max-channels", cfg.scorecam_max_channels)):
+        if opt is not None and opt < 1:
+            raise UserError(f"{name} must be >= 1, got {opt}")
+    if cfg.checkpoint and (cfg.model or cfg.weights):
+        raise UserError("give either --checkpoint or --model/--weights, not both")
+    if not cfg.checkpoint and not cfg.model:
+        raise UserError("no model: give --checkpoint CKPT, or --model ARCH --weights imagenet|PATH")
+    return dataclasses.replace(cfg, methods=methods, explain=explain)

@@ -1,0 +1,156 @@
+"""The job's plan: everything the per-chunk function needs, decided once and never changed.
+
+:func:`make_plan` validates the configuration, opens the dataset, loads the model, picks the
+images and cuts them into deterministic chunks, and computes the job key; it raises a UserError
+before any heavy work. The resulting :class:`JobPlan` is frozen: the per-image phase, the
+global phase and the publish protocol only read it. It holds no store: the job opens that.
+
+The job key hashes everything that changes the results (model identity, dataset fingerprint,
+result-affecting arguments) but not the device, batch size, workers or shard, so a re-run with
+the same arguments — or another shard of the same job — writes into the same staging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from xaidash.compute.checkpoint import check_classes
+from xaidash.compute.chunk import Chunk
+from xaidash.compute.common_args import resolve_device
+from xaidash.compute.config import JobConfig, parse_shard, validate
+from xaidash.compute.data import Dataset, Item, open_dataset, subsample
+from xaidash.compute.loading import LoadedModel, for_inference, load_model, resolve_model_ref
+from xaidash.compute.models import ModelParts, get_module
+from xaidash.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Bump when the per-image computation changes meaning, so old staging is never reused.
+JOB_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """One compute job, decided: the configuration (validated), the data, the model, the chunks."""
+
+    cfg: JobConfig
+    shard: tuple[int, int] | None
+    device: torch.device
+    dataset: Dataset
+    fingerprint: str
+    loaded: LoadedModel
+    model: torch.nn.Module  #: the network ready for inference on ``device``
+    target_layer: str
+    linear_head: str | None  #: None: CAM is not applicable at ``target_layer``
+    val_items: tuple[Item, ...]
+    train_items: tuple[Item, ...]
+    chunks: tuple[Chunk, ...]
+    job_key: str
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.cfg.methods
+
+    @property
+    def explain(self) -> tuple[str, ...]:
+        return self.cfg.explain
+
+    @property
+    def parts(self) -> ModelParts:
+        return self.loaded.parts
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.loaded.classes
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda"
+
+    def label_name(self, label: int | None) -> str | None:
+        if label is None or self.dataset.classes is None:
+            return None
+        return self.dataset.classes[label]
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def my_chunks(self) -> list[Chunk]:
+        """The chunks this process computes: all of them, or those of its shard."""
+        if self.shard is None:
+            return list(self.chunks)
+        i, n = self.shard
+        return [c for c in self.chunks if c.index % n == i]
+
+    def result_args(self) -> dict[str, object]:
+        """Arguments that change the published results (part of the job key and config)."""
+        return {**self.cfg.result_args(), "target_layer": self.target_layer}
+
+    def config_json(self) -> str:
+        """The run's recorded configuration, including the model reference explain.py reloads."""
+        cfg = dataclasses.asdict(self.cfg)
+        cfg.update(methods=list(self.methods), explain=list(self.explain), target_layer=self.target_layer,
+                   job_key=self.job_key)
+        # the Score-CAM cap keeps the explain page's maps like the run's
+        cfg["model"] = {**self.loaded.model_ref, "target_layer": self.target_layer,
+                        "scorecam_max_channels": self.cfg.scorecam_max_channels}
+        return json.dumps(cfg, sort_keys=True, default=str)
+
+    def with_job_key(self, job_key: str) -> JobPlan:
+        return dataclasses.replace(self, job_key=job_key)
+
+
+def make_plan(cfg: JobConfig) -> JobPlan:
+    """Validate everything and load the model; UserError before any real work."""
+    cfg = validate(cfg)
+    device = resolve_device(cfg.device)
+    dataset = open_dataset(cfg.data, cfg.data_root)
+    loaded = load_model(resolve_model_ref(cfg.checkpoint, cfg.model, cfg.weights, cfg.classes, dataset))
+    check_classes(loaded.classes, dataset)
+    parts = loaded.parts
+    target_layer = cfg.target_layer or parts.target_layer
+    get_module(parts.model, target_layer)  # UserError listing the valid names
+    # CAM needs GAP + one linear layer on *this* layer; another layer makes it inapplicable
+    linear_head = parts.linear_head if target_layer == parts.target_layer else None
+    if "cam" in cfg.methods and linear_head is None:
+        log.warning("cam is not applicable to %s at layer %s (needs global average pooling + one "
+                    "linear layer after it); the run will not have CAM maps", parts.arch, target_layer)
+
+    val = subsample(dataset.items("val"), cfg.limit_val)
+    if not val:
+        raise UserError(f"dataset {cfg.data!r} has no validation images")
+    # Twins need labels: an unlabeled train split (there is none today) would be skipped.
+    train = subsample(dataset.items("train"), cfg.limit_train) if dataset.labeled else []
+    chunks: list[Chunk] = []
+    for split, items in (("val", val), ("train", train)):
+        for n, s in enumerate(range(0, len(items), cfg.chunk_size)):
+            chunks.append(Chunk(len(chunks), f"{split}-{n:06d}", split, tuple(items[s : s + cfg.chunk_size])))
+
+    fingerprint = dataset.fingerprint()
+    plan = JobPlan(
+        cfg=cfg, shard=parse_shard(cfg.shard), device=device, dataset=dataset, fingerprint=fingerprint,
+        loaded=loaded, model=for_inference(parts.model, device), target_layer=target_layer,
+        linear_head=linear_head, val_items=tuple(val), train_items=tuple(train), chunks=tuple(chunks),
+        job_key="",
+    )
+    return plan.with_job_key(_job_key(plan))
+
+
+def _job_key(plan: JobPlan) -> str:
+    payload = {
+        "format": JOB_FORMAT,
+        "model": plan.loaded.identity,
+        "dataset": {"spec_kind": plan.dataset.kind, "fingerprint": plan.fingerprint},
+        "args": plan.result_args(),
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return f"compute-{digest[:32]}"
