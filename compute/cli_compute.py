@@ -8,51 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-from xaidash.constants import METHODS, PROJECTIONS
-
-
-def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
-    """True when ``option`` (e.g. "--device") is already defined on ``parser``."""
-    return option in parser._option_string_actions  # argparse has no public accessor
-
-
-def _add_data_fallback(parser: argparse.ArgumentParser) -> None:
-    """The shared data options, for when compute.common_args does not define one of them."""
-    if not _has_option(parser, "--data"):
-        parser.add_argument(
-            "--data", required=True, metavar="SPEC",
-            help="dataset: imagefolder:DIR | folder:DIR | fashion-mnist[:classes] | cifar10[:classes]",
-        )
-    if not _has_option(parser, "--data-root"):
-        parser.add_argument("--data-root", default=None, metavar="DIR",
-                            help="where fashion-mnist/cifar10 files live "
-                                 "(default $XAIDASH_DATA, ~/.cache/xaidash)")
-    if not _has_option(parser, "--limit-train"):
-        parser.add_argument("--limit-train", type=int, default=None, metavar="N",
-                            help="use at most N train images (stratified, deterministic)")
-    if not _has_option(parser, "--limit-val"):
-        parser.add_argument("--limit-val", type=int, default=None, metavar="N",
-                            help="use at most N validation images (stratified, deterministic)")
-    if not _has_option(parser, "--batch-size"):
-        parser.add_argument("--batch-size", type=int, default=64, metavar="N",
-                            help="images per batch (default 64)")
-    if not _has_option(parser, "--workers"):
-        parser.add_argument("--workers", type=int, default=2, metavar="N",
-                            help="image decoding worker processes (default 2; 0 = in the main process)")
+from xaidash.compute.common_args import add_data_arguments, add_device_argument, add_loader_arguments
+from xaidash.constants import METHODS, PRECISIONS, PROJECTIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Define the ``compute`` options (shared data/device options come from common_args)."""
-    try:  # the shared options, when the foundation module provides them
-        from xaidash.compute import common_args  # argparse-only module: still light
-
-        common_args.add_data_arguments(parser)
-        common_args.add_device_argument(parser)
-    except ImportError:
-        pass
-    _add_data_fallback(parser)
-    if not _has_option(parser, "--device"):
-        parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    add_data_arguments(parser)
+    add_device_argument(parser)
+    add_loader_arguments(parser, batch_size=64, workers=2)
 
     model = parser.add_argument_group("model (a checkpoint, or plain weights)")
     model.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by `xaidash train`")
@@ -72,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "wrong predictions with 'pred,true' (default pred)")
     parser.add_argument("--target-layer", default=None, metavar="NAME",
                         help="dotted module name of the CAM layer (default: the model's last conv block)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32 (default) or bf16 autocast for the forward passes (CUDA; see docs)")
     parser.add_argument("--twins", type=int, default=5, metavar="K",
                         help="twins and counterfactuals per image and class (default 5)")

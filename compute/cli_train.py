@@ -12,7 +12,7 @@ import sys
 from xaidash.compute.common_args import (
     add_data_arguments,
     add_device_argument,
-    non_negative_int,
+    add_loader_arguments,
     positive_int,
 )
 from xaidash.constants import ARCHITECTURES
@@ -47,10 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", required=True, metavar="CKPT", help="checkpoint file to write (atomically)")
     g.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
     g.add_argument("--lr", type=_positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    g.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
     g.add_argument("--seed", type=int, default=0, help="random seed; CPU runs are deterministic (default 0)")
-    g.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
-                   help="data loading worker processes (default: cores - 1, at most 4; 0 = in-process)")
+    add_loader_arguments(parser, batch_size=32, workers=None)
     add_device_argument(parser)
 
 

@@ -57,6 +57,19 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                    help="use at most N validation images (stratified by class, deterministic)")
 
 
+def add_loader_arguments(parser: argparse.ArgumentParser, batch_size: int, workers: int | None) -> None:
+    """``--batch-size N`` and ``--workers N`` (image-decoding processes), with each command's defaults.
+
+    The values are parsed as integers only: 0 and negatives reach the command's own validation,
+    which names the option (the same message for the CLI and for Python callers)."""
+    g = parser.add_argument_group("loading")
+    g.add_argument("--batch-size", type=int, default=batch_size, metavar="N",
+                   help=f"images per batch (default {batch_size})")
+    default = "cores - 1, at most 4" if workers is None else str(workers)
+    g.add_argument("--workers", type=int, default=workers, metavar="N",
+                   help=f"image decoding worker processes (default {default}; 0 = in the main process)")
+
+
 def device_name(text: str) -> str:
     """argparse type: auto | cpu | cuda | cuda:N."""
     name = text.strip().lower()

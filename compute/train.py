@@ -156,6 +156,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     out = check_writable(cfg.out)  # fail before the long part, not after it
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise UserError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {cfg.workers}")
     device = resolve_device(cfg.device)
 
     ds = open_dataset(cfg.data, cfg.data_root)
