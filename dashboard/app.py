@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,10 @@ from dash import Input, Output, State, dcc, html, no_update
 
 import xaidash.assets
 from xaidash.dashboard import theme
-from xaidash.dashboard.components import run_label
-from xaidash.dashboard.data import DashData, SelectionStore
+from xaidash.dashboard.components import no_runs_alert, run_label
+from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
 from xaidash.dashboard.pages import compare, embedding, explain, gallery, image, overview
-from xaidash.dashboard.params import parse_query, qs_of
+from xaidash.dashboard.params import Filters, parse_query, qs_of
 from xaidash.dashboard.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.store import open_store
@@ -132,19 +133,22 @@ def run_options(state: AppState) -> list[dict[str, str]]:
 def render(state: AppState, pathname: str | None, search: str | None) -> Any:
     """The page for a URL (plain function: unit tests call it without a browser)."""
     filters = parse_query(search)
-    return render_page(pathname, PageContext(state, filters, state.data.resolve_run(filters.run)))
+    return render_page(state, pathname, filters, state.data.resolve_run(filters.run))
 
 
-def render_page(pathname: str | None, ctx: PageContext) -> Any:
+def render_page(state: AppState, pathname: str | None, filters: Filters, resolved: ResolvedRun) -> Any:
     """The page at ``pathname`` for an already parsed URL and resolved run."""
     path = (pathname or "/").rstrip("/") or "/"
-    for module, page_path, _ in PAGES:
-        if path == page_path:
-            return safe_render(module.layout, ctx)
-    return dbc.Alert(
-        [html.H5("Page not found", className="alert-heading"), dcc.Link("Go to the overview", href="/")],
-        color="warning",
-    )
+    layout = next((module.layout for module, page_path, _ in PAGES if path == page_path), None)
+    if layout is None:
+        return dbc.Alert(
+            [html.H5("Page not found", className="alert-heading"), dcc.Link("Go to the overview", href="/")],
+            color="warning",
+        )
+    if resolved.info is None:
+        return no_runs_alert(state.store_path)
+    ctx = PageContext(state, replace(filters, run=resolved.info.run_id), resolved.info, resolved.warning)
+    return safe_render(layout, ctx)
 
 
 # Query keys that a page's own callbacks update in place: a URL change touching only these
@@ -228,7 +232,7 @@ def create_app(
             return (no_update,) * (4 + len(NAV_ITEMS))
         filters = parse_query(search)
         resolved = state.data.resolve_run(filters.run)
-        content = render_page(pathname, PageContext(state, filters, resolved))
+        content = render_page(state, pathname, filters, resolved)
         run_q = "?" + urlencode({"run": resolved.run_id}) if resolved.run_id else ""
         hrefs = [path + run_q for path, _ in NAV_ITEMS]
         return (content, run_options(state), resolved.run_id, {"path": pathname, "search": search}, *hrefs)

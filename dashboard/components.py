@@ -11,6 +11,7 @@ import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
 from dash import dcc, html
+from dash.development.base_component import Component
 
 from xaidash.constants import METHOD_LABELS, METHODS
 from xaidash.dashboard.overlays import COLORMAPS, colormap_css_gradient
@@ -143,6 +144,22 @@ def overlay_img(
 def thumb_img(run_id: str, image_id: str, size: int | None = None, className: str = "xd-thumb") -> html.Img:
     """An <img> of the stored thumbnail."""
     return html.Img(src=image_url(run_id, image_id, size), className=className, alt="image")
+
+
+def neighbor_tile(run_id: str, image_id: str, f: Filters, caption: str | list[str | Component]) -> html.Div:
+    """A training image (a twin or a counterfactual) beside its own Grad-CAM, with a caption."""
+    images = html.Div(
+        [
+            thumb_img(run_id, image_id, size=96),
+            overlay_img(run_id, image_id, "gradcam", f, size=96, title="its Grad-CAM"),
+        ],
+        className="d-flex gap-1",
+    )
+    return html.Div(
+        [images, html.Div(caption, className="small text-center")],
+        className="xd-neighbor",
+        title=f"train image {image_id}",
+    )
 
 
 def colorbar(cmap: str) -> html.Div:

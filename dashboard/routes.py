@@ -58,9 +58,9 @@ def _etag(*parts: object) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:20]
 
 
-def _image_response(data: bytes, mime: str, etag: str) -> Response:
-    """A cacheable image response; answers 304 when the client already has this ETag."""
-    resp = Response(status=304) if etag in request.if_none_match else Response(data, mimetype=mime)
+def _image_response(data: bytes | None, mime: str, etag: str) -> Response:
+    """A cacheable image response; ``data`` None answers 304 (the client has this ETag)."""
+    resp = Response(status=304) if data is None else Response(data, mimetype=mime)
     resp.set_etag(etag)
     resp.headers["Cache-Control"] = f"public, max-age={ONE_YEAR}, immutable"
     return resp
@@ -83,27 +83,32 @@ def register_routes(
         resp.headers["Cache-Control"] = "public, max-age=86400"
         return resp
 
-    def safe(render: Renderer, what: str) -> Renderer:
-        """A missing or unreadable run, map or thumbnail is a 404, never a 500 (and not cached)."""
+    def serve(key: tuple[object, ...], render: Renderer, what: str) -> Response:
+        """The image under ``key``: 304 when the client has it, else from the PNG cache or rendered.
 
-        def wrapped() -> tuple[bytes, str] | None:
+        A missing or unreadable run, map or thumbnail is a 404, never a 500 (and not cached).
+        """
+        etag = _etag(*key)
+        if etag in request.if_none_match:
+            return _image_response(None, "image/png", etag)
+
+        def guarded() -> tuple[bytes, str] | None:
             try:
                 return render()
             except Exception:  # an unreadable run/file, a run deleted meanwhile, a corrupt PNG
                 log.warning("could not render %s", what, exc_info=True)
                 return None
 
-        return wrapped
+        out = png_cache.get_or_render(key, guarded)
+        if out is None:
+            abort(404)
+        return _image_response(out[0], out[1], etag)
 
     @server.route("/img/<run_id>/<image_id>.png")
     def thumbnail(run_id: str, image_id: str) -> Response:
         if not RUN_ID_RE.match(run_id) or not IMAGE_ID_RE.match(image_id):
             abort(404)
         size = overlays.parse_size(request.args.get("size"))
-        key = ("img", run_id, image_id, size)
-        etag = _etag(*key)
-        if etag in request.if_none_match:
-            return _image_response(b"", "image/png", etag)
 
         def render() -> tuple[bytes, str] | None:
             thumb = data.thumbnail(run_id, image_id)
@@ -111,10 +116,7 @@ def register_routes(
                 return None
             return overlays.render_resized(thumb, size)
 
-        out = png_cache.get_or_render(key, safe(render, f"thumbnail {run_id}/{image_id}"))
-        if out is None:
-            abort(404)
-        return _image_response(out[0], out[1], etag)
+        return serve(("img", run_id, image_id, size), render, f"thumbnail {run_id}/{image_id}")
 
     @server.route("/overlay/<run_id>/<image_id>/<method>.png")
     def overlay(run_id: str, image_id: str, method: str) -> Response:
@@ -126,10 +128,6 @@ def register_routes(
         cmap = overlays.parse_cmap(request.args.get("cmap"))
         alpha = overlays.parse_alpha(request.args.get("alpha"))
         size = overlays.parse_size(request.args.get("size"))
-        key = ("ov", run_id, image_id, method, target, cmap, alpha, size)
-        etag = _etag(*key)
-        if etag in request.if_none_match:
-            return _image_response(b"", "image/png", etag)
 
         def render() -> tuple[bytes, str] | None:
             cam = data.cam(run_id, image_id, method, target)
@@ -140,9 +138,7 @@ def register_routes(
                 return overlays.render_heatmap(cam, cmap, size or 96), "image/png"
             return overlays.render_overlay(thumb, cam, cmap, alpha, size), "image/png"
 
-        out = png_cache.get_or_render(key, safe(render, f"overlay {run_id}/{image_id}/{method}"))
-        if out is None:
-            abort(404)
-        return _image_response(out[0], out[1], etag)
+        key = ("ov", run_id, image_id, method, target, cmap, alpha, size)
+        return serve(key, render, f"overlay {run_id}/{image_id}/{method}")
 
     return png_cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from xaidash.dashboard.data import DashData, DerivedCache, ResolvedRun, SelectionStore
+from xaidash.dashboard.data import DashData, DerivedCache, SelectionStore
 from xaidash.dashboard.params import Filters
 
 if TYPE_CHECKING:
@@ -25,17 +25,22 @@ class AppState:
 
 @dataclass(frozen=True)
 class PageContext:
-    """Inputs of one page render: app state, validated filters and the resolved run."""
+    """Inputs of one page render: app state, the run it shows and the validated filters.
+
+    Pages are rendered only for a store with runs (the router shows the "no runs yet" alert
+    otherwise), so ``info`` is always a run, and ``filters.run`` is its id.
+    """
 
     state: AppState
     filters: Filters
-    resolved: ResolvedRun
+    info: RunInfo
+    #: why the run in the URL was replaced by the latest one, if it was
+    warning: str | None = None
 
     @property
     def data(self) -> DashData:
         return self.state.data
 
     @property
-    def info(self) -> RunInfo | None:
-        """The run the page shows; None when the store has no runs."""
-        return self.resolved.info
+    def run_id(self) -> str:
+        return self.info.run_id

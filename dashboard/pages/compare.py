@@ -23,7 +23,6 @@ from xaidash.dashboard.components import (
     fmt_count,
     fmt_pct,
     method_label,
-    no_runs_alert,
     overlay_img,
     run_label,
     thumb_img,
@@ -51,13 +50,13 @@ METRIC_LABELS = {
 LOWER_IS_BETTER = {"errors", "failed"}
 
 
-def pick_pair(ctx: PageContext, shown: RunInfo) -> tuple[str | None, RunInfo, pd.DataFrame, str | None]:
+def pick_pair(ctx: PageContext) -> tuple[str | None, RunInfo, pd.DataFrame, str | None]:
     """Runs A (before) and B (after): from the URL when valid, else the two newest comparable.
 
-    ``shown`` is the page's run, B when the URL names no (existing) run B.
+    B is the page's run when the URL names no (existing) run B.
     """
     f = ctx.filters
-    info_b = (ctx.data.run(f.b) if f.b else None) or shown
+    info_b = (ctx.data.run(f.b) if f.b else None) or ctx.info
     run_b = info_b.run_id
     comparable = ctx.data.comparable_runs(info_b)
     ids = [str(r) for r in comparable["run_id"]] if len(comparable) else []
@@ -177,11 +176,9 @@ def flip_rows(run_a: str, run_b: str, flips: pd.DataFrame, f: Filters, class_nam
 
 def layout(ctx: PageContext) -> Any:
     """Render the comparison (plain function, unit-tested)."""
-    if ctx.info is None:
-        return no_runs_alert(ctx.state.store_path)
-    run_a, info_b, comparable, warning = pick_pair(ctx, ctx.info)
+    run_a, info_b, comparable, warning = pick_pair(ctx)
     run_b = info_b.run_id
-    f = replace(ctx.filters, run=ctx.info.run_id, a=run_a, b=run_b)
+    f = replace(ctx.filters, a=run_a, b=run_b)
     options = [
         {"label": run_label(rec), "value": str(rec["run_id"])} for rec in comparable.to_dict("records")
     ]
@@ -216,7 +213,7 @@ def layout(ctx: PageContext) -> Any:
         ],
         className="mb-3",
     )
-    head: list[Any] = [warning_alert(ctx.resolved.warning), warning_alert(warning), card("Runs", pickers)]
+    head: list[Any] = [warning_alert(ctx.warning), warning_alert(warning), card("Runs", pickers)]
     if run_a is None:
         return html.Div(
             [

@@ -23,7 +23,6 @@ from xaidash.dashboard.components import (
     correctness_badge,
     empty_state,
     fmt_num,
-    no_runs_alert,
     thumb_img,
     warning_alert,
 )
@@ -38,8 +37,10 @@ PREFIX = "embedding"
 MAX_INLINE = 20
 
 
-def embedding_figure(state: AppState, info: RunInfo, f: Filters, selected: str | None = None) -> Any:
-    """The map as a figure dict, with twin lines from ``selected`` when given.
+def embedding_figure(
+    state: AppState, info: RunInfo, f: Filters, selected: str | None = None, twins: pd.DataFrame | None = None
+) -> Any:
+    """The map as a figure dict, with lines from ``selected`` to its ``twins`` when given.
 
     The 20,000-point base figure is built once per (run, colouring, train) - runs are immutable
     - and a selection only swaps the two small leading traces.
@@ -53,9 +54,9 @@ def embedding_figure(state: AppState, info: RunInfo, f: Filters, selected: str |
         return plain
 
     base = state.derived.get(("embedding-figure", run_id, f.color, f.train), build)
-    if selected is None:
+    if selected is None or twins is None:
         return base
-    xs, ys, sx, sy = twin_update(state, run_id, selected)
+    xs, ys, sx, sy = twin_update(state, run_id, selected, twins)
     fig = dict(base)
     fig["data"] = [
         {**base["data"][0], "x": xs, "y": ys},
@@ -81,30 +82,30 @@ def positions(state: AppState, run_id: str) -> dict[str, tuple[float, float]]:
     return state.derived.get(("embedding-positions", run_id), build)
 
 
+def twins_of(state: AppState, run_id: str, image_id: str) -> pd.DataFrame:
+    """The stored twins of ``image_id`` (neighbors rows of kind "twin", nearest first)."""
+    nb = state.data.neighbors(run_id, image_id)
+    return nb[nb["kind"] == "twin"] if len(nb) else nb
+
+
 def twin_update(
-    state: AppState, run_id: str, image_id: str
+    state: AppState, run_id: str, image_id: str, twins: pd.DataFrame
 ) -> tuple[list[Any], list[Any], list[float], list[float]]:
-    """Coordinates of the twin lines and the star for ``image_id``."""
+    """Coordinates of the lines to ``twins`` and of the star for ``image_id``."""
     pos = positions(state, run_id)
     if image_id not in pos:
         return [], [], [], []
-    nb = state.data.neighbors(run_id, image_id)
-    twin_ids = [
-        str(n) for k, n in zip(nb["kind"], nb["neighbor_id"], strict=True) if k == "twin" and n in pos
-    ]
-    twins = pd.DataFrame({"x": [pos[n][0] for n in twin_ids], "y": [pos[n][1] for n in twin_ids]})
+    twin_ids = [str(n) for n in twins["neighbor_id"] if n in pos]
+    xy = pd.DataFrame({"x": [pos[n][0] for n in twin_ids], "y": [pos[n][1] for n in twin_ids]})
     x0, y0 = pos[image_id]
     me = pd.DataFrame({"image_id": [image_id], "x": [x0], "y": [y0]})
-    return figures.twin_line_coords(me, image_id, twins)
+    return figures.twin_line_coords(me, image_id, xy)
 
 
 def layout(ctx: PageContext) -> Any:
     """Render the embedding map page (plain function, unit-tested)."""
-    info = ctx.info
-    if info is None:
-        return no_runs_alert(ctx.state.store_path)
+    info, f = ctx.info, ctx.filters
     run_id = info.run_id
-    f = replace(ctx.filters, run=run_id)
     labeled = info.labeled
     points = ctx.data.embedding_points(run_id, f.train)
     if len(points) == 0:
@@ -135,9 +136,10 @@ def layout(ctx: PageContext) -> Any:
         ],
         className="d-flex align-items-center flex-wrap",
     )
+    twins = twins_of(ctx.state, run_id, f.id) if f.id else None
     graph = dcc.Graph(
         id=f"{PREFIX}-graph",
-        figure=embedding_figure(ctx.state, info, f, f.id),
+        figure=embedding_figure(ctx.state, info, f, f.id, twins),
         config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage"], "scrollZoom": True},
         clear_on_unhover=False,
     )
@@ -151,7 +153,8 @@ def layout(ctx: PageContext) -> Any:
                 ),
             ),
             card(
-                "Selected point", html.Div(selected_panel(ctx.state, run_id, f.id, f), id=f"{PREFIX}-pinned")
+                "Selected point",
+                html.Div(selected_panel(ctx.state, run_id, f.id, f, twins), id=f"{PREFIX}-pinned"),
             ),
             card(
                 "Lasso / box selection",
@@ -173,7 +176,7 @@ def layout(ctx: PageContext) -> Any:
     )
     return html.Div(
         [
-            warning_alert(ctx.resolved.warning),
+            warning_alert(ctx.warning),
             dbc.Row(
                 [
                     dbc.Col(card("Embedding map", [graph, legend], header_right=controls), lg=9),
@@ -235,17 +238,17 @@ def hover_panel(state: AppState, run_id: str, image_id: str | None) -> Any:
     )
 
 
-def selected_panel(state: AppState, run_id: str, image_id: str | None, f: Filters) -> Any:
-    """The pinned point: its image page link and its twins."""
-    if image_id is None:
+def selected_panel(
+    state: AppState, run_id: str, image_id: str | None, f: Filters, twins: pd.DataFrame | None
+) -> Any:
+    """The pinned point: its image page link and its ``twins``."""
+    if image_id is None or twins is None:
         return html.P(
             "Click a point to pin it and draw lines to its twins.", className="text-muted small mb-0"
         )
     rec = point_summary(state, run_id, image_id)
     if rec is None:
         return html.P("That image is not in this run.", className="text-muted small mb-0")
-    nb = state.data.neighbors(run_id, image_id)
-    twins = nb[nb["kind"] == "twin"] if len(nb) else nb
     return html.Div(
         [
             html.Div(thumb_img(run_id, image_id, size=96), className="mb-1"),
@@ -351,7 +354,8 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
             return no_update, no_update, no_update
         f = replace(f, run=run, id=pid)
         # Only the two leading traces change: a Patch sends ~100 bytes instead of the map.
-        xs, ys, sx, sy = twin_update(state, run, pid)
+        twins = twins_of(state, run, pid)
+        xs, ys, sx, sy = twin_update(state, run, pid, twins)
         patch = Patch()
         patch["data"][0]["x"] = xs
         patch["data"][0]["y"] = ys
@@ -360,7 +364,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         # The URL keeps the pinned point (shareable), written without a re-render of the page:
         # the router ignores changes that only touch "id" on this page (see app.SOFT_KEYS).
         keys = ("run", "color", "train", "id", "cmap", "alpha")
-        return selected_panel(state, run, pid, f), patch, to_query(f, keys)
+        return selected_panel(state, run, pid, f, twins), patch, to_query(f, keys)
 
     @app.callback(
         Output(f"{PREFIX}-selection", "children"),

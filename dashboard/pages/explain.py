@@ -25,13 +25,12 @@ from xaidash.dashboard.components import (
     empty_state,
     fmt_num,
     method_label,
+    neighbor_tile,
     no_runs_alert,
-    overlay_img,
     run_methods,
-    thumb_img,
     warning_alert,
 )
-from xaidash.dashboard.params import parse_query
+from xaidash.dashboard.params import Filters, parse_query
 from xaidash.dashboard.state import AppState, PageContext
 
 if TYPE_CHECKING:
@@ -121,8 +120,6 @@ def model_ref_of(info: RunInfo) -> dict[str, Any] | None:
 def layout(ctx: PageContext) -> Any:
     """Upload area + result container (the work happens in the callback)."""
     info = ctx.info
-    if info is None:
-        return no_runs_alert(ctx.state.store_path)
     ref = model_ref_of(info)
     model_desc = (
         f"{info.arch or '?'} · checkpoint {ref.get('checkpoint') or ref.get('weights') or '?'}"
@@ -144,7 +141,7 @@ def layout(ctx: PageContext) -> Any:
     )
     return html.Div(
         [
-            warning_alert(ctx.resolved.warning),
+            warning_alert(ctx.warning),
             card(
                 "Explain a new image with this run's model",
                 [
@@ -228,22 +225,7 @@ def render_explanation(state: AppState, info: RunInfo, image: Image.Image, filen
                 md=3,
             )
         )
-    twins = [
-        html.Div(
-            [
-                html.Div(
-                    [
-                        thumb_img(run_id, tid, size=96),
-                        overlay_img(run_id, tid, "gradcam", parse_query(""), size=96, title="its Grad-CAM"),
-                    ],
-                    className="d-flex gap-1",
-                ),
-                html.Div(f"sim {fmt_num(sim, 3)}", className="small text-center"),
-            ],
-            className="xd-neighbor",
-        )
-        for tid, sim in exp.twins
-    ]
+    twins = [neighbor_tile(run_id, tid, Filters(), f"sim {fmt_num(sim, 3)}") for tid, sim in exp.twins]
     pred_name = exp.topk[0][1] if exp.topk else "?"
     return html.Div(
         [

@@ -26,7 +26,6 @@ from xaidash.dashboard.components import (
     fmt_num,
     fmt_pct,
     method_label,
-    no_runs_alert,
     overlay_img,
     run_methods,
     thumb_img,
@@ -290,16 +289,12 @@ def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) 
 
 def layout(ctx: PageContext) -> Any:
     """Render the gallery (plain function, unit-tested)."""
-    info = ctx.info
-    if info is None:
-        return no_runs_alert(ctx.state.store_path)
-    f = replace(ctx.filters, run=info.run_id)
-    ctx = replace(ctx, filters=f)
+    info, f = ctx.info, ctx.filters
     selection, sel_warning = resolve_selection(ctx)
     methods = run_methods(info)
     return html.Div(
         [
-            warning_alert(ctx.resolved.warning),
+            warning_alert(ctx.warning),
             warning_alert(sel_warning),
             dbc.Row(
                 [

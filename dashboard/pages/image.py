@@ -27,7 +27,7 @@ from xaidash.dashboard.components import (
     fmt_num,
     fmt_pct,
     method_label,
-    no_runs_alert,
+    neighbor_tile,
     overlay_img,
     run_methods,
     thumb_img,
@@ -80,31 +80,15 @@ def neighbor_strip(run_id: str, nbrs: pd.DataFrame, kind: str, f: Filters) -> An
     part = nbrs[nbrs["kind"] == kind].sort_values("rank") if len(nbrs) else nbrs
     if len(part) == 0:
         return html.P("None stored for this image.", className="text-muted small mb-0")
-    items = []
-    for rec in part.to_dict("records"):
-        nid = str(rec["neighbor_id"])
-        items.append(
-            html.Div(
-                [
-                    html.Div(
-                        [
-                            thumb_img(run_id, nid, size=96, className="xd-thumb"),
-                            overlay_img(run_id, nid, "gradcam", f, size=96, title="its Grad-CAM"),
-                        ],
-                        className="d-flex gap-1",
-                    ),
-                    html.Div(
-                        [
-                            html.B(str(rec.get("neighbor_class_name") or "?")),
-                            f" · sim {fmt_num(rec['similarity'], 3)}",
-                        ],
-                        className="small text-center",
-                    ),
-                ],
-                className="xd-neighbor",
-                title=f"train image {nid}",
-            )
+    items = [
+        neighbor_tile(
+            run_id,
+            str(rec["neighbor_id"]),
+            f,
+            [html.B(str(rec.get("neighbor_class_name") or "?")), f" · sim {fmt_num(rec['similarity'], 3)}"],
         )
+        for rec in part.to_dict("records")
+    ]
     return html.Div(items, className="d-flex flex-wrap gap-3", id=f"{PREFIX}-{kind}s")
 
 
@@ -164,11 +148,8 @@ def history_table(hist: pd.DataFrame, run_id: str, image_id: str, f: Filters) ->
 
 def layout(ctx: PageContext) -> Any:
     """Render the image page (plain function, unit-tested)."""
-    info = ctx.info
-    if info is None:
-        return no_runs_alert(ctx.state.store_path)
+    info, f = ctx.info, ctx.filters
     run_id = info.run_id
-    f = replace(ctx.filters, run=run_id)
     if f.id is None:
         return empty_state(
             "No image selected",
@@ -239,7 +220,7 @@ def layout(ctx: PageContext) -> Any:
     )
     pred_name = pred.get("pred_name", "the predicted class")
     blocks: list[Any] = [
-        warning_alert(ctx.resolved.warning),
+        warning_alert(ctx.warning),
         html.Div(
             dcc.Link("← back to the gallery", href=gallery_href(replace(f, id=None))), className="small mb-2"
         ),

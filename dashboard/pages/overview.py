@@ -21,7 +21,6 @@ from xaidash.dashboard.components import (
     fmt_num,
     fmt_pct,
     method_label,
-    no_runs_alert,
     stat,
     warning_alert,
 )
@@ -183,15 +182,12 @@ def failures_block(failures: pd.DataFrame) -> Any:
 
 def layout(ctx: PageContext) -> Any:
     """Render the overview of the run in ``ctx`` (plain function, unit-tested)."""
-    data, info = ctx.data, ctx.info
-    if info is None:
-        return no_runs_alert(ctx.state.store_path)
+    data, info, f = ctx.data, ctx.info, ctx.filters
     run_id = info.run_id
-    f = replace(ctx.filters, run=run_id)
     h = data.headline(run_id)
     labeled = info.labeled and h.get("accuracy") is not None
     children: list[Any] = [
-        warning_alert(ctx.resolved.warning),
+        warning_alert(ctx.warning),
         run_summary(info),
         headline_cards(h, f, labeled),
     ]
