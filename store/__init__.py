@@ -13,16 +13,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from xaidash.store.reader import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader, open_store
+    from xaidash.store.models import GalleryQuery, ImageDetail, RunDiff, RunInfo
+    from xaidash.store.reader import StoreReader, open_store
     from xaidash.store.schema import SCHEMA_VERSION
     from xaidash.store.staging import Staging
     from xaidash.store.writer import Store
 
 _WHERE = {
-    "GalleryQuery": "xaidash.store.reader",
-    "ImageDetail": "xaidash.store.reader",
-    "RunDiff": "xaidash.store.reader",
-    "RunInfo": "xaidash.store.reader",
+    "GalleryQuery": "xaidash.store.models",
+    "ImageDetail": "xaidash.store.models",
+    "RunDiff": "xaidash.store.models",
+    "RunInfo": "xaidash.store.models",
     "StoreReader": "xaidash.store.reader",
     "open_store": "xaidash.store.reader",
     "SCHEMA_VERSION": "xaidash.store.schema",

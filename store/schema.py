@@ -262,7 +262,7 @@ RUN_TABLES: tuple[str, ...] = tuple(n for n in TABLES if n != "images")
 
 def column_doc(field: pa.Field) -> str:
     """The documentation string attached to a field."""
-    meta = field.metadata or {}
+    meta: dict[bytes, bytes] = field.metadata or {}
     return meta.get(b"doc", b"").decode()
 
 

@@ -644,7 +644,7 @@ def test_cache_eviction_never_drops_a_table_in_use(
     detail = r.image(ids[0], image_id)
     assert fired and detail is not None and detail.image_id == image_id
     monkeypatch.setattr(StoreReader, "_arrow", orig)
-    assert len(r._cached) <= 4  # trimmed back to the limit once the query ended
+    assert len(r._run_cache.cached) <= 4  # trimmed back to the limit once the query ended
     fired.clear()
     monkeypatch.setattr(StoreReader, "_arrow", racing_arrow)
     assert r.headline(ids[5])["n"] == 40
@@ -684,7 +684,7 @@ def test_cache_eviction_race_with_threads(six_runs: tuple[Path, list[str]]) -> N
     for t in threads:
         t.join(120)
     assert not errors, errors[:3]
-    assert len(r._cached) <= 4
+    assert len(r._run_cache.cached) <= 4
     r.close()
 
 
@@ -778,12 +778,12 @@ def test_point_lookup_finds_ids_in_overlapping_files(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from xaidash.store.reader import _RowGroupIndex
+    from xaidash.store.index import RowGroupIndex
 
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     pq.write_table(pa.table({"image_id": ["10", "30"], "v": [1, 3]}), a)
     pq.write_table(pa.table({"image_id": ["20", "25"], "v": [2, 2]}), b)
-    index = _RowGroupIndex([a, b])
+    index = RowGroupIndex([a, b])
     for image_id, v in (("10", 1), ("20", 2), ("25", 2), ("30", 3)):
         got = index.read([image_id], ["image_id", "v"]).to_pydict()
         assert got == {"image_id": [image_id], "v": [v]}

@@ -1,0 +1,131 @@
+"""What the reader's queries take and return: :class:`GalleryQuery`, :class:`RunInfo`,
+:class:`ImageDetail`, :class:`RunDiff`.
+
+Plain dataclasses (numpy and pandas, no DuckDB), so code that only names them - the dashboard's
+URL parser, type hints - does not load the query engine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class GalleryQuery:
+    """Filters, sort and page of the gallery (see CONTRACTS.md)."""
+
+    true_class: int | None = None
+    pred_class: int | None = None
+    outcome: str = "all"  # one of constants.OUTCOMES
+    conf_min: float = 0.0
+    conf_max: float = 1.0
+    sort: str = "confidence"  # one of constants.SORTS
+    descending: bool = False
+    method: str = "gradcam"  # which method the "faithfulness" sort uses
+    image_ids: tuple[str, ...] | None = None  # restrict to a selection (lasso in the map)
+    page: int = 0
+    page_size: int = 24
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One row of the runs table, with list columns as Python lists."""
+
+    run_id: str
+    created: pd.Timestamp
+    status: str
+    dataset_spec: str | None
+    dataset_fingerprint: str
+    dataset_kind: str | None
+    checkpoint_path: str | None
+    checkpoint_sha256: str | None
+    arch: str | None
+    class_names: list[str]
+    methods: list[str]
+    target_layer: str | None
+    map_h: int | None
+    map_w: int | None
+    num_val: int | None
+    num_train: int | None
+    num_failed: int | None
+    accuracy: float | None
+    scorecam_note: str | None
+    config_json: str | None
+    versions_json: str | None
+    timings_json: str | None
+    device: str | None
+    schema_version: int
+    job_key: str | None
+    labeled: bool
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``config_json`` parsed ({} when absent)."""
+        return _json_object(self.config_json)
+
+    @property
+    def versions(self) -> dict[str, Any]:
+        return _json_object(self.versions_json)
+
+    @property
+    def timings(self) -> dict[str, Any]:
+        return _json_object(self.timings_json)
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(text) if text else {}
+    return parsed
+
+
+#: A raw map as the reader returns it: float32 [h, w] in [0, 1].
+Map = npt.NDArray[np.float32]
+
+
+@dataclass
+class ImageDetail:
+    """Everything the image page shows for one image of one run.
+
+    For a train image (a twin) ``prediction`` is ``{}`` and ``topk`` is ``[]``; ``cams`` holds
+    its Grad-CAM.
+    """
+
+    image_id: str
+    prediction: dict[str, Any]
+    topk: list[tuple[int, str, float]]
+    cams: dict[tuple[str, str], tuple[int, Map]]
+    faithfulness: pd.DataFrame
+    split: str | None
+    source: str | None
+    width: int | None
+    height: int | None
+    label: int | None = None
+    label_name: str | None = None
+
+
+@dataclass
+class RunDiff:
+    """Comparison of two runs (a = before, b = after)."""
+
+    metrics: pd.DataFrame  # metric, a, b, delta
+    confusion_delta: pd.DataFrame  # true_class, pred_class, a, b, delta
+    flips: pd.DataFrame  # image_id, label, label_name, pred_a, pred_b, conf_a, conf_b, change
+
+    @classmethod
+    def empty(cls) -> RunDiff:
+        """The diff of an unknown run: every frame empty, with its columns."""
+        return cls(
+            pd.DataFrame(columns=["metric", "a", "b", "delta"]),
+            pd.DataFrame(columns=["true_class", "pred_class", "a", "b", "delta"]),
+            pd.DataFrame(
+                columns=["image_id", "label", "label_name", "pred_a", "pred_b", "conf_a", "conf_b", "change"]
+            ),
+        )
+
+    def copy(self) -> RunDiff:
+        return RunDiff(self.metrics.copy(), self.confusion_delta.copy(), self.flips.copy())
