@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from xaidash.constants import IMAGE_ID_RE, METHODS, OUTCOMES, RUN_ID_RE, SORTS
@@ -235,10 +236,9 @@ GALLERY_KEYS = (
 DISPLAY_KEYS = ("run", "cmap", "alpha")
 
 
-def gallery_href(f: Filters, **changes: object) -> str:
-    """Link to the gallery with ``changes`` applied (page reset unless given)."""
-    changes.setdefault("page", 0)
-    return "/gallery" + to_query(replace(f, **changes), GALLERY_KEYS)  # type: ignore[arg-type]
+def gallery_href(f: Filters, **changes: Any) -> str:
+    """Link to the gallery with ``changes`` (fields of :class:`Filters`) applied; page 0 unless given."""
+    return "/gallery" + to_query(replace(f, **{"page": 0, **changes}), GALLERY_KEYS)
 
 
 def image_href(run_id: str | None, image_id: str, f: Filters | None = None) -> str:

@@ -1,8 +1,8 @@
 """Explain an image: upload a PNG/JPEG and see what the run's model makes of it, on the fly.
 
 The only page that runs the model: ``xaidash.compute.explain`` (and with it torch) is imported inside
-the callback, so the rest of the dashboard starts fast and works without torch. Uploads are
-checked before decoding: size limit, PNG/JPEG only, decompression bombs refused.
+the callback, so the rest of the dashboard starts without loading torch. Uploads are checked
+before decoding: size limit, PNG/JPEG only, decompression bombs refused.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from xaidash.dashboard.components import (
 )
 from xaidash.dashboard.params import Filters, parse_query
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.errors import UserError
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo
@@ -171,15 +172,7 @@ def render_explanation(state: AppState, info: RunInfo, image: Image.Image, filen
             "Its configuration records no model reference. Recompute it with this version of xaidash.",
             color="warning",
         )
-    try:
-        from xaidash.compute.explain import explain_image  # lazy: imports torch
-    except ImportError as exc:
-        return empty_state(
-            "The model cannot be loaded here",
-            f"torch is not available in this environment ({exc}).",
-            color="warning",
-        )
-    from xaidash.errors import UserError
+    from xaidash.compute.explain import explain_image  # here, not at the top: it imports torch
 
     try:
         ids, labels, vectors = state.data.train_embeddings(run_id)
