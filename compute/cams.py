@@ -1,6 +1,6 @@
 """Class-activation maps: CAM, Grad-CAM, Grad-CAM++ and Score-CAM, exactly as in the papers.
 
-Notation (``/work/shared/DESIGN.md``, "The four methods"): ``A`` are the activations of the target
+Notation (``docs/METHODS.md``, "The four methods"): ``A`` are the activations of the target
 layer, shape ``[B, K, h, w]``; ``c`` is the target class of each image; ``g = ∂logit_c/∂A``.
 Every method is ``map = N(f(Σ_k w_k · A_k))`` where ``w`` is the per-channel weight that defines the
 method, ``f`` is ReLU (identity for CAM) and ``N`` is per-map min-max normalization to ``[0, 1]``

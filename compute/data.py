@@ -1,6 +1,6 @@
 """Data sources: one ``SPEC`` string -> a :class:`Dataset` of stable, labeled image items.
 
-SPECs (see DESIGN.md):
+SPECs (see README.md, "Data SPEC"):
 
 - ``imagefolder:DIR`` - ``DIR/train/<class>/*`` and ``DIR/val/<class>/*``. A DIR that holds
   class folders directly is a validation-only dataset. Class names are the sorted folder

@@ -1,6 +1,6 @@
 """Faithfulness of an explanation map: does the network really rely on what the map highlights?
 
-Definitions (``/work/shared/DESIGN.md``, "Faithfulness"); ``Y`` is the class-``c`` softmax
+Definitions (``docs/METHODS.md``, "Faithfulness"); ``Y`` is the class-``c`` softmax
 probability on the image, ``c`` the map's target class, ``x`` the *normalized* input (so 0 is the
 dataset mean) and ``S = U(map)`` the map bilinearly upsampled (``align_corners=False``) to the
 input size:

@@ -10,6 +10,7 @@ have), the console script, ``import xaidash.dashboard.app`` and ``xaidash serve`
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,9 +35,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
     tmp = tmp_path_factory.mktemp("pkg")
+    # build from a clean copy: setuptools reuses build/lib, where a deleted module would linger
+    src = tmp / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "bench",
+                                                              "tests", "__pycache__", ".mypy_cache"))
     wheels = tmp / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels), str(REPO)], check=True, cwd=tmp)
+                    "-w", str(wheels), str(src)], check=True, cwd=tmp)
     (wheel,) = wheels.glob("xaidash-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
