@@ -78,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.info("app created in %.1f s", time.perf_counter() - t)
     state = app.server.config["XAIDASH_STATE"]
     run_b, run_a = state.data.run_ids()[:2]
-    names = state.data.run(run_b).class_names
+    info_b = state.data.run(run_b)
+    assert info_b is not None, run_b
+    names = info_b.class_names
     # Image ids to walk through (different each call, so overlays and pages are cold).
-    ids = list(state.data.reader.gallery(run_b, GalleryQuery(outcome="wrong", page_size=500))[0]["image_id"])
+    ids = list(state.data.gallery(run_b, GalleryQuery(outcome="wrong", page_size=500))[0]["image_id"])
     n = args.n
 
     def route(path: str, search: Callable[[int], str]) -> Callable[[int], Any]:
