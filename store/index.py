@@ -76,9 +76,10 @@ class GalleryIndex:
             correct=_column(t, "correct", pa.int8(), -1).astype(np.int8, copy=False),
         )
 
-    def page(self, q: GalleryQuery, key: str, page: int, page_size: int) -> tuple[pd.DataFrame, int]:
-        """Page ``page`` of the rows matching the filters of ``q``, sorted by ``key`` (``q.descending``),
-        as :data:`GALLERY_COLUMNS` plus ``sort_value``; and the total count of matches."""
+    def page(self, q: GalleryQuery, key: str) -> tuple[pd.DataFrame, int]:
+        """Page ``q.page`` of the rows matching the filters of ``q`` (checked), sorted by ``key``
+        (one of :attr:`keys`), as :data:`GALLERY_COLUMNS` plus ``sort_value``; and the total
+        count of matches."""
         mask = (self.confidence >= float(q.conf_min)) & (self.confidence <= float(q.conf_max))
         if q.true_class is not None:
             mask &= (self.label == int(q.true_class)) & (self.label >= 0)
@@ -95,6 +96,7 @@ class GalleryIndex:
             mask &= sel
         order = self.order(key, bool(q.descending))
         hits = order[mask[order]]
+        page, page_size = int(q.page), int(q.page_size)
         page_rows = hits[page * page_size : (page + 1) * page_size]
         cols = [*GALLERY_COLUMNS, "sort_value"]
         if len(page_rows) == 0:

@@ -8,12 +8,19 @@ URL parser, type hints - does not load the query engine.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+from xaidash.constants import METHOD_RE, OUTCOMES, SORTS
+from xaidash.errors import UserError
+
+#: The largest gallery page a query may ask for.
+MAX_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,23 @@ class GalleryQuery:
     image_ids: tuple[str, ...] | None = None  # restrict to a selection (lasso in the map)
     page: int = 0
     page_size: int = 24
+
+    def check(self) -> None:
+        """UserError for an unknown outcome or sort, or a page out of range."""
+        if self.outcome not in OUTCOMES:
+            raise UserError(f"unknown outcome {self.outcome!r}; valid outcomes: {', '.join(OUTCOMES)}")
+        if self.sort not in SORTS:
+            raise UserError(f"unknown sort {self.sort!r}; valid sorts: {', '.join(SORTS)}")
+        if int(self.page) < 0 or not 1 <= int(self.page_size) <= MAX_PAGE_SIZE:
+            raise UserError(f"page must be >= 0 and page_size in 1..{MAX_PAGE_SIZE}")
+
+    def sort_key(self, methods: Sequence[str]) -> str:
+        """The gallery index's key for :attr:`sort` in a run of ``methods``: ``faith_<method>``
+        for the faithfulness sort, ``none`` (image order) when the run has no such method."""
+        if self.sort != "faithfulness":
+            return self.sort
+        m = self.method
+        return f"faith_{m}" if isinstance(m, str) and m in methods and METHOD_RE.match(m) else "none"
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
-from xaidash.constants import IMAGE_ID_RE, METHOD_RE, OUTCOMES, RUN_ID_RE, SORTS, TARGET_KINDS
+from xaidash.constants import IMAGE_ID_RE, METHOD_RE, RUN_ID_RE, TARGET_KINDS
 from xaidash.errors import UserError
 from xaidash.store.cache import RunCache, memo_run
 from xaidash.store.catalog import Catalog, RunEntry, build_views
@@ -46,7 +46,6 @@ from xaidash.store.schema import RUNS
 
 __all__ = ["GalleryQuery", "ImageDetail", "RunDiff", "RunInfo", "StoreReader", "open_store"]
 
-MAX_PAGE_SIZE = 1000
 TOPK = 5
 _HEADLINE = (
     "n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "errors", "failed",
@@ -167,11 +166,22 @@ class StoreReader:
             raise UserError(e.error)
         return e
 
-    def _file(self, run_id: object, table: str) -> str | None:
+    def _file_df(self, run_id: str, table: str, columns: list[str], order_by: str) -> pd.DataFrame:
+        """``columns`` of one of the run's tables in ``order_by`` order (none when no such run)."""
         e = self._entry(run_id)
         if e is None or not e.file(table).is_file():
-            return None
-        return str(e.file(table))
+            return pd.DataFrame(columns=columns)
+        cols = ", ".join(f'"{c}"' for c in columns)
+        return self._df(f"SELECT {cols} FROM read_parquet(?) ORDER BY {order_by}", [str(e.file(table))])
+
+    def _cached_df(self, run_id: str, columns: list[str], query: str, params: Params = None) -> pd.DataFrame:
+        """``query`` over the run's cache tables, named ``{l}`` (val rows) and ``{f}`` (faithfulness
+        rows) in it; an empty frame of ``columns`` when there is no such run."""
+        e = self._entry(run_id)
+        if e is None:
+            return pd.DataFrame(columns=columns)
+        with self._run_cache.pinned(e) as (h,):
+            return self._df(query.format(l=f'cache."l_{h}"', f=f'cache."f_{h}"'), params)
 
     def _cams_rows(self, e: RunEntry, ids: Sequence[str]) -> pa.Table:
         cols = ["image_id", "method", "target_kind", "target_class", "h", "w", "map"]
@@ -256,25 +266,14 @@ class StoreReader:
     @memo_run
     def class_metrics(self, run_id: str) -> pd.DataFrame:
         """class, class_name, precision, recall, f1, support (by class index)."""
-        f = self._file(run_id, "class_metrics")
         cols = ["class", "class_name", "precision", "recall", "f1", "support"]
-        if f is None:
-            return pd.DataFrame(columns=cols)
-        return self._df(
-            'SELECT "class", class_name, precision, recall, f1, support '
-            'FROM read_parquet(?) ORDER BY "class"',
-            [f],
-        )
+        return self._file_df(run_id, "class_metrics", cols, '"class"')
 
     @memo_run
     def confusion(self, run_id: str) -> pd.DataFrame:
         """true_class, pred_class, count (long form; zero cells may be absent)."""
-        f = self._file(run_id, "confusion")
-        if f is None:
-            return pd.DataFrame(columns=["true_class", "pred_class", "count"])
-        return self._df(
-            'SELECT true_class, pred_class, "count" FROM read_parquet(?) ORDER BY true_class, pred_class', [f]
-        )
+        cols = ["true_class", "pred_class", "count"]
+        return self._file_df(run_id, "confusion", cols, "true_class, pred_class")
 
     @memo_run
     def confidence_histogram(self, run_id: str, bins: int = 20) -> pd.DataFrame:
@@ -283,38 +282,32 @@ class StoreReader:
         bins = int(bins)
         if not 1 <= bins <= 1000:
             raise UserError(f"bins must be between 1 and 1000, got {bins}")
-        e = self._entry(run_id)
-        if e is None:
-            return pd.DataFrame(columns=cols)
-        with self._run_cache.pinned(e) as (h,):
-            return self._df(
-                f"""
-                WITH b AS (
-                  SELECT least(CAST(floor(confidence * ?) AS INTEGER), ? - 1) AS bin, correct
-                  FROM cache."l_{h}"
-                )
-                SELECT bin / ?::DOUBLE AS bin_start, (bin + 1) / ?::DOUBLE AS bin_end, correct,
-                       count(*) AS "count"
-                FROM b GROUP BY bin, correct ORDER BY bin, correct
-                """,
-                [bins, bins, bins, bins],
+        return self._cached_df(
+            run_id,
+            cols,
+            """
+            WITH b AS (
+              SELECT least(CAST(floor(confidence * ?) AS INTEGER), ? - 1) AS bin, correct FROM {l}
             )
+            SELECT bin / ?::DOUBLE AS bin_start, (bin + 1) / ?::DOUBLE AS bin_end, correct,
+                   count(*) AS "count"
+            FROM b GROUP BY bin, correct ORDER BY bin, correct
+            """,
+            [bins, bins, bins, bins],
+        )
 
     @memo_run
     def faithfulness_summary(self, run_id: str) -> pd.DataFrame:
         """Per method: mean drop, increase (fractions; x100 for %), deletion_auc, insertion_auc, n."""
-        cols = ["method", "drop", "increase", "deletion_auc", "insertion_auc", "n"]
-        e = self._entry(run_id)
-        if e is None:
-            return pd.DataFrame(columns=cols)
-        with self._run_cache.pinned(e) as (h,):
-            return self._df(
-                f"""
-                SELECT method, avg("drop") AS "drop", avg(increase) AS increase,
-                       avg(deletion_auc) AS deletion_auc, avg(insertion_auc) AS insertion_auc, count(*) AS n
-                FROM cache."f_{h}" GROUP BY method ORDER BY method
-                """
-            )
+        return self._cached_df(
+            run_id,
+            ["method", "drop", "increase", "deletion_auc", "insertion_auc", "n"],
+            """
+            SELECT method, avg("drop") AS "drop", avg(increase) AS increase,
+                   avg(deletion_auc) AS deletion_auc, avg(insertion_auc) AS insertion_auc, count(*) AS n
+            FROM {f} GROUP BY method ORDER BY method
+            """,
+        )
 
     # ---------------------------------------------------------------- gallery
     def gallery(self, run_id: str, q: GalleryQuery) -> tuple[pd.DataFrame, int]:
@@ -324,24 +317,11 @@ class StoreReader:
         deletion_auc of ``q.method``); disagreement (cam_disagreement). Nulls sort last; ties
         are broken by image_id so pages are stable.
         """
-        if q.outcome not in OUTCOMES:
-            raise UserError(f"unknown outcome {q.outcome!r}; valid outcomes: {', '.join(OUTCOMES)}")
-        if q.sort not in SORTS:
-            raise UserError(f"unknown sort {q.sort!r}; valid sorts: {', '.join(SORTS)}")
-        page, page_size = int(q.page), int(q.page_size)
-        if page < 0 or not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise UserError(f"page must be >= 0 and page_size in 1..{MAX_PAGE_SIZE}")
+        q.check()
         e = self._entry(run_id)
         if e is None:
             return pd.DataFrame(columns=[*GALLERY_COLUMNS, "sort_value"]), 0
-        if q.sort == "faithfulness":
-            if not isinstance(q.method, str) or q.method not in e.methods or not METHOD_RE.match(q.method):
-                key = "none"  # unknown method: nothing to sort by, keep image order
-            else:
-                key = f"faith_{q.method}"
-        else:
-            key = q.sort
-        return self._gallery_index(e).page(q, key, page, page_size)
+        return self._gallery_index(e).page(q, q.sort_key(e.methods))
 
     def _gallery_index(self, e: RunEntry) -> GalleryIndex:
         with self._lock:
@@ -623,10 +603,7 @@ class StoreReader:
     @memo_run
     def failures(self, run_id: str) -> pd.DataFrame:
         """image_id, split, source, reason of images that could not be loaded."""
-        f = self._file(run_id, "failures")
-        if f is None:
-            return pd.DataFrame(columns=["image_id", "split", "source", "reason"])
-        return self._df("SELECT image_id, split, source, reason FROM read_parquet(?) ORDER BY image_id", [f])
+        return self._file_df(run_id, "failures", ["image_id", "split", "source", "reason"], "image_id")
 
     # ---------------------------------------------------------------- escape hatch
     def sql(self, query: str, params: Params = None) -> pd.DataFrame:
