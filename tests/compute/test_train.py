@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import xaidash.cli as cli
-from tests.imagegen import make_fake_cifar10, make_imagefolder, write_corrupt_image
+from tests.support.imagegen import make_fake_cifar10, make_imagefolder, write_corrupt_image
 from xaidash.compute.checkpoint import load_checkpoint, model_from_checkpoint
 from xaidash.compute.data import open_dataset
 from xaidash.compute.train import TrainConfig, train

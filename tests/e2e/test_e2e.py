@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.imagegen import make_imagefolder
-from tests.test_browser import LiveServer, check_page, css, driver, open_page, wait_for  # noqa: F401
+from tests.support.browser import LiveServer, check_page, css, open_page, wait_for
+from tests.support.imagegen import make_imagefolder
 from xaidash.cli import main
 from xaidash.store import open_store
 
@@ -82,7 +82,7 @@ def demo_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.mark.browser
-def test_demo_dashboard(driver: Any, demo_server: LiveServer) -> None:  # noqa: F811
+def test_demo_dashboard(driver: Any, demo_server: LiveServer) -> None:
     open_page(driver, demo_server.url + "/", "#overview-confusion .js-plotly-plot")
     assert "Score-CAM note" in driver.page_source  # the approximation is said where maps are shown
     check_page(driver, "demo_overview")
@@ -131,7 +131,7 @@ def _compute(data: str, ckpt: Path, store: Path) -> str:
 
 
 @pytest.mark.browser
-def test_retraining_loop_compare(tmp_path: Path, driver: Any) -> None:  # noqa: F811
+def test_retraining_loop_compare(tmp_path: Path, driver: Any) -> None:
     data = make_imagefolder(tmp_path / "data", ("cat", "dog"), n_train=20, n_val=10, size=16)
     spec = f"imagefolder:{data}"
     store = tmp_path / "store"

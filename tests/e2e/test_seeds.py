@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.imagegen import make_fake_cifar10, make_imagefolder
+from tests.support.imagegen import make_fake_cifar10, make_imagefolder
 from xaidash.cli import main
 from xaidash.store import open_store
 
@@ -213,10 +213,10 @@ def test_seed003_cifar_subset_frozen_backbone(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_seed004_methods_side_by_side_cost_and_faithfulness(tmp_path: Path) -> None:
-    from tests.test_job import _save_ckpt
+    from tests.support.models import save_tiny_checkpoint
 
     data = make_imagefolder(tmp_path / "data", ("left", "right"), n_train=2, n_val=2, size=16)
-    ckpt = _save_ckpt(tmp_path / "m.pt")
+    ckpt = save_tiny_checkpoint(tmp_path / "m.pt")
     store = tmp_path / "store"
     _compute(
         "--data",

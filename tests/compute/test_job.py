@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import xaidash.compute.job as job_mod
-from tests.imagegen import make_imagefolder, make_unlabeled_folder, write_corrupt_image
+from tests.support.imagegen import make_imagefolder, make_unlabeled_folder, write_corrupt_image
+from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.cli import main
 from xaidash.compute.chunk import ChunkOutput
 from xaidash.compute.job import FAIL_AFTER_ENV, JobConfig, run_job
@@ -25,28 +25,10 @@ from xaidash.errors import UserError
 from xaidash.store import Staging
 from xaidash.store.reader import open_store
 
-SIZE = 16
-CLASSES = ("left", "right")
-
-
-def _save_ckpt(path: Path, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
-    from xaidash.compute.checkpoint import Checkpoint, save_checkpoint
-    from xaidash.compute.models import build_model
-
-    torch.manual_seed(seed)
-    parts = build_model("resnet18", len(classes), input_size=SIZE)
-    ckpt = Checkpoint(
-        arch="resnet18", classes=list(classes), preprocessing=parts.preprocessing, small_input_stem=True,
-        state_dict=parts.model.state_dict(), train_args={}, metrics={}, versions={},
-        created="2024-01-01T00:00:00+00:00", path=None, sha256=None,
-    )
-    save_checkpoint(ckpt, str(path))
-    return path
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_ckpt(tmp_path_factory.mktemp("ckpt") / "model.pt")
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +265,7 @@ def test_concurrent_shards_publish_one_run_equal_to_unsharded(
     import sys
     import time
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     store, barrier = tmp_path / "sharded", tmp_path / "barrier"
     barrier.mkdir()
     args = ["compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(ckpt), "--store", str(store),
@@ -359,7 +341,7 @@ def test_bad_input_fails_before_work(folder: Path, ckpt: Path, tmp_path: Path, e
 
 
 def test_class_mismatch_fails_before_work(folder: Path, tmp_path: Path) -> None:
-    other = _save_ckpt(tmp_path / "other.pt", classes=("cat", "dog"))
+    other = save_tiny_checkpoint(tmp_path / "other.pt", classes=("cat", "dog"))
     store = tmp_path / "s"
     rc = main(["compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(other),
                "--store", str(store), "--device", "cpu"])

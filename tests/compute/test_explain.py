@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.imagegen import make_imagefolder
-from tests.test_job import CLASSES, SIZE, _save_ckpt
+from tests.support.imagegen import make_imagefolder
+from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.explain import clear_cache, explain_image, get_model, model_ref_from_config
 from xaidash.compute.job import JobConfig, run_job
 from xaidash.errors import UserError
@@ -22,7 +22,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """A tiny published run: (data dir, store dir, run id)."""
     root = tmp_path_factory.mktemp("explain")
     data = make_imagefolder(root / "data", CLASSES, n_train=5, n_val=3, size=SIZE)
-    ckpt = _save_ckpt(root / "model.pt")
+    ckpt = save_tiny_checkpoint(root / "model.pt")
     res = run_job(JobConfig(
         data=f"imagefolder:{data}", checkpoint=str(ckpt), store=str(root / "store"), device="cpu",
         workers=0, batch_size=8, chunk_size=8, methods=("cam", "gradcam", "gradcampp"),
@@ -84,7 +84,7 @@ def test_missing_or_changed_checkpoint(run: tuple[Path, Path, str], tmp_path: Pa
     ref["checkpoint"] = str(copy)
     img = Image.fromarray(np.zeros((16, 16, 3), np.uint8))
     explain_image(ref, img, methods=("gradcam",))
-    _save_ckpt(copy, seed=1)  # retrained in place: other bytes
+    save_tiny_checkpoint(copy, seed=1)  # retrained in place: other bytes
     with pytest.raises(UserError, match="changed"):
         explain_image(ref, img, methods=("gradcam",))
     copy.unlink()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.imagegen import (
+from tests.support.imagegen import (
     make_fake_cifar10,
     make_fake_fashion_mnist,
     make_imagefolder,

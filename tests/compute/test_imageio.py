@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.imagegen import write_corrupt_image
+from tests.support.imagegen import write_corrupt_image
 from xaidash.compute.imageio import ImageLoadError, load_image, thumbnail_png
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.imagegen import make_imagefolder
+from tests.support.imagegen import make_imagefolder
 from xaidash.compute.checkpoint import (
     Checkpoint,
     check_classes,

@@ -8,60 +8,27 @@ to look at. Every page must be styled (Bootstrap applied) and load nothing from 
 
 from __future__ import annotations
 
-import base64
-import io
-import shutil
-import socket
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.browser import (
+    _TO_VIEWPORT,
+    SHOTS,
+    By,
+    LiveServer,
+    check_page,
+    click_xy,
+    css,
+    drag,
+    open_page,
+    wait_for,
+)
+
 pytestmark = pytest.mark.browser
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SHOTS = Path(__file__).parent / "screenshots"
-WAIT_S = 30.0
-
-if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-    pytest.skip("chromium/chromedriver not installed", allow_module_level=True)
-selenium = pytest.importorskip("selenium")
-
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LiveServer:
-    """A dashboard served by werkzeug in a daemon thread."""
-
-    def __init__(self, store: Path, selections: Path) -> None:
-        from werkzeug.serving import make_server
-
-        from xaidash.dashboard.app import create_app
-
-        self.app = create_app(store, selections_dir=selections)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._srv = make_server("127.0.0.1", self.port, self.app.server, threaded=True)
-        self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._srv.shutdown()
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
@@ -72,121 +39,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = LiveServer(store, tmp_path_factory.mktemp("sel"))
     yield srv
     srv.close()
-
-
-@pytest.fixture(scope="module")
-def driver() -> Iterator[Any]:
-    opts = Options()
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1500,1100",
-    ):
-        opts.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="xaidash-chrome-")
-    opts.add_argument(f"--user-data-dir={profile}")
-    opts.binary_location = CHROMIUM
-    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    drv.set_page_load_timeout(60)
-    SHOTS.mkdir(exist_ok=True)
-    yield drv
-    drv.quit()
-    shutil.rmtree(profile, ignore_errors=True)
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    """Poll ``cond`` until truthy (exceptions count as not yet)."""
-    end = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < end:
-        try:
-            v = cond()
-            if v:
-                return v
-        except Exception as exc:  # element not there yet, stale, ...
-            last = exc
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} ({last})")
-
-
-def css(drv: Any, selector: str) -> list[Any]:
-    return drv.find_elements(By.CSS_SELECTOR, selector)
-
-
-def check_page(drv: Any, name: str) -> None:
-    """Styled, nothing external, no Dash error, images loaded; then a screenshot."""
-    bg = drv.execute_script("return getComputedStyle(document.getElementById('navbar')).backgroundColor")
-    assert bg not in ("rgba(0, 0, 0, 0)", "transparent"), "Bootstrap CSS not applied to the navbar"
-    external = drv.execute_script(
-        "return performance.getEntriesByType('resource').map(e => e.name)"
-        ".filter(n => !n.startsWith('http://127.0.0.1') && !n.startsWith('data:'))"
-    )
-    assert external == [], f"loaded from outside the server: {external}"
-    assert not css(drv, ".dash-fe-error__title"), "a Dash callback error is shown"
-    assert "could not be rendered" not in drv.page_source
-    wait_for(
-        lambda: drv.execute_script(
-            "return Array.from(document.querySelectorAll('.dash-graph'))"
-            ".every(g => g.querySelector('.main-svg'))"
-        ),
-        f"graphs on {name} to draw",
-    )
-    wait_for(
-        lambda: drv.execute_script(
-            "return Array.from(document.images).every(i => i.complete && (i.naturalWidth > 0 || !i.src))"
-        ),
-        f"images on {name} to load",
-    )
-    drv.save_screenshot(str(SHOTS / f"{name}.png"))
-
-
-def open_page(drv: Any, url: str, ready: str) -> None:
-    drv.get(url)
-    wait_for(lambda: css(drv, ready), f"{ready} at {url}")
-
-
-def click_xy(drv: Any, x: float, y: float) -> None:
-    """A real mouse click at viewport coordinates (Chrome DevTools input events)."""
-    drv.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
-    time.sleep(0.2)  # let plotly compute the hover point the click reports
-    for kind in ("mousePressed", "mouseReleased"):
-        drv.execute_cdp_cmd(
-            "Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}
-        )
-
-
-def drag(drv: Any, points: list[tuple[float, float]]) -> None:
-    """A real mouse drag through ``points`` (viewport coordinates)."""
-    x0, y0 = points[0]
-    drv.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x0, "y": y0})
-    drv.execute_cdp_cmd(
-        "Input.dispatchMouseEvent",
-        {"type": "mousePressed", "x": x0, "y": y0, "button": "left", "clickCount": 1},
-    )
-    for x, y in points[1:]:
-        drv.execute_cdp_cmd(
-            "Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y, "button": "left"}
-        )
-        time.sleep(0.03)
-    x1, y1 = points[-1]
-    drv.execute_cdp_cmd(
-        "Input.dispatchMouseEvent",
-        {"type": "mouseReleased", "x": x1, "y": y1, "button": "left", "clickCount": 1},
-    )
-
-
-# JS: viewport position of data coordinates (category index or value) in a plotly graph.
-_TO_VIEWPORT = """
-const gd = document.querySelector(arguments[0] + ' .js-plotly-plot');
-const fl = gd._fullLayout, r = gd.getBoundingClientRect();
-return [r.left + fl.xaxis._offset + fl.xaxis.l2p(arguments[1]),
-        r.top + fl.yaxis._offset + fl.yaxis.l2p(arguments[2])];
-"""
 
 
 def test_overview_and_confusion_click_opens_gallery(driver: Any, server: LiveServer) -> None:
@@ -312,7 +164,7 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     """A tiny real run computed by the real job (random-weight resnet18 on 16 px images)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("xaidash.compute.job", reason="xaidash.compute.job has not landed")
-    from tests.imagegen import make_imagefolder
+    from tests.support.imagegen import make_imagefolder
     from xaidash.cli import main
     from xaidash.compute.checkpoint import Checkpoint, save_checkpoint
     from xaidash.compute.models import build_model
@@ -399,4 +251,3 @@ def test_upload_explains_an_image(driver: Any, real_server: LiveServer, tmp_path
     driver.save_screenshot(str(SHOTS / "explain_refused.png"))
 
 
-_ = (base64, io)

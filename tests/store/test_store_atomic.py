@@ -17,7 +17,7 @@ from tests.support.synthetic import build_synthetic_store
 from xaidash.store import GalleryQuery, Store, open_store
 from xaidash.store.builder import staged_schema
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A writer that pauses (prints a marker and sleeps) at a chosen point so the test can SIGKILL it
 # exactly there: while a chunk's part files are being written, in the middle of compaction, or

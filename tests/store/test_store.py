@@ -722,7 +722,7 @@ def test_schema_docs_cover_every_column() -> None:
         for field in spec.schema:
             assert field.metadata and field.metadata[b"doc"], (spec.name, field.name)
             assert f"`{field.name}`" in md
-    doc = Path(__file__).resolve().parents[1] / "docs" / "STORE.md"
+    doc = Path(__file__).resolve().parents[2] / "docs" / "STORE.md"
     if doc.exists():
         assert md in doc.read_text(), "docs/STORE.md is stale: regenerate with python -m store.schema"
 

@@ -1,0 +1,1 @@
+"""Tests of the xaidash command, the packaging and the static checks."""

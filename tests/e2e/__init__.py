@@ -1,0 +1,1 @@
+"""End-to-end tests: the seed scenarios, the demo, the retraining loop."""
