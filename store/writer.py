@@ -133,7 +133,8 @@ class Store:
             if p.exists() and not p.is_dir():
                 raise UserError(f"store path {p} is a file, not a directory; choose a directory")
             # A store another process is creating right now holds only its marker's temp file
-            # (and, a moment later, the marker): that is not "some other directory".
+            # (and, a moment later, the marker): that is not "some other directory". The marker
+            # is looked for again after the listing, which may have caught it being renamed.
             if p.is_dir() and not (p / MARKER).exists() and any(
                 not e.name.startswith(f".{MARKER}.tmp-") for e in p.iterdir()
             ) and not (p / MARKER).exists():
