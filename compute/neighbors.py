@@ -100,15 +100,18 @@ def class_restricted_topk(
         raise ValueError("k must be positive")
     dev = torch.device(device)
     q_t = queries if torch.is_tensor(queries) else torch.from_numpy(np.array(queries, dtype=np.float32))
-    tgt = torch.as_tensor(np.asarray(targets) if not torch.is_tensor(targets) else targets).long()
+    tgt = torch.as_tensor(
+        np.array(targets, dtype=np.int64) if not torch.is_tensor(targets) else targets
+    ).long()
     squeeze = tgt.dim() == 1
     if squeeze:
         tgt = tgt[:, None]
     num_q, num_t = tgt.shape
     if q_t.shape[0] != num_q:
         raise ValueError(f"queries ({q_t.shape[0]}) and targets ({num_q}) differ in length")
+    # np.array copies: the store hands out read-only arrays, which torch warns about sharing
     labels_all = torch.as_tensor(
-        np.asarray(train_labels) if not torch.is_tensor(train_labels) else train_labels
+        np.array(train_labels, dtype=np.int64) if not torch.is_tensor(train_labels) else train_labels
     ).long()
     n_train = int(labels_all.shape[0])
     if int(train_vectors.shape[0]) != n_train:
