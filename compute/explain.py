@@ -149,8 +149,9 @@ def explain_image(
     for m in methods:
         if m not in METHODS:
             raise choices_error("method", m, METHODS)
-    if scorecam_max_channels is None and isinstance(model_ref.get("scorecam_max_channels"), int):
-        scorecam_max_channels = int(model_ref["scorecam_max_channels"])  # type: ignore[call-overload]
+    cap = model_ref.get("scorecam_max_channels")
+    if scorecam_max_channels is None and isinstance(cap, int):
+        scorecam_max_channels = cap
     cached = get_model(model_ref)
     rgb = to_rgb(image)
     x = cached.preprocessing.transform(train=False)(rgb).unsqueeze(0)
