@@ -56,6 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-run", action="store_true",
                         help="publish a new run even if an identical one (same model, data and "
                              "arguments) already exists; by default that run is reported and reused")
+    ray = parser.add_argument_group("scale out (Ray; pip install 'xaidash[ray]')")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|auto|ADDRESS",
+                     help="run the per-image phase on Ray workers: 'local' (default when given alone) starts "
+                          "Ray on this machine, 'auto' joins the cluster of `ray start` on this node, "
+                          "HOST:PORT joins that head (see docs/SCALING.md)")
+    ray.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                     help="Ray workers (actors holding the model; default: one per GPU, else one per "
+                          "--threads-per-worker CPU cores)")
+    ray.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                     help="GPUs per worker (default 1 when the cluster has GPUs, else 0; 0.5 = two per GPU)")
+    ray.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
+                     help="torch threads (and CPU cores reserved) per worker (default 1)")
     parser.add_argument("--chunk-size", type=int, default=256, metavar="N",
                         help="val/train images per resumable chunk (default 256)")
 

@@ -47,6 +47,11 @@ class JobConfig:
     finalize: bool = False
     chunk_size: int = 256
     new_run: bool = False
+    #: run the per-image phase on Ray: "local", "auto" or a head's address (None: in this process)
+    ray: str | None = None
+    ray_workers: int | None = None
+    gpus_per_worker: float | None = None
+    threads_per_worker: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> JobConfig:
@@ -85,6 +90,9 @@ class JobConfig:
             scorecam_max_channels=count("scorecam_max_channels"),
             shard=text("shard"), finalize=bool(a.get("finalize", False)),
             chunk_size=number("chunk_size", base.chunk_size), new_run=bool(a.get("new_run", False)),
+            ray=text("ray"), ray_workers=count("ray_workers"),
+            gpus_per_worker=None if a.get("gpus_per_worker") is None else float(a["gpus_per_worker"]),
+            threads_per_worker=number("threads_per_worker", base.threads_per_worker),
         )
 
     def result_args(self) -> dict[str, object]:
@@ -171,6 +179,16 @@ def validate(cfg: JobConfig) -> JobConfig:
                       ("--scorecam-max-channels", cfg.scorecam_max_channels)):
         if opt is not None and opt < 1:
             raise UserError(f"{name} must be >= 1, got {opt}")
+    if cfg.ray is not None:
+        if cfg.shard:
+            raise UserError("--ray and --shard are two ways to split one job; use one (--ray spreads the "
+                            "chunks over the cluster by itself)")
+        if cfg.ray_workers is not None and cfg.ray_workers < 1:
+            raise UserError(f"--ray-workers must be >= 1, got {cfg.ray_workers}")
+        if cfg.threads_per_worker < 1:
+            raise UserError(f"--threads-per-worker must be >= 1, got {cfg.threads_per_worker}")
+        if cfg.gpus_per_worker is not None and not cfg.gpus_per_worker >= 0:
+            raise UserError(f"--gpus-per-worker must be >= 0, got {cfg.gpus_per_worker}")
     if cfg.checkpoint and (cfg.model or cfg.weights):
         raise UserError("give either --checkpoint or --model/--weights, not both")
     if not cfg.checkpoint and not cfg.model:

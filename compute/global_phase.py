@@ -87,8 +87,9 @@ def _read_staged(staging: Staging) -> _Staged:
 
 
 def global_phase(plan: JobPlan, staging: Staging, timer: Timer,
-                 method_ms_per_image: dict[str, float]) -> tuple[dict[str, object], dict[str, pa.Table]]:
-    """(runs row, global tables) of the run, ready for ``Staging.publish``."""
+                 timings: dict[str, object]) -> tuple[dict[str, object], dict[str, pa.Table]]:
+    """(runs row, global tables) of the run, ready for ``Staging.publish``; ``timings`` are
+    recorded next to the stage seconds (method costs, the cluster)."""
     with timer.stage("global_read"):
         st = _read_staged(staging)
     row_of = {iid: i for i, iid in enumerate(st.emb_ids)}
@@ -140,7 +141,7 @@ def global_phase(plan: JobPlan, staging: Staging, timer: Timer,
         "config_json": plan.config_json(),
         "versions_json": json.dumps(_versions(used)),
         "timings_json": json.dumps({**{k: round(v, 3) for k, v in timer.seconds.items()},
-                                    "method_ms_per_image": method_ms_per_image}),
+                                    **timings}),
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({_gpu_name(dev)})",
     }
     return run_row, tables

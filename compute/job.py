@@ -83,6 +83,7 @@ class _Measured:
     method_seconds: dict[str, float] = field(default_factory=dict)
     scorecam_seconds: float = 0.0
     scorecam_images: int = 0
+    cluster: dict[str, object] | None = None  #: the Ray cluster that computed the chunks
 
     def add(self, out: ChunkOutput) -> None:
         self.timer.add(out.seconds)
@@ -146,8 +147,10 @@ def run_job(cfg: JobConfig) -> JobResult:
                 if all_ids - staging.done_chunks():  # pragma: no cover - an overlapping shard
                     raise UserError("some chunks are not done any more; run --finalize once every "
                                     "shard has finished")
-                run_row, tables = global_phase(plan, staging, timer,
-                                               measured.method_ms_per_image(plan.methods))
+                extra: dict[str, object] = {"method_ms_per_image": measured.method_ms_per_image(plan.methods)}
+                if measured.cluster is not None:
+                    extra["cluster"] = measured.cluster
+                run_row, tables = global_phase(plan, staging, timer, extra)
                 with timer.stage("publish"):
                     run_id = staging.publish(run_row, tables)
         except AlreadyPublished as exc:
@@ -176,6 +179,22 @@ def _per_image_phase(plan: JobPlan, store: Store, staging: Staging, chunks: Sequ
     missing_thumbs = frozenset(it.image_id for c in chunks for it in c.items) - store.thumbnail_ids(
         plan.fingerprint)
     written = 0
+    if plan.cfg.ray is not None and chunks:
+        from xaidash.compute.ray_runner import RayOptions, run_on_ray
+
+        def on_chunk(out: ChunkOutput) -> None:
+            nonlocal written
+            measured.add(out)
+            stage_chunk(staging, out)
+            written += 1
+            if fail_after and written >= fail_after:
+                raise RuntimeError(f"simulated crash after {written} chunk(s) ({FAIL_AFTER_ENV})")
+
+        opts = RayOptions(plan.cfg.ray, plan.cfg.ray_workers, plan.cfg.gpus_per_worker,
+                          plan.cfg.threads_per_worker)
+        with measured.timer.stage("per_image_ray"):
+            measured.cluster = run_on_ray(plan, chunks, missing_thumbs, opts, on_chunk).as_dict()
+        return written
     for split in ("val", "train"):
         todo = [c for c in chunks if c.split == split]
         if not todo:
