@@ -67,8 +67,10 @@ def reference(data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
 def _tables(store: Path) -> dict[str, pd.DataFrame]:
     with open_store(store) as r:
         (rid,) = r.runs()["run_id"].tolist()
-        order = {"predictions": "image_id", "cams": "image_id, method, target_kind",
-                 "embeddings": "image_id", "neighbors": "image_id, kind, rank", "faithfulness": "image_id, method", "class_metrics": "class"}
+        order = {
+            "predictions": "image_id", "cams": "image_id, method, target_kind", "embeddings": "image_id",
+            "neighbors": "image_id, kind, rank", "faithfulness": "image_id, method", "class_metrics": "class",
+        }
         return {name: r.sql(f"SELECT * EXCLUDE (run_id) FROM {name} WHERE run_id = ? ORDER BY {by}", [rid])
                 for name, by in order.items()}
 
