@@ -105,6 +105,20 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_cluster(cluster: object) -> None:
+    """The Ray cluster that computed the run (``compute --ray``): one line per worker."""
+    if not isinstance(cluster, dict) or not isinstance(cluster.get("workers"), list):
+        return
+    workers = [w for w in cluster["workers"] if isinstance(w, dict)]
+    print(f"cluster    ray {cluster.get('ray')}, {len(workers)} workers, "
+          f"started in {cluster.get('startup_s')} s")
+    for w in workers:
+        rate = w.get("images_per_s")
+        print(f"  worker {w.get('worker')} on {w.get('node')} ({w.get('device')}): {w.get('chunks')} chunks, "
+              f"{w.get('images')} images, {'-' if rate is None else rate} img/s"
+              + (f", restarted {w.get('restarts')}x" if w.get("restarts") else ""))
+
+
 def _show(args: argparse.Namespace) -> int:
     from xaidash.store.reader import open_store
 
@@ -142,6 +156,7 @@ def _show(args: argparse.Namespace) -> int:
     if info.scorecam_note:
         print(f"score-cam  {info.scorecam_note}")
     print("metrics    " + ", ".join(f"{k}={_fmt(v)}" for k, v in headline.items()))
+    _print_cluster(info.timings.get("cluster"))
     total = sum(int(t.get("bytes", 0)) for t in tables.values())
     print(f"tables     {total / 1e6:.1f} MB")
     for name, t in sorted(tables.items()):

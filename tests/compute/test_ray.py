@@ -102,7 +102,7 @@ def _cluster(store: Path) -> dict[str, object]:
 
 
 def test_ray_run_equals_single_process(ray_local: None, data: tuple[Path, Path], reference: Path,
-                                       tmp_path: Path) -> None:
+                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder, ckpt = data
     res = run_job(_cfg(folder, ckpt, tmp_path / "s", ray="local", ray_workers=2))
     assert res.published
@@ -112,6 +112,11 @@ def test_ray_run_equals_single_process(ray_local: None, data: tuple[Path, Path],
     assert isinstance(workers, list) and len(workers) == 2
     assert sum(w["chunks"] for w in workers) == res.chunks_total == 7  # 16 val + 12 train, chunks of 4
     assert all(w["device"] == "cpu" for w in workers)
+    from xaidash.cli import main
+
+    assert main(["runs", "show", "--store", str(tmp_path / "s")]) == 0
+    shown = capsys.readouterr().out
+    assert "cluster    ray local, 2 workers" in shown and "worker 1 on" in shown
 
 
 def test_killed_worker_is_restarted_and_its_chunk_retried(ray_local: None, data: tuple[Path, Path],
