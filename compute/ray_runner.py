@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 #: Test hook, ``CHUNK_ID::MARKER_PATH``: the worker that starts that chunk SIGKILLs its own process
 #: (once: the marker file records it), as an out-of-memory kill or a lost node would.
 KILL_WORKER_ENV = "XAIDASH_RAY_KILL_WORKER_AT_CHUNK"
+#: Chunks queued per worker. Two hide the driver's staging of a result (measured with
+#: bench/scaleout.py: with one, a single worker idled while the driver wrote each chunk); more
+#: would only make the hand-out less dynamic.
+IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,9 @@ def run_on_ray(plan: JobPlan, chunks: Sequence[Chunk], thumbnails: frozenset[str
 
 def _dispatch(ray: Any, actors: list[Any], todo: list[Chunk], thumbnails: frozenset[str],
               report: ClusterReport, on_chunk: Callable[[ChunkOutput], None]) -> None:
-    """Dynamic hand-out: each free worker takes the next chunk; results are staged as they come."""
+    """Dynamic hand-out: each worker holds at most ``IN_FLIGHT`` chunks (the one it computes and
+    the next, so it never idles while the driver stages a result); when one finishes, the worker
+    gets the next chunk of the queue. Results are staged as they come."""
     pending: dict[Any, tuple[int, Chunk]] = {}
     queue = list(todo)
     calibrated = False
@@ -231,9 +237,10 @@ def _dispatch(ray: Any, actors: list[Any], todo: list[Chunk], thumbnails: frozen
         pending[actors[w].run.remote(chunk, thumbnails, calibrate)] = (w, chunk)
 
     try:
-        for w in range(len(actors)):
-            if queue:
-                submit(w)
+        for _ in range(IN_FLIGHT):
+            for w in range(len(actors)):
+                if queue:
+                    submit(w)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             w, chunk = pending.pop(ready[0])
