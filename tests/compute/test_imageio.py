@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,99 @@ def test_thumbnail_png() -> None:
     thumb = Image.open(io.BytesIO(data))
     assert thumb.format == "PNG" and thumb.size == (96, 48)
     assert img.size == (300, 150)  # input untouched
+
+
+# --- hardening (issue 12): thin images, non-regular files, links, names ---------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("size", [(1, 400_000), (400_000, 1), (3, 2_000)])
+def test_thin_image_refused_from_its_header(tmp_path: Path, size: tuple[int, int]) -> None:
+    # Scaling the shorter side up to the input size makes a 1 x N image R x (N * R) pixels: the
+    # decoder refuses it from the header, naming the file and its dimensions.
+    path = _save(Image.new("L", size, 128), tmp_path / "thin.png")
+    w, h = size
+    with pytest.raises(ImageLoadError, match=rf"thin\.png: .*{w}x{h}.*aspect ratio") as ei:
+        load_image(path)
+    assert ei.value.path == str(path)
+    with pytest.raises(ImageLoadError, match=rf"upload\.png: .*{w}x{h}.*aspect ratio"):
+        load_image(path.read_bytes(), name="upload.png")  # the explain page's entry point
+
+
+def test_aspect_ratio_at_the_limit_is_decoded(tmp_path: Path) -> None:
+    from xaidash.compute.imageio import MAX_ASPECT_RATIO
+
+    side = 2
+    path = _save(Image.new("L", (side, side * MAX_ASPECT_RATIO), 128), tmp_path / "tall.png")
+    assert load_image(path).size == (side, side * MAX_ASPECT_RATIO)
+
+
+@pytest.mark.timeout(20)
+def test_fifo_is_never_opened(tmp_path: Path) -> None:
+    # open() on a FIFO blocks until a writer comes: it must be refused from its stat alone.
+    os.mkfifo(tmp_path / "f.png")
+    os.symlink("f.png", tmp_path / "link.png")
+    for name in ("f.png", "link.png"):
+        with pytest.raises(ImageLoadError, match=r"not a regular file \(FIFO\)"):
+            load_image(tmp_path / name)
+
+
+@pytest.mark.timeout(20)
+def test_special_files_have_clear_reasons(tmp_path: Path) -> None:
+    os.symlink("/dev/zero", tmp_path / "zero.png")
+    os.symlink("nowhere.png", tmp_path / "dangling.png")
+    os.symlink("b.png", tmp_path / "a.png")
+    os.symlink("a.png", tmp_path / "b.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "dir.png").mkdir()
+    cases = {
+        "zero.png": r"not a regular file \(character device\)",
+        "dangling.png": r"broken symbolic link \(its target 'nowhere\.png' does not exist\)",
+        "a.png": r"symbolic link loop",
+        "empty.png": r"empty file \(0 bytes\)",
+        "dir.png": r"is a directory, not an image",
+    }
+    for name, pattern in cases.items():
+        with pytest.raises(ImageLoadError, match=pattern):
+            load_image(tmp_path / name)
+    with pytest.raises(ImageLoadError, match=r"empty file"):
+        load_image(b"", name="upload.png")
+
+
+def test_permission_denied_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests run as root, for whom mode 000 is readable: simulate the refusal at open().
+    path = _save(Image.new("RGB", (4, 4)), tmp_path / "p.png")
+
+    def denied(*args: object, **kwargs: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(ImageLoadError, match="permission denied"):
+        load_image(path)
+
+
+def test_non_utf8_path_gives_a_printable_reason(tmp_path: Path) -> None:
+    bad = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
+    bad.write_text("not an image")
+    with pytest.raises(ImageLoadError) as ei:
+        load_image(bad)
+    assert "caf\ufffd.png" in ei.value.path
+    str(ei.value).encode("utf-8")  # printable (no lone surrogates)
+    _save(Image.new("RGB", (4, 4)), bad)
+    assert load_image(bad).size == (4, 4)
+
+
+def test_corrupt_exif_decodes_without_warnings(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    img = Image.new("RGB", (6, 4), (10, 20, 30))
+    path = _save(img, tmp_path / "e.png", exif=b"Exif\x00\x00MM\x00*\xff\xff\xff\xf0garbage")
+    assert load_image(path).size == (6, 4)
+    assert not [w for w in recwarn if "EXIF" in str(w.message)]
+
+
+def test_image_size_reads_the_header_only(tmp_path: Path) -> None:
+    from xaidash.compute.imageio import image_size
+
+    assert image_size(_save(Image.new("RGB", (7, 5)), tmp_path / "a.png")) == (7, 5)
+    os.mkfifo(tmp_path / "f.png")
+    with pytest.raises(ImageLoadError, match="FIFO"):
+        image_size(tmp_path / "f.png")
