@@ -122,28 +122,44 @@ def class_restricted_topk(
     if num_q == 0 or n_train == 0:
         return _finish(best_val, best_idx, squeeze)
 
+    # Class buckets: a (query, target) pair only ever matches train rows of its target class, so
+    # each class's queries are compared with that class's rows alone. Exact, and C times less
+    # work than comparing every query with every row and masking (50k x 1.28M ImageNet-sized:
+    # measured in bench/global_phase.py).
     qn = _normalize(q_t.to(dev))
-    tgt = tgt.to(dev)
-    neg_inf = torch.tensor(float("-inf"), device=dev)
-    for start in range(0, n_train, chunk_size):
-        stop = min(start + chunk_size, n_train)
-        chunk = train_vectors[start:stop]
-        # a copy per chunk: works for read-only arrays (Arrow buffers) and memmaps alike
-        chunk_t = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.array(chunk, dtype=np.float32))
-        tn = _normalize(chunk_t.to(dev, non_blocking=True))
-        lab = labels_all[start:stop].to(dev)
-        cand_idx = torch.arange(start, stop, device=dev)
-        for qs in range(0, num_q, query_block):
-            qe = min(qs + query_block, num_q)
-            sim = qn[qs:qe] @ tn.T  # [qb, C]
-            for t in range(num_t):
-                mask = lab[None, :] == tgt[qs:qe, t][:, None]  # [qb, C]
-                masked = torch.where(mask, sim, neg_inf)
-                vals = torch.cat([best_val[qs:qe, t], masked], dim=1)
-                idxs = torch.cat([best_idx[qs:qe, t], cand_idx.expand(qe - qs, -1)], dim=1)
-                top_v, top_p = torch.topk(vals, k, dim=1)  # sorted, best first
-                best_val[qs:qe, t] = top_v
-                best_idx[qs:qe, t] = torch.gather(idxs, 1, top_p)
+    order = torch.argsort(labels_all, stable=True)
+    sorted_labels = labels_all[order]
+    classes, counts = torch.unique_consecutive(sorted_labels, return_counts=True)
+    ends = torch.cumsum(counts, 0)
+    flat_tgt = tgt.reshape(-1)
+    for c, end, count in zip(classes.tolist(), ends.tolist(), counts.tolist(), strict=True):
+        if c < 0:
+            continue  # unlabeled train rows never match
+        pairs = torch.nonzero(flat_tgt == c).flatten()  # flat (query, target column) positions
+        if pairs.numel() == 0:
+            continue
+        rows = order[end - count : end]  # train row indices of class c, ascending
+        qi = (pairs // num_t).to(dev)
+        bv = torch.full((pairs.numel(), k), float("-inf"), device=dev)
+        bi = torch.full((pairs.numel(), k), -1, dtype=torch.long, device=dev)
+        for start in range(0, count, chunk_size):
+            idx = rows[start : start + chunk_size]
+            chunk = train_vectors[idx.numpy()] if not torch.is_tensor(train_vectors) else train_vectors[idx]
+            # a copy per chunk: works for read-only arrays (Arrow buffers) and memmaps alike
+            chunk_t = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.array(chunk, dtype=np.float32))
+            tn = _normalize(chunk_t.to(dev, non_blocking=True))
+            cand = idx.to(dev)
+            for qs in range(0, pairs.numel(), query_block):
+                qe = min(qs + query_block, pairs.numel())
+                sim = qn[qi[qs:qe]] @ tn.T  # [qb, rows]
+                vals = torch.cat([bv[qs:qe], sim], dim=1)
+                idxs = torch.cat([bi[qs:qe], cand.expand(qe - qs, -1)], dim=1)
+                top_v, top_p = torch.topk(vals, min(k, vals.shape[1]), dim=1)  # sorted, best first
+                bv[qs:qe, : top_v.shape[1]] = top_v
+                bi[qs:qe, : top_v.shape[1]] = torch.gather(idxs, 1, top_p)
+        fv, fi = best_val.view(-1, k), best_idx.view(-1, k)
+        fv[pairs.to(dev)] = bv
+        fi[pairs.to(dev)] = bi
     # -inf candidates may have been picked when a class has < k train images: mark them empty
     best_idx[torch.isinf(best_val)] = -1
     return _finish(best_val, best_idx, squeeze)

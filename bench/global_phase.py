@@ -1,0 +1,94 @@
+"""The global phase at ImageNet scale: twins and counterfactuals for 50,000 validation images
+against 1,281,167 training embeddings (512-d, 1,000 classes), and the 2-D projection, with
+synthetic embeddings.
+
+Twins are class-restricted (the nearest training images of the predicted class; the
+counterfactuals those of the runner-up and of the true class), so the exact search compares each
+query with its target classes' rows only (``compute/neighbors.py``). The baseline is the dense
+search a class-agnostic nearest-neighbour pass would do (every query against every row, then a
+per-class mask), timed on a slice and scaled by rows x queries; both are exact.
+
+    python bench/global_phase.py                       # the full size (~3 GB of RAM)
+    python bench/global_phase.py --train 128000 --val 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from xaidash.compute.neighbors import find_neighbors
+from xaidash.compute.projection import project_2d, umap_available
+
+
+def _dense(q: torch.Tensor, t: torch.Tensor, tl: torch.Tensor, targets: torch.Tensor, k: int) -> None:
+    """The class-agnostic baseline: q @ t.T, then per target column mask to the class and top-k."""
+    sim = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(t, dim=1).T
+    for col in range(targets.shape[1]):
+        masked = torch.where(tl[None, :] == targets[:, col][:, None], sim, torch.tensor(float("-inf")))
+        torch.topk(masked, k, dim=1)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--val", type=int, default=50_000)
+    p.add_argument("--train", type=int, default=1_281_167)
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    c, d = args.classes, args.dim
+    centers = rng.standard_normal((c, d)).astype(np.float32)
+    train_labels = rng.integers(0, c, args.train)
+    val_labels = rng.integers(0, c, args.val)
+    t0 = time.perf_counter()
+    noise = rng.standard_normal((args.train, d), dtype=np.float32)
+    train = (centers[train_labels] + noise).astype(np.float16)
+    val = (centers[val_labels] + rng.standard_normal((args.val, d), dtype=np.float32)).astype(np.float16)
+    pred = np.where(rng.random(args.val) < 0.8, val_labels, rng.integers(0, c, args.val))
+    runner = (pred + 1) % c
+    gen_s = time.perf_counter() - t0
+    print(f"synthetic embeddings: {args.val} val x {args.train} train, {d}-d, {c} classes "
+          f"(generated in {gen_s:.1f} s); device={args.device} threads={torch.get_num_threads()}")
+
+    # what the global phase holds: float32 vectors read back from the staged fp16 parts
+    train32, val32 = train.astype(np.float32), val.astype(np.float32)
+    t0 = time.perf_counter()
+    tab = find_neighbors(val32, pred, runner, val_labels, train32, train_labels, k=args.k, device=args.device)
+    exact_s = time.perf_counter() - t0
+    print(f"twins + counterfactuals (exact, class buckets): {exact_s:8.1f} s  ({len(tab)} rows)")
+
+    qs, ts = min(args.val, 2000), min(args.train, 100_000)
+    targets = torch.from_numpy(np.stack([pred[:qs], runner[:qs], val_labels[:qs]], 1))
+    t0 = time.perf_counter()
+    _dense(torch.from_numpy(val32[:qs]), torch.from_numpy(train32[:ts]), torch.from_numpy(train_labels[:ts]),
+           targets, args.k)
+    dense_s = (time.perf_counter() - t0) * (args.val / qs) * (args.train / ts)
+    print(f"dense baseline (timed on {qs} x {ts}, scaled):  {dense_s:8.1f} s")
+    print(f"speed-up of the class-bucket search: {dense_s / exact_s:.1f}x")
+
+    allv = np.concatenate([val32, train32])
+    t0 = time.perf_counter()
+    project_2d(allv, "pca", seed=0)
+    print(f"projection pca over {len(allv)} rows:           {time.perf_counter() - t0:8.1f} s")
+    if umap_available():
+        sub = allv[: min(len(allv), 150_000)]
+        t0 = time.perf_counter()
+        project_2d(sub, "umap", seed=0)
+        umap_s = time.perf_counter() - t0
+        print(f"projection umap over {len(sub)} rows (fit 50k + transform): {umap_s:8.1f} s "
+              "(the transform part grows linearly with the rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
