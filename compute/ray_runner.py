@@ -17,6 +17,7 @@ Ray is an optional dependency (``pip install 'xaidash[ray]'``); this module impo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -192,7 +193,12 @@ def run_on_ray(plan: JobPlan, chunks: Sequence[Chunk], thumbnails: frozenset[str
     n = opts.workers or (int(gpus / per_gpu) if per_gpu else max(1, int(cpus // threads)))
     n = max(1, min(n, len(chunks)))
     actor_cls = ray.remote(max_restarts=-1, max_task_retries=-1)(_Worker)
-    plan_ref = ray.put(plan)  # the model's weights cross to the workers once, through the object store
+    # the model's weights cross to the workers once, through the object store, as CPU tensors (a
+    # worker may have no GPU, or another one); each worker moves its copy to its own device
+    shipped = plan
+    if plan.device.type != "cpu":
+        shipped = dataclasses.replace(plan, model=copy.deepcopy(plan.model).cpu())
+    plan_ref = ray.put(shipped)
     kill_hook = os.environ.get(KILL_WORKER_ENV)
     actors = [actor_cls.options(num_cpus=threads, num_gpus=per_gpu).remote(i, plan_ref, threads, kill_hook)
               for i in range(n)]
