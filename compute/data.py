@@ -5,7 +5,11 @@ SPECs (see README.md, "Data SPEC"):
 - ``imagefolder:DIR`` - ``DIR/train/<class>/*`` and ``DIR/val/<class>/*``. A DIR that holds
   class folders directly is a validation-only dataset. Class names are the sorted folder
   names of the val split; train must have the same classes. Files are found recursively in
-  each class folder, by image extension; hidden files and folders are ignored.
+  each class folder, by image extension; hidden files and folders are ignored. Directory
+  symlinks are followed, but each real directory is scanned once per split: a link to a folder
+  above it (a loop) or to one already scanned is skipped with a warning. Entries named like
+  images that are not regular files (FIFOs, sockets, devices, broken links) stay items, which
+  the decoder refuses without opening them: they are reported like any unreadable image.
 - ``folder:DIR`` - unlabeled images anywhere under DIR (recursive), all in split ``val``.
 - ``fashion-mnist[:classes]`` - the original idx files: train = ``train-*``, val = ``t10k-*``.
 - ``cifar10[:classes]`` - the python pickle batches: train = ``data_batch_1..5``, val =
@@ -18,7 +22,9 @@ Image ids are stable: ``sha1(f"{kind}:{split}:{key}")[:16]`` with ``key`` the pa
 the split folder (imagefolder; so ``imagefolder:DIR`` and ``imagefolder:DIR/val`` agree), the
 path relative to DIR (folder), or the image's index in the original split - the same index
 torchvision's ``FashionMNIST``/``CIFAR10`` datasets use (so a class subset never changes an
-image's id and ids can be cross-referenced with torchvision).
+image's id and ids can be cross-referenced with torchvision). The hash is over the key's bytes,
+so a file name that is not UTF-8 has a stable id too; ``Item.source`` (and class names) show
+such bytes as U+FFFD.
 
 Where files are looked for (fashion-mnist, cifar10): ``--data-root``, then ``$XAIDASH_DATA``,
 then (fashion-mnist only) Debian's ``/usr/share/datasets/fashion-mnist``, then
@@ -45,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xaidash.compute.imageio import IMAGE_EXTENSIONS, ImageLoadError, load_image
+from xaidash.compute.imageio import IMAGE_EXTENSIONS, ImageLoadError, display_name, image_size, load_image
 from xaidash.errors import UserError, choices_error
 
 __all__ = [
@@ -87,9 +93,21 @@ class Item:
     source: str
 
 
+def _fs_bytes(text: str) -> bytes:
+    """The bytes a file-system name stands for: UTF-8, with the bytes that are not UTF-8 (which
+    Python keeps as lone surrogates, PEP 383) given back as themselves."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that do not stand for a byte
+        return text.encode("utf-8", "surrogatepass")
+
+
 def image_id_for(kind: str, split: str, key: str) -> str:
-    """The stable 16-hex-char id of the image ``key`` in ``split`` of a ``kind`` dataset."""
-    return hashlib.sha1(f"{kind}:{split}:{key}".encode()).hexdigest()[:16]
+    """The stable 16-hex-char id of the image ``key`` in ``split`` of a ``kind`` dataset.
+
+    Hashed over the key's bytes: a UTF-8 name keeps the id it always had, and a name that is
+    not UTF-8 (``caf\\xe9.png`` from a Latin-1 system) gets a stable id of its own."""
+    return hashlib.sha1(_fs_bytes(f"{kind}:{split}:{key}")).hexdigest()[:16]
 
 
 class Dataset:
@@ -176,9 +194,8 @@ class FileDataset(Dataset):
         items = self.items("val") or self.items("train")
         for it in items[:: max(1, len(items) // 16)][:16]:
             try:
-                with Image.open(self._paths[it.image_id]) as im:
-                    sides.append(min(im.size))
-            except Exception:  # unreadable files are reported when they are loaded
+                sides.append(min(image_size(self._paths[it.image_id], name=it.source)))
+            except ImageLoadError:  # unreadable files are reported when they are loaded
                 continue
         return int(np.median(sides)) if sides else 224
 
@@ -288,19 +305,100 @@ def _is_hidden(p: Path) -> bool:
     return p.name.startswith(".")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), skipping hidden files/folders; sorted."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in filenames:
-            if not fn.startswith(".") and Path(fn).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / fn)
-    return sorted(found)
+def _dir_id(path: Path | str) -> tuple[int, int] | None:
+    """(device, inode) of the directory ``path`` points to (symlinks followed), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
-def _class_dirs(split_dir: Path) -> list[Path]:
-    return sorted((p for p in split_dir.iterdir() if p.is_dir() and not _is_hidden(p)), key=lambda p: p.name)
+class _Scan:
+    """One walk over a split (or a ``folder:`` root): each real directory is visited once.
+
+    Directory symlinks are followed (class folders that are links into shared storage are
+    common), but a link to a folder above it (``ln -s . loop``, ``ln -s .. up``) is a loop and a
+    link to a folder already scanned would count its images twice: both are skipped with a
+    warning naming the link. ``outer`` are the folders above the walks (the split folder, the
+    dataset root): a link to one of them is a loop too.
+    """
+
+    def __init__(self, root: Path, outer: list[Path]) -> None:
+        self.root = root
+        self.outer = {i for i in map(_dir_id, outer) if i is not None}
+        self.seen: dict[tuple[int, int], Path] = {}
+
+    def _rel(self, path: Path | str) -> str:
+        try:
+            return display_name(Path(path).relative_to(self.root).as_posix())
+        except ValueError:
+            return display_name(str(path))
+
+    def claim(self, folders: list[Path]) -> None:
+        """Mark ``folders`` (the class folders, before any is walked) as part of the scan."""
+        for f in folders:
+            fid = _dir_id(f)
+            if fid is not None:
+                self.seen.setdefault(fid, f)
+
+    def image_files(self, folder: Path) -> list[Path]:
+        """Image files under ``folder`` (recursive), skipping hidden files/folders; sorted.
+
+        Non-regular files named like images (FIFOs, sockets, devices, broken links) are kept:
+        they become items that the decoder refuses with a reason, so they are reported."""
+        found: list[Path] = []
+        top = _dir_id(folder)
+        chains: dict[str, frozenset[tuple[int, int]]] = {
+            str(folder): frozenset(self.outer | ({top} if top else set()))}
+
+        def unreadable(exc: OSError) -> None:
+            where = self._rel(exc.filename) if exc.filename else self._rel(folder)
+            logger.warning("cannot read folder %s: %s; its images are left out", where,
+                           display_name(exc.strerror or str(exc)))
+
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
+            chain = chains.pop(dirpath, frozenset())
+            kept: list[str] = []
+            for d in sorted(n for n in dirnames if not n.startswith(".")):
+                sub = os.path.join(dirpath, d)
+                sid = _dir_id(sub)
+                if sid is None:
+                    kept.append(d)  # os.walk reports what it cannot read
+                elif sid in chain:
+                    logger.warning("%s: directory symlink loop (it points to %s, a folder above it); "
+                                   "not followed: each folder is scanned once",
+                                   self._rel(sub), self._rel(os.path.realpath(sub)))
+                elif sid in self.seen and os.path.islink(sub):
+                    logger.warning("%s: points to %s, which is already part of the dataset; not followed: "
+                                   "each folder is scanned once", self._rel(sub), self._rel(self.seen[sid]))
+                elif sid in self.seen:
+                    logger.warning("%s: the same folder as %s, already scanned; not scanned again",
+                                   self._rel(sub), self._rel(self.seen[sid]))
+                else:
+                    self.seen[sid] = Path(sub)
+                    chains[sub] = chain | {sid}
+                    kept.append(d)
+            dirnames[:] = kept
+            for fn in filenames:
+                if not fn.startswith(".") and Path(fn).suffix.lower() in IMAGE_EXTENSIONS:
+                    found.append(Path(dirpath) / fn)
+        return sorted(found)
+
+
+def _class_dirs(split_dir: Path) -> dict[str, Path]:
+    """Class name (as shown: non-UTF-8 bytes as U+FFFD) -> folder, sorted by name."""
+    found: dict[str, Path] = {}
+    for p in sorted(split_dir.iterdir(), key=lambda p: p.name):
+        if not p.is_dir() or _is_hidden(p):
+            continue
+        name = display_name(p.name)
+        if name in found:
+            where = display_name(str(split_dir))
+            raise UserError(f"class folders {found[name].name!a} and {p.name!a} in {where} have the same "
+                            f"printable name {name!r}; rename one")
+        found[name] = p
+    return found
 
 
 def _check_dir(path: Path, what: str) -> None:
@@ -325,12 +423,13 @@ def _open_imagefolder(spec: str, rest: str) -> Dataset:
     else:
         split_dirs = {"val": root}  # class folders directly: a validation-only dataset
 
-    val_classes = [p.name for p in _class_dirs(split_dirs["val"])]
+    class_dirs = {s: _class_dirs(d) for s, d in split_dirs.items()}
+    val_classes = list(class_dirs["val"])
     if not val_classes:
         vdir = split_dirs["val"]
         raise UserError(f"no class folders in {vdir} (expected {vdir}/<class>/<image>)")
     if "train" in split_dirs:
-        train_classes = [p.name for p in _class_dirs(split_dirs["train"])]
+        train_classes = list(class_dirs["train"])
         if train_classes != val_classes:
             only_train = sorted(set(train_classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(train_classes))
@@ -342,16 +441,19 @@ def _open_imagefolder(spec: str, rest: str) -> Dataset:
     entries: dict[str, list[tuple[Item, Path]]] = {}
     for split, sdir in split_dirs.items():
         pairs: list[tuple[Item, Path]] = []
+        scan = _Scan(root, [root, sdir])
+        scan.claim(list(class_dirs[split].values()))
         for label, cname in enumerate(val_classes):
-            cdir = sdir / cname
-            files = _image_files(cdir)
+            cdir = class_dirs[split][cname]
+            files = scan.image_files(cdir)
             if not files:
                 raise UserError(
-                    f"class folder has no images: {cdir} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                    f"class folder has no images: {display_name(str(cdir))} "
+                    f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
                 )
             for f in files:
                 key = f.relative_to(sdir).as_posix()
-                source = f.relative_to(root).as_posix() if has_split else key
+                source = display_name(f.relative_to(root).as_posix() if has_split else key)
                 pairs.append((Item(image_id_for("imagefolder", split, key), split, label, source), f))
         entries[split] = pairs
     return FileDataset(spec, "imagefolder", list(val_classes), entries)
@@ -362,13 +464,13 @@ def _open_folder(spec: str, rest: str) -> Dataset:
         raise UserError("folder needs a directory: folder:DIR")
     root = Path(rest).expanduser()
     _check_dir(root, "image folder")
-    files = _image_files(root)
+    files = _Scan(root, []).image_files(root)
     if not files:
         raise UserError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     pairs = []
     for f in files:
         key = f.relative_to(root).as_posix()
-        pairs.append((Item(image_id_for("folder", "val", key), "val", None, key), f))
+        pairs.append((Item(image_id_for("folder", "val", key), "val", None, display_name(key)), f))
     return FileDataset(spec, "folder", None, {"val": pairs})
 
 

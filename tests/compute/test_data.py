@@ -6,6 +6,8 @@ import contextlib
 import functools
 import hashlib
 import http.server
+import logging
+import os
 import tarfile
 import threading
 from collections import Counter
@@ -112,6 +114,132 @@ def test_imagefolder_corrupt_file_is_not_fatal(tmp_path: Path) -> None:
     with pytest.raises(ImageLoadError) as ei:
         ds.load(bad)
     assert ei.value.path == "val/left/zz_bad.png"
+
+
+def _fs(path: Path, raw: bytes) -> Path:
+    """``path / raw`` for a raw (possibly non-UTF-8) file name."""
+    return Path(os.fsdecode(os.fsencode(path) + b"/" + raw))
+
+
+def test_non_utf8_file_name_is_an_ordinary_image(tmp_path: Path) -> None:
+    # The id hashed the name as UTF-8 and crashed train and compute ("internal error:
+    # UnicodeEncodeError"); now: a stable id over the name's bytes, shown with U+FFFD.
+    root = make_imagefolder(tmp_path / "d", n_train=1, n_val=1, size=8)
+    good = (root / "val" / "left" / "left_0000.png").read_bytes()
+    _fs(root / "val" / "left", b"caf\xe9.png").write_bytes(good)
+    sub = _fs(root / "val" / "left", b"\xff")
+    sub.mkdir()
+    (sub / "x.png").write_bytes(good)
+    ds = open_dataset(f"imagefolder:{root}")
+    by_source = {it.source: it for it in ds.items("val")}
+    assert {"val/left/caf\ufffd.png", "val/left/\ufffd/x.png"} <= set(by_source)
+    it = by_source["val/left/caf\ufffd.png"]
+    expected = hashlib.sha1(b"imagefolder:val:left/caf\xe9.png").hexdigest()[:16]  # the name's own bytes
+    assert it.image_id == expected
+    assert [i.image_id for i in open_dataset(f"imagefolder:{root}").items("val")] == [
+        i.image_id for i in ds.items("val")]  # stable
+    assert ds.load(it).size == (8, 8)
+    assert ds.load(by_source["val/left/\ufffd/x.png"]).size == (8, 8)
+    for i in ds.items("val"):
+        i.source.encode("utf-8")  # printable, storable
+    ds.fingerprint()
+    # a UTF-8 name keeps the id it always had
+    plain = by_source["val/left/left_0000.png"]
+    assert plain.image_id == hashlib.sha1(b"imagefolder:val:left/left_0000.png").hexdigest()[:16]
+
+
+def test_non_utf8_class_and_folder_names(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    good = make_imagefolder(tmp_path / "src", n_train=0, n_val=1, size=8) / "val" / "left" / "left_0000.png"
+    for split in ("train", "val"):
+        for raw in (b"caf\xe9", b"tea"):
+            d = _fs(root / split, raw)
+            d.mkdir(parents=True)
+            (d / "a.png").write_bytes(good.read_bytes())
+    ds = open_dataset(f"imagefolder:{root}")
+    assert ds.classes == ["caf\ufffd", "tea"]
+    assert {it.source for it in ds.items("train")} == {"train/caf\ufffd/a.png", "train/tea/a.png"}
+    assert all(ds.load(it).size == (8, 8) for it in ds.items("val"))
+    d = open_dataset(f"folder:{root}")
+    assert "val/caf\ufffd/a.png" in {it.source for it in d.items("val")}
+
+
+def test_directory_symlink_loop_is_visited_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # `ln -s . val/left/loop` turned 16 images into 336 without a word (os.walk followlinks).
+    root = make_imagefolder(tmp_path / "d", n_train=2, n_val=4, size=8)
+    before = {s: [i.image_id for i in open_dataset(f"imagefolder:{root}").items(s)] for s in ("train", "val")}
+    left = root / "val" / "left"
+    os.symlink(".", left / "loop")
+    os.symlink("..", left / "up")  # the split folder: would pull the class 'right' into 'left'
+    (left / "nested").mkdir()
+    os.symlink("../..", left / "nested" / "back")
+    os.symlink("../right", left / "sibling")  # another class's folder, already part of the split
+    with caplog.at_level(logging.WARNING):
+        ds = open_dataset(f"imagefolder:{root}")
+    assert [i.image_id for i in ds.items("val")] == before["val"]
+    assert [i.image_id for i in ds.items("train")] == before["train"]
+    text = caplog.text
+    for link in ("val/left/loop", "val/left/up", "val/left/nested/back"):
+        assert f"{link}: directory symlink loop" in text, text
+    assert "val/left/sibling: points to val/right, which is already part of the dataset" in text
+    # folder: the same walk
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        flat = open_dataset(f"folder:{root}")
+    assert len(flat.items("val")) == len(before["train"]) + len(before["val"])
+    assert "directory symlink loop" in caplog.text
+
+
+def test_directory_symlink_outside_is_followed(tmp_path: Path) -> None:
+    # Following links is a feature (class folders that are links into shared storage): only
+    # real directories already visited are skipped.
+    root = make_imagefolder(tmp_path / "d", n_train=0, n_val=2, size=8)
+    extra = make_imagefolder(tmp_path / "e", n_train=0, n_val=3, size=8)
+    os.symlink(extra / "val" / "left", root / "val" / "left" / "more")
+    os.symlink(extra / "val" / "left", root / "val" / "left" / "again")  # the same real folder twice
+    ds = open_dataset(f"imagefolder:{root}")
+    sources = [i.source for i in ds.items("val") if i.label == 0]
+    assert len(sources) == 2 + 3
+    assert sum(s.startswith("val/left/again/") for s in sources) == 3  # the first in sorted order wins
+
+
+@pytest.mark.timeout(30)
+def test_fifo_and_special_files_are_items_reported_at_load(tmp_path: Path) -> None:
+    # A FIFO named like an image hung `train` and `compute` (natural_size opened it, then the loader).
+    root = make_imagefolder(tmp_path / "d", n_train=2, n_val=2, size=8)
+    os.mkfifo(root / "val" / "left" / "f.png")
+    os.mkfifo(root / "train" / "left" / "f.png")
+    os.symlink("/dev/zero", root / "val" / "left" / "z.png")
+    ds = open_dataset(f"imagefolder:{root}")
+    assert ds.natural_size() == 8
+    ds.fingerprint()
+    reasons = {}
+    for it in ds.items("val"):
+        try:
+            ds.load(it)
+        except ImageLoadError as exc:
+            reasons[it.source] = exc.reason
+    assert reasons == {"val/left/f.png": "not a regular file (FIFO); not opened",
+                       "val/left/z.png": "not a regular file (character device); not opened"}
+
+
+def test_unreadable_folder_is_warned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    # Root reads a mode-000 folder anyway (tests run as root): simulate the error os.walk meets.
+    root = make_imagefolder(tmp_path / "d", n_train=0, n_val=2, size=8)
+    (root / "val" / "left" / "locked").mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: object) -> object:
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING):
+        ds = open_dataset(f"imagefolder:{root}")
+    assert len(ds.items("val")) == 4
+    assert "cannot read folder val/left/locked: Permission denied" in caplog.text
 
 
 @pytest.mark.parametrize(
