@@ -16,7 +16,6 @@ import plotly
 import pytest
 
 from tests.support.dash_testing import post_callback
-from tests.support.synthetic import build_synthetic_store
 from xaidash.dashboard import figures
 from xaidash.dashboard.app import create_app, is_soft_change, render
 from xaidash.dashboard.data import SelectionStore, most_faithful
@@ -27,30 +26,6 @@ from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_quer
 def text_of(component: Any) -> str:
     """The whole rendered tree as JSON text (search it for labels, ids and hrefs)."""
     return json.dumps(component, cls=plotly.utils.PlotlyJSONEncoder, ensure_ascii=False)
-
-
-@pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("store")
-    build_synthetic_store(path, n_val=200, n_train=300, runs=2, seed=1)
-    return path
-
-
-@pytest.fixture(scope="module")
-def app(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return create_app(store_dir, selections_dir=tmp_path_factory.mktemp("sel"))
-
-
-@pytest.fixture(scope="module")
-def state(app: Any) -> Any:
-    return app.server.config["XAIDASH_STATE"]
-
-
-@pytest.fixture(scope="module")
-def client(app: Any) -> Any:
-    c = app.server.test_client()
-    assert c.get("/").status_code == 200  # also finalises the callback map
-    return c
 
 
 def latest(state: Any) -> str:
