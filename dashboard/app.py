@@ -22,11 +22,12 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
 import xaidash.assets
-from xaidash.dashboard import theme
+from xaidash.dashboard import guard, theme
 from xaidash.dashboard.components import no_runs_alert, run_label
 from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
+from xaidash.dashboard.inputs import URL_PART, anything, record, text, typed
 from xaidash.dashboard.pages import compare, embedding, explain, gallery, image, overview
-from xaidash.dashboard.params import Filters, parse_query, qs_of
+from xaidash.dashboard.params import Filters, parse_query, qs_of, valid_run_id
 from xaidash.dashboard.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.store import open_store
@@ -144,6 +145,7 @@ def render_page(state: AppState, pathname: str | None, filters: Filters, resolve
         return dbc.Alert(
             [html.H5("Page not found", className="alert-heading"), dcc.Link("Go to the overview", href="/")],
             color="warning",
+            id="page-not-found",
         )
     if resolved.info is None:
         return no_runs_alert(state.store_path)
@@ -158,7 +160,7 @@ SOFT_KEYS: dict[str, frozenset[str]] = {"/embedding": frozenset({"id"})}
 
 def is_soft_change(rendered: dict[str, Any] | None, pathname: str | None, search: str | None) -> bool:
     """True when the URL differs from the rendered one only in the page's soft keys."""
-    if not rendered or rendered.get("path") != pathname:
+    if not rendered or rendered.get("path") != pathname or not isinstance(pathname, str):
         return False
     soft = SOFT_KEYS.get((pathname or "/").rstrip("/") or "/")
     if not soft:
@@ -168,6 +170,17 @@ def is_soft_change(rendered: dict[str, Any] | None, pathname: str | None, search
         return False
     keys = set(old) | set(new)
     return all(k in soft for k in keys if old.get(k) != new.get(k))
+
+
+def callback_failed(exc: Exception) -> None:
+    """Last resort for an exception a callback did not handle: logged, answered "no update".
+
+    Callbacks validate what they receive (:mod:`xaidash.dashboard.inputs`), so this runs only
+    for a bug; the browser keeps its view instead of getting a 500 (the tests check that it
+    never runs for any input).
+    """
+    log.error("callback %s failed", dash.callback_context.outputs_list, exc_info=exc)
+    return None
 
 
 def create_app(
@@ -194,6 +207,7 @@ def create_app(
         suppress_callback_exceptions=True,  # page components appear only after routing
         serve_locally=True,
         update_title="",  # keep the tab title while callbacks run
+        on_error=callback_failed,
     )
     app.layout = html.Div(
         [
@@ -211,6 +225,7 @@ def create_app(
         ]
     )
     app.server.config["XAIDASH_STATE"] = state
+    guard.install(app)  # request-size limit; malformed callback requests answer 400
     register_routes(app.server, state.data)
 
     nav_outputs = [Output(f"nav-link-{i}", "href") for i in range(len(NAV_ITEMS))]
@@ -225,6 +240,7 @@ def create_app(
         Input("url", "search"),
         State("rendered", "data"),
     )
+    @typed(URL_PART, URL_PART, record())
     def route(pathname: str | None, search: str | None, rendered: dict[str, Any] | None) -> tuple[Any, ...]:
         if is_soft_change(rendered, pathname, search):
             # The page already shows this state (e.g. a pinned point written to the URL by the
@@ -243,9 +259,10 @@ def create_app(
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @typed(text(), URL_PART)
     def pick_run(run_id: str | None, search: str | None) -> Any:
         """Switching run keeps the page but resets page-specific selections."""
-        if run_id is None or run_id == state.data.resolve_run(parse_query(search).run).run_id:
+        if valid_run_id(run_id) is None or run_id == state.data.resolve_run(parse_query(search).run).run_id:
             return no_update
         qs = qs_of(search)
         keep = {k: v[0] for k, v in qs.items() if k in ("cmap", "alpha", "color", "norm", "method", "sort")}
@@ -257,7 +274,8 @@ def create_app(
         State("nav-collapse", "is_open"),
         prevent_initial_call=True,
     )
-    def toggle_nav(n: int | None, is_open: bool) -> bool:
+    @typed(anything(), anything())
+    def toggle_nav(n: object, is_open: object) -> bool:
         return not is_open
 
     for module, _, _ in PAGES:

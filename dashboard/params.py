@@ -32,6 +32,7 @@ COLOR_BY: tuple[str, ...] = ("true", "pred")
 CHANGES: tuple[str, ...] = ("broke", "fixed", "changed")
 MAX_INLINE_IDS = 20  # selections this small travel as ids in the URL; larger ones as a hash
 MAX_PAGE = 100_000
+MAX_CLASS = 100_000  # the largest class index a URL may name
 
 
 def _first(qs: dict[str, list[str]], key: str) -> str | None:
@@ -39,14 +40,14 @@ def _first(qs: dict[str, list[str]], key: str) -> str | None:
     return values[0] if values else None
 
 
-def valid_run_id(value: str | None) -> str | None:
+def valid_run_id(value: object) -> str | None:
     """``value`` if it looks like a run id, else None (existence is checked against the store)."""
-    return value if value is not None and RUN_ID_RE.match(value) else None
+    return value if isinstance(value, str) and RUN_ID_RE.match(value) else None
 
 
-def valid_image_id(value: str | None) -> str | None:
+def valid_image_id(value: object) -> str | None:
     """``value`` if it looks like an image id (16 lowercase hex chars), else None."""
-    return value if value is not None and IMAGE_ID_RE.match(value) else None
+    return value if isinstance(value, str) and IMAGE_ID_RE.match(value) else None
 
 
 def parse_int(
@@ -95,9 +96,12 @@ def parse_ids(value: str | None, limit: int = MAX_INLINE_IDS) -> tuple[str, ...]
     return tuple(dict.fromkeys(ids)) or None
 
 
-def qs_of(search: str | None) -> dict[str, list[str]]:
-    """Parse ``?a=1&b=2`` (leading '?' optional) into a dict of lists, tolerating garbage."""
-    if not search:
+def qs_of(search: object) -> dict[str, list[str]]:
+    """Parse ``?a=1&b=2`` (leading '?' optional) into a dict of lists, tolerating garbage.
+
+    Anything but a string (a script can post any JSON as ``url.search``) is no query at all.
+    """
+    if not search or not isinstance(search, str):
         return {}
     try:
         return parse_qs(search.lstrip("?"), keep_blank_values=False, max_num_fields=64)
@@ -148,7 +152,7 @@ class Filters:
 _DEFAULTS = Filters()
 
 
-def parse_query(search: str | None) -> Filters:
+def parse_query(search: object) -> Filters:
     """Parse and validate a query string into :class:`Filters`; bad values become defaults."""
     qs = qs_of(search)
 
@@ -168,8 +172,8 @@ def parse_query(search: str | None) -> Filters:
     size = parse_int(g("size"), 24)
     return Filters(
         run=valid_run_id(g("run")),
-        true=parse_int(g("true"), None, 0, 100_000),
-        pred=parse_int(g("pred"), None, 0, 100_000),
+        true=parse_int(g("true"), None, 0, MAX_CLASS),
+        pred=parse_int(g("pred"), None, 0, MAX_CLASS),
         outcome=outcome if outcome in OUTCOMES else "all",
         cmin=cmin,
         cmax=cmax,

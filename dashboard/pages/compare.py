@@ -16,7 +16,7 @@ import pandas as pd
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from xaidash.constants import METHODS
-from xaidash.dashboard import figures
+from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     card,
     empty_state,
@@ -28,7 +28,7 @@ from xaidash.dashboard.components import (
     thumb_img,
     warning_alert,
 )
-from xaidash.dashboard.params import CHANGES, Filters, image_href, parse_query, to_query
+from xaidash.dashboard.params import CHANGES, MAX_PAGE, Filters, image_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
 
 if TYPE_CHECKING:
@@ -339,6 +339,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(*[inputs.text()] * 4, inputs.integer(), inputs.URL_PART)  # a, b, method, change, page
     def update(
         a: str | None,
         b: str | None,
@@ -348,10 +349,17 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         search: str | None,
     ) -> Any:
         f = parse_query(search)
-        page = (int(active) - 1) if ctx.triggered_id == f"{PREFIX}-pagination" and active else 0
+        page = active - 1 if ctx.triggered_id == f"{PREFIX}-pagination" and active else 0
         new = parse_query(
             to_query(
-                replace(f, a=a, b=b, method=method or f.method, change=change or f.change, page=max(0, page)),
+                replace(
+                    f,
+                    a=a,
+                    b=b,
+                    method=method or f.method,
+                    change=change or f.change,
+                    page=min(max(0, page), MAX_PAGE),
+                ),
                 KEYS,
             )
         )

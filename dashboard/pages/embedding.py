@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from dash import Input, Output, Patch, State, dcc, html, no_update
 
-from xaidash.dashboard import figures
+from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     card,
     correctness_badge,
@@ -291,23 +291,26 @@ def select_ids(points: pd.DataFrame, selected: dict[str, Any] | None) -> list[st
     """Image ids inside a lasso polygon or box, over *all* points (val and, if shown, train).
 
     The figure shows a sample on large runs, so the ids plotly reports are incomplete; the
-    lasso polygon / box range it also reports is applied to the full table instead.
+    lasso polygon / box range it also reports is applied to the full table instead. A polygon
+    or range that is not numbers of matching lengths falls back to the points plotly listed.
     """
     if not selected or points is None or len(points) == 0:
         return []
     xy = points[["x", "y"]].to_numpy(dtype=float)
-    lasso = selected.get("lassoPoints")
-    box = selected.get("range")
-    if lasso and lasso.get("x") and len(lasso["x"]) >= 3:
+    lasso, box = selected.get("lassoPoints"), selected.get("range")
+    lx = inputs.numbers(lasso.get("x"), 3) if isinstance(lasso, dict) else None
+    ly = inputs.numbers(lasso.get("y"), 3) if isinstance(lasso, dict) else None
+    bx = inputs.numbers(box.get("x"), 2, 2) if isinstance(box, dict) else None
+    by = inputs.numbers(box.get("y"), 2, 2) if isinstance(box, dict) else None
+    if lx is not None and ly is not None and len(lx) == len(ly):
         from matplotlib.path import Path as MplPath  # lazy: only needed for lasso selections
 
-        poly = np.column_stack([np.asarray(lasso["x"], float), np.asarray(lasso["y"], float)])
-        mask = MplPath(poly).contains_points(xy)
-    elif box and box.get("x") and box.get("y"):
-        (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
+        mask = MplPath(np.column_stack([lx, ly])).contains_points(xy)
+    elif bx is not None and by is not None:
+        (x0, x1), (y0, y1) = sorted(bx), sorted(by)
         mask = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
     else:
-        ids = {str(p.get("customdata")) for p in selected.get("points", []) if p.get("customdata")}
+        ids = {cd for p in inputs.point_dicts(selected) if (cd := _customdata_id(p)) is not None}
         mask = points["image_id"].isin(ids).to_numpy()
     # The gallery lists validation images (predictions); train points cannot be opened there.
     val = points["split"].eq("val").to_numpy() if "split" in points else np.ones(len(points), bool)
@@ -331,6 +334,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(inputs.record(), inputs.URL_PART)
     def on_hover(hover: dict[str, Any] | None, search: str | None) -> Any:
         run = state.data.resolve_run(parse_query(search).run).run_id
         pid = _point_id(hover)
@@ -346,6 +350,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(inputs.record(), inputs.URL_PART)
     def on_click(click: dict[str, Any] | None, search: str | None) -> Any:
         f = parse_query(search)
         run = state.data.resolve_run(f.run).run_id
@@ -372,6 +377,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(inputs.record(), inputs.URL_PART)
     def on_select(selected: dict[str, Any] | None, search: str | None) -> Any:
         f = parse_query(search)
         run = state.data.resolve_run(f.run).run_id
@@ -406,19 +412,25 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(inputs.text(), inputs.str_list(), inputs.URL_PART)
     def on_controls(color: str | None, train: list[str] | None, search: str | None) -> Any:
         f = parse_query(search)
-        new = replace(f, color=color or "true", train=bool(train))
+        keys = ("run", "color", "train", "id", "cmap", "alpha")
+        new = parse_query(to_query(replace(f, color=color or "true", train=bool(train)), keys))
         if (new.color, new.train) == (f.color, f.train):
             return no_update
-        return to_query(new, ("run", "color", "train", "id", "cmap", "alpha"))
+        return to_query(new, keys)
+
+
+def _customdata_id(point: dict[str, Any]) -> str | None:
+    """The image id a plotly point carries in ``customdata`` (a string, or a list led by one)."""
+    cd = point.get("customdata")
+    if isinstance(cd, list):
+        cd = cd[0] if cd else None
+    return valid_image_id(cd)
 
 
 def _point_id(event: dict[str, Any] | None) -> str | None:
     """The image id carried in ``customdata`` of the first point of a plotly event."""
-    if not event or not event.get("points"):
-        return None
-    cd = event["points"][0].get("customdata")
-    if isinstance(cd, list):
-        cd = cd[0] if cd else None
-    return valid_image_id(str(cd)) if cd is not None else None
+    point = inputs.first_point(event)
+    return None if point is None else _customdata_id(point)

@@ -19,7 +19,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from xaidash.dashboard import figures, overlays
+from xaidash.dashboard import figures, inputs, overlays
 from xaidash.dashboard.components import (
     card,
     empty_state,
@@ -269,6 +269,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(inputs.text(max_len=None), inputs.text(), inputs.URL_PART)
     def on_upload(contents: str | None, filename: str | None, search: str | None) -> Any:
         if not contents:
             return no_update

@@ -17,6 +17,7 @@ import pandas as pd
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from xaidash.constants import OUTCOMES, SORTS
+from xaidash.dashboard import inputs
 from xaidash.dashboard.components import (
     Record,
     card,
@@ -33,6 +34,7 @@ from xaidash.dashboard.components import (
 )
 from xaidash.dashboard.params import (
     GALLERY_KEYS,
+    MAX_PAGE,
     PAGE_SIZES,
     SORT_LABELS,
     Filters,
@@ -318,7 +320,7 @@ def controls_to_search(
     true: int | None,
     pred: int | None,
     outcome: str | None,
-    conf: list[float] | None,
+    conf: tuple[float, float] | None,
     sort: str | None,
     desc: list[str] | None,
     method: str | None,
@@ -329,32 +331,50 @@ def controls_to_search(
 ) -> str | None:
     """New query string from the control values (None when nothing changed).
 
-    Changing any filter resets to the first page; only the pagination changes the page. The
-    result is re-parsed so that control values go through the same validation as a typed URL.
+    The values are typed (see :data:`CONTROLS`); changing any filter resets to the first page;
+    only the pagination changes the page. The result is re-parsed so that control values go
+    through the same validation (ranges, allow-lists) as a typed URL.
     """
     f = parse_query(search)
-    conf = conf or [0.0, 1.0]
-    page = (int(active_page) - 1) if (trigger == f"{PREFIX}-pagination" and active_page) else 0
+    cmin, cmax = conf if conf is not None else (0.0, 1.0)
+    page = active_page - 1 if (trigger == f"{PREFIX}-pagination" and active_page) else 0
     candidate = replace(
         f,
         true=true,
         pred=pred,
         outcome=outcome or "all",
-        cmin=float(conf[0]),
-        cmax=float(conf[1]),
+        cmin=cmin,
+        cmax=cmax,
         sort=sort or "confidence",
         desc=bool(desc),
         method=method or "gradcam",
-        size=int(size or 24),
+        size=size or 24,
         cmap=cmap or f.cmap,
-        alpha=float(alpha) if alpha is not None else f.alpha,
-        page=max(0, page),
+        alpha=alpha if alpha is not None else f.alpha,
+        page=min(max(0, page), MAX_PAGE),
     )
     if trigger in (f"{PREFIX}-cmap", f"{PREFIX}-alpha"):
         candidate = replace(candidate, page=f.page)  # display changes keep the page
     new = to_query(parse_query(to_query(candidate, GALLERY_KEYS)), GALLERY_KEYS)
     old = to_query(f, GALLERY_KEYS)
     return None if new == old else new
+
+
+#: what each control of the panel sends, in the order of the callback's inputs, then the URL
+CONTROLS = (
+    inputs.integer(),  # true class
+    inputs.integer(),  # predicted class
+    inputs.text(),  # outcome
+    inputs.number_pair(),  # confidence range
+    inputs.text(),  # sort
+    inputs.str_list(),  # descending checklist
+    inputs.text(),  # method
+    inputs.integer(),  # rows per page
+    inputs.text(),  # colormap
+    inputs.number(),  # opacity
+    inputs.integer(),  # pagination's active page
+    inputs.URL_PART,
+)
 
 
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
@@ -376,6 +396,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(*CONTROLS)
     def update_url(*args: Any) -> Any:
         *values, search = args
         new = controls_to_search(search, ctx.triggered_id, *values)

@@ -17,7 +17,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
-from xaidash.dashboard import figures
+from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     card,
     correctness_badge,
@@ -302,6 +302,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(inputs.text(), inputs.number(), inputs.URL_PART)
     def display(cmap: str | None, alpha: float | None, search: str | None) -> Any:
         f = parse_query(search)
         new = parse_query(

@@ -13,7 +13,7 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 from dash.development.base_component import Component
 
-from xaidash.dashboard import figures
+from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     card,
     df_table,
@@ -25,7 +25,7 @@ from xaidash.dashboard.components import (
     warning_alert,
 )
 from xaidash.dashboard.data import most_faithful
-from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_query
+from xaidash.dashboard.params import MAX_CLASS, Filters, gallery_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
 
 if TYPE_CHECKING:
@@ -256,31 +256,39 @@ def layout(ctx: PageContext) -> Any:
 
 
 def confusion_click_target(
-    click: dict[str, Any] | None, search: str | None, class_names: list[str] | None = None
+    click: object, search: object, class_names: list[str] | None = None
 ) -> str | None:
     """The gallery URL (path + query) for a click on a confusion cell, or None.
 
     Plotly's heatmap click events carry the cell's x/y labels (not its customdata), so the
-    class names of the run map them back to indices; customdata is used when present.
+    class names of the run map them back to indices; customdata is used when present. Anything
+    that is not a cell of this run's matrix gives None.
     """
-    if not click or not click.get("points"):
+    point = inputs.first_point(click)
+    if point is None:
         return None
-    point = click["points"][0]
+    names = [str(n) for n in (class_names or [])]
     cd = point.get("customdata")
     if isinstance(cd, dict):  # a typed array serialised as {"0": .., "1": ..}
-        cd = [cd.get("0", cd.get(0)), cd.get("1", cd.get(1))]
-    if not isinstance(cd, list | tuple) or len(cd) < 2:
-        names = [str(n) for n in (class_names or [])]
-        if point.get("y") in names and point.get("x") in names:
-            cd = [names.index(point["y"]), names.index(point["x"])]
-        else:
-            return None
-    try:
-        true, pred = int(cd[0]), int(cd[1])
-    except (TypeError, ValueError):
+        cd = [cd.get("0"), cd.get("1")]
+    if isinstance(cd, list) and len(cd) >= 2:
+        true, pred = _class_index(cd[0], len(names)), _class_index(cd[1], len(names))
+    else:
+        x, y = point.get("x"), point.get("y")
+        true = names.index(y) if isinstance(y, str) and y in names else None
+        pred = names.index(x) if isinstance(x, str) and x in names else None
+    if true is None or pred is None:
         return None
     f = parse_query(search)
     return gallery_href(f, true=true, pred=pred, outcome="all", sort="confidence", desc=True)
+
+
+def _class_index(value: object, n_classes: int) -> int | None:
+    """A class index from a click's customdata: an integral number in [0, n_classes) (any when unknown)."""
+    f = inputs.finite(value)
+    if f is None or not f.is_integer() or f < 0 or (n_classes and f >= n_classes) or f > MAX_CLASS:
+        return None
+    return int(f)
 
 
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
@@ -292,6 +300,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
+    @inputs.typed(inputs.record(), inputs.URL_PART)
     def open_cell(click: dict[str, Any] | None, search: str | None) -> Any:
         info = state.data.resolve_run(parse_query(search).run).info
         target = confusion_click_target(click, search, info.class_names if info else [])
@@ -303,7 +312,8 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
-    def toggle_norm(value: str, search: str | None) -> Any:
+    @inputs.typed(inputs.text(), inputs.URL_PART)
+    def toggle_norm(value: str | None, search: str | None) -> Any:
         f = parse_query(search)
         norm = value == "norm"
         if norm == f.norm:
