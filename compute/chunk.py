@@ -68,6 +68,20 @@ class ChunkOutput:
     method_seconds: dict[str, float] = field(default_factory=dict)
 
 
+def forward_only_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Autocast for the forward-only stages in ``precision`` (a no-op for fp32).
+
+    Predictions, embeddings, CAM, Grad-CAM and Grad-CAM++ come from one fp32 forward and
+    backward and stay fp32 always: they are cheap, and exactness is the product's promise.
+    ``--precision bf16`` governs only the bulk that costs: Score-CAM's masked forwards (512 per
+    image for a ResNet-18) and the faithfulness forwards. Every bf16 run measures what that
+    costs in deviation (:mod:`xaidash.compute.precision`).
+    """
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 class Timer:
     """Wall-clock seconds per stage (accumulates when a stage runs more than once)."""
 
@@ -198,9 +212,9 @@ class _ChunkWork:
         self.out = ChunkOutput(chunk.chunk_id, {})
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.plan.cfg.precision == "bf16":
-            return torch.autocast(device_type=self.plan.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The forward-only bulk (Score-CAM's masked forwards, the faithfulness forwards) in the
+        run's precision; see :func:`forward_only_precision`."""
+        return forward_only_precision(self.plan.cfg.precision, self.plan.device)
 
     # -- rows -------------------------------------------------------------------------------
     def add_failures(self, failed: Sequence[tuple[int, str]]) -> None:
@@ -249,7 +263,7 @@ class _ChunkWork:
         # Grad-CAM (target pred) so the dashboard can show each twin's own evidence; without
         # gradcam in --methods the train pass is a plain forward for the embeddings.
         want = ("gradcam",) if "gradcam" in self.plan.methods else ()
-        with self.timer.stage("train_forward_backward"), self.autocast():
+        with self.timer.stage("train_forward_backward"):
             res = engine.forward(x, want)
         if ("gradcam", "pred") in res.maps:
             self.add_maps(ids, "gradcam", "pred", res.targets["pred"].cpu().numpy(),
@@ -262,7 +276,7 @@ class _ChunkWork:
         with self.timer.stage("val_scorecam"), self.autocast():
             return engine.scorecam(
                 x, activations, targets, batch_size=max(cfg.batch_size, 64),
-                max_channels=cfg.scorecam_max_channels, channels_last=self.plan.channels_last,
+                max_channels=cfg.scorecam_max_channels, channels_last=self.plan.masked_channels_last,
             ).float()
 
     def val_batch(self, engine: CamEngine, x: torch.Tensor, items: Sequence[Item], calibrate: bool) -> None:
@@ -270,7 +284,7 @@ class _ChunkWork:
         ids = [it.image_id for it in items]
         labeled = plan.dataset.labeled and all(it.label is not None for it in items)
         labels = torch.tensor([it.label for it in items], dtype=torch.long) if labeled else None
-        with self.timer.stage("val_forward_backward"), self.autocast():
+        with self.timer.stage("val_forward_backward"):
             res = engine.forward(x, plan.methods, true_labels=labels if "true" in plan.explain else None)
         if calibrate:
             self.out.method_seconds = self._calibrate(engine, x)
@@ -363,8 +377,7 @@ class _ChunkWork:
             if m == "cam" and not engine.cam_applicable:
                 continue
             t0 = time.perf_counter()
-            with self.autocast():
-                engine.forward(x, [] if m == "forward" else [m])
+            engine.forward(x, [] if m == "forward" else [m])
             if self.plan.device.type == "cuda":
                 torch.cuda.synchronize(self.plan.device)
             out[m] = (time.perf_counter() - t0) / b

@@ -36,8 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "wrong predictions with 'pred,true' (default pred)")
     parser.add_argument("--target-layer", default=None, metavar="NAME",
                         help="dotted module name of the CAM layer (default: the model's last conv block)")
+    parser.add_argument("--calibration-images", type=int, default=16, metavar="N",
+                        help="bf16 runs: images (stratified) whose Score-CAM and faithfulness are also "
+                             "computed in fp32, to measure and record the deviation (default 16)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default) or bf16 autocast for the forward passes (CUDA; see docs)")
+                        help="arithmetic of the forward-only bulk (Score-CAM's masked forwards, "
+                             "faithfulness): "
+                             "fp32 (default) or bf16 (several times faster on CPUs with AMX and on recent "
+                             "GPUs; the run measures and records the deviation). Predictions, embeddings "
+                             "and the gradient maps are always fp32")
     parser.add_argument("--twins", type=int, default=5, metavar="K",
                         help="twins and counterfactuals per image and class (default 5)")
     parser.add_argument("--projection", default=None, choices=PROJECTIONS,

@@ -47,6 +47,8 @@ class JobConfig:
     finalize: bool = False
     chunk_size: int = 256
     new_run: bool = False
+    #: bf16 runs: images of the stratified sample whose maps are also computed in fp32
+    calibration_images: int = 16
     #: run the per-image phase on Ray: "local", "auto" or a head's address (None: in this process)
     ray: str | None = None
     ray_workers: int | None = None
@@ -90,6 +92,7 @@ class JobConfig:
             scorecam_max_channels=count("scorecam_max_channels"),
             shard=text("shard"), finalize=bool(a.get("finalize", False)),
             chunk_size=number("chunk_size", base.chunk_size), new_run=bool(a.get("new_run", False)),
+            calibration_images=number("calibration_images", base.calibration_images),
             ray=text("ray"), ray_workers=count("ray_workers"),
             gpus_per_worker=None if a.get("gpus_per_worker") is None else float(a["gpus_per_worker"]),
             threads_per_worker=number("threads_per_worker", base.threads_per_worker),
@@ -172,7 +175,7 @@ def validate(cfg: JobConfig) -> JobConfig:
         raise UserError("--projection umap needs umap-learn (pip install umap-learn), or use pca")
     for name, v, lo in (("--batch-size", cfg.batch_size, 1), ("--chunk-size", cfg.chunk_size, 1),
                         ("--twins", cfg.twins, 0), ("--faithfulness-steps", cfg.faithfulness_steps, 2),
-                        ("--workers", cfg.workers, 0)):
+                        ("--workers", cfg.workers, 0), ("--calibration-images", cfg.calibration_images, 1)):
         if v < lo:
             raise UserError(f"{name} must be >= {lo}, got {v}")
     for name, opt in (("--limit-val", cfg.limit_val), ("--limit-train", cfg.limit_train),

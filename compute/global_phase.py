@@ -86,10 +86,11 @@ def _read_staged(staging: Staging) -> _Staged:
     )
 
 
-def global_phase(plan: JobPlan, staging: Staging, timer: Timer,
-                 timings: dict[str, object]) -> tuple[dict[str, object], dict[str, pa.Table]]:
+def global_phase(plan: JobPlan, staging: Staging, timer: Timer, timings: dict[str, object],
+                 precision: dict[str, object]) -> tuple[dict[str, object], dict[str, pa.Table]]:
     """(runs row, global tables) of the run, ready for ``Staging.publish``; ``timings`` are
-    recorded next to the stage seconds (method costs, the cluster)."""
+    recorded next to the stage seconds (method costs, the cluster), ``precision`` as the run's
+    precision_json."""
     with timer.stage("global_read"):
         st = _read_staged(staging)
     row_of = {iid: i for i, iid in enumerate(st.emb_ids)}
@@ -138,6 +139,7 @@ def global_phase(plan: JobPlan, staging: Staging, timer: Timer,
         "num_failed": int(st.n_failed),
         "accuracy": accuracy,
         "scorecam_note": scorecam_note,
+        "precision_json": json.dumps(precision),
         "config_json": plan.config_json(),
         "versions_json": json.dumps(_versions(used)),
         "timings_json": json.dumps({**{k: round(v, 3) for k, v in timer.seconds.items()},

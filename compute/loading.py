@@ -93,7 +93,11 @@ def load_model(model_ref: Mapping[str, object]) -> LoadedModel:
 
 def for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Eval mode on ``device`` with no parameter gradients (CAMs differentiate activations only);
-    channels_last on CUDA, where cuDNN's convolutions are faster in it (same numbers)."""
+    channels_last on CUDA, where cuDNN's convolutions are faster in it (same numbers); and fp32
+    that is fp32 on this device (TF32 off, :func:`xaidash.compute.precision.configure_device`)."""
+    from xaidash.compute.precision import configure_device
+
+    configure_device(device)
     model = model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -32,7 +32,8 @@ from xaidash.errors import UserError
 log = logging.getLogger(__name__)
 
 #: Bump when the per-image computation changes meaning, so old staging is never reused.
-JOB_FORMAT = 1
+#: 2: bf16 applies to the forward-only stages only (the gradient forward is always fp32).
+JOB_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ class JobPlan:
 
     @property
     def channels_last(self) -> bool:
+        """Inputs and model in channels_last: on CUDA, where cuDNN is faster in it."""
         return self.device.type == "cuda"
+
+    @property
+    def masked_channels_last(self) -> bool | None:
+        """Score-CAM's masked batches: channels_last on CUDA; on CPU the engine's own choice."""
+        return True if self.channels_last else None
 
     def label_name(self, label: int | None) -> str | None:
         if label is None or self.dataset.classes is None:
@@ -104,6 +111,13 @@ class JobPlan:
         cfg["model"] = {**self.loaded.model_ref, "target_layer": self.target_layer,
                         "scorecam_max_channels": self.cfg.scorecam_max_channels}
         return json.dumps(cfg, sort_keys=True, default=str)
+
+    def precision_record(self) -> dict[str, object]:
+        """What ``runs.precision_json`` says besides the measured deviation."""
+        from xaidash.compute.precision import configure_device
+
+        stages = ["scorecam", "faithfulness"] if self.cfg.precision == "bf16" else []
+        return {"precision": self.cfg.precision, "bf16_stages": stages, **configure_device(self.device)}
 
     def with_job_key(self, job_key: str) -> JobPlan:
         return dataclasses.replace(self, job_key=job_key)

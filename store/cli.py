@@ -155,6 +155,12 @@ def _show(args: argparse.Namespace) -> int:
     print(f"images     {info.num_val} val, {info.num_train} train, {info.num_failed} failed")
     if info.scorecam_note:
         print(f"score-cam  {info.scorecam_note}")
+    if info.precision_note:
+        print(f"precision  {info.precision_note}")
+    elif info.precision:
+        tf32 = info.precision.get("tf32")
+        suffix = "" if tf32 is None else f" (TF32 {'on' if tf32 else 'off'})"
+        print(f"precision  {info.precision.get('precision')}{suffix}")
     print("metrics    " + ", ".join(f"{k}={_fmt(v)}" for k, v in headline.items()))
     _print_cluster(info.timings.get("cluster"))
     total = sum(int(t.get("bytes", 0)) for t in tables.values())

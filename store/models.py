@@ -80,6 +80,7 @@ class RunInfo:
     num_failed: int | None
     accuracy: float | None
     scorecam_note: str | None
+    precision_json: str | None
     config_json: str | None
     versions_json: str | None
     timings_json: str | None
@@ -100,6 +101,25 @@ class RunInfo:
     @property
     def timings(self) -> dict[str, Any]:
         return _json_object(self.timings_json)
+
+    @property
+    def precision(self) -> dict[str, Any]:
+        """``precision_json`` parsed ({} for runs written before it existed)."""
+        return _json_object(self.precision_json)
+
+    @property
+    def precision_note(self) -> str | None:
+        """One line for the pages that show approximations: bf16 and its measured deviation."""
+        p = self.precision
+        if p.get("precision") != "bf16":
+            return None
+        cal = p.get("calibration") or {}
+        if not cal:
+            return "bf16 for Score-CAM and faithfulness (deviation not measured)"
+        return (f"bf16 for Score-CAM and faithfulness: Score-CAM maps within {cal['max_abs_dmap']:.3f} "
+                f"of fp32 (median {cal['median_abs_dmap']:.3f}), faithfulness scores within "
+                f"{cal['max_abs_dscore']:.3f} (median {cal['median_abs_dscore']:.3f}), measured on "
+                f"{cal['images']} images")
 
 
 def _json_object(text: str | None) -> dict[str, Any]:

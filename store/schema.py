@@ -78,6 +78,13 @@ RUNS = pa.schema(
         _f("num_failed", pa.int64(), "Number of images that could not be loaded (see failures)."),
         _f("accuracy", pa.float64(), "Top-1 accuracy on val; null when the dataset is unlabeled."),
         _f("scorecam_note", pa.string(), "Why Score-CAM is approximated; null when exact."),
+        _f(
+            "precision_json",
+            pa.string(),
+            "JSON: the arithmetic of the forward-only stages ('fp32' or 'bf16'), TF32 on CUDA, and for "
+            "bf16 the deviation measured against fp32 on a calibration sample (max / median |Δmap| of "
+            "Score-CAM, |Δscore| of the faithfulness metrics). Null for runs before it existed.",
+        ),
         _f("config_json", pa.string(), "JSON of the compute configuration (incl. 'model' reference)."),
         _f("versions_json", pa.string(), "JSON of library versions (xaidash, torch, ...)."),
         _f("timings_json", pa.string(), "JSON of phase timings in seconds."),
