@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from xaidash.dashboard import figures, inputs, overlays
 from xaidash.dashboard.components import (
@@ -54,9 +54,11 @@ def decode_upload(contents: str | None, filename: str | None = None) -> Image.Im
     """``dcc.Upload`` contents (a data URL) -> RGB image, or :class:`UploadError`.
 
     Checks, in order and before decoding pixels: base64 well-formed, size limit, recognised
-    as PNG or JPEG by its bytes (not its name), pixel count (decompression bomb). Then
-    decodes fully (truncation surfaces here), applies EXIF orientation and flattens alpha on
-    white, as a viewer would show it.
+    as PNG or JPEG by its bytes (not its name), pixel count (decompression bomb). Then decodes
+    with compute's decoder (:func:`xaidash.compute.imageio.load_image`), so the page explains
+    what ``xaidash compute`` sees in the same file: 16-bit images scaled (not clipped to white),
+    EXIF orientation applied (a corrupt EXIF block ignored, not fatal), transparency on white,
+    truncated files refused.
     """
     name = filename or "the file"
     if not contents or "," not in contents:
@@ -77,32 +79,29 @@ def decode_upload(contents: str | None, filename: str | None = None) -> Image.Im
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as im:
-                fmt = im.format or ""
-                if fmt not in ALLOWED_FORMATS:
-                    raise UploadError(f"{name} is not a PNG or JPEG image (detected: {fmt or 'unknown'}).")
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise UploadError(
-                        f"{name} is {w}×{h} = {w * h:,} pixels, over the {MAX_PIXELS:,} limit "
-                        "(refused as a possible decompression bomb); downscale it first."
-                    )
-                im.load()
-                img = ImageOps.exif_transpose(im) or im
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                    rgba = img.convert("RGBA")
-                    bg = Image.new("RGB", rgba.size, (255, 255, 255))
-                    bg.paste(rgba, mask=rgba.split()[-1])
-                    return bg
-                return img.convert("RGB")
-    except UploadError:
-        raise
+            with Image.open(io.BytesIO(raw)) as im:  # the header only: no pixels decoded yet
+                fmt, (w, h) = im.format or "", im.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(f"{name} was refused as a decompression bomb (too many pixels).") from None
     except UnidentifiedImageError:
         raise UploadError(f"{name} is not an image Pillow can read; upload a PNG or JPEG.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise UploadError(f"{name} could not be decoded ({exc}); is it truncated or corrupt?") from None
+    if fmt not in ALLOWED_FORMATS:
+        raise UploadError(f"{name} is not a PNG or JPEG image (detected: {fmt or 'unknown'}).")
+    if w * h > MAX_PIXELS:
+        raise UploadError(
+            f"{name} is {w}×{h} = {w * h:,} pixels, over the {MAX_PIXELS:,} limit "
+            "(refused as a possible decompression bomb); downscale it first."
+        )
+    # compute's decoder (numpy + Pillow only, no torch), imported here like compute.explain below
+    from xaidash.compute.imageio import ImageLoadError, load_image
+
+    try:
+        return load_image(raw, name)
+    except ImageLoadError as exc:
+        reason = exc.reason
+        raise UploadError(f"{name} could not be decoded ({reason}); is it truncated or corrupt?") from None
 
 
 def data_url(png: bytes) -> str:
