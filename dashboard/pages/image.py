@@ -35,6 +35,7 @@ from xaidash.dashboard.components import (
 )
 from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.store import RunInfo
 
 PREFIX = "image"
 LARGE = 288  # px: the stored thumbnails are <= 96 px, upscaled smoothly for the big view
@@ -48,8 +49,10 @@ def cam_grid(
     f: Filters,
     target: str,
     cams: Mapping[tuple[str, str], object],
+    notes: Mapping[str, str] | None = None,
 ) -> Any:
-    """The four methods side by side for one target (missing ones say why)."""
+    """The four methods side by side for one target (missing ones say why; ``notes`` say how a
+    method's maps were approximated, e.g. Score-CAM in bf16 and its measured deviation)."""
     cols = []
     for m in methods:
         if (m, target) in cams:
@@ -64,7 +67,9 @@ def cam_grid(
         cols.append(
             dbc.Col(
                 html.Div(
-                    [html.Div(method_label(m), className="fw-semibold small mb-1"), body],
+                    [html.Div(method_label(m), className="fw-semibold small mb-1"), body,
+                     *([html.Div(notes[m], className="text-muted small xd-cam-note")] if notes and m in notes
+                       else [])],
                     className="text-center",
                 ),
                 xs=6,
@@ -73,6 +78,18 @@ def cam_grid(
             )
         )
     return dbc.Row(cols, className="g-2")
+
+
+def scorecam_notes(info: RunInfo) -> dict[str, str]:
+    """How this run's Score-CAM maps differ from exact fp32 Score-CAM, if they do."""
+    parts = []
+    if info.scorecam_note:
+        parts.append(info.scorecam_note)
+    cal = info.precision.get("calibration") if info.precision.get("precision") == "bf16" else None
+    if isinstance(cal, dict):
+        parts.append(f"bf16: within {cal['max_abs_dmap']:.3f} of fp32 (median {cal['median_abs_dmap']:.3f}, "
+                     f"{cal['images']} images)")
+    return {"scorecam": "; ".join(parts)} if parts else {}
 
 
 def neighbor_strip(run_id: str, nbrs: pd.DataFrame, kind: str, f: Filters) -> Any:
@@ -228,7 +245,7 @@ def layout(ctx: PageContext) -> Any:
         top,
         card(
             f"Where the model looked to predict “{pred_name}”",
-            cam_grid(run_id, detail.image_id, methods, f, "pred", detail.cams),
+            cam_grid(run_id, detail.image_id, methods, f, "pred", detail.cams, scorecam_notes(info)),
         ),
     ]
     if wrong:
@@ -236,7 +253,7 @@ def layout(ctx: PageContext) -> Any:
             card(
                 f"Why not “{label_name}”? The same methods, explaining the true class",
                 [
-                    cam_grid(run_id, detail.image_id, methods, f, "true", detail.cams),
+                    cam_grid(run_id, detail.image_id, methods, f, "true", detail.cams, scorecam_notes(info)),
                     html.P(
                         "If these maps light up the object while the predicted-class maps light up the "
                         "background "

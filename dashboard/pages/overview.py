@@ -195,6 +195,11 @@ def layout(ctx: PageContext) -> Any:
         children.append(
             dbc.Alert(f"Score-CAM note: {info.scorecam_note}", color="secondary", className="py-2 small")
         )
+    if info.precision_note:
+        children.append(
+            dbc.Alert(f"Precision: {info.precision_note}", color="secondary", className="py-2 small",
+                      id="overview-precision")
+        )
 
     if not labeled:
         children.append(

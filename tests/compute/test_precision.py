@@ -141,3 +141,25 @@ def test_fp32_run_hints_at_bf16_with_the_measured_deviation(data: tuple[Path, Pa
         bf16_runs = [i for i in r.runs()["run_id"] if json.loads(r.run(i).precision_json or "{}")  # type: ignore[union-attr]
                      .get("precision") == "bf16"]
     assert f"run {bf16_runs[0]} measured Score-CAM maps within" in hint[0]
+
+
+def test_overview_and_image_page_show_the_deviation(runs: dict[str, Path], tmp_path: Path) -> None:
+    import plotly
+
+    from xaidash.dashboard.app import create_app, render
+
+    app = create_app(runs["bf16"], selections_dir=tmp_path / "sel")
+    state = app.server.config["XAIDASH_STATE"]
+    with open_store(runs["bf16"]) as r:
+        rid = r.runs()["run_id"].iloc[0]
+        image_id = r.sql("SELECT image_id FROM predictions WHERE run_id = ? LIMIT 1", [rid])["image_id"][0]
+
+    def text(path: str, search: str) -> str:
+        return json.dumps(render(state, path, search), cls=plotly.utils.PlotlyJSONEncoder, ensure_ascii=False)
+
+    overview = text("/", f"?run={rid}")
+    assert "Precision: bf16 for Score-CAM and faithfulness: Score-CAM maps within" in overview
+    page = text("/image", f"?run={rid}&id={image_id}")
+    assert "bf16: within" in page and "of fp32 (median" in page
+    fp32 = create_app(runs["fp32"], selections_dir=tmp_path / "sel2").server.config["XAIDASH_STATE"]
+    assert "Precision:" not in json.dumps(render(fp32, "/", ""), cls=plotly.utils.PlotlyJSONEncoder)
