@@ -65,10 +65,15 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg)
     out = sys.stdout
     if result.accuracy is not None:
-        print(f"validation accuracy: {result.accuracy:.4f} ({result.n_val} images)", file=out)
+        counted = f"{result.n_val_evaluated} images"
+        if result.n_val_skipped:  # say what the accuracy is measured over
+            counted = (f"{result.n_val_evaluated} of {result.n_val_evaluated + result.n_val_skipped} images; "
+                       f"{result.n_val_skipped} unreadable, skipped")
+        print(f"validation accuracy: {result.accuracy:.4f} ({counted})", file=out)
     print(result.report.rstrip(), file=out)
     if result.skipped:
-        print(f"skipped {len(result.skipped)} unreadable images", file=out)
+        print(f"skipped {len(result.skipped)} unreadable images ({result.n_train_skipped} train, "
+              f"{result.n_val_skipped} val; reasons in the warnings above)", file=out)
     print(f"checkpoint: {result.checkpoint.path} (sha256 {result.checkpoint.sha256})", file=out)
     print(f"elapsed: {result.elapsed_s:.1f} s on {result.device}", file=out)
     print(checkpoint_path_hint(result.checkpoint.path or args.out), file=out)

@@ -6,9 +6,19 @@ trained (seed 003's transfer-learning setup). Deterministic on CPU for a given `
 all randomness (init, shuffling, augmentation, worker seeds) comes from seeded torch RNGs.
 
 Images are decoded through :meth:`compute.data.Dataset.load`; an unreadable image is
-reported once (path + reason, logging warning), skipped, and counted - one bad file does not
-cost a training run. The checkpoint is written atomically at the end, and the output
-directory is checked for writability *before* training starts.
+reported once (path + reason, logging warning), skipped, and counted per split - one bad file
+does not cost a training run, and the reported accuracy says over how many images it was
+measured. The checkpoint is written atomically at the end, and the output directory is checked
+for writability *before* training starts.
+
+**BatchNorm statistics are recalibrated at the end** (:func:`recalibrate_batchnorm`): the
+running mean/variance start at 0/1 and move 10 % per step, so after few steps (a small
+dataset, few epochs) they are far from the activations' and eval mode can predict one class
+for everything while training accuracy is high. One pass over the training images without
+augmentation recomputes them as plain averages (what ``torch.optim.swa_utils.update_bn`` does,
+with dropout kept in eval mode). BatchNorm layers of a frozen backbone keep theirs. The
+per-epoch validation accuracy in ``metrics["history"]`` is measured with the training-time
+statistics; the final one with the recalibrated statistics the checkpoint carries.
 """
 
 from __future__ import annotations
@@ -67,9 +77,12 @@ class TrainResult:
     report: str
     elapsed_s: float
     skipped: dict[str, str] = field(default_factory=dict)  # source -> reason
-    n_train: int = 0
-    n_val: int = 0
+    n_train: int = 0  # listed (after --limit-train)
+    n_val: int = 0  # listed (after --limit-val)
     device: str = "cpu"
+    n_train_skipped: int = 0  # unreadable, left out
+    n_val_skipped: int = 0
+    n_val_evaluated: int = 0  # what ``accuracy`` is measured over
 
 
 def default_workers() -> int:
@@ -116,6 +129,44 @@ def evaluate(model: torch.nn.Module, loader: DataLoader[Sample], items: list[Ite
     if not preds:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(labels), np.concatenate(preds)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, loader: DataLoader[Sample], items: list[Item],
+                          device: torch.device, skipped: dict[str, str],
+                          layers: list[torch.nn.modules.batchnorm._BatchNorm]) -> int:
+    """Recompute the running mean/variance of ``layers`` over ``loader`` (the training images
+    without augmentation) as plain averages over its batches; returns the images seen.
+
+    The rest of the model stays in eval mode (dropout off: the statistics of what the network
+    computes at inference). With no layer or no readable image nothing changes."""
+    if not layers:
+        return 0
+    saved = {id(m): ({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in layers}
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    seen = 0
+    for batch in tqdm(loader, desc="BatchNorm statistics", unit="batch", file=sys.stderr, leave=False):
+        _note_failures(batch, items, skipped)
+        if batch.x is None:
+            continue
+        model(batch.x.to(device, non_blocking=True))
+        seen += batch.x.shape[0]
+    for m in layers:
+        state, m.momentum = saved[id(m)]
+        if not seen:  # nothing readable: keep what training left
+            m.load_state_dict(state)
+    model.eval()
+    return seen
+
+
+def _trained_batchnorm(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers in training mode (after :func:`_set_train_mode`: not a frozen one)."""
+    return [m for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
 
 
 def _set_train_mode(model: torch.nn.Module, arch: str, frozen: bool) -> None:
@@ -232,18 +283,35 @@ def train(cfg: TrainConfig) -> TrainResult:
         logger.info("epoch %d/%d: loss %.4f, train acc %.3f%s", epoch, cfg.epochs, entry["train_loss"],
                     entry["train_acc"], f", val acc {entry['val_acc']:.3f}" if "val_acc" in entry else "")
 
+    _set_train_mode(model, cfg.model, cfg.freeze_backbone)
+    bn_layers = _trained_batchnorm(model)
+    recal_loader = _loader(ds, train_items, pre.transform(train=False), cfg, False, workers, pin)
+    recalibrated = recalibrate_batchnorm(model, recal_loader, train_items, device, skipped, bn_layers)
+    if recalibrated:
+        last = history[-1]
+        before = f"; validation accuracy before: {last['val_acc']:.3f}" if "val_acc" in last else ""
+        logger.info("recalibrated BatchNorm statistics over %d training images (no augmentation)%s",
+                    recalibrated, before)
+
     accuracy: float | None = None
     report = "no validation images"
     metrics: dict[str, Any] = {}
+    n_val_evaluated = 0
     if val_items:
         labels, preds = evaluate(model, val_loader, val_items, device, skipped, desc="final val")
         metrics, report = _metrics(labels, preds, list(ds.classes))
         accuracy = metrics["val_accuracy"]
+        n_val_evaluated = int(labels.size)
     elapsed = time.perf_counter() - t0
-    metrics.update({"n_train": len(train_items), "skipped": len(skipped), "history": history,
-                    "elapsed_s": round(elapsed, 3), "device": str(device)})
+    train_sources = {it.source for it in train_items}
+    n_train_skipped = sum(1 for src in skipped if src in train_sources)
+    n_val_skipped = len(skipped) - n_train_skipped
+    metrics.update({"n_train": len(train_items) - n_train_skipped, "n_train_skipped": n_train_skipped,
+                    "n_val_skipped": n_val_skipped, "skipped": len(skipped), "history": history,
+                    "bn_recalibrated": recalibrated, "elapsed_s": round(elapsed, 3), "device": str(device)})
     if skipped:
-        logger.warning("skipped %d unreadable images", len(skipped))
+        logger.warning("skipped %d unreadable images (%d train, %d val)", len(skipped), n_train_skipped,
+                       n_val_skipped)
 
     args = asdict(cfg)
     args["out"] = str(out)
@@ -259,7 +327,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     save_checkpoint(ckpt, out)
     logger.info("wrote checkpoint %s", out)
     return TrainResult(ckpt, accuracy, report, time.perf_counter() - t0, skipped,
-                       len(train_items), len(val_items), str(device))
+                       len(train_items), len(val_items), str(device), n_train_skipped=n_train_skipped,
+                       n_val_skipped=n_val_skipped, n_val_evaluated=n_val_evaluated)
 
 
 def checkpoint_path_hint(path: str | Path) -> str:

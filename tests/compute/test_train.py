@@ -11,7 +11,12 @@ import pytest
 import torch
 
 import xaidash.cli as cli
-from tests.support.imagegen import make_fake_cifar10, make_imagefolder, write_corrupt_image
+from tests.support.imagegen import (
+    make_bright_imagefolder,
+    make_fake_cifar10,
+    make_imagefolder,
+    write_corrupt_image,
+)
 from xaidash.compute.checkpoint import load_checkpoint, model_from_checkpoint
 from xaidash.compute.data import open_dataset
 from xaidash.compute.train import TrainConfig, train
@@ -91,6 +96,63 @@ def test_train_reports_skipped_on_stdout(tmp_path: Path, capsys: pytest.CaptureF
                    "--workers", "0", "--out", str(tmp_path / "m.pt")])
     assert rc == 0
     assert "skipped 1 unreadable images" in capsys.readouterr().out
+
+
+def test_train_counts_evaluated_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Printed "validation accuracy: 0.5000 (17 images)" when 1 of the 17 was skipped.
+    root = make_imagefolder(tmp_path / "d", n_train=2, n_val=8, size=16)
+    write_corrupt_image(root / "val" / "right" / "bad.png")
+    write_corrupt_image(root / "train" / "left" / "bad.png")
+    rc = cli.main(["train", "--data", f"imagefolder:{root}", "--model", "resnet18", "--epochs", "1",
+                   "--workers", "0", "--out", str(tmp_path / "m.pt")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert re.search(r"validation accuracy: [0-9.]+ \(16 of 17 images; 1 unreadable, skipped\)", out), out
+    assert "skipped 2 unreadable images (1 train, 1 val;" in out
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert ckpt.metrics["n_val"] == 16 and ckpt.metrics["n_val_skipped"] == 1
+    assert ckpt.metrics["n_train"] == 4 and ckpt.metrics["n_train_skipped"] == 1
+
+
+def test_batchnorm_statistics_recalibrated_after_training(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # 4 epochs on 32 bright images (one batch each) with the default lr: ~0.97 training accuracy,
+    # but BatchNorm's running statistics (4 updates of 10 % from mean 0 / var 1) are far from the
+    # images' and eval mode predicted one class for every validation image.
+    root = make_bright_imagefolder(tmp_path / "d", n_train=16, n_val=8, size=16)
+    with caplog.at_level(logging.INFO):
+        res = train(TrainConfig(data=f"imagefolder:{root}", model="resnet18", out=str(tmp_path / "m.pt"),
+                                epochs=4, batch_size=32, workers=0))
+    history = res.checkpoint.metrics["history"]
+    assert history[-1]["train_acc"] >= 0.9
+    assert history[-1]["val_acc"] == 0.5  # the trap is real: the training-time statistics predict one class
+    assert res.accuracy is not None and res.accuracy >= 0.9
+    assert "recalibrated BatchNorm statistics over 32 training images" in caplog.text
+    assert res.checkpoint.metrics["bn_recalibrated"] == 32
+    # the checkpoint carries the recalibrated statistics: it predicts both classes
+    parts = model_from_checkpoint(load_checkpoint(tmp_path / "m.pt"))
+    ds = open_dataset(f"imagefolder:{root}")
+    t = parts.preprocessing.transform()
+    x = torch.stack([t(ds.load(it)) for it in ds.items("val")])
+    with torch.no_grad():
+        pred = parts.model.eval()(x).argmax(1)
+    assert set(pred.tolist()) == {0, 1}
+
+
+def test_frozen_backbone_keeps_its_batchnorm_statistics(tmp_path: Path) -> None:
+    from xaidash.compute.models import build_model
+
+    root = make_bright_imagefolder(tmp_path / "d", n_train=4, n_val=2, size=16)
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pth"
+    torch.save(build_model("resnet18", 2, input_size=16).model.state_dict(), weights)
+    res = train(TrainConfig(data=f"imagefolder:{root}", model="resnet18", out=str(tmp_path / "m.pt"),
+                            weights=str(weights), input_size=16, epochs=1, batch_size=8, workers=0,
+                            freeze_backbone=True))
+    before = torch.load(weights, weights_only=True)
+    for k, v in res.checkpoint.state_dict.items():
+        if "running_" in k:
+            assert torch.equal(v, before[k]), k  # frozen: neither trained nor recalibrated
 
 
 @pytest.mark.parametrize(

@@ -149,3 +149,37 @@ def write_corrupt_image(path: str | Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+def make_bright_imagefolder(
+    root: str | Path,
+    n_train: int = 16,
+    n_val: int = 8,
+    size: int = 16,
+    background: float = 215.0,
+    amplitude: float = 30.0,
+    noise: float = 3.0,
+    seed: int = 0,
+) -> Path:
+    """An easy two-class ImageFolder ("left", "right") whose pixels are far from the ImageNet mean:
+    a faint blob (red on the left / green on the right) on a bright, low-contrast background.
+
+    Why: BatchNorm's running statistics start at mean 0 / variance 1 and move 10 % per step, so
+    after a few steps (4 epochs of 32 images in one batch) they are far from the activations of
+    such images; in eval mode the network then predicts one class for everything, although its
+    training accuracy is ~0.97. ``train`` must recalibrate them (issue 12, item 10).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for split, n in (("train", n_train), ("val", n_val)):
+        for ci, name in enumerate(("left", "right")):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            cx = (ci + 0.5) / 2 * size
+            blob = np.exp(-(((xx - cx) ** 2 + (yy - size / 2) ** 2) / (2 * (size * 0.2) ** 2)))
+            for j in range(n):
+                img = rng.normal(background, noise, (size, size, 3))
+                img[..., ci] += amplitude * blob
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{name}_{j:04d}.png")
+    return root
