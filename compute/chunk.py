@@ -82,6 +82,32 @@ def forward_only_precision(precision: str, device: torch.device) -> contextlib.A
     return contextlib.nullcontext()
 
 
+#: Share of the free GPU memory the masked-forward batches may take (the rest: the model, the
+#: allocator's fragmentation, the faithfulness curves next to them).
+GPU_MEMORY_SHARE = 0.5
+MAX_MASKED_BATCH = 4096
+
+
+def masked_batch_size(plan: JobPlan, x: torch.Tensor) -> int:
+    """Images per masked forward (Score-CAM, faithfulness).
+
+    On CPU the batch only needs to amortise per-call overhead: ``max(--batch-size, 64)``. On CUDA
+    it is chosen from the free memory: one masked forward of a single image is measured (peak
+    bytes above the current allocation) and the batch takes ``GPU_MEMORY_SHARE`` of what is free.
+    """
+    floor = max(plan.cfg.batch_size, 64)
+    if plan.device.type != "cuda":
+        return floor
+    free, _ = torch.cuda.mem_get_info(plan.device)
+    torch.cuda.synchronize(plan.device)
+    base = torch.cuda.memory_allocated(plan.device)
+    torch.cuda.reset_peak_memory_stats(plan.device)
+    with torch.inference_mode(), forward_only_precision(plan.cfg.precision, plan.device):
+        plan.model(x[:1])
+    per_image = max(1, torch.cuda.max_memory_allocated(plan.device) - base)
+    return int(max(floor, min(MAX_MASKED_BATCH, GPU_MEMORY_SHARE * free // per_image)))
+
+
 class Timer:
     """Wall-clock seconds per stage (accumulates when a stage runs more than once)."""
 
@@ -210,6 +236,7 @@ class _ChunkWork:
         self.tables = {name: TableBuilder(name) for name in
                        ("predictions", "cams", "embeddings", "faithfulness", "failures", "images")}
         self.out = ChunkOutput(chunk.chunk_id, {})
+        self._masked_batch: int | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """The forward-only bulk (Score-CAM's masked forwards, the faithfulness forwards) in the
@@ -270,12 +297,18 @@ class _ChunkWork:
                           res.maps[("gradcam", "pred")].cpu().numpy())
         self.add_embeddings(ids, "train", res)
 
+    def masked_batch(self, x: torch.Tensor) -> int:
+        """:func:`masked_batch_size`, measured once per chunk (on CUDA)."""
+        if self._masked_batch is None:
+            self._masked_batch = masked_batch_size(self.plan, x)
+        return self._masked_batch
+
     def _scorecam(self, engine: CamEngine, x: torch.Tensor, activations: torch.Tensor,
                   targets: torch.Tensor) -> torch.Tensor:
         cfg = self.plan.cfg
         with self.timer.stage("val_scorecam"), self.autocast():
             return engine.scorecam(
-                x, activations, targets, batch_size=max(cfg.batch_size, 64),
+                x, activations, targets, batch_size=self.masked_batch(x),
                 max_channels=cfg.scorecam_max_channels, channels_last=self.plan.masked_channels_last,
             ).float()
 
@@ -315,7 +348,7 @@ class _ChunkWork:
             with self.timer.stage("val_faithfulness"), self.autocast():
                 # the base probability Y is the confidence already computed: saves a forward
                 fa = faithfulness(plan.model, x, maps, pred.to(plan.device), steps=cfg.faithfulness_steps,
-                                  batch_size=max(cfg.batch_size, 64), base_probs=conf.to(plan.device))
+                                  batch_size=self.masked_batch(x), base_probs=conf.to(plan.device))
             for m, vals in fa.items():
                 self.tables["faithfulness"].add(image_id=ids, method=[m] * len(ids), **{
                     key: vals[key].float().cpu().tolist()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from xaidash.compute.cams import CamEngine
-from xaidash.compute.chunk import forward_only_precision
+from xaidash.compute.chunk import forward_only_precision, masked_batch_size
 from xaidash.compute.data import Item, subsample
 from xaidash.compute.imageset import ImageSet, collate
 
@@ -83,7 +83,7 @@ def measure_deviation(plan: JobPlan, items: Sequence[Item]) -> Deviation | None:
     if batch.x is None:
         return None
     x = plan.to_device(batch.x)
-    bs = max(cfg.batch_size, 64)
+    bs = masked_batch_size(plan, x)
     with CamEngine(plan.model, plan.target_layer, plan.linear_head) as engine:
         res = engine.forward(x, [m for m in plan.methods if m != "scorecam"])
         pred = res.targets["pred"]

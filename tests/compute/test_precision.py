@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -163,3 +164,23 @@ def test_overview_and_image_page_show_the_deviation(runs: dict[str, Path], tmp_p
     assert "bf16: within" in page and "of fp32 (median" in page
     fp32 = create_app(runs["fp32"], selections_dir=tmp_path / "sel2").server.config["XAIDASH_STATE"]
     assert "Precision:" not in json.dumps(render(fp32, "/", ""), cls=plotly.utils.PlotlyJSONEncoder)
+
+
+def test_masked_batch_follows_free_gpu_memory(data: tuple[Path, Path], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from xaidash.compute import chunk
+
+    plan = make_plan(_cfg(data, tmp_path / "s"))
+    x = torch.zeros(4, 3, SIZE, SIZE)
+    assert chunk.masked_batch_size(plan, x) == 64  # CPU: max(--batch-size, 64)
+    gpu = dataclasses.replace(plan, device=torch.device("cuda"))
+    used = {"now": 0}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (8_000_000_000, 16_000_000_000))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda dev: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda dev: used.update(now=0))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: 10_000_000)  # 10 MB per image
+    monkeypatch.setattr(chunk, "forward_only_precision", lambda p, d: contextlib.nullcontext())
+    assert chunk.masked_batch_size(gpu, x) == 400  # half of 8 GB free / 10 MB
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: 100)
+    assert chunk.masked_batch_size(gpu, x) == chunk.MAX_MASKED_BATCH
