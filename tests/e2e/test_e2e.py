@@ -36,6 +36,8 @@ TINY_DEMO = [
     "8",
     "--faithfulness-steps",
     "2",
+    "--calibration-images",
+    "4",
     "--device",
     "cpu",
 ]
@@ -69,7 +71,8 @@ def test_demo_runs_twice_and_adds_a_run(demo_store: Path) -> None:
             assert info is not None
             assert info.class_names == ["T-shirt/top", "Pullover", "Coat", "Shirt"]
             assert set(info.methods) == {"cam", "gradcam", "gradcampp", "scorecam"}
-            assert info.scorecam_note  # the demo's Score-CAM approximation is labelled
+            assert info.scorecam_note  # the (tiny) demo's Score-CAM approximation is labelled
+            assert info.precision_note and "measured on 4 images" in info.precision_note  # bf16, measured
             assert r.headline(run_id)["n"] == 16
             assert len(r.faithfulness_summary(run_id)) == 4
 
@@ -85,6 +88,7 @@ def demo_server(demo_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def test_demo_dashboard(driver: Any, demo_server: LiveServer) -> None:
     open_page(driver, demo_server.url + "/", "#overview-confusion .js-plotly-plot")
     assert "Score-CAM note" in driver.page_source  # the approximation is said where maps are shown
+    assert "Precision: bf16 for Score-CAM and faithfulness" in driver.page_source
     check_page(driver, "demo_overview")
     open_page(driver, demo_server.url + "/gallery?outcome=wrong&sort=confidence&desc=1", "#gallery-rows")
     wait_for(lambda: css(driver, "#gallery-rows .xd-row img"), "gallery rows")
