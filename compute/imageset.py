@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from xaidash.compute.data import Dataset, ImageLoadError, Item
-from xaidash.compute.imageio import thumbnail_png
+from xaidash.compute.imageio import display_name, thumbnail_png
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -71,7 +71,7 @@ class ImageSet(torch.utils.data.Dataset[Sample]):
         except ImageLoadError as exc:
             return Sample(i, None, exc.reason)
         except Exception as exc:  # a decoder/transform bug must not kill a long job either
-            return Sample(i, None, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+            return Sample(i, None, display_name(f"{type(exc).__name__}: {exc}").splitlines()[0][:500])
         thumb = thumbnail_png(img) if item.image_id in self.thumbnails else None
         return Sample(i, x, None, img.width, img.height, thumb)
 
