@@ -153,3 +153,25 @@ def test_compute_memory_over_the_corpus(ckpt: Path, tmp_path: Path) -> None:
               "corpus_peak_mib": round(corpus_kib / 1024, 1), "ratio": round(corpus_kib / clean_kib, 3)}
     print("compute peak memory:", json.dumps(report))
     assert corpus_kib <= 1.2 * clean_kib, report
+
+
+@pytest.mark.timeout(120)
+def test_upload_payloads_answer_like_compute(tmp_path: Path) -> None:
+    # What the explain page will see: the same decoder on the bytes of every regular file.
+    from tests.support.corpus import upload_payloads
+    from xaidash.compute.imageio import ImageLoadError, load_image
+
+    root = tmp_path / "d"
+    cases = make_malformed_corpus(root, size=SIZE)
+    payloads = upload_payloads(root, cases)
+    kinds = {c.kind for c, _ in payloads}
+    assert {"thin 1xN", "zero-byte", "16-bit grayscale", "corrupt EXIF (png)", "CMYK jpeg"} <= kinds
+    assert "fifo" not in kinds
+    for case, data in payloads:
+        name = case.path.rsplit("/", 1)[-1]
+        if case.expect == "decoded":
+            assert load_image(data, name=name).mode == "RGB"
+            continue
+        with pytest.raises(ImageLoadError) as ei:
+            load_image(data, name=name)
+        assert ei.value.path == name and re.search(case.reason, ei.value.reason), (case, ei.value.reason)

@@ -343,3 +343,28 @@ def clean_file_count(root: str | Path) -> int:
     """How many entries a dataset at ``root`` has (files and links named anything): the size a
     clean comparison dataset should have."""
     return sum(len(files) for _, _, files in os.walk(root))
+
+
+def upload_payloads(root: str | Path, cases: Sequence[Case]) -> list[tuple[Case, bytes]]:
+    """The cases that are regular files (what a browser can upload), with their bytes: for the
+    explain page's decoder, which must give the same answer as ``compute`` (``Case.expect`` and
+    ``Case.reason`` hold for ``load_image(data, name=...)`` too). FIFOs, sockets, devices,
+    broken links and loops have no bytes to upload and are left out."""
+    import stat
+
+    from xaidash.compute.data import FileDataset, open_dataset
+
+    ds = open_dataset(f"imagefolder:{root}")
+    assert isinstance(ds, FileDataset)
+    files = {it.source: ds.path(it) for split in ("train", "val") for it in ds.items(split)}
+    out: list[tuple[Case, bytes]] = []
+    for c in cases:
+        path = files.get(c.path)
+        if path is None:
+            continue
+        try:
+            if stat.S_ISREG(os.stat(path).st_mode):
+                out.append((c, path.read_bytes()))
+        except OSError:  # broken links, and mode 000 for anyone but root
+            continue
+    return out
