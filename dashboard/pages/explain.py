@@ -100,8 +100,11 @@ def decode_upload(contents: str | None, filename: str | None = None) -> Image.Im
     try:
         return load_image(raw, name)
     except ImageLoadError as exc:
-        reason = exc.reason
-        raise UploadError(f"{name} could not be decoded ({reason}); is it truncated or corrupt?") from None
+        why = exc.reason
+        if why.startswith("cannot decode"):
+            raise UploadError(f"{name} could not be decoded ({why}); is it truncated or corrupt?") from None
+        # refused by compute's own limits, e.g. an aspect ratio its preprocessing would blow up
+        raise UploadError(f"{name} cannot be explained: {why}.") from None
 
 
 def data_url(png: bytes) -> str:

@@ -64,3 +64,47 @@ def test_upload_checks_still_come_first() -> None:
     Image.new("RGB", (4, 4)).save(tif, format="TIFF")
     with pytest.raises(explain.UploadError, match="not a PNG or JPEG"):
         explain.decode_upload(_data_url(tif.getvalue()), "really.png")
+
+
+@pytest.mark.timeout(120)
+def test_malformed_corpus_through_the_upload_page(tmp_path: Any) -> None:
+    """Every file of the malformed corpus a browser could upload: decoded as compute decodes it,
+    or refused with a message naming it; never another exception. (FIFOs, sockets, devices and
+    directories are not files a browser uploads: only regular files' bytes are sent.)"""
+    from tests.support.corpus import make_malformed_corpus
+    from xaidash.compute.imageio import ImageLoadError
+
+    cases = make_malformed_corpus(tmp_path, thin_length=100_000)
+    seen, refused = 0, []
+    for path in sorted((tmp_path / "val").rglob("*")):
+        if not path.is_file():  # False for FIFOs, sockets, devices, directories, broken links
+            continue
+        try:
+            raw = path.read_bytes()
+        except OSError:  # unreadable
+            continue
+        seen += 1
+        name = repr(path.name)
+        try:
+            shown = explain.decode_upload(_data_url(raw), name)
+        except explain.UploadError as exc:
+            assert name in str(exc), exc
+            refused.append(name)
+            continue
+        assert shown.mode == "RGB", name
+        try:
+            expected = load_image(raw)
+        except ImageLoadError as exc:  # the page must not accept what compute refuses
+            raise AssertionError(f"{name}: the page decoded what compute refuses ({exc.reason})") from None
+        assert np.array_equal(np.asarray(shown), np.asarray(expected)), name
+    assert seen >= len(cases) // 2, (seen, len(cases))
+    assert 0 < len(refused) < seen, refused  # some refused (truncated, text, bombs...), the rest decoded
+
+
+def test_a_thin_upload_is_refused_with_its_dimensions() -> None:
+    # compute refuses an aspect ratio its preprocessing would blow up (issue 12, item 1); so does the page
+    from xaidash.compute.imageio import MAX_ASPECT_RATIO
+
+    raw = _png(Image.new("L", (MAX_ASPECT_RATIO * 50, 1)))
+    with pytest.raises(explain.UploadError, match=r"thin\.png cannot be explained: refused: 5000x1 pixels"):
+        explain.decode_upload(_data_url(raw), "thin.png")
