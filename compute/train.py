@@ -283,6 +283,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         logger.info("epoch %d/%d: loss %.4f, train acc %.3f%s", epoch, cfg.epochs, entry["train_loss"],
                     entry["train_acc"], f", val acc {entry['val_acc']:.3f}" if "val_acc" in entry else "")
 
+    del bar, train_loader  # training is over: its persistent workers go before the next loader's start
     _set_train_mode(model, cfg.model, cfg.freeze_backbone)
     bn_layers = _trained_batchnorm(model)
     recal_loader = _loader(ds, train_items, pre.transform(train=False), cfg, False, workers, pin)

@@ -235,6 +235,6 @@ def test_help_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, compute.cli_train, compute.common_args; "
+    code = ("import sys, xaidash.compute.cli_train, xaidash.compute.common_args; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
