@@ -303,8 +303,12 @@ def _report_published(plan: JobPlan, store: Store, run_id: str, run_row: Mapping
     accuracy = run_row.get("accuracy")
     t = timer.seconds
     log.info("published run %s to %s", run_id, store.path)
-    log.info("  images: %d val, %d train; accuracy: %s", len(plan.val_items), len(plan.train_items),
-             "n/a (unlabeled)" if accuracy is None else f"{accuracy:.4f}")
+    n_val, n_train = int(run_row.get("num_val") or 0), int(run_row.get("num_train") or 0)
+    skipped_val, skipped_train = len(plan.val_items) - n_val, len(plan.train_items) - n_train
+    log.info("  images: %d val%s, %d train%s; accuracy: %s", n_val,
+             f" ({skipped_val} unreadable, skipped)" if skipped_val else "", n_train,
+             f" ({skipped_train} unreadable, skipped)" if skipped_train else "",
+             "n/a (unlabeled)" if accuracy is None else f"{accuracy:.4f} over the {n_val} evaluated images")
     log.info("  time per stage: %s", ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
     log.info("  run tables: %.1f KiB in total, %.0f bytes per val image (thumbnails are shared per dataset)",
              nbytes / 1024, per_val)

@@ -24,6 +24,7 @@ from tests.support.imagegen import (
     make_unlabeled_folder,
     write_corrupt_image,
 )
+from xaidash.compute import archives
 from xaidash.compute import data as data_mod
 from xaidash.compute.data import FASHION_MNIST_CLASSES, ImageLoadError, Item, open_dataset, subsample
 from xaidash.errors import UserError
@@ -415,7 +416,7 @@ def test_fashion_download_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     src = make_fake_fashion_mnist(tmp_path / "mirror", n_train=20, n_test=10)
     resources = [(f.name, hashlib.md5(f.read_bytes()).hexdigest()) for f in sorted(src.iterdir())]
     monkeypatch.setattr(FashionMNIST, "resources", resources)
-    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(archives, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     dest = tmp_path / "dest"
     with serve_dir(src) as base:
         monkeypatch.setattr(FashionMNIST, "mirrors", [base])

@@ -154,11 +154,17 @@ def _sources(folder: Path, split: str) -> tuple[list[str], list[str]]:
     return [it.image_id for it in items], [it.source for it in items]
 
 
-def test_unreadable_image_recorded_and_skipped(ckpt: Path, tmp_path: Path) -> None:
+def test_unreadable_image_recorded_and_skipped(ckpt: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     data = make_imagefolder(tmp_path / "d", CLASSES, n_train=2, n_val=3, size=SIZE)
     write_corrupt_image(data / "val" / "left" / "broken.png")
+    caplog.set_level(logging.INFO, logger="xaidash.compute.job")
     res = run_job(_cfg(f"imagefolder:{data}", ckpt, tmp_path / "s", methods=("gradcam",),
                        faithfulness=False))
+    # the log counts what was evaluated and what was skipped (it said "7 val" before)
+    assert any("images: 6 val (1 unreadable, skipped), 4 train" in r.getMessage() for r in caplog.records)
     assert res.published and res.run_id
     fails = _q(tmp_path / "s", "SELECT * FROM failures WHERE run_id = ?", res.run_id)
     assert len(fails) == 1 and fails.source[0].endswith("broken.png") and fails.split[0] == "val"
