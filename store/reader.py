@@ -34,10 +34,12 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from xaidash.constants import IMAGE_ID_RE, METHOD_RE, RUN_ID_RE, TARGET_KINDS
 from xaidash.errors import UserError
-from xaidash.store.cache import RunCache, memo_run
+from xaidash.store.cache import RunCache, aligned_rows, memo_run
 from xaidash.store.catalog import Catalog, RunEntry, build_views
 from xaidash.store.files import MARKER
 from xaidash.store.index import GALLERY_COLUMNS, GalleryIndex, RowGroupIndexes
@@ -48,7 +50,14 @@ __all__ = ["GalleryQuery", "ImageDetail", "RunDiff", "RunInfo", "StoreReader", "
 
 TOPK = 5
 _HEADLINE = (
-    "n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "errors", "failed",
+    "n",
+    "accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_f1",
+    "errors",
+    "failed",
 )
 
 Params = Sequence[object] | Mapping[str, object] | None
@@ -75,7 +84,13 @@ class StoreReader:
         self._con = duckdb.connect(":memory:")
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._catalog = Catalog(p)
-        self._run_cache = RunCache(self._exec, self._catalog.image_glob, self._lock, cache_runs)
+        self._run_cache = RunCache(
+            self._exec,
+            self._catalog.image_glob,
+            self._lock,
+            cache_runs,
+            ingest=self._ingest,
+        )
         self._row_groups = RowGroupIndexes()
         self._views_dirty = True
         try:
@@ -130,6 +145,15 @@ class StoreReader:
     def _exec(self, query: str, params: Sequence[object] | None = None) -> None:
         self._cursor().execute(query, params)
 
+    def _ingest(self, name: str, table: pa.Table) -> None:
+        """``CREATE TABLE name`` (a trusted identifier) from an Arrow table, on this thread's cursor."""
+        cur = self._cursor()
+        cur.register("_xaidash_ingest", table)
+        try:
+            cur.execute(f"CREATE TABLE {name} AS SELECT * FROM _xaidash_ingest")
+        finally:
+            cur.unregister("_xaidash_ingest")
+
     # ---------------------------------------------------------------- discovery
     def refresh(self) -> None:
         """Rescan ``runs/`` now (new or deleted runs) and rebuild the cross-run views."""
@@ -173,15 +197,6 @@ class StoreReader:
             return pd.DataFrame(columns=columns)
         cols = ", ".join(f'"{c}"' for c in columns)
         return self._df(f"SELECT {cols} FROM read_parquet(?) ORDER BY {order_by}", [str(e.file(table))])
-
-    def _cached_df(self, run_id: str, columns: list[str], query: str, params: Params = None) -> pd.DataFrame:
-        """``query`` over the run's cache tables, named ``{l}`` (val rows) and ``{f}`` (faithfulness
-        rows) in it; an empty frame of ``columns`` when there is no such run."""
-        e = self._entry(run_id)
-        if e is None:
-            return pd.DataFrame(columns=columns)
-        with self._run_cache.pinned(e) as (h,):
-            return self._df(query.format(l=f'cache."l_{h}"', f=f'cache."f_{h}"'), params)
 
     def _cams_rows(self, e: RunEntry, ids: Sequence[str]) -> pa.Table:
         cols = ["image_id", "method", "target_kind", "target_class", "h", "w", "map"]
@@ -239,28 +254,31 @@ class StoreReader:
     # ---------------------------------------------------------------- metrics
     @memo_run
     def headline(self, run_id: str) -> dict[str, float | int | None]:
-        """n, accuracy, macro_precision, macro_recall, macro_f1, weighted_f1, errors, failed."""
+        """n, accuracy, macro_precision, macro_recall, macro_f1, weighted_f1, errors, failed.
+
+        Read from the predictions' ``correct`` column and the class metrics directly (two
+        columns' worth of Parquet), so a page needing only the headline (compare) does not
+        build the run's cache.
+        """
         e = self._entry(run_id)
         if e is None:
             return dict.fromkeys(_HEADLINE)
-        with self._run_cache.pinned(e) as (h,):
-            t = self._headline_row(h, e)
-        return _headline_out(t, e)
+        return _headline_out(self._headline_row(e), e)
 
-    def _headline_row(self, h: str, e: RunEntry) -> pa.Table:
+    def _headline_row(self, e: RunEntry) -> pa.Table:
         return self._arrow(
-            f"""
-            SELECT
-              (SELECT count(*) FROM cache."l_{h}") AS n,
-              (SELECT avg(CASE WHEN correct THEN 1.0 ELSE 0.0 END) FILTER (WHERE correct IS NOT NULL)
-                 FROM cache."l_{h}") AS accuracy,
-              (SELECT count(*) FILTER (WHERE correct = false) FROM cache."l_{h}") AS errors,
-              m.*
-            FROM (SELECT avg(precision) AS macro_precision, avg(recall) AS macro_recall, avg(f1) AS macro_f1,
+            """
+            SELECT p.*, m.*
+            FROM (SELECT count(*) AS n,
+                         avg(CASE WHEN correct THEN 1.0 ELSE 0.0 END) FILTER (WHERE correct IS NOT NULL)
+                           AS accuracy,
+                         count(*) FILTER (WHERE correct = false) AS errors
+                  FROM read_parquet(?)) p,
+                 (SELECT avg(precision) AS macro_precision, avg(recall) AS macro_recall, avg(f1) AS macro_f1,
                          sum(f1 * support) / nullif(sum(support), 0) AS weighted_f1
                   FROM read_parquet(?)) m
             """,
-            [str(e.file("class_metrics"))],
+            [str(e.file("predictions")), str(e.file("class_metrics"))],
         )
 
     @memo_run
@@ -277,36 +295,47 @@ class StoreReader:
 
     @memo_run
     def confidence_histogram(self, run_id: str, bins: int = 20) -> pd.DataFrame:
-        """bin_start, bin_end, correct, count over confidence in [0, 1] (non-empty bins only)."""
+        """bin_start, bin_end, correct, count over confidence in [0, 1] (non-empty bins only).
+
+        Two columns read from the predictions file (not the run's cache: the overview of a run
+        opened for the first time does not wait for it).
+        """
         cols = ["bin_start", "bin_end", "correct", "count"]
         bins = int(bins)
         if not 1 <= bins <= 1000:
             raise UserError(f"bins must be between 1 and 1000, got {bins}")
-        return self._cached_df(
-            run_id,
-            cols,
+        e = self._entry(run_id)
+        if e is None:
+            return pd.DataFrame(columns=cols)
+        return self._df(
             """
             WITH b AS (
-              SELECT least(CAST(floor(confidence * ?) AS INTEGER), ? - 1) AS bin, correct FROM {l}
+              SELECT least(CAST(floor(confidence * ?) AS INTEGER), ? - 1) AS bin, correct FROM read_parquet(?)
             )
             SELECT bin / ?::DOUBLE AS bin_start, (bin + 1) / ?::DOUBLE AS bin_end, correct,
                    count(*) AS "count"
             FROM b GROUP BY bin, correct ORDER BY bin, correct
             """,
-            [bins, bins, bins, bins],
+            [bins, bins, str(e.file("predictions")), bins, bins],
         )
 
     @memo_run
     def faithfulness_summary(self, run_id: str) -> pd.DataFrame:
-        """Per method: mean drop, increase (fractions; x100 for %), deletion_auc, insertion_auc, n."""
-        return self._cached_df(
-            run_id,
-            ["method", "drop", "increase", "deletion_auc", "insertion_auc", "n"],
+        """Per method: mean drop, increase (fractions; x100 for %), deletion_auc, insertion_auc, n.
+
+        Read from the faithfulness file directly (numeric columns, no cache needed).
+        """
+        cols = ["method", "drop", "increase", "deletion_auc", "insertion_auc", "n"]
+        e = self._entry(run_id)
+        if e is None:
+            return pd.DataFrame(columns=cols)
+        return self._df(
             """
             SELECT method, avg("drop") AS "drop", avg(increase) AS increase,
                    avg(deletion_auc) AS deletion_auc, avg(insertion_auc) AS insertion_auc, count(*) AS n
-            FROM {f} GROUP BY method ORDER BY method
+            FROM read_parquet(?) GROUP BY method ORDER BY method
             """,
+            [str(e.file("faithfulness"))],
         )
 
     # ---------------------------------------------------------------- gallery
@@ -326,6 +355,10 @@ class StoreReader:
     def _gallery_index(self, e: RunEntry) -> GalleryIndex:
         with self._lock:
             g = self._run_cache.galleries.get(e.run_id)
+            methods = [m for m in e.methods if METHOD_RE.match(m)]
+            light = None if g is not None else self._run_cache.light_rows(e)
+            if light is not None:  # from the Arrow columns: no DuckDB table needed for the gallery
+                g = self._run_cache.galleries[e.run_id] = GalleryIndex.from_table(light, methods)
             if g is None:
                 h = self._run_cache.tables(e)
                 methods = [m for m in e.methods if METHOD_RE.match(m)]
@@ -343,14 +376,34 @@ class StoreReader:
         e = self._entry(run_id)
         if e is None or not self._valid_image_id(image_id):
             return None
+        light = self._run_cache.light_rows(e)
+        if light is not None:  # the run's Arrow columns and row-group reads: no DuckDB table
+            rows = self._gallery_index(e).rows_of([image_id])
+            pred = light.take(pa.array(rows)).drop_columns(["ord", "x", "y", "source", "width", "height"])
+            fcols = ["image_id", "method", "drop", "increase", "deletion_auc", "insertion_auc"]
+            ft = self._row_groups.get([e.file("faithfulness")]).read([image_id], fcols)
+            faith_t = ft.select(fcols[1:]).sort_by("method") if ft.num_rows else None
+            faith = (
+                faith_t.to_pandas()
+                if faith_t is not None
+                else pd.DataFrame(columns=["method", "drop", "increase", "deletion_auc", "insertion_auc"])
+            )
+            return self._image(e, None, image_id, pred, faith)
         with self._run_cache.pinned(e) as (h,):
-            return self._image(e, h, image_id)
+            pred = self._arrow(
+                f'SELECT * EXCLUDE (ord, x, y, source, width, height) FROM cache."l_{h}" WHERE image_id = ?',
+                [image_id],
+            )
+            faith = self._df(
+                f'SELECT method, "drop", increase, deletion_auc, insertion_auc FROM cache."f_{h}" '
+                "WHERE image_id = ? ORDER BY method",
+                [image_id],
+            )
+            return self._image(e, h, image_id, pred, faith)
 
-    def _image(self, e: RunEntry, h: str, image_id: str) -> ImageDetail | None:
-        pred = self._arrow(
-            f'SELECT * EXCLUDE (ord, x, y, source, width, height) FROM cache."l_{h}" WHERE image_id = ?',
-            [image_id],
-        )
+    def _image(
+        self, e: RunEntry, h: str | None, image_id: str, pred: pa.Table, faith: pd.DataFrame
+    ) -> ImageDetail | None:
         cams = self._cams_rows(e, [image_id])
         meta = self._image_meta(e, h, image_id)
         if pred.num_rows == 0 and cams.num_rows == 0 and meta is None:
@@ -374,11 +427,6 @@ class StoreReader:
         maps: dict[tuple[str, str], tuple[int, Map]] = {}
         for r in sorted(cams.to_pylist(), key=lambda r: (r["method"], r["target_kind"])):
             maps[(r["method"], r["target_kind"])] = (int(r["target_class"]), _map(r))
-        faith = self._df(
-            f'SELECT method, "drop", increase, deletion_auc, insertion_auc FROM cache."f_{h}" '
-            "WHERE image_id = ? ORDER BY method",
-            [image_id],
-        )
         meta = meta or {}
         label = prediction.get("label", meta.get("label"))
         return ImageDetail(
@@ -395,20 +443,22 @@ class StoreReader:
             label_name=prediction.get("label_name") or meta.get("label_name"),
         )
 
-    def _image_meta(self, e: RunEntry, h: str, image_id: str) -> dict[str, Any] | None:
-        t = self._arrow(
-            f'SELECT split, label, label_name, source, width, height FROM cache."l_{h}" '
-            "WHERE image_id = ? AND source IS NOT NULL",
-            [image_id],
-        )
-        glob = self._catalog.image_glob(e)
-        if not t.num_rows and glob is not None:  # a train image (twin) or a val image without metadata
+    def _image_meta(self, e: RunEntry, h: str | None, image_id: str) -> dict[str, Any] | None:
+        """The image's metadata row (its val row first), from the cache table ``h`` (when built by
+        the SQL join) or the dataset's image parts."""
+        cols = ["split", "label", "label_name", "source", "width", "height"]
+        t = pa.table({c: pa.array([], pa.null()) for c in cols})
+        if h is not None:
             t = self._arrow(
-                "SELECT split, label, label_name, source, width, height FROM read_parquet(?) "
-                "WHERE image_id = ? LIMIT 1",
-                [glob, image_id],
+                f'SELECT {", ".join(cols)} FROM cache."l_{h}" WHERE image_id = ? AND source IS NOT NULL',
+                [image_id],
             )
-        rows: list[dict[str, Any]] = t.to_pylist()
+        if not t.num_rows:  # the Arrow-built cache has no metadata; a train image (twin) neither
+            parts = self._image_rows(e, [image_id], ["image_id", *cols])
+            if parts is None or not parts.num_rows:
+                return None
+            t = parts.select(cols).sort_by([("split", "descending")])  # 'val' before 'train'
+        rows: list[dict[str, Any]] = t.slice(0, 1).to_pylist()
         return rows[0] if rows else None
 
     def cam(self, run_id: str, image_id: str, method: str, target_kind: str = "pred") -> Map | None:
@@ -485,11 +535,14 @@ class StoreReader:
         )
 
     def _embedding_points(self, e: RunEntry, include_train: bool) -> pd.DataFrame:
-        with self._run_cache.pinned(e) as (h,):
-            t = self._arrow(
-                f'SELECT image_id, split, x, y, label, label_name, pred, pred_name, correct '
-                f'FROM cache."l_{h}" ORDER BY ord'
-            )
+        cols = ["image_id", "split", "x", "y", "label", "label_name", "pred", "pred_name", "correct"]
+        light = self._run_cache.light_rows(e)
+        if light is not None:  # rows in image_id order, like the cache table's ord
+            t = light.select(cols)
+            t = t.cast(pa.schema([pa.field(f.name, f.type) for f in t.schema]))  # no field docs
+        else:
+            with self._run_cache.pinned(e) as (h,):
+                t = self._arrow(f'SELECT {", ".join(cols)} FROM cache."l_{h}" ORDER BY ord')
         if include_train:
             train = self._train_rows(
                 e,
@@ -566,20 +619,7 @@ class StoreReader:
             """,
             [str(ea.file("confusion")), str(eb.file("confusion"))],
         )
-        with self._run_cache.pinned(ea, eb) as (la, lb):
-            flips = self._df(
-                f"""
-                SELECT a.image_id, coalesce(b.label, a.label) AS label,
-                       coalesce(b.label_name, a.label_name) AS label_name,
-                       a.pred AS pred_a, b.pred AS pred_b, a.confidence AS conf_a, b.confidence AS conf_b,
-                       CASE WHEN NOT a.correct AND b.correct THEN 'fixed'
-                            WHEN a.correct AND NOT b.correct THEN 'broke'
-                            ELSE 'changed' END AS change
-                FROM cache."l_{la}" a JOIN cache."l_{lb}" b USING (image_id)
-                WHERE a.pred <> b.pred OR a.correct IS DISTINCT FROM b.correct
-                ORDER BY change, a.image_id
-                """
-            )
+        flips = _flips(ea.file("predictions"), eb.file("predictions"))
         return RunDiff(metrics, conf, flips)
 
     def image_history(self, run_id: str, image_id: str) -> pd.DataFrame:
@@ -626,7 +666,6 @@ class StoreReader:
         return self._df(query, params)
 
 
-
 def _headline_out(t: pa.Table, e: RunEntry) -> dict[str, float | int | None]:
     """The headline numbers of a run from its headline row (None where unknown)."""
     row: dict[str, Any] = t.to_pylist()[0]
@@ -644,6 +683,67 @@ def _headline_out(t: pa.Table, e: RunEntry) -> dict[str, float | int | None]:
     if out["accuracy"] is None:
         out["errors"] = None  # unlabeled: "errors" is unknown, not zero
     return out
+
+
+def _flips(file_a: Path, file_b: Path) -> pd.DataFrame:
+    """Images whose prediction or correctness changed from run a to run b, matched by image_id:
+    image_id, label, label_name (b's, else a's), pred_a, pred_b, conf_a, conf_b and change
+    ('fixed' wrong -> right, 'broke' right -> wrong, else 'changed'), by change then image_id.
+
+    Both files are read column-wise and compared in numpy: the predictions of runs over the
+    same data are sorted by the same ids, so they line up without a join (~0.1 s at 1M images,
+    where joining the two runs' cache tables first had to build them, seconds per run).
+    """
+    cols = ["image_id", "label", "label_name", "pred", "confidence", "correct"]
+    ta, tb = (pq.read_table(f, columns=cols).select(cols).combine_chunks() for f in (file_a, file_b))
+    at = aligned_rows(
+        ta.column("image_id").chunk(0) if ta.num_rows else pa.array([], pa.string()),
+        tb.column("image_id").chunk(0) if tb.num_rows else pa.array([], pa.string()),
+        ta.num_rows,
+    )
+    both = at >= 0
+    bt = tb.take(pa.array(np.where(both, at, 0))) if tb.num_rows else None
+    if bt is None or not both.any():
+        empty = {
+            "image_id": pa.string(),
+            "label": pa.int32(),
+            "label_name": pa.string(),
+            "pred_a": pa.int32(),
+            "pred_b": pa.int32(),
+            "conf_a": pa.float32(),
+            "conf_b": pa.float32(),
+            "change": pa.string(),
+        }
+        out: pd.DataFrame = pa.table({k: pa.array([], t) for k, t in empty.items()}).to_pandas()
+        return out
+
+    def correct(t: pa.Table) -> npt.NDArray[np.int8]:
+        c: npt.NDArray[np.int8] = t.column("correct").cast(pa.int8()).fill_null(-1).to_numpy().astype(np.int8)
+        return c
+
+    pred_a, pred_b = (t.column("pred").to_numpy() for t in (ta, bt))
+    ca, cb = correct(ta), correct(bt)
+    rows = np.flatnonzero(both & ((pred_a != pred_b) | (ca != cb)))
+    change = np.where(
+        (ca[rows] == 0) & (cb[rows] == 1),
+        "fixed",
+        np.where((ca[rows] == 1) & (cb[rows] == 0), "broke", "changed"),
+    )
+    ra, rb = ta.take(pa.array(rows)), bt.take(pa.array(rows))
+    flips = pa.table(
+        {
+            "image_id": ra.column("image_id"),
+            "label": pc.coalesce(rb.column("label"), ra.column("label")),
+            "label_name": pc.coalesce(rb.column("label_name"), ra.column("label_name")),
+            "pred_a": ra.column("pred"),
+            "pred_b": rb.column("pred"),
+            "conf_a": ra.column("confidence"),
+            "conf_b": rb.column("confidence"),
+            "change": pa.array(change, pa.string()),
+        }
+    ).sort_by([("change", "ascending"), ("image_id", "ascending")])
+    df: pd.DataFrame = flips.to_pandas()
+    return df
 
 
 def _map(row: Mapping[str, Any]) -> Map:

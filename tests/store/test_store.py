@@ -624,9 +624,13 @@ def test_cache_eviction_never_drops_a_table_in_use(
     caches 4 other runs (cache_runs=4), which used to evict and drop that table (Catalog Error)."""
     import threading
 
+    import xaidash.store.cache as cache_mod
     from xaidash.store.reader import StoreReader
 
     path, ids = six_runs
+    # The DuckDB cache tables (and their pins) serve runs whose files need the SQL join; runs
+    # laid out as the writer lays them out are read with Arrow and never race. Force the join.
+    monkeypatch.setattr(cache_mod, "light_table", lambda e, methods: None)
     r = StoreReader(path, cache_runs=4)
     image_id = r.gallery(ids[0], GalleryQuery(page_size=1))[0]["image_id"].iloc[0]
     orig = StoreReader._arrow
@@ -799,3 +803,44 @@ def test_create_while_another_process_is_creating_the_store(tmp_path: Path) -> N
     (path / f".{MARKER}.tmp-99999").write_bytes(b"{}")
     assert Store.create(path).path == path.absolute()
     assert (path / MARKER).is_file()
+
+
+def test_arrow_built_cache_and_diff_match_the_sql_definitions(synth: tuple[Path, list[str]]) -> None:
+    """The run cache built from Arrow columns (no join) holds what the SQL join built, and the
+    numpy diff lists exactly the flips the SQL join of the two runs lists (issue 12, cold start)."""
+    path, run_ids = synth
+    with open_store(path) as r:
+        e = r._entry(run_ids[-1])
+        assert e is not None
+        h_arrow = r._run_cache.tables(e)
+        r._run_cache._create_light_sql(e, "sqlcopy", list(e.methods), True)
+        drop = ["probabilities", "source", "width", "height"]  # read per image on the Arrow path
+        a = r._df(f'SELECT * EXCLUDE ({", ".join(drop)}) FROM cache."l_{h_arrow}" ORDER BY ord')
+        b = r._df(f'SELECT * EXCLUDE ({", ".join(drop)}) FROM cache."l_sqlcopy" ORDER BY ord')
+        pd.testing.assert_frame_equal(a, b, check_dtype=False)
+        # image metadata and probabilities still reach the image page
+        iid = str(a["image_id"].iloc[3])
+        detail = r.image(run_ids[-1], iid)
+        assert detail is not None and detail.source and detail.width and len(detail.topk) > 0
+        # the diff, against the SQL join it replaced
+        ra, rb = run_ids[0], run_ids[-1]
+        flips = r.diff(ra, rb).flips
+        ea, eb = r._entry(ra), r._entry(rb)
+        assert ea is not None and eb is not None
+        want = r._df(
+            """
+            SELECT a.image_id, coalesce(b.label, a.label) AS label,
+                   coalesce(b.label_name, a.label_name) AS label_name,
+                   a.pred AS pred_a, b.pred AS pred_b, a.confidence AS conf_a, b.confidence AS conf_b,
+                   CASE WHEN NOT a.correct AND b.correct THEN 'fixed'
+                        WHEN a.correct AND NOT b.correct THEN 'broke' ELSE 'changed' END AS change
+            FROM read_parquet(?) a JOIN read_parquet(?) b USING (image_id)
+            WHERE a.pred <> b.pred OR a.correct IS DISTINCT FROM b.correct
+            ORDER BY change, a.image_id
+            """,
+            [str(ea.file("predictions")), str(eb.file("predictions"))],
+        )
+        assert len(flips) > 0
+        pd.testing.assert_frame_equal(
+            flips.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False
+        )
