@@ -152,7 +152,8 @@ def test_overview_and_image_page_show_the_deviation(runs: dict[str, Path], tmp_p
     app = create_app(runs["bf16"], selections_dir=tmp_path / "sel")
     state = app.server.config["XAIDASH_STATE"]
     with open_store(runs["bf16"]) as r:
-        rid = r.runs()["run_id"].iloc[0]
+        # the bf16 run (the hint test adds a fp32 run to this store)
+        rid = next(i for i in r.runs()["run_id"] if r.run(i).precision.get("precision") == "bf16")  # type: ignore[union-attr]
         image_id = r.sql("SELECT image_id FROM predictions WHERE run_id = ? LIMIT 1", [rid])["image_id"][0]
 
     def text(path: str, search: str) -> str:
