@@ -11,11 +11,12 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Concatenate, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -77,28 +78,49 @@ class RunCache:
         #: from them without a DuckDB table; the last ``runs`` runs are kept)
         self.light: OrderedDict[str, pa.Table] = OrderedDict()
         self.no_light: set[str] = set()
+        self._light_lock = threading.Lock()
+        self._building: dict[str, threading.Event] = {}
 
     def light_rows(self, e: RunEntry) -> pa.Table | None:
         """The run's light columns read with Arrow (see :func:`light_table`), None when its files
         need the SQL join. Cheaper than :meth:`tables` (no copy into DuckDB), so what can use
-        Arrow (gallery index, embedding points) asks for this instead."""
+        Arrow (gallery index, embedding points, image page) asks for this instead.
+
+        Built outside the reader's lock (other queries go on meanwhile; ~1 s at 1M images),
+        once: a second caller waits for the first. Its own small lock is never held while
+        waiting, so a waiter holding the reader's lock cannot block the builder.
+        """
         if self._ingest is None:
             return None
-        with self._lock:
+        with self._light_lock:
             t = self.light.get(e.run_id)
             if t is not None:
                 self.light.move_to_end(e.run_id)
                 return t
             if e.run_id in self.no_light:
                 return None
+            done = self._building.get(e.run_id)
+            mine = done is None
+            if done is None:
+                done = self._building[e.run_id] = threading.Event()
+        if not mine:
+            done.wait()
+            with self._light_lock:
+                return self.light.get(e.run_id)
+        t = None
+        try:
             t = light_table(e, [m for m in e.methods if METHOD_RE.match(m)])
-            if t is None:
-                self.no_light.add(e.run_id)
-                return None
-            self.light[e.run_id] = t
-            while len(self.light) > self.runs:
-                self.light.popitem(last=False)
-            return t
+        finally:
+            with self._light_lock:
+                if t is None:
+                    self.no_light.add(e.run_id)
+                else:
+                    self.light[e.run_id] = t
+                    while len(self.light) > self.runs:
+                        self.light.popitem(last=False)
+                del self._building[e.run_id]
+            done.set()
+        return t
 
     def tables(self, e: RunEntry) -> str:
         """Suffix of the in-memory cache tables of a run, building them on first use.
@@ -225,8 +247,9 @@ class RunCache:
             self.doomed.discard(run_id)
             h = self.cached.pop(run_id, None)
             self.galleries.pop(run_id, None)
-            self.light.pop(run_id, None)
-            self.no_light.discard(run_id)
+            with self._light_lock:
+                self.light.pop(run_id, None)
+                self.no_light.discard(run_id)
             if h is not None:
                 self._execute(f'DROP TABLE IF EXISTS cache."l_{h}"', None)
                 self._execute(f'DROP TABLE IF EXISTS cache."f_{h}"', None)
@@ -407,6 +430,99 @@ def light_table(e: RunEntry, methods: Sequence[str]) -> pa.Table | None:
                 return None  # two rows of one (image, method): the SQL's max() decides
             score = score_all.filter(keep)
             out = out.append_column(f"faith_{m}", _take(score, aligned_rows(ids, fids, n), pa.float32()))
+    return out
+
+
+def prediction_flips(file_a: Path, file_b: Path) -> pd.DataFrame:
+    """Images whose prediction or correctness changed from run a to run b, matched by image_id:
+    image_id, label, label_name (b's, else a's), pred_a, pred_b, conf_a, conf_b and change
+    ('fixed' wrong -> right, 'broke' right -> wrong, else 'changed'), by change then image_id.
+
+    Both files are read column-wise and compared in numpy: the predictions of runs over the
+    same data are sorted by the same ids, so they line up without a join (~0.1 s at 1M images,
+    where joining the two runs' cache tables first had to build them, seconds per run).
+    """
+    cols = ["image_id", "label", "label_name", "pred", "confidence", "correct"]
+    ta, tb = (pq.read_table(f, columns=cols).select(cols).combine_chunks() for f in (file_a, file_b))
+    at = aligned_rows(
+        ta.column("image_id").chunk(0) if ta.num_rows else pa.array([], pa.string()),
+        tb.column("image_id").chunk(0) if tb.num_rows else pa.array([], pa.string()),
+        ta.num_rows,
+    )
+    both = at >= 0
+    bt = tb.take(pa.array(np.where(both, at, 0))) if tb.num_rows else None
+    if bt is None or not both.any():
+        empty = {
+            "image_id": pa.string(),
+            "label": pa.int32(),
+            "label_name": pa.string(),
+            "pred_a": pa.int32(),
+            "pred_b": pa.int32(),
+            "conf_a": pa.float32(),
+            "conf_b": pa.float32(),
+            "change": pa.string(),
+        }
+        out: pd.DataFrame = pa.table({k: pa.array([], t) for k, t in empty.items()}).to_pandas()
+        return out
+
+    def correct(t: pa.Table) -> npt.NDArray[np.int8]:
+        c: npt.NDArray[np.int8] = t.column("correct").cast(pa.int8()).fill_null(-1).to_numpy().astype(np.int8)
+        return c
+
+    pred_a, pred_b = (t.column("pred").to_numpy() for t in (ta, bt))
+    ca, cb = correct(ta), correct(bt)
+    rows = np.flatnonzero(both & ((pred_a != pred_b) | (ca != cb)))
+    change = np.where(
+        (ca[rows] == 0) & (cb[rows] == 1),
+        "fixed",
+        np.where((ca[rows] == 1) & (cb[rows] == 0), "broke", "changed"),
+    )
+    ra, rb = ta.take(pa.array(rows)), bt.take(pa.array(rows))
+    flips = pa.table(
+        {
+            "image_id": ra.column("image_id"),
+            "label": pc.coalesce(rb.column("label"), ra.column("label")),
+            "label_name": pc.coalesce(rb.column("label_name"), ra.column("label_name")),
+            "pred_a": ra.column("pred"),
+            "pred_b": rb.column("pred"),
+            "conf_a": ra.column("confidence"),
+            "conf_b": rb.column("confidence"),
+            "change": pa.array(change, pa.string()),
+        }
+    ).sort_by([("change", "ascending"), ("image_id", "ascending")])
+    df: pd.DataFrame = flips.to_pandas()
+    return df
+
+
+#: the headline numbers of a run, in display order
+HEADLINE = (
+    "n",
+    "accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_f1",
+    "errors",
+    "failed",
+)
+
+
+def headline_out(t: pa.Table, e: RunEntry) -> dict[str, float | int | None]:
+    """The headline numbers of a run from its headline row (None where unknown)."""
+    row: dict[str, Any] = t.to_pylist()[0]
+    tables = (e.manifest or {}).get("tables", {})
+    row["failed"] = int(tables.get("failures", {}).get("rows", e.row.get("num_failed") or 0))
+    out: dict[str, float | int | None] = {}
+    for k in HEADLINE:
+        v = row.get(k)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out[k] = None
+        elif k in ("n", "errors", "failed"):
+            out[k] = int(v)
+        else:
+            out[k] = float(v)
+    if out["accuracy"] is None:
+        out["errors"] = None  # unlabeled: "errors" is unknown, not zero
     return out
 
 

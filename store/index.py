@@ -209,9 +209,15 @@ class RowGroupIndexes:
                 if len(self._indexes) > self._limit:
                     self._indexes.clear()
                 # image parts of a fingerprint grow: drop indexes of an older listing of the dir
-                for old in [
-                    k for k in self._indexes if k and key and Path(k[0]).parent == Path(key[0]).parent
-                ]:
-                    del self._indexes[old]
+                # (only listings of parts: a run's cams and faithfulness files share a dir too)
+                if key and Path(key[0]).name.startswith("part-"):
+                    for old in [
+                        k
+                        for k in self._indexes
+                        if k
+                        and Path(k[0]).name.startswith("part-")
+                        and Path(k[0]).parent == Path(key[0]).parent
+                    ]:
+                        del self._indexes[old]
                 idx = self._indexes[key] = RowGroupIndex(paths)
             return idx

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,12 +33,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from xaidash.constants import IMAGE_ID_RE, METHOD_RE, RUN_ID_RE, TARGET_KINDS
 from xaidash.errors import UserError
-from xaidash.store.cache import RunCache, aligned_rows, memo_run
+from xaidash.store.cache import HEADLINE, RunCache, headline_out, memo_run, prediction_flips
 from xaidash.store.catalog import Catalog, RunEntry, build_views
 from xaidash.store.files import MARKER
 from xaidash.store.index import GALLERY_COLUMNS, GalleryIndex, RowGroupIndexes
@@ -49,16 +46,6 @@ from xaidash.store.schema import RUNS
 __all__ = ["GalleryQuery", "ImageDetail", "RunDiff", "RunInfo", "StoreReader", "open_store"]
 
 TOPK = 5
-_HEADLINE = (
-    "n",
-    "accuracy",
-    "macro_precision",
-    "macro_recall",
-    "macro_f1",
-    "weighted_f1",
-    "errors",
-    "failed",
-)
 
 Params = Sequence[object] | Mapping[str, object] | None
 #: train image ids, their labels (int64, -1 when unknown) and vectors (float32 [N, K])
@@ -216,6 +203,19 @@ class StoreReader:
         if e is not None:
             self._run_cache.tables(e)
 
+    def warm_light(self, run_id: str) -> None:
+        """Read a run's light columns, build its gallery index and the row-group indexes of its
+        maps and thumbnails now (Arrow and numpy only, no DuckDB: safe in a daemon thread while
+        the reader serves other queries)."""
+        e = self._entry(run_id)
+        if e is not None and self._run_cache.light_rows(e) is not None:
+            self._gallery_index(e)  # from the Arrow columns just read (never the SQL path here)
+            # the footers a gallery page's maps and thumbnails are looked up in (~10k row groups)
+            self._row_groups.get([e.file("cams")])
+            parts = self._catalog.image_parts(e)
+            if parts:
+                self._row_groups.get(parts)
+
     # ---------------------------------------------------------------- runs
     def runs(self) -> pd.DataFrame:
         """All readable runs, newest first (the runs table). Unreadable runs: :meth:`skipped_runs`."""
@@ -262,8 +262,8 @@ class StoreReader:
         """
         e = self._entry(run_id)
         if e is None:
-            return dict.fromkeys(_HEADLINE)
-        return _headline_out(self._headline_row(e), e)
+            return dict.fromkeys(HEADLINE)
+        return headline_out(self._headline_row(e), e)
 
     def _headline_row(self, e: RunEntry) -> pa.Table:
         return self._arrow(
@@ -353,11 +353,14 @@ class StoreReader:
         return self._gallery_index(e).page(q, q.sort_key(e.methods))
 
     def _gallery_index(self, e: RunEntry) -> GalleryIndex:
+        g = self._run_cache.galleries.get(e.run_id)
+        if g is not None:
+            return g
+        methods = [m for m in e.methods if METHOD_RE.match(m)]
+        light = self._run_cache.light_rows(e)  # outside the lock: other queries go on meanwhile
         with self._lock:
             g = self._run_cache.galleries.get(e.run_id)
-            methods = [m for m in e.methods if METHOD_RE.match(m)]
-            light = None if g is not None else self._run_cache.light_rows(e)
-            if light is not None:  # from the Arrow columns: no DuckDB table needed for the gallery
+            if g is None and light is not None:  # from the Arrow columns: no DuckDB table needed
                 g = self._run_cache.galleries[e.run_id] = GalleryIndex.from_table(light, methods)
             if g is None:
                 h = self._run_cache.tables(e)
@@ -414,12 +417,11 @@ class StoreReader:
         if pred.num_rows:
             prediction = {k: v for k, v in pred.to_pylist()[0].items() if not k.startswith("faith_")}
             raw = prediction.get("probabilities")
-            if raw is None:  # big heads are not cached in memory: read the one row from Parquet
-                t = self._arrow(
-                    "SELECT probabilities FROM read_parquet(?) WHERE image_id = ?",
-                    [str(e.file("predictions")), image_id],
+            if raw is None:  # not cached in memory: read the one row group holding it
+                t = self._row_groups.get([e.file("predictions")]).read(
+                    [image_id], ["image_id", "probabilities"]
                 )
-                raw = t.column(0)[0].as_py() if t.num_rows else []
+                raw = t.column("probabilities")[0].as_py() if t.num_rows else []
             probs = np.asarray(raw, dtype=np.float32)
             prediction["probabilities"] = probs
             for c in np.argsort(-probs, kind="stable")[:TOPK]:
@@ -619,7 +621,7 @@ class StoreReader:
             """,
             [str(ea.file("confusion")), str(eb.file("confusion"))],
         )
-        flips = _flips(ea.file("predictions"), eb.file("predictions"))
+        flips = prediction_flips(ea.file("predictions"), eb.file("predictions"))
         return RunDiff(metrics, conf, flips)
 
     def image_history(self, run_id: str, image_id: str) -> pd.DataFrame:
@@ -664,86 +666,6 @@ class StoreReader:
                 build_views(self._con, self._catalog)
                 self._views_dirty = False
         return self._df(query, params)
-
-
-def _headline_out(t: pa.Table, e: RunEntry) -> dict[str, float | int | None]:
-    """The headline numbers of a run from its headline row (None where unknown)."""
-    row: dict[str, Any] = t.to_pylist()[0]
-    tables = (e.manifest or {}).get("tables", {})
-    row["failed"] = int(tables.get("failures", {}).get("rows", e.row.get("num_failed") or 0))
-    out: dict[str, float | int | None] = {}
-    for k in _HEADLINE:
-        v = row.get(k)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            out[k] = None
-        elif k in ("n", "errors", "failed"):
-            out[k] = int(v)
-        else:
-            out[k] = float(v)
-    if out["accuracy"] is None:
-        out["errors"] = None  # unlabeled: "errors" is unknown, not zero
-    return out
-
-
-def _flips(file_a: Path, file_b: Path) -> pd.DataFrame:
-    """Images whose prediction or correctness changed from run a to run b, matched by image_id:
-    image_id, label, label_name (b's, else a's), pred_a, pred_b, conf_a, conf_b and change
-    ('fixed' wrong -> right, 'broke' right -> wrong, else 'changed'), by change then image_id.
-
-    Both files are read column-wise and compared in numpy: the predictions of runs over the
-    same data are sorted by the same ids, so they line up without a join (~0.1 s at 1M images,
-    where joining the two runs' cache tables first had to build them, seconds per run).
-    """
-    cols = ["image_id", "label", "label_name", "pred", "confidence", "correct"]
-    ta, tb = (pq.read_table(f, columns=cols).select(cols).combine_chunks() for f in (file_a, file_b))
-    at = aligned_rows(
-        ta.column("image_id").chunk(0) if ta.num_rows else pa.array([], pa.string()),
-        tb.column("image_id").chunk(0) if tb.num_rows else pa.array([], pa.string()),
-        ta.num_rows,
-    )
-    both = at >= 0
-    bt = tb.take(pa.array(np.where(both, at, 0))) if tb.num_rows else None
-    if bt is None or not both.any():
-        empty = {
-            "image_id": pa.string(),
-            "label": pa.int32(),
-            "label_name": pa.string(),
-            "pred_a": pa.int32(),
-            "pred_b": pa.int32(),
-            "conf_a": pa.float32(),
-            "conf_b": pa.float32(),
-            "change": pa.string(),
-        }
-        out: pd.DataFrame = pa.table({k: pa.array([], t) for k, t in empty.items()}).to_pandas()
-        return out
-
-    def correct(t: pa.Table) -> npt.NDArray[np.int8]:
-        c: npt.NDArray[np.int8] = t.column("correct").cast(pa.int8()).fill_null(-1).to_numpy().astype(np.int8)
-        return c
-
-    pred_a, pred_b = (t.column("pred").to_numpy() for t in (ta, bt))
-    ca, cb = correct(ta), correct(bt)
-    rows = np.flatnonzero(both & ((pred_a != pred_b) | (ca != cb)))
-    change = np.where(
-        (ca[rows] == 0) & (cb[rows] == 1),
-        "fixed",
-        np.where((ca[rows] == 1) & (cb[rows] == 0), "broke", "changed"),
-    )
-    ra, rb = ta.take(pa.array(rows)), bt.take(pa.array(rows))
-    flips = pa.table(
-        {
-            "image_id": ra.column("image_id"),
-            "label": pc.coalesce(rb.column("label"), ra.column("label")),
-            "label_name": pc.coalesce(rb.column("label_name"), ra.column("label_name")),
-            "pred_a": ra.column("pred"),
-            "pred_b": rb.column("pred"),
-            "conf_a": ra.column("confidence"),
-            "conf_b": rb.column("confidence"),
-            "change": pa.array(change, pa.string()),
-        }
-    ).sort_by([("change", "ascending"), ("image_id", "ascending")])
-    df: pd.DataFrame = flips.to_pandas()
-    return df
 
 
 def _map(row: Mapping[str, Any]) -> Map:
