@@ -4,9 +4,11 @@ Builds (once) a 100,000-image synthetic store, creates the app, and drives each 
 way the browser does - ``POST /_dash-update-component`` with the payload built from the app's
 callback map (``tests/support/dash_testing.py``) - plus the thumbnail/overlay routes, through Flask's test
 client (no network, no browser: server-side time only). Prints p50/p95 per interaction; the
-first call of each (cold caches) is reported separately.
+first call of each (cold caches: the app's reader has read nothing when the first one runs)
+is reported separately, in the "first" column, against its own target (< 1 s).
 
     python bench/dashboard_latency.py                      # builds bench/out/store-100k once
+    python bench/dashboard_latency.py --n-val 1000000      # builds bench/out/store-1000k once (~6 GB)
     python bench/dashboard_latency.py --store DIR --n 30   # reuse a store
 """
 
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TARGET_P95_MS = 150.0
+TARGET_FIRST_MS = 1000.0
 
 
 def build_store(path: Path, n_val: int, n_train: int) -> None:
@@ -58,18 +61,31 @@ def p95(xs: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", type=Path, default=ROOT / "bench" / "out" / "store-100k")
+    ap.add_argument("--store", type=Path, default=None, help="default: bench/out/store-<n-val/1000>k")
     ap.add_argument("--n-val", type=int, default=100_000)
     ap.add_argument("--n-train", type=int, default=20_000)
     ap.add_argument("--n", type=int, default=20, help="timed calls per interaction after the first")
     args = ap.parse_args(argv)
+    if args.store is None:
+        args.store = ROOT / "bench" / "out" / f"store-{args.n_val // 1000}k"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not (args.store / "runs").is_dir() or not any((args.store / "runs").iterdir()):
         build_store(args.store, args.n_val, args.n_train)
 
     from tests.support.dash_testing import post_callback
     from xaidash.dashboard.app import create_app
-    from xaidash.store import GalleryQuery
+    from xaidash.store import GalleryQuery, open_store
+
+    # What the interactions need (image ids, the map's centre) comes from a reader of its own,
+    # so that the app's reader is cold when each interaction runs for the first time.
+    with open_store(args.store) as setup:
+        run_b, run_a = setup.runs()["run_id"].tolist()[:2]
+        ids = list(setup.gallery(run_b, GalleryQuery(outcome="wrong", page_size=500))[0]["image_id"])
+        pts = setup.embedding_points(run_b)
+    cx, cy = float(pts["x"].median()), float(pts["y"].median())
+    store_n = len(pts)
+    sel_ids = list(pts["image_id"][:5000])
+    del pts
 
     t = time.perf_counter()
     app = create_app(args.store)
@@ -77,12 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     assert client.get("/").status_code == 200
     logging.info("app created in %.1f s", time.perf_counter() - t)
     state = app.server.config["XAIDASH_STATE"]
-    run_b, run_a = state.data.run_ids()[:2]
+    assert state.data.run_ids()[:2] == [run_b, run_a]
     info_b = state.data.run(run_b)
     assert info_b is not None, run_b
     names = info_b.class_names
-    # Image ids to walk through (different each call, so overlays and pages are cold).
-    ids = list(state.data.gallery(run_b, GalleryQuery(outcome="wrong", page_size=500))[0]["image_id"])
     n = args.n
 
     def route(path: str, search: Callable[[int], str]) -> Callable[[int], Any]:
@@ -103,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return call
 
-    pts = state.data.embedding_points(run_b)
-    cx, cy = float(pts["x"].median()), float(pts["y"].median())
     interactions: list[tuple[str, Callable[[int], Any]]] = [
         ("overview: open", route("/", lambda i: f"?run={run_b}")),
         ("overview: row-normalized toggle", route("/", lambda i: f"?run={run_b}&norm={i % 2}")),
@@ -162,8 +174,22 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("image page: open (new image)", route("/image", lambda i: f"?id={ids[i]}")),
         (
-            "embedding: open (100k points, sampled)",
+            "embedding: open (every point)",
             route("/embedding", lambda i: f"?color={'true' if i % 2 else 'pred'}"),
+        ),
+        (
+            "embedding: hover density cell (nearest)",
+            lambda i: post_callback(
+                client,
+                app,
+                "embedding-hover.children",
+                {
+                    "embedding-graph.hoverData": {
+                        "points": [{"x": cx + 0.37 * i, "y": cy - 0.21 * i, "z": 3}]
+                    },
+                    "url.search": "",
+                },
+            ),
         ),
         (
             "embedding: hover",
@@ -215,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         ("route: overlay cached", get(lambda i: f"/overlay/{run_b}/{ids[200]}/gradcam.png")),
     ]
     # The selection restriction in the gallery uses the key the box select stored.
-    sel_key = state.selections.put(list(pts["image_id"][:5000]))
+    sel_key = state.selections.put(sel_ids)
     interactions.append(
         ("gallery: 5,000-image selection (page i)", route("/gallery", lambda i: f"?sel={sel_key}&page={i}"))
     )
@@ -225,16 +251,21 @@ def main(argv: list[str] | None = None) -> int:
         first, times = measure(fn, n)
         rows.append((name, first, statistics.median(times), p95(times)))
     width = max(len(r[0]) for r in rows)
-    store_n = len(pts)
     print(
         f"\ndashboard latency, {store_n:,} val images, store {args.store}, {n} calls each (server side, ms)"
     )
-    print(f"{'interaction':<{width}}  {'first':>8}  {'p50':>8}  {'p95':>8}  target p95 < {TARGET_P95_MS:.0f}")
+    print(
+        f"{'interaction':<{width}}  {'first':>8}  {'p50':>8}  {'p95':>8}  "
+        f"first (cold) < {TARGET_FIRST_MS:.0f}, p95 < {TARGET_P95_MS:.0f}"
+    )
     for name, first, p50, p95v in rows:
         flag = "ok" if p95v < TARGET_P95_MS else "SLOW"
-        print(f"{name:<{width}}  {first:8.1f}  {p50:8.1f}  {p95v:8.1f}  {flag}")
+        cold = "ok" if first < TARGET_FIRST_MS else "SLOW"
+        print(f"{name:<{width}}  {first:8.1f}  {p50:8.1f}  {p95v:8.1f}  cold {cold:4s}  p95 {flag}")
     slow = [r[0] for r in rows if r[3] >= TARGET_P95_MS]
+    cold_slow = [r[0] for r in rows if r[1] >= TARGET_FIRST_MS]
     print(f"\n{len(rows) - len(slow)}/{len(rows)} interactions under the p95 target")
+    print(f"{len(rows) - len(cold_slow)}/{len(rows)} first (cold) calls under {TARGET_FIRST_MS:.0f} ms")
     state.data.wait_prefetch()  # background page prefetches must finish before DuckDB shuts down
     return 0
 

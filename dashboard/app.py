@@ -10,6 +10,7 @@ several apps can live in one process (tests).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -195,6 +196,11 @@ def create_app(
     state = AppState(
         data=DashData(reader), selections=SelectionStore(selections_dir), store_path=str(store_path)
     )
+    # The latest run's light columns and gallery index are read in the background (Arrow and
+    # numpy only, ~1 s at 1M images), so the first gallery or image page does not wait for them.
+    latest = reader.latest_run_id()
+    if latest is not None:
+        threading.Thread(target=reader.warm_light, args=(latest,), name="xaidash-warm", daemon=True).start()
     tmpl = theme.figure_template()
     log.debug("figure template %s", tmpl)
 

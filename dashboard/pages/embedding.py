@@ -27,6 +27,7 @@ from xaidash.dashboard.components import (
     warning_alert,
 )
 from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query, valid_image_id
+from xaidash.dashboard.points import PointIndex
 from xaidash.dashboard.routes import overlay_url
 from xaidash.dashboard.state import AppState, PageContext
 
@@ -66,20 +67,15 @@ def embedding_figure(
     return fig
 
 
-def positions(state: AppState, run_id: str) -> dict[str, tuple[float, float]]:
-    """image id -> (x, y) of every point (val and train), cached per run.
+def point_index(state: AppState, run_id: str, train: bool = True) -> PointIndex:
+    """The map's points (val and, with ``train``, train) by id and by position, cached per run.
 
-    A plain dict: O(1) look-ups (pandas' ``isin`` over an Arrow-string index of 120k ids
-    iterates them in Python and cost ~1 s per click).
+    Numpy, not a dict of ids: a million-entry dict cost ~1 s on the first hover or click.
     """
-
-    def build() -> dict[str, tuple[float, float]]:
-        pts = state.data.embedding_points(run_id, True)
-        return dict(
-            zip(pts["image_id"].tolist(), zip(pts["x"].tolist(), pts["y"].tolist(), strict=True), strict=True)
-        )
-
-    return state.derived.get(("embedding-positions", run_id), build)
+    return state.derived.get(
+        ("embedding-index", run_id, bool(train)),
+        lambda: PointIndex.build(state.data.embedding_points(run_id, train)),
+    )
 
 
 def twins_of(state: AppState, run_id: str, image_id: str) -> pd.DataFrame:
@@ -92,12 +88,13 @@ def twin_update(
     state: AppState, run_id: str, image_id: str, twins: pd.DataFrame
 ) -> tuple[list[Any], list[Any], list[float], list[float]]:
     """Coordinates of the lines to ``twins`` and of the star for ``image_id``."""
-    pos = positions(state, run_id)
-    if image_id not in pos:
+    index = point_index(state, run_id)
+    here = index.position(image_id)
+    if here is None:
         return [], [], [], []
-    twin_ids = [str(n) for n in twins["neighbor_id"] if n in pos]
-    xy = pd.DataFrame({"x": [pos[n][0] for n in twin_ids], "y": [pos[n][1] for n in twin_ids]})
-    x0, y0 = pos[image_id]
+    there = [p for n in twins["neighbor_id"] if (p := index.position(str(n))) is not None]
+    xy = pd.DataFrame({"x": [p[0] for p in there], "y": [p[1] for p in there]})
+    x0, y0 = here
     me = pd.DataFrame({"image_id": [image_id], "x": [x0], "y": [y0]})
     return figures.twin_line_coords(me, image_id, xy)
 
@@ -188,26 +185,22 @@ def layout(ctx: PageContext) -> Any:
     )
 
 
-def point_summary(state: AppState, run_id: str, image_id: str) -> dict[str, Any] | None:
-    """Label/prediction of one point (from the cached points table)."""
-    if image_id not in positions(state, run_id):
-        return None
-    pts = state.derived.get(
-        ("embedding-by-id", run_id),
-        lambda: state.data.embedding_points(run_id, True).set_index("image_id", drop=False),
-    )
-    row = pts.loc[[image_id]]
-    return {
-        str(k): (None if (v is None or (isinstance(v, float) and np.isnan(v))) else v)
-        for k, v in row.iloc[0].to_dict().items()
-    }
+def point_summary(state: AppState, run_id: str, image_id: str, train: bool = True) -> dict[str, Any] | None:
+    """Label/prediction of one point (from the cached point index of the map as shown: with
+    ``train`` False a val-only map needs no index of the train points)."""
+    for flag in dict.fromkeys([bool(train), True]):  # the shown map's index first, built lazily
+        index = point_index(state, run_id, flag)
+        row = index.row(image_id)
+        if row is not None:
+            return index.record(row)
+    return None
 
 
-def hover_panel(state: AppState, run_id: str, image_id: str | None) -> Any:
+def hover_panel(state: AppState, run_id: str, image_id: str | None, train: bool = True) -> Any:
     """Thumbnail + label/prediction for the hovered point."""
     if image_id is None:
         return no_update
-    rec = point_summary(state, run_id, image_id)
+    rec = point_summary(state, run_id, image_id, train)
     if rec is None:
         return html.P("Unknown point.", className="text-muted small mb-0")
     lines = [
@@ -336,11 +329,12 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
     )
     @inputs.typed(inputs.record(), inputs.URL_PART)
     def on_hover(hover: dict[str, Any] | None, search: str | None) -> Any:
-        run = state.data.resolve_run(parse_query(search).run).run_id
-        pid = _point_id(hover)
+        f = parse_query(search)
+        run = state.data.resolve_run(f.run).run_id
+        pid = None if run is None else event_point(state, run, hover, f.train)
         if run is None or pid is None:
             return no_update
-        return hover_panel(state, run, pid)
+        return hover_panel(state, run, pid, f.train)
 
     @app.callback(
         Output(f"{PREFIX}-pinned", "children"),
@@ -354,7 +348,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
     def on_click(click: dict[str, Any] | None, search: str | None) -> Any:
         f = parse_query(search)
         run = state.data.resolve_run(f.run).run_id
-        pid = _point_id(click)
+        pid = None if run is None else event_point(state, run, click, f.train)
         if run is None or pid is None:
             return no_update, no_update, no_update
         f = replace(f, run=run, id=pid)
@@ -428,6 +422,23 @@ def _customdata_id(point: dict[str, Any]) -> str | None:
     if isinstance(cd, list):
         cd = cd[0] if cd else None
     return valid_image_id(cd)
+
+
+def event_point(state: AppState, run_id: str, event: dict[str, Any] | None, train: bool) -> str | None:
+    """The image a hover/click event is about: the point's ``customdata`` (a marker), else the
+    point nearest to the event's x/y (a cell of the density layer of a large map)."""
+    pid = _point_id(event)
+    if pid is not None:
+        return pid
+    point = inputs.first_point(event)
+    if point is None or point.get("customdata") is not None:
+        return None
+    x, y = inputs.finite(point.get("x")), inputs.finite(point.get("y"))
+    if x is None or y is None:
+        return None
+    index = point_index(state, run_id, train)
+    row = index.nearest(x, y)
+    return None if row is None else index.image_id(row)
 
 
 def _point_id(event: dict[str, Any] | None) -> str | None:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly
 import pytest
@@ -377,6 +378,41 @@ def test_embedding_callbacks_over_http(client: Any, app: Any, state: Any) -> Non
         },
     )
     assert "sel=" in json.dumps(sel)
+
+
+def test_large_map_shows_every_point_as_density_with_hover_and_selection(
+    client: Any, app: Any, state: Any
+) -> None:
+    """Above ``max_points`` the map is a raster of every point (class mix, count) plus an
+    invisible heatmap for hover, and isolated points as markers; a hovered or clicked density
+    cell resolves to its nearest point, and a box selection still covers all points (issue 12)."""
+    from xaidash.dashboard import figures
+    from xaidash.dashboard.pages.embedding import event_point, point_index
+
+    run = latest(state)
+    info = state.data.run(run)
+    pts = state.data.embedding_points(run, True)
+    fig = figures.plot_embedding(pts, info.class_names, "true", max_points=50)
+    assert len(fig.layout.images) == 1 and fig.layout.images[0].source.startswith("data:image/png;base64,")
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heat) == 1 and np.nansum(np.asarray(heat[0].z, float)) == len(pts)  # every point counted
+    assert fig.data[0].mode == "lines" and fig.data[1].name == "selected"  # twin traces stay first
+    assert "all " in fig.layout.title.text
+    # nearest point of a density cell: exactly the point at those coordinates
+    row = 7
+    x, y = float(pts["x"].iloc[row]), float(pts["y"].iloc[row])
+    assert event_point(state, run, {"points": [{"x": x, "y": y, "z": 4}]}, True) == pts["image_id"].iloc[row]
+    index = point_index(state, run)
+    d = (pts["x"].to_numpy() - (x + 0.3)) ** 2 + (pts["y"].to_numpy() - (y - 0.2)) ** 2
+    assert index.nearest(x + 0.3, y - 0.2) == int(np.argmin(d))
+    hover = post_callback(
+        client,
+        app,
+        "embedding-hover.children",
+        {"embedding-graph.hoverData": {"points": [{"x": x, "y": y, "z": 4}]}, "url.search": ""},
+    )
+    assert f"/img/{run}/{pts['image_id'].iloc[row]}.png" in json.dumps(hover)
+    assert index.row(str(pts["image_id"].iloc[-1])) == len(pts) - 1 and index.row("f" * 16) is None
 
 
 def test_explain_upload_validation() -> None:
