@@ -30,6 +30,7 @@ from tests.support.browser import (
 
 pytestmark = pytest.mark.browser
 
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     from tests.support.synthetic import build_synthetic_store
@@ -251,3 +252,54 @@ def test_upload_explains_an_image(driver: Any, real_server: LiveServer, tmp_path
     driver.save_screenshot(str(SHOTS / "explain_refused.png"))
 
 
+def test_density_map_hover_and_box_selection(driver: Any, server: LiveServer) -> None:
+    """A map over ``max_points`` (here 50, so the 300-image store is "large") draws the density
+    raster; hovering a dense cell of the invisible heatmap shows the nearest point's thumbnail,
+    and a box selection still opens every selected image in the gallery (issue 12)."""
+    from xaidash.dashboard import figures
+
+    state = server.app.server.config["XAIDASH_STATE"]
+    defaults = figures.plot_embedding.__defaults__
+    assert defaults is not None
+    figures.plot_embedding.__defaults__ = (*defaults[:-1], 50)  # max_points
+    state.derived._lru._d.clear()  # the cached full-scatter figures of the earlier tests
+    try:
+        open_page(driver, server.url + "/embedding", "#embedding-graph .js-plotly-plot")
+        wait_for(
+            lambda: driver.execute_script(
+                "const gd=document.querySelector('#embedding-graph .js-plotly-plot');"
+                "return gd._fullLayout.images.length === 1 && gd.querySelectorAll('image').length > 0"
+                " && gd._fullData.some(d => d.type === 'heatmap')"
+            ),
+            "the density raster",
+        )
+        # hover the densest heatmap cell, at its on-screen position
+        x, y = driver.execute_script(
+            "const gd=document.querySelector('#embedding-graph .js-plotly-plot');"
+            "const t=gd._fullData.find(d => d.type === 'heatmap'); let best=[0,0,-1];"
+            "t.z.forEach((row, i) => row.forEach((v, j) => { if (v > best[2]) best=[i, j, v]; }));"
+            "const fl=gd._fullLayout, r=gd.getBoundingClientRect();"
+            "const cx=t.x0+best[1]*t.dx, cy=t.y0+best[0]*t.dy;"
+            "return [r.left+fl.xaxis._offset+fl.xaxis.l2p(cx), r.top+fl.yaxis._offset+fl.yaxis.l2p(cy)];"
+        )
+        driver.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+        wait_for(lambda: css(driver, "#embedding-hover img.xd-hover-thumb"), "the hovered point's thumbnail")
+        check_page(driver, "embedding_density_hover")
+        driver.execute_script(
+            "Plotly.relayout(document.querySelector('#embedding-graph .js-plotly-plot'),"
+            " {dragmode: 'select'})"
+        )
+        time.sleep(0.5)
+        rect = driver.execute_script(
+            "const gd=document.querySelector('#embedding-graph .js-plotly-plot'); const fl=gd._fullLayout;"
+            "const r=gd.getBoundingClientRect();"
+            "return [r.left+fl._size.l, r.top+fl._size.t, fl._size.w, fl._size.h];"
+        )
+        left, top, w, h = rect
+        drag(driver, [(left + w * (0.1 + 0.1 * i), top + h * (0.1 + 0.1 * i)) for i in range(9)])
+        wait_for(lambda: css(driver, "#embedding-open-gallery"), "the open-selection button")
+        n_sel = int(driver.find_element(By.ID, "embedding-selection-count").text.split()[0].replace(",", ""))
+        assert n_sel > 50  # more than the markers drawn: the selection covers every point
+    finally:
+        figures.plot_embedding.__defaults__ = defaults
+        state.derived._lru._d.clear()
