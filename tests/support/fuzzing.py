@@ -28,6 +28,10 @@ ENDPOINT = "/_dash-update-component"
 def post_json(client: FlaskClient, body: Any) -> TestResponse:
     """POST ``body`` (any JSON value, NaN allowed; bytes/str as is) to the callback endpoint."""
     data = body if isinstance(body, bytes | str) else json.dumps(body)
+    if isinstance(data, str):
+        # a lone surrogate cannot be UTF-8 encoded by the test client: send it as a browser would
+        # send broken text, with the bytes it has (the server must still answer, not crash)
+        data = data.encode("utf-8", "surrogatepass")
     return client.post(ENDPOINT, data=data, content_type="application/json")
 
 
