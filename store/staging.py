@@ -473,7 +473,9 @@ class Staging:
         try:
             tmpdir = self.dir / "duckdb_tmp"
             tmpdir.mkdir(exist_ok=True)
-            con.execute("SET memory_limit = '1GB'")
+            # the sort spills to temp_directory, but list payloads (a 1M-image run's maps) failed
+            # with 1 GB: a quarter of this machine's memory, at least 1 GB
+            con.execute(f"SET memory_limit = '{_compact_memory_mb()}MB'")
             con.execute("SET temp_directory = ?", [str(tmpdir)])
             con.execute("SET preserve_insertion_order = false")
             select_cols = ", ".join(f'"{c}"' for c in staged.names)
@@ -498,6 +500,14 @@ class Staging:
             return rows
         finally:
             con.close()
+
+
+def _compact_memory_mb() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: the old fixed limit
+        return 1024
+    return max(1024, int(total / 4 / 2**20))
 
 
 def _flush(
