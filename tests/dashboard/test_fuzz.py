@@ -41,8 +41,6 @@ from xaidash.dashboard.theme import THEMES
 EXAMPLES = 2000
 #: targets run with fewer examples by default, and why
 FEWER: dict[str, int] = {
-    # every example renders a whole page (3-80 ms): 2,000 alone would take ~25 s
-    "router": 500,
     # dash-bootstrap-templates' one-line toggle, not our code
     "theme-toggle": 500,
     # not callbacks: the request envelope and the image routes
