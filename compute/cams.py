@@ -293,7 +293,14 @@ class ScoreCAM(_WeightedCAM):
         return weights
 
     def _masked_probs(self, x: Tensor, masks: Tensor, img: Tensor, targets: Tensor) -> Tensor:
-        """``softmax(f(X_img ∘ H))_c`` for each low-res normalized mask, in batches."""
+        """``softmax(f(X_img ∘ H))_c`` for each low-res normalized mask, in batches.
+
+        The masked forwards run eager. torch.compile of the model was measured and does not pay
+        off: ResNet-18 over 64 masked 224-px inputs on the 2-core AMX CPU, best of 5, gave
+        fp32 0.96x (default) / 1.06x (freezing) and bf16 0.72x / 0.80x of eager. On top of that
+        compiling costs 5-32 s, and every new batch shape (the last batch of an image) recompiles
+        for another 6-18 s. Not measured on a GPU yet.
+        """
         size = x.shape[-2:]
         out: list[Tensor] = []
         targets = targets.to(x.device)
