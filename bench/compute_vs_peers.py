@@ -4,6 +4,7 @@ One command, one process (ratios are taken within the same run, so a noisy share
 all contenders alike)::
 
     python bench/compute_vs_peers.py --threads 2                # CPU, the rows and targets below
+    python bench/compute_vs_peers.py --threads 2 --prototypes   # + faster masked-forward models
     python bench/compute_vs_peers.py --device cuda --images 256 --batch 64 \\
         --scorecam-images 16 --scorecam-batch 256 --scorecam-repeats 3
     python bench/compute_vs_peers.py --compile-only             # torch.compile vs eager (slow)
@@ -34,6 +35,11 @@ forward over a Score-CAM-sized batch of masked inputs (channels-last on CPU, as 
 it), eager vs ``torch.compile`` in fp32 and bf16 autocast: compile time (first call), the
 recompile for a second batch size (Score-CAM's last, shorter chunk), steady-state ms per batch,
 and the largest logit difference to eager. ``--compile-only`` runs just that.
+
+``--prototypes`` adds Score-CAM rows with other masked-forward models handed to the engine's
+``ScoreCAM`` (the engine's code unchanged): BatchNorm folded into the convolutions (torch.fx
+``fuse``), and ``torch.compile`` with Inductor freezing, each in fp32 and bf16 (compile time is
+reported apart: a whole untimed run first).
 
 ``--json PATH`` also writes every number as JSON.
 """
@@ -74,8 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="batch size for the gradient methods (default 32)")
     p.add_argument("--size", type=int, default=224, help="input side in px (default 224)")
     p.add_argument("--scorecam-images", type=int, default=1, help="images for Score-CAM (default 1)")
-    p.add_argument("--scorecam-batch", type=int, default=64,
-                   help="xaidash Score-CAM masked-input batch size (default 64)")
+    p.add_argument("--scorecam-batch", type=int, default=32,
+                   help="xaidash Score-CAM masked-input batch size (default 32, the fastest on the dev CPU)")
     p.add_argument("--scorecam-repeats", type=int, default=3,
                    help="timed Score-CAM runs per row, interleaved; the best is kept (default 3)")
     p.add_argument("--prototypes", action="store_true",

@@ -26,7 +26,8 @@
 #   --batch-size N             XAIDASH_CHECK_BATCH (default 128 on CUDA, 8 with --small)
 #   --reference-images N       images of the CPU reference (default 6)
 #   --tol X                    XAIDASH_CHECK_TOL: largest fp32 device-vs-CPU |Δmap| (default 2e-3)
-#   --compile                  also measure torch.compile in section 2 (adds minutes)
+#   --compile                  section 2 also measures torch.compile and the prototype
+#                              masked-forward models (--compile --prototypes; adds minutes)
 #   --step-timeout S           XAIDASH_CHECK_STEP_TIMEOUT: limit per step (default 600 s)
 #   PYTHON=...                 the interpreter (default: the repo's .venv, else python3)
 #
@@ -47,7 +48,7 @@ STEP_TIMEOUT="${XAIDASH_CHECK_STEP_TIMEOUT:-600}"
 COMPILE=0
 CLASSES="" TRAIN="" VAL="" SIZE="" REF=""
 
-usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^# Exit status/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
@@ -75,7 +76,7 @@ if [[ "$SMALL" == 1 ]]; then
   CAP=(--scorecam-max-channels 32)
   EXTRA=("${CAP[@]}" --faithfulness-steps 4 --workers 0)
   CALIB=(--calibration-images 2)
-  PEERS=(--size 64 --images 4 --batch 4 --scorecam-images 1 --scorecam-batch 64 --repeats 1)
+  PEERS=(--size 64 --images 4 --batch 4 --scorecam-images 1 --scorecam-batch 32 --repeats 1 --scorecam-repeats 1)
 else
   CLASSES="${CLASSES:-10}" TRAIN="${TRAIN:-150}" VAL="${VAL:-50}" SIZE="${SIZE:-224}" REF="${REF:-6}"
   if [[ "$DEVICE" == cpu ]]; then BATCH="${BATCH:-64}"; else BATCH="${BATCH:-128}"; fi
@@ -90,7 +91,7 @@ else
     PEERS=(--images 256 --batch 64 --scorecam-images 16 --scorecam-batch 256 --scorecam-repeats 3)
   fi
 fi
-[[ "$COMPILE" == 1 ]] && PEERS+=(--compile)
+if [[ "$COMPILE" == 1 ]]; then PEERS+=(--compile --prototypes); fi
 
 CURRENT="start"
 T_START="$(date +%s)"
