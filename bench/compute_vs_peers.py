@@ -61,6 +61,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xaidash.compute.cams import CamEngine
+from xaidash.compute.chunk import masked_forward_model
 
 GRADIENT = ("cam", "gradcam", "gradcampp")
 ROW_A = "(a) xaidash pred+emb+CAM+GradCAM+GradCAM++"
@@ -240,11 +241,14 @@ def scorecam_rows(model: torch.nn.Module, xs: torch.Tensor, device: torch.device
     stats: dict[str, Any] = {}
 
     def ours(bf16: bool) -> Callable[[], object]:
+        # as `xaidash compute` runs them: bf16 masked forwards on the BN-folded channels-last copy
+        bulk = masked_forward_model(model, "bf16" if bf16 else "fp32")
+
         def run() -> None:
             with CamEngine(model, "layer4", "fc") as eng:
                 ctx = bf16_autocast(device) if bf16 else contextlib.nullcontext()
                 with ctx:
-                    out = eng.scorecam(xs, acts, pred, batch_size=args.scorecam_batch)
+                    out = eng.scorecam(xs, acts, pred, batch_size=args.scorecam_batch, masked_model=bulk)
                 maps[SC_BF16 if bf16 else SC_FP32] = out.float().cpu()
                 s = eng.last_scorecam_stats
                 stats.update(channels=s.channels, constant_skipped=s.constant_skipped,

@@ -325,6 +325,31 @@ class ScoreCAM(_WeightedCAM):
         return torch.cat(out).clone()
 
 
+def folded_copy(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """A copy of ``model`` (eval mode) for forward-only bulk work: every BatchNorm that follows a
+    convolution folded into it (``torch.fx.experimental.optimization.fuse``), weights in
+    channels-last layout. Equal up to rounding; the caller measures the deviation (bf16 runs do).
+
+    Measured on the 2-core EPYC (AVX512-BF16, no AMX), ResNet-18, 32 masked 224-px inputs under
+    bf16 autocast: 6.9 ms/img with channels-last weights, 6.0 folded, vs 10.2 for the NCHW
+    model and 15.8 in fp32. A model fx cannot trace (data-dependent control flow) is copied
+    unfolded. Call it before a :class:`CamEngine` hooks the model: the copy has no hooks.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    copy_: nn.Module
+    try:
+        copy_ = fuse(model.eval(), inplace=False)
+    except Exception as e:  # any tracing failure means "cannot fold", not an error
+        logger.info("cannot fold BatchNorm into the convolutions (%s); using an unfolded copy", e)
+        import copy
+
+        copy_ = copy.deepcopy(model).eval()
+    if channels_last:
+        copy_ = copy_.to(memory_format=torch.channels_last)
+    return copy_
+
+
 @dataclass
 class ForwardResult:
     """Everything one :meth:`CamEngine.forward` produces for a batch."""
@@ -540,19 +565,21 @@ class CamEngine:
         batch_size: int = 256,
         max_channels: int | None = None,
         channels_last: bool | None = None,
+        masked_model: nn.Module | None = None,
     ) -> Tensor:
         """Score-CAM maps ``[B, h, w]`` in ``[0, 1]`` (see :class:`ScoreCAM`).
 
         ``x`` is the *normalized* input (masked pixels become the dataset mean, 0);
         ``activations`` are ``ForwardResult.activations`` of the same ``x``. Batched across
         channels and images; identical normalized masks are computed once. ``max_channels``
-        switches on the (labelled) top-N approximation; the default is exact. Statistics of the
-        call are left in :attr:`last_scorecam_stats`.
+        switches on the (labelled) top-N approximation; the default is exact. ``masked_model``
+        runs the masked forwards instead of the engine's model (e.g. :func:`folded_copy` for
+        bf16). Statistics of the call are left in :attr:`last_scorecam_stats`.
         """
         if self.model.training:
             raise RuntimeError("Score-CAM needs the model in eval mode (call model.eval())")
         dev = self._device
-        method = ScoreCAM(self.model, batch_size=batch_size, max_channels=max_channels,
+        method = ScoreCAM(masked_model or self.model, batch_size=batch_size, max_channels=max_channels,
                           channels_last=channels_last)
         prev, self._mode = self._mode, None  # the hook must not capture the masked forwards
         try:

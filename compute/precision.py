@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from xaidash.compute.cams import CamEngine
-from xaidash.compute.chunk import forward_only_precision, masked_batch_size
+from xaidash.compute.chunk import forward_only_precision, masked_batch_size, masked_forward_model
 from xaidash.compute.data import Item, subsample
 from xaidash.compute.imageset import ImageSet, collate
 
@@ -84,6 +84,8 @@ def measure_deviation(plan: JobPlan, items: Sequence[Item]) -> Deviation | None:
         return None
     x = plan.to_device(batch.x)
     bs = masked_batch_size(plan, x)
+    # what each precision's run uses for its forward-only bulk, built before the engine hooks
+    bulk = {p: masked_forward_model(plan.model, p) for p in ("fp32", "bf16")}
     with CamEngine(plan.model, plan.target_layer, plan.linear_head) as engine:
         res = engine.forward(x, [m for m in plan.methods if m != "scorecam"])
         pred = res.targets["pred"]
@@ -94,7 +96,8 @@ def measure_deviation(plan: JobPlan, items: Sequence[Item]) -> Deviation | None:
                 with forward_only_precision(precision, plan.device):
                     m["scorecam"] = engine.scorecam(x, res.activations, pred, batch_size=bs,
                                                     max_channels=cfg.scorecam_max_channels,
-                                                    channels_last=plan.masked_channels_last).float()
+                                                    channels_last=plan.masked_channels_last,
+                                                    masked_model=bulk[precision]).float()
             maps[precision] = m
     dmap = np.zeros(0)
     if "scorecam" in plan.methods:
@@ -108,7 +111,7 @@ def measure_deviation(plan: JobPlan, items: Sequence[Item]) -> Deviation | None:
         for precision in ("fp32", "bf16"):
             with forward_only_precision(precision, plan.device):
                 # the fp32 maps in both: what changes is the precision of the forwards alone
-                scores[precision] = faithfulness(plan.model, x, maps["fp32"], pred,
+                scores[precision] = faithfulness(bulk[precision], x, maps["fp32"], pred,
                                                  steps=cfg.faithfulness_steps, batch_size=bs)
         diffs = [(scores["bf16"][m][k].float() - scores["fp32"][m][k].float()).abs().cpu().numpy()
                  for m in scores["fp32"] for k in _SCORES]

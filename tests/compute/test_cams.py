@@ -378,3 +378,50 @@ def test_inplace_op_after_target_layer() -> None:
     with torch.no_grad():
         assert torch.equal(res.activations, model.features(x))  # A not corrupted by sub_
     assert not math.isnan(float(res.maps[("gradcam", "pred")].sum()))
+
+
+class _BnNet(nn.Module):
+    """conv -> BN -> ReLU [target "features"] -> GAP -> fc: a BatchNorm that folded_copy folds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+class _Branchy(_BnNet):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x if float(x.sum()) > 0 else -x)
+
+
+@pytest.mark.parametrize("cls, folds", [(_BnNet, True), (_Branchy, False)])
+def test_folded_copy_equals_the_model_and_leaves_it_alone(cls: type[nn.Module], folds: bool) -> None:
+    from xaidash.compute.cams import folded_copy
+
+    model = _seeded(cls)
+    with torch.no_grad():  # non-trivial running statistics, so the fold has something to do
+        bn = model.features[1]
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    before = copy.deepcopy(model.state_dict())
+    x = _images(b=2).abs()
+    folded = folded_copy(model)
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert has_bn is not folds
+    cl = torch.channels_last
+    assert all(p.is_contiguous(memory_format=cl) for p in folded.parameters() if p.dim() == 4)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    for k, v in model.state_dict().items():  # the user's model is untouched
+        assert torch.equal(v, before[k]) and v.is_contiguous(), k
+    # Score-CAM through the copy equals Score-CAM through the model (fp32)
+    with CamEngine(model, "features", "fc") as eng:
+        res = eng.forward(x, ())
+        ref = eng.scorecam(x, res.activations, res.targets["pred"])
+        got = eng.scorecam(x, res.activations, res.targets["pred"], masked_model=folded)
+    assert (got - ref).abs().max() < 1e-5

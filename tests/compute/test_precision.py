@@ -16,7 +16,7 @@ import torch
 from tests.support.imagegen import make_imagefolder
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute import job as job_mod
-from xaidash.compute.cams import CamEngine
+from xaidash.compute.cams import CamEngine, folded_copy
 from xaidash.compute.imageset import ImageSet, collate
 from xaidash.compute.job import JobConfig, run_job
 from xaidash.compute.plan import make_plan
@@ -91,12 +91,13 @@ def test_recorded_deviation_equals_a_recomputation(data: tuple[Path, Path], runs
     ds = ImageSet(plan.dataset, items, plan.parts.preprocessing.transform(train=False))
     x = collate([ds[i] for i in range(len(ds))]).x
     assert x is not None
+    folded = folded_copy(plan.model)  # bf16 runs their masked forwards on a BN-folded copy
     with CamEngine(plan.model, plan.target_layer, plan.linear_head) as eng:
         res = eng.forward(x, ())
-        fp32 = eng.scorecam(x, res.activations, res.targets["pred"], batch_size=64, max_channels=64)
+        fp32 = eng.scorecam(x, res.activations, res.targets["pred"], batch_size=32, max_channels=64)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = eng.scorecam(x, res.activations, res.targets["pred"], batch_size=64,
-                                max_channels=64).float()
+            bf16 = eng.scorecam(x, res.activations, res.targets["pred"], batch_size=32,
+                                max_channels=64, masked_model=folded).float()
     per_image = (bf16 - fp32).abs().flatten(1).amax(1).numpy()
     assert cal["max_abs_dmap"] == pytest.approx(float(per_image.max()), abs=1e-6)
     assert cal["median_abs_dmap"] == pytest.approx(float(np.median(per_image)), abs=1e-6)
@@ -173,7 +174,7 @@ def test_masked_batch_follows_free_gpu_memory(data: tuple[Path, Path], tmp_path:
 
     plan = make_plan(_cfg(data, tmp_path / "s"))
     x = torch.zeros(4, 3, SIZE, SIZE)
-    assert chunk.masked_batch_size(plan, x) == 64  # CPU: max(--batch-size, 64)
+    assert chunk.masked_batch_size(plan, x) == 32  # CPU: max(--batch-size, 32)
     gpu = dataclasses.replace(plan, device=torch.device("cuda"))
     used = {"now": 0}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (8_000_000_000, 16_000_000_000))
