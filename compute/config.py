@@ -214,7 +214,8 @@ def validate(cfg: JobConfig) -> JobConfig:
         if opt is not None and opt < 1:
             raise UserError(f"{name} must be >= 1, got {opt}")
     if cfg.sanity_images < 0:
-        raise UserError(f"--sanity-images must be >= 0 (0 turns the sanity check off), got {cfg.sanity_images}")
+        raise UserError(f"--sanity-images must be >= 0 (0 turns the sanity check off), "
+                        f"got {cfg.sanity_images}")
     for f in cfg.road_fractions:
         if not 0 < f < 1:
             raise UserError(f"--road-fractions must lie strictly between 0 and 1, got {f}")

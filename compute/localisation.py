@@ -75,8 +75,8 @@ class GroundTruth:
         if image_id in self.boxes:
             m = np.zeros((h, w), dtype=bool)
             for x0, y0, x1, y1 in self.boxes[image_id]:
-                m[max(0, int(math.floor(y0))):max(0, int(math.ceil(y1))),
-                  max(0, int(math.floor(x0))):max(0, int(math.ceil(x1)))] = True
+                rows = slice(max(0, math.floor(y0)), max(0, math.ceil(y1)))
+                m[rows, max(0, math.floor(x0)):max(0, math.ceil(x1))] = True
             return m
         return None
 
@@ -92,7 +92,8 @@ def to_input_grid(mask: np.ndarray, pre: Preprocessing) -> Tensor:
     return torch.from_numpy(np.asarray(out) > 0)
 
 
-def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None, val: list[Item]) -> GroundTruth | None:
+def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None,
+                      val: list[Item]) -> GroundTruth | None:
     """The ground truth of the run's val images, or None when there is none. UserError naming
     the file for a bad boxes file or a mask that does not fit its image."""
     if boxes:
@@ -171,7 +172,7 @@ def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOP
 
     ``maps`` ``[B, h, w]`` (upsampled bilinearly to the objects' grid), ``objects`` ``[B, H, W]`` bool.
     """
-    b, hgt, wid = objects.shape
+    _, hgt, wid = objects.shape
     s = upsample_maps(maps.float(), (hgt, wid)).flatten(1)  # [B, n]
     o = objects.flatten(1).to(s.device)
     pointing = o.gather(1, s.argmax(dim=1, keepdim=True)).squeeze(1).float()

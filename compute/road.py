@@ -93,12 +93,14 @@ def impute(img: Tensor, removed: Tensor, noise: Tensor | None = None, tol: float
             break
         ap = op(p)
         pap = (p * ap).sum(dim=(1, 2, 3), keepdim=True)
-        alpha = torch.where(pap > 0, rz / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        alpha = torch.where(pap > 0, rz / torch.where(pap > 0, pap, torch.ones_like(pap)),
+                            torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
         zr = inv_d * r
         rz_new = (r * zr).sum(dim=(1, 2, 3), keepdim=True)
-        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)),
+                           torch.zeros_like(rz))
         p = zr + beta * p
         rz = rz_new
     filled = x.reshape(n, c, h, w)
@@ -132,7 +134,8 @@ def road(model: nn.Module, x: Tensor, maps: Mapping[str, Tensor], targets: Tenso
     nf, no = len(fractions), len(ROAD_ORDERS)
     grid = torch.stack(torch.meshgrid(
         torch.arange(len(names), device=x.device), torch.arange(b, device=x.device),
-        torch.arange(no, device=x.device), torch.arange(nf, device=x.device), indexing="ij"), dim=-1).reshape(-1, 4)
+        torch.arange(no, device=x.device), torch.arange(nf, device=x.device), indexing="ij"),
+        dim=-1).reshape(-1, 4)
     out: list[Tensor] = []
     targets = targets.to(x.device)
     for start in range(0, grid.shape[0], batch_size):

@@ -174,7 +174,8 @@ class TrustWork:
         precision, as in the run."""
         plan = self.plan
 
-        def maps_of(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        def maps_of(model: torch.nn.Module, x: torch.Tensor,
+                    targets: torch.Tensor) -> dict[str, torch.Tensor]:
             out: dict[str, torch.Tensor] = {}
             with CamEngine(model, plan.target_layer, plan.linear_head) as engine:
                 res = engine.forward(x, plan.methods, true_labels=targets)
@@ -201,7 +202,9 @@ def sanity_sample(val: Sequence[Item], n: int) -> frozenset[str]:
     from xaidash.compute.data import subsample
     from xaidash.compute.sanity import SANITY_SAMPLE_SEED
 
-    return frozenset(it.image_id for it in subsample(list(val), n, seed=SANITY_SAMPLE_SEED)) if n > 0 else frozenset()
+    if n <= 0:
+        return frozenset()
+    return frozenset(it.image_id for it in subsample(list(val), n, seed=SANITY_SAMPLE_SEED))
 
 
 def ground_truth_digest(gt: object) -> str | None:

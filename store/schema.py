@@ -222,10 +222,10 @@ SANITY = pa.schema(
         _RUN_ID,
         _IMAGE_ID,
         _METHOD,
-        _f("step", pa.int32(), "Randomisation step 1..K: blocks 1..step re-initialised, from the head down.",
-           False),
-        _f("block", pa.string(), "Label of the block re-initialised at this step (e.g. 'fc', 'layer4', 'stem').",
-           False),
+        _f("step", pa.int32(), "Randomisation step 1..K: blocks 1..step re-initialised, from the head "
+           "down.", False),
+        _f("block", pa.string(), "Label of the block re-initialised at this step (e.g. 'fc', 'layer4', "
+           "'stem').", False),
         _f(
             "spearman",
             pa.float32(),
@@ -240,8 +240,8 @@ BASELINE_FAITHFULNESS = pa.schema(
     [
         _RUN_ID,
         _IMAGE_ID,
-        _f("baseline", pa.string(), "Trivial map: 'random' (seeded per image) or 'centre' (centred Gaussian).",
-           False),
+        _f("baseline", pa.string(), "Trivial map: 'random' (seeded per image) or 'centre' (centred "
+           "Gaussian).", False),
         _f("drop", pa.float32(), "Average Drop term of the baseline map (as in faithfulness)."),
         _f("increase", pa.float32(), "Increase-in-confidence indicator of the baseline map."),
         _f("deletion_auc", pa.float32(), "Deletion AUC of the baseline map."),
@@ -254,9 +254,10 @@ ROAD = pa.schema(
         _RUN_ID,
         _IMAGE_ID,
         _METHOD,
-        _f("order", pa.string(), "'morf' (most relevant pixels removed first) or 'lerf' (least relevant first).",
+        _f("order", pa.string(), "'morf' (most relevant pixels removed first) or 'lerf' (least relevant "
+           "first).", False),
+        _f("fraction", pa.float32(), "Share of the pixels removed and filled by noisy linear imputation.",
            False),
-        _f("fraction", pa.float32(), "Share of the pixels removed and filled by noisy linear imputation.", False),
         _f(
             "probability",
             pa.float32(),
@@ -271,7 +272,8 @@ LOCALISATION = pa.schema(
         _RUN_ID,
         _IMAGE_ID,
         _METHOD,
-        _f("pointing", pa.float32(), "1 if the predicted-class map's maximum lies inside the object, else 0."),
+        _f("pointing", pa.float32(), "1 if the predicted-class map's maximum lies inside the object, "
+           "else 0."),
         _f("energy", pa.float32(), "Energy-based pointing game: share of the map's mass inside the object."),
         _f("iou", pa.float32(), "IoU of the map's top-k % pixels with the object."),
         _f("topk", pa.float32(), "k of the top-k % IoU (percent of the input's pixels)."),
