@@ -49,8 +49,9 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
     """ROAD curves: probability of the predicted class against the removed fraction, MoRF and LeRF."""
     if summary is None or summary.empty:
         return empty_figure("No ROAD scores in this run")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("MoRF: most relevant removed first (lower is better)",
-                                                        "LeRF: least relevant removed first (higher is better)"))
+    titles = ("MoRF: most relevant removed first (lower is better)",
+              "LeRF: least relevant removed first (higher is better)")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles)
     for col, order in ((1, "morf"), (2, "lerf")):
         part = summary[summary["order"] == order]
         for m in _ordered(part["method"]):
@@ -59,7 +60,8 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
                 x=(100 * g["fraction"]).tolist(), y=g["probability"].tolist(), mode="lines+markers",
                 name=METHOD_LABELS.get(m, m), legendgroup=m, showlegend=col == 1,
                 line={"color": METHOD_COLORS.get(m)},
-                hovertemplate=f"{METHOD_LABELS.get(m, m)} {order}<br>%{{x:.0f}} %% removed: %{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{METHOD_LABELS.get(m, m)} {order}<br>%{{x:.0f}} % removed: "
+                              "%{y:.3f}<extra></extra>",
                 row=1, col=col,
             )
         fig.update_xaxes(title_text="pixels removed (%)", row=1, col=col)

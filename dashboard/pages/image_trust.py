@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import dcc, html
+from dash import dcc
 
 from xaidash.dashboard import figures_trust
 from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, method_label

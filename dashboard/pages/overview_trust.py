@@ -33,7 +33,8 @@ PART_LABELS = {"sanity": "Sanity check (per sampled image, all steps and methods
 
 def _in_method_order(df: pd.DataFrame) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(METHODS)}
-    return df.assign(_o=df["method"].map(lambda m: order.get(m, len(order)))).sort_values("_o").drop(columns="_o")
+    rank = df["method"].map(lambda m: order.get(m, len(order)))
+    return df.assign(_o=rank).sort_values("_o").drop(columns="_o")
 
 
 def _flag(ok: bool, yes: str, no: str) -> dbc.Badge:
@@ -55,7 +56,8 @@ def sanity_section(curves: pd.DataFrame) -> Any:
                       config={"displayModeBar": False}),
             html.Ul(items, className="mb-1 list-unstyled", id=f"{PREFIX}-sanity-verdicts"),
             html.P(
-                f"Model-parameter randomisation (Adebayo et al. 2018), on {n} sampled images: the weights are "
+                f"Model-parameter randomisation (Adebayo et al. 2018), on {n} sampled images: the "
+                "weights are "
                 "re-initialised from the head down, one block further at each step, and every map is "
                 "recomputed for the same class. A map that explains the model changes once the blocks it "
                 f"reads are random (mean Spearman ρ below {PASS_CORRELATION}: passes); a map that survives "
@@ -112,8 +114,10 @@ def baselines_section(summary: pd.DataFrame, baselines: pd.DataFrame) -> Any:
             note,
             df_table(df, cols, formats=formats, id=f"{PREFIX}-baselines-table"),
             html.P(
-                "Δ = how much better the method's mean is than the baseline's (positive = better; for Deletion "
-                "AUC and Average Drop lower is better, so the sign is flipped). A method beats a baseline when "
+                "Δ = how much better the method's mean is than the baseline's (positive = better; "
+                "for Deletion "
+                "AUC and Average Drop lower is better, so the sign is flipped). A method beats a "
+                "baseline when "
                 "it is better on more of the four faithfulness metrics than it is worse. Baselines: a random "
                 "map (seeded per image) and a centred Gaussian, scored by the same faithfulness code:",
                 className="small text-muted mt-2 mb-1",
@@ -144,8 +148,10 @@ def road_section(summary: pd.DataFrame) -> Any:
                       config={"displayModeBar": False}),
             table,
             html.P(
-                f"ROAD (Rong et al. 2022), on {n} images: the most (MoRF) or least (LeRF) relevant pixels of each "
-                "map are removed and filled in from their neighbours by noisy linear imputation, so the network "
+                f"ROAD (Rong et al. 2022), on {n} images: the most (MoRF) or least (LeRF) relevant "
+                "pixels of each "
+                "map are removed and filled in from their neighbours by noisy linear imputation, so "
+                "the network "
                 "sees no hole-shaped artefact; the curves show the probability of the predicted class. A "
                 "faithful map makes it drop fast under MoRF and stay under LeRF.",
                 className="small text-muted mt-2 mb-0",
@@ -201,23 +207,23 @@ def trust_cost(info: RunInfo) -> Any:
 
 
 def trust_sections(ctx: PageContext) -> list[Any]:
-    """The sections that have data, in order: sanity, baselines, ROAD, localisation."""
+    """The sections that have data: sanity and ROAD side by side, baselines, localisation."""
     trust, run_id = ctx.data.trust, ctx.info.run_id
-    out: list[Any] = []
+    out: list[tuple[Any, int]] = []  # (card, width of 12 on large screens)
     curves = trust.sanity_curves(run_id)
     if len(curves):
-        out.append(sanity_section(curves))
+        out.append((sanity_section(curves), 6))
+    road = trust.road_summary(run_id)
+    if len(road):
+        out.append((road_section(road), 6))
     baselines = trust.baseline_summary(run_id)
     summary = ctx.data.faithfulness_summary(run_id)
     if len(baselines) and len(summary):
-        out.append(baselines_section(summary, baselines))
-    road = trust.road_summary(run_id)
-    if len(road):
-        out.append(road_section(road))
+        out.append((baselines_section(summary, baselines), 12))
     loc = trust.localisation_summary(run_id)
     if len(loc):
-        out.append(localisation_section(loc))
+        out.append((localisation_section(loc), 6))
     if not out:
         return []
-    return [html.H5("Can I trust these maps?", className="mt-4 mb-2", id=f"{PREFIX}-trust"),
-            dbc.Row([dbc.Col(c, lg=6) for c in out], className="g-3")]
+    return [html.Div([html.H5("Can I trust these maps?", className="mt-2 mb-2"),
+                      dbc.Row([dbc.Col(c, lg=w) for c, w in out], className="g-3")], id=f"{PREFIX}-trust")]
