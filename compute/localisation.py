@@ -16,12 +16,12 @@ network's input grid. Per (image, method), for the predicted-class map ``S``:
 
 * **pointing game** (Zhang et al. 2016): 1 when the map's maximum (the first in row-major
   order) lies inside the object, else 0 (no tolerance margin);
-* **energy-based pointing game** (Score-CAM paper §5.2): ``Σ_{object} S / Σ S`` (null when the
-  map is all zeros);
+* **energy-based pointing game** (Score-CAM paper §5.2): ``Σ_{object} S / Σ S``;
 * **IoU of the top k %** (``--localisation-topk``, default 20): the ``ceil(k/100·n)`` pixels of
   highest ``S`` (ties by row-major index) against the object: ``|T ∩ O| / |T ∪ O|``.
 
-An image whose mask has no object pixel inside the crop has no rows.
+An image whose mask has no object pixel inside the crop has no rows; an all-zero map (nothing
+to point with) has null scores.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _read_boxes(path: Path, dataset: Dataset, val: list[Item]) -> GroundTruth:
 
 
 def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOPK) -> dict[str, Tensor]:
-    """``pointing``, ``energy`` (NaN for an all-zero map) and ``iou`` per image, each ``[B]``.
+    """``pointing``, ``energy`` and ``iou`` per image, each ``[B]`` (NaN for an all-zero map).
 
     ``maps`` ``[B, h, w]`` (upsampled bilinearly to the objects' grid), ``objects`` ``[B, H, W]`` bool.
     """
@@ -184,4 +184,8 @@ def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOP
     top = _ranks(s) < k
     inter = (top & o).sum(dim=1).float()
     union = (top | o).sum(dim=1).float()
-    return {"pointing": pointing, "energy": energy, "iou": inter / union.clamp_min(1)}
+    iou = inter / union.clamp_min(1)
+    # an all-zero map points nowhere: its maximum and top pixels are only the row-major order
+    nan = torch.full_like(total, float("nan"))
+    return {"pointing": torch.where(total > 0, pointing, nan), "energy": energy,
+            "iou": torch.where(total > 0, iou, nan)}

@@ -145,8 +145,8 @@ class TrustWork:
         for m, s in scores.items():
             self.tables["localisation"].add(
                 image_id=[ids[i] for i in keep], method=[m] * len(keep),
-                pointing=s["pointing"].tolist(), energy=_nan_to_none(s["energy"].tolist()),
-                iou=s["iou"].tolist(), topk=[float(topk)] * len(keep))
+                pointing=_nan_to_none(s["pointing"].tolist()), energy=_nan_to_none(s["energy"].tolist()),
+                iou=_nan_to_none(s["iou"].tolist()), topk=[float(topk)] * len(keep))
         self._count("localisation", len(keep))
 
     def finish(self) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import dcc
+from dash import dcc, html
 
 from xaidash.dashboard import figures_trust
 from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, method_label
@@ -41,15 +41,18 @@ def localisation_card(rows: pd.DataFrame) -> Any:
     k = f"{float(topk.iloc[0]):g}" if len(topk) else "k"
     return card(
         "Localisation on this image",
-        df_table(
+        [df_table(
             _in_method_order(rows),
-            [("method", "Method"), ("pointing", "Maximum inside the object?"),
-             ("energy", "Share of the map inside ↑"), ("iou", f"IoU of the top {k} % ↑")],
+            [("method", "Method"), ("pointing", "Max inside?"), ("energy", "Energy inside ↑"),
+             ("iou", f"IoU top {k} % ↑")],
             formats={"method": lambda v, r: method_label(v),
                      "pointing": lambda v, r: "—" if pd.isna(v) else ("yes" if float(v) > 0 else "no"),
                      "energy": lambda v, r: fmt_pct(v), "iou": lambda v, r: fmt_num(v)},
             id=f"{PREFIX}-localisation-table",
         ),
+         html.P("Max inside: is the map's maximum inside the object (pointing game)? Energy inside: the "
+                "share of the map's mass inside the object. IoU: the map's top pixels against the object.",
+                className="small text-muted mt-2 mb-0")],
     )
 
 
