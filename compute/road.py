@@ -143,7 +143,8 @@ def road(model: nn.Module, x: Tensor, maps: Mapping[str, Tensor], targets: Tenso
         r = ranks[mi, bi]  # [J, n]
         k = counts[fi].unsqueeze(1)
         removed = torch.where((oi == 0).unsqueeze(1), r < k, r >= n - k).view(-1, 1, hgt, wid)
-        with torch.no_grad():
+        # the solve is always fp32: a bf16 autocast (--precision bf16) covers the forward only
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             imputed = impute(x[bi].float(), removed, noise[bi])
         with torch.inference_mode():
             logits = model(imputed.to(x.dtype)).float()

@@ -235,3 +235,22 @@ def test_road_fractions_parse() -> None:
         parse_fractions("half")
     cfg = JobConfig.from_args(argparse.Namespace(data="d", store="s", road_fractions="0.9,0.1"))
     assert validate(JobConfig(**{**vars(cfg), "checkpoint": "c"})).road_fractions == (0.1, 0.9)
+
+
+def test_road_imputation_stays_fp32_under_a_bf16_autocast() -> None:
+    from xaidash.compute.faithfulness import _ranks
+    from xaidash.compute.road import image_noise
+
+    rng = np.random.default_rng(1)
+    img = torch.from_numpy(rng.standard_normal((1, 3, 10, 10)).astype(np.float32))
+    smap = torch.rand(1, 10, 10, generator=torch.Generator().manual_seed(2))
+    iid = "00000000000000aa"
+    morf = (_ranks(smap.flatten(1)) < 60).view(1, 1, 10, 10)  # the 60 % most relevant pixels
+    expect = impute(img, morf, image_noise(iid, (3, 10, 10))[None])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(300, 2)).eval()
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        road(model, img, {"m": smap}, torch.tensor([0]), [iid], (0.6,))
+    assert seen[0].dtype == torch.float32
+    torch.testing.assert_close(seen[0][:1], expect, atol=1e-6, rtol=0)  # first job: MoRF 60 %
