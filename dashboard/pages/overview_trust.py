@@ -90,9 +90,8 @@ def baselines_section(summary: pd.DataFrame, baselines: pd.DataFrame) -> Any:
     for b in BASELINES:
         if f"{b}_beats" not in df:
             continue
-        name = BASELINE_LABELS[b]
-        cols += [(f"{b}_ins", f"Δ Insertion vs {name}"), (f"{b}_del", f"Δ Deletion vs {name}"),
-                 (f"{b}_drop", f"Δ Avg Drop vs {name}"), (f"{b}_beats", f"Beats the {name}?")]
+        cols += [(f"{b}_ins", f"Δ Insertion ({b})"), (f"{b}_del", f"Δ Deletion ({b})"),
+                 (f"{b}_drop", f"Δ Avg Drop ({b})"), (f"{b}_beats", f"Beats {b}?")]
         formats[f"{b}_ins"] = formats[f"{b}_del"] = lambda v, r: fmt_num(v)
         formats[f"{b}_drop"] = lambda v, r: fmt_pct(v)
         formats[f"{b}_beats"] = lambda v, r: _flag(bool(v), "yes", "no")
@@ -114,12 +113,11 @@ def baselines_section(summary: pd.DataFrame, baselines: pd.DataFrame) -> Any:
             note,
             df_table(df, cols, formats=formats, id=f"{PREFIX}-baselines-table"),
             html.P(
-                "Δ = how much better the method's mean is than the baseline's (positive = better; "
-                "for Deletion "
-                "AUC and Average Drop lower is better, so the sign is flipped). A method beats a "
-                "baseline when "
-                "it is better on more of the four faithfulness metrics than it is worse. Baselines: a random "
-                "map (seeded per image) and a centred Gaussian, scored by the same faithfulness code:",
+                "Δ = how much better the method's mean is than the baseline's (positive = better; for "
+                "Deletion AUC and Average Drop lower is better, so the sign is flipped). A method beats a "
+                "baseline when it is better on more of the four faithfulness metrics than it is worse. "
+                "Baselines: random = a random map (seeded per image), centre = a centred Gaussian; both "
+                "scored by the same faithfulness code:",
                 className="small text-muted mt-2 mb-1",
             ),
             base_means,

@@ -60,7 +60,8 @@ def _edges(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> di
     return {"edges": F.adaptive_avg_pool2d(mag, 4)[:, 0]}
 
 
-def test_map_that_ignores_the_model_fails_the_sanity_check(tiny: tuple[torch.nn.Module, torch.Tensor]) -> None:
+def test_map_that_ignores_the_model_fails_the_sanity_check(
+        tiny: tuple[torch.nn.Module, torch.Tensor]) -> None:
     model, x = tiny
     targets = torch.zeros(len(x), dtype=torch.long)
     ids = [f"{i:016x}" for i in range(len(x))]
@@ -86,7 +87,8 @@ def test_gradcam_passes_the_sanity_check(tiny: tuple[torch.nn.Module, torch.Tens
     assert v.loc["gradcam", "verdict"].startswith("changes completely once ")
 
 
-def test_randomised_copies_are_seeded_and_never_touch_the_model(tiny: tuple[torch.nn.Module, torch.Tensor]) -> None:
+def test_randomised_copies_are_seeded_and_never_touch_the_model(
+        tiny: tuple[torch.nn.Module, torch.Tensor]) -> None:
     model, _ = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     blocks = randomisation_blocks(model, "resnet18")
@@ -97,8 +99,8 @@ def test_randomised_copies_are_seeded_and_never_touch_the_model(tiny: tuple[torc
     for a, b in zip(first, second, strict=True):  # reproducible (seeded)
         assert all(torch.equal(a[k], b[k]) for k in a)
     # cascading: step 1 changes fc only, step 2 also layer4, ..., step 6 the stem
-    changed = [{k.split(".")[0] for k in s if s[k].dtype.is_floating_point and not torch.equal(s[k], before[k])}
-               for s in first]
+    changed = [{k.split(".")[0] for k in s
+                if s[k].dtype.is_floating_point and not torch.equal(s[k], before[k])} for s in first]
     assert changed[0] == {"fc"} and changed[1] == {"fc", "layer4"}
     assert changed[-1] == {"fc", "layer4", "layer3", "layer2", "layer1", "conv1", "bn1"}
     # every architecture's blocks exist in its model
@@ -113,7 +115,8 @@ def test_baseline_maps_are_their_definitions() -> None:
     c = centre_map(3, 3)
     sigma2 = 0.75**2  # sigma = max(h, w) / 4
     corner, edge = np.exp(-2 / (2 * sigma2)), np.exp(-1 / (2 * sigma2))
-    expect = (np.array([[corner, edge, corner], [edge, 1.0, edge], [corner, edge, corner]]) - corner) / (1 - corner)
+    g = np.array([[corner, edge, corner], [edge, 1.0, edge], [corner, edge, corner]])
+    expect = (g - corner) / (1 - corner)
     np.testing.assert_allclose(c, expect, atol=1e-6)
     assert c.dtype == np.float32 and centre_map(1, 1).tolist() == [[0.0]]
     r1, r2 = random_map("00112233aabbccdd", 4, 5), random_map("00112233aabbccde", 4, 5)
@@ -177,7 +180,8 @@ def test_road_imputation_matches_scipy_sparse_solve() -> None:
         np.testing.assert_allclose(got[i], ref, atol=1e-4)
 
 
-def test_road_removes_the_right_pixels_and_is_seeded(tiny: tuple[torch.nn.Module, torch.Tensor]) -> None:
+def test_road_removes_the_right_pixels_and_is_seeded(
+        tiny: tuple[torch.nn.Module, torch.Tensor]) -> None:
     model, x = tiny
     maps = {"a": torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(3))}
     ids = ["0123456789abcdef", "fedcba9876543210"]
@@ -193,7 +197,8 @@ def test_road_removes_the_right_pixels_and_is_seeded(tiny: tuple[torch.nn.Module
 
 
 def test_pointing_energy_and_iou_on_a_hand_computed_4x4_example() -> None:
-    m = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.5, 0.0], [0.0, 0.5, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    m = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.5, 0.0],
+                      [0.0, 0.5, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
     top_left = torch.zeros(4, 4, dtype=torch.bool)
     top_left[:2, :2] = True  # pixels 0, 1, 4, 5: holds the maximum (pixel 5) and mass 1 of 2.25
     bottom_right = torch.zeros(4, 4, dtype=torch.bool)

@@ -84,10 +84,12 @@ def test_trust_tables_from_the_job_equal_across_shards(masked: Path, ckpt: Path,
         b = _table(tmp_path / "b", r.run_id, name).drop(columns="run_id")
         keys = [c for c in a.columns if a[c].dtype == object or c in ("step", "fraction")]
         pd.testing.assert_frame_equal(a.sort_values(keys).reset_index(drop=True),
-                                      b.sort_values(keys).reset_index(drop=True), check_exact=False, atol=1e-5)
+                                      b.sort_values(keys).reset_index(drop=True), check_exact=False,
+                                      atol=1e-5)
 
 
-def test_baseline_rows_are_faithfulness_of_their_definitions(masked: Path, ckpt: Path, tmp_path: Path) -> None:
+def test_baseline_rows_are_faithfulness_of_their_definitions(masked: Path, ckpt: Path,
+                                                             tmp_path: Path) -> None:
     from xaidash.compute.baselines import centre_map, random_map
     from xaidash.compute.faithfulness import faithfulness
     from xaidash.compute.imageset import ImageSet, collate

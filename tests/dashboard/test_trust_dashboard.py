@@ -40,7 +40,8 @@ def test_sanity_verdicts_name_the_first_random_block() -> None:
         "spearman": [0.8, 0.1, 0.0, 0.9, 0.95, None], "n": [4] * 6,
     })
     v = sanity_verdicts(curves).set_index("method")
-    assert v.loc["a", "passes"] and v.loc["a", "verdict"] == "changes completely once layer4 is random: passes"
+    assert v.loc["a", "passes"]
+    assert v.loc["a", "verdict"] == "changes completely once layer4 is random: passes"
     assert not v.loc["b", "passes"] and v.loc["b", "verdict"] == "survives randomisation: flagged"
     assert v.loc["b", "last"] == pytest.approx(0.95)
 
@@ -51,7 +52,8 @@ def test_baseline_margins_are_signed_so_positive_is_better() -> None:
     base = pd.DataFrame({"baseline": ["centre", "random"], "drop": [0.1, 0.5], "increase": [0.1, 0.0],
                          "deletion_auc": [0.2, 0.5], "insertion_auc": [0.9, 0.5]})
     m = baseline_margins(methods, base).set_index("baseline")
-    assert m.loc["random", "drop"] == pytest.approx(0.3) and m.loc["random", "insertion_auc"] == pytest.approx(0.2)
+    assert m.loc["random", "drop"] == pytest.approx(0.3)
+    assert m.loc["random", "insertion_auc"] == pytest.approx(0.2)
     assert m.loc["random", "deletion_auc"] == pytest.approx(0.2) and bool(m.loc["random", "beats"])
     assert m.loc["centre", "drop"] == pytest.approx(-0.1) and not bool(m.loc["centre", "beats"])
     assert (m.loc["centre", "better"], m.loc["centre", "worse"]) == (0, 3)
