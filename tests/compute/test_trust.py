@@ -180,7 +180,7 @@ def test_road_imputation_matches_scipy_sparse_solve() -> None:
         np.testing.assert_allclose(got[i], ref, atol=1e-4)
 
 
-def test_road_removes_the_right_pixels_and_is_seeded(
+def test_road_is_seeded_and_independent_of_batching(
         tiny: tuple[torch.nn.Module, torch.Tensor]) -> None:
     model, x = tiny
     maps = {"a": torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(3))}
