@@ -89,20 +89,23 @@ def impute(img: Tensor, removed: Tensor, noise: Tensor | None = None, tol: float
     bnorm = b.flatten(1).norm(dim=1).clamp_min(1e-30)
     limit = max_iter if max_iter is not None else 4 * (h + w) + 50
     for _ in range(limit):
-        if bool(((r.flatten(1).norm(dim=1) / bnorm) <= tol).all()):
+        # planes that have converged are frozen (their step is 0): iterating on a residual of
+        # ~1e-30 would divide denormals and turn the solution into NaN
+        active = (r.flatten(1).norm(dim=1) / bnorm > tol).view(-1, 1, 1, 1)
+        if not bool(active.any()):
             break
         ap = op(p)
         pap = (p * ap).sum(dim=(1, 2, 3), keepdim=True)
-        alpha = torch.where(pap > 0, rz / torch.where(pap > 0, pap, torch.ones_like(pap)),
-                            torch.zeros_like(pap))
+        ok = active & (pap > 0)
+        alpha = torch.where(ok, rz / torch.where(ok, pap, torch.ones_like(pap)), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
         zr = inv_d * r
         rz_new = (r * zr).sum(dim=(1, 2, 3), keepdim=True)
-        beta = torch.where(rz > 0, rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)),
-                           torch.zeros_like(rz))
-        p = zr + beta * p
-        rz = rz_new
+        ok = active & (rz > 0)
+        beta = torch.where(ok, rz_new / torch.where(ok, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+        p = torch.where(active, zr + beta * p, p)
+        rz = torch.where(active, rz_new, rz)
     filled = x.reshape(n, c, h, w)
     if noise is not None:
         filled = filled + noise.to(dtype)
