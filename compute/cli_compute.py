@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-run", action="store_true",
                         help="publish a new run even if an identical one (same model, data and "
                              "arguments) already exists; by default that run is reported and reused")
-    trust = parser.add_argument_group("can I trust these maps? (docs/METHODS.md, \"Trust\")")
+    trust = parser.add_argument_group("can I trust these maps? (docs/METHODS.md)")
     trust.add_argument("--sanity-images", type=int, default=64, metavar="N",
                        help="val images (stratified, seeded) of the model-parameter randomisation test; "
                             "0 turns it off (default 64)")
