@@ -34,6 +34,7 @@ from xaidash.compute.cams import CamEngine, ForwardResult, folded_copy
 from xaidash.compute.data import Item
 from xaidash.compute.imageset import Batch, ImageSet, Sample, collate
 from xaidash.compute.metrics import cam_disagreement
+from xaidash.compute.trust import TrustWork
 from xaidash.constants import GRADIENT_METHODS
 from xaidash.store.builder import TableBuilder
 
@@ -67,6 +68,8 @@ class ChunkOutput:
     scorecam_images: int = 0
     #: seconds per image of each method run alone (only when asked to calibrate)
     method_seconds: dict[str, float] = field(default_factory=dict)
+    #: images each trust part covered (sanity, baselines, road, localisation: compute/trust.py)
+    trust_images: dict[str, int] = field(default_factory=dict)
 
 
 def forward_only_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -219,17 +222,21 @@ def compute_chunk(
                 batch_items = [chunk.items[i] for i in batch.index]
                 x = plan.to_device(batch.x)
                 if chunk.split == "val":
-                    work.val_batch(engine, x, batch_items, calibrate and not work.out.method_seconds)
+                    work.val_batch(engine, x, batch_items, calibrate and not work.out.method_seconds,
+                                   batch.sizes)
                 else:
                     work.train_batch(engine, x, batch_items)
                 work.add_images(batch_items, batch.sizes, batch.thumbnails)
             if progress is not None:
                 progress(len(batch.index) + len(batch.failed))
+    work.trust.finish()  # the sanity check, after the engine removed its hook
     if work.out.failed:
         log.warning("chunk %s: %d image(s) could not be read and were skipped (see the failures table)",
                     chunk.chunk_id, work.out.failed)
     work.out.tables = {name: b.table() for name, b in work.tables.items()
                        if chunk.split == "val" or name not in ("predictions", "faithfulness")}
+    work.out.tables.update(work.trust.tables_out())
+    work.out.trust_images = work.trust.images
     if not work.tables["images"].num_rows:
         del work.out.tables["images"]
     work.out.seconds = work.timer.seconds
@@ -250,6 +257,7 @@ class _ChunkWork:
         #: runs the forward-only bulk; built before the chunk's CamEngine hooks plan.model
         self.masked_model = (masked_forward_model(plan.model, plan.cfg.precision)
                              if chunk.split == "val" else plan.model)
+        self.trust = TrustWork(plan, self.timer, self.autocast, self.masked_model)
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """The forward-only bulk (Score-CAM's masked forwards, the faithfulness forwards) in the
@@ -326,7 +334,8 @@ class _ChunkWork:
                 masked_model=self.masked_model,
             ).float()
 
-    def val_batch(self, engine: CamEngine, x: torch.Tensor, items: Sequence[Item], calibrate: bool) -> None:
+    def val_batch(self, engine: CamEngine, x: torch.Tensor, items: Sequence[Item], calibrate: bool,
+                  sizes: Sequence[tuple[int, int]] | None = None) -> None:
         plan, cfg = self.plan, self.plan.cfg
         ids = [it.image_id for it in items]
         labeled = plan.dataset.labeled and all(it.label is not None for it in items)
@@ -369,6 +378,7 @@ class _ChunkWork:
                     key: vals[key].float().cpu().tolist()
                     for key in ("drop", "increase", "deletion_auc", "insertion_auc")})
 
+        self.trust.val_batch(x, items, sizes, maps, pred, conf, self.masked_batch(x))
         disagreement = cam_disagreement([mp.detach().cpu().numpy() for mp in maps.values()])
         if labels is not None:
             loss: list[float | None] = F.cross_entropy(logits.cpu(), labels, reduction="none").tolist()

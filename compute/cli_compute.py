@@ -63,6 +63,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-run", action="store_true",
                         help="publish a new run even if an identical one (same model, data and "
                              "arguments) already exists; by default that run is reported and reused")
+    trust = parser.add_argument_group("can I trust these maps? (docs/METHODS.md)")
+    trust.add_argument("--sanity-images", type=int, default=64, metavar="N",
+                       help="val images (stratified, seeded) of the model-parameter randomisation test; "
+                            "0 turns it off (default 64)")
+    trust.add_argument("--road-fractions", default="0.1,0.3,0.5,0.7,0.9", metavar="LIST",
+                       help="ROAD removal fractions in (0, 1), comma-separated, or 'none' to skip ROAD "
+                            "(default 0.1,0.3,0.5,0.7,0.9)")
+    trust.add_argument("--road-images", type=int, default=None, metavar="N",
+                       help="ROAD on a stratified, seeded sample of N val images (default: all)")
+    trust.add_argument("--boxes", default=None, metavar="FILE.csv",
+                       help="ground-truth boxes (header path,x0,y0,x1,y1; original pixels) for the "
+                            "localisation scores; imagefolder:DIR datasets may instead have masks in "
+                            "DIR/masks/val/<class>/<name>.png")
+    trust.add_argument("--localisation-topk", type=float, default=20.0, metavar="K",
+                       help="k of the IoU of the map's top-k %% pixels with the object (default 20)")
     ray = parser.add_argument_group("scale out (Ray; pip install 'xaidash[ray]')")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|auto|ADDRESS",
                      help="run the per-image phase on Ray workers: 'local' (default when given alone) starts "

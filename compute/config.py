@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xaidash.constants import METHODS, PRECISIONS, PROJECTIONS, TARGET_KINDS
+from xaidash.constants import METHODS, PRECISIONS, PROJECTIONS, ROAD_FRACTIONS, TARGET_KINDS
 from xaidash.errors import UserError, choices_error
 
 
@@ -54,6 +54,13 @@ class JobConfig:
     ray_workers: int | None = None
     gpus_per_worker: float | None = None
     threads_per_worker: int = 1
+    #: "can I trust these maps?" (compute/trust.py): sanity sample (0 = off), ROAD fractions
+    #: (empty = off) and sample (None = all val images), ground-truth boxes, top-k % of the IoU
+    sanity_images: int = 64
+    road_fractions: tuple[float, ...] = ROAD_FRACTIONS
+    road_images: int | None = None
+    boxes: str | None = None
+    localisation_topk: float = 20.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> JobConfig:
@@ -96,6 +103,12 @@ class JobConfig:
             ray=text("ray"), ray_workers=count("ray_workers"),
             gpus_per_worker=None if a.get("gpus_per_worker") is None else float(a["gpus_per_worker"]),
             threads_per_worker=number("threads_per_worker", base.threads_per_worker),
+            sanity_images=number("sanity_images", base.sanity_images),
+            road_fractions=base.road_fractions if a.get("road_fractions") is None
+            else parse_fractions(a["road_fractions"]),
+            road_images=count("road_images"), boxes=text("boxes"),
+            localisation_topk=float(a["localisation_topk"]) if a.get("localisation_topk") is not None
+            else base.localisation_topk,
         )
 
     def result_args(self) -> dict[str, object]:
@@ -114,6 +127,11 @@ class JobConfig:
             "scorecam_max_channels": self.scorecam_max_channels if "scorecam" in self.methods else None,
             # chunk ids depend on it, so resuming with another chunk size must not mix chunks
             "chunk_size": self.chunk_size,
+            "sanity_images": self.sanity_images,
+            "road_fractions": list(self.road_fractions),
+            "road_images": self.road_images if self.road_fractions else None,
+            "boxes": self.boxes,
+            "localisation_topk": self.localisation_topk,
         }
 
 
@@ -121,6 +139,19 @@ def split_list(value: object) -> tuple[str, ...]:
     """``"a, b"`` or ``["a", "b"]`` -> ``("a", "b")`` (blank entries dropped)."""
     parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
     return tuple(s for s in (str(p).strip() for p in parts) if s)
+
+
+def parse_fractions(value: object) -> tuple[float, ...]:
+    """``"0.1,0.5"`` -> ``(0.1, 0.5)``; ``"none"`` or empty -> ``()``; UserError for anything else."""
+    parts = split_list(value)
+    if not parts or (len(parts) == 1 and parts[0].lower() in ("none", "off", "0")):
+        return ()
+    try:
+        out = tuple(float(p) for p in parts)
+    except ValueError:
+        raise UserError(f"bad --road-fractions {value!r}: expected numbers in (0, 1), e.g. 0.1,0.5,0.9, "
+                        "or 'none'") from None
+    return out
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -182,6 +213,17 @@ def validate(cfg: JobConfig) -> JobConfig:
                       ("--scorecam-max-channels", cfg.scorecam_max_channels)):
         if opt is not None and opt < 1:
             raise UserError(f"{name} must be >= 1, got {opt}")
+    if cfg.sanity_images < 0:
+        raise UserError(f"--sanity-images must be >= 0 (0 turns the sanity check off), "
+                        f"got {cfg.sanity_images}")
+    for f in cfg.road_fractions:
+        if not 0 < f < 1:
+            raise UserError(f"--road-fractions must lie strictly between 0 and 1, got {f}")
+    if cfg.road_images is not None and cfg.road_images < 1:
+        raise UserError(f"--road-images must be >= 1, got {cfg.road_images} (use --road-fractions none to "
+                        "skip ROAD)")
+    if not 0 < cfg.localisation_topk <= 100:
+        raise UserError(f"--localisation-topk must be in (0, 100], got {cfg.localisation_topk}")
     if cfg.ray is not None:
         if cfg.shard:
             raise UserError("--ray and --shard are two ways to split one job; use one (--ray spreads the "
@@ -196,4 +238,5 @@ def validate(cfg: JobConfig) -> JobConfig:
         raise UserError("give either --checkpoint or --model/--weights, not both")
     if not cfg.checkpoint and not cfg.model:
         raise UserError("no model: give --checkpoint CKPT, or --model ARCH --weights imagenet|PATH")
-    return dataclasses.replace(cfg, methods=methods, explain=explain)
+    fractions = tuple(sorted(set(cfg.road_fractions)))
+    return dataclasses.replace(cfg, methods=methods, explain=explain, road_fractions=fractions)

@@ -87,12 +87,20 @@ class _Measured:
     scorecam_seconds: float = 0.0
     scorecam_images: int = 0
     cluster: dict[str, object] | None = None  #: the Ray cluster that computed the chunks
+    trust_images: dict[str, int] = field(default_factory=dict)  #: images per trust part
 
     def add(self, out: ChunkOutput) -> None:
         self.timer.add(out.seconds)
         self.method_seconds = self.method_seconds or out.method_seconds
         self.scorecam_seconds += out.scorecam_seconds
         self.scorecam_images += out.scorecam_images
+        for part, n in out.trust_images.items():
+            self.trust_images[part] = self.trust_images.get(part, 0) + n
+
+    def trust_ms_per_image(self) -> dict[str, float]:
+        """Milliseconds per covered image of each trust part (its ``val_<part>`` stage)."""
+        return {part: round(1000.0 * self.timer.seconds.get(f"val_{part}", 0.0) / n, 3)
+                for part, n in sorted(self.trust_images.items()) if n}
 
     def method_ms_per_image(self, methods: Sequence[str]) -> dict[str, float]:
         """Milliseconds per image of each method on its own (seed 004's cost comparison)."""
@@ -152,7 +160,9 @@ def run_job(cfg: JobConfig) -> JobResult:
                 if all_ids - staging.done_chunks():  # pragma: no cover - an overlapping shard
                     raise UserError("some chunks are not done any more; run --finalize once every "
                                     "shard has finished")
-                extra: dict[str, object] = {"method_ms_per_image": measured.method_ms_per_image(plan.methods)}
+                extra: dict[str, object] = {"method_ms_per_image": measured.method_ms_per_image(plan.methods),
+                                            "trust_ms_per_image": measured.trust_ms_per_image(),
+                                            "trust_images": dict(measured.trust_images)}
                 if measured.cluster is not None:
                     extra["cluster"] = measured.cluster
                 precision = plan.precision_record()

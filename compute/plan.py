@@ -26,14 +26,20 @@ from xaidash.compute.common_args import resolve_device
 from xaidash.compute.config import JobConfig, parse_shard, validate
 from xaidash.compute.data import Dataset, Item, open_dataset, subsample
 from xaidash.compute.loading import LoadedModel, for_inference, load_model, resolve_model_ref
+from xaidash.compute.localisation import GroundTruth, open_ground_truth
 from xaidash.compute.models import ModelParts, get_module
+from xaidash.compute.trust import ground_truth_digest, sanity_sample
 from xaidash.errors import UserError
 
 log = logging.getLogger(__name__)
 
+#: Seed of the ROAD sample (``--road-images``).
+ROAD_SAMPLE_SEED = 22
+
 #: Bump when the per-image computation changes meaning, so old staging is never reused.
 #: 2: bf16 applies to the forward-only stages only (the gradient forward is always fp32).
-JOB_FORMAT = 2
+#: 3: the trust tables (sanity, baseline_faithfulness, road, localisation).
+JOB_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class JobPlan:
     train_items: tuple[Item, ...]
     chunks: tuple[Chunk, ...]
     job_key: str
+    #: "can I trust these maps?" (compute/trust.py): the sanity sample, the ROAD sample (None:
+    #: every val image) and the ground truth for localisation (None: the dataset has none)
+    sanity_ids: frozenset[str] = frozenset()
+    road_ids: frozenset[str] | None = None
+    ground_truth: GroundTruth | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -152,11 +163,18 @@ def make_plan(cfg: JobConfig) -> JobPlan:
             chunks.append(Chunk(len(chunks), f"{split}-{n:06d}", split, tuple(items[s : s + cfg.chunk_size])))
 
     fingerprint = dataset.fingerprint()
+    ground_truth = open_ground_truth(dataset, cfg.data, cfg.boxes, val)
+    if ground_truth is not None:
+        log.info("localisation: ground truth for %d of %d val images (%s)", len(ground_truth), len(val),
+                 ground_truth.source)
+    road_ids = (None if cfg.road_images is None or cfg.road_images >= len(val)
+                else frozenset(it.image_id for it in subsample(val, cfg.road_images, seed=ROAD_SAMPLE_SEED)))
     plan = JobPlan(
         cfg=cfg, shard=parse_shard(cfg.shard), device=device, dataset=dataset, fingerprint=fingerprint,
         loaded=loaded, model=for_inference(parts.model, device), target_layer=target_layer,
         linear_head=linear_head, val_items=tuple(val), train_items=tuple(train), chunks=tuple(chunks),
-        job_key="",
+        job_key="", sanity_ids=sanity_sample(val, cfg.sanity_images), road_ids=road_ids,
+        ground_truth=ground_truth,
     )
     return plan.with_job_key(_job_key(plan))
 
@@ -167,6 +185,7 @@ def _job_key(plan: JobPlan) -> str:
         "model": plan.loaded.identity,
         "dataset": {"spec_kind": plan.dataset.kind, "fingerprint": plan.fingerprint},
         "args": plan.result_args(),
+        "ground_truth": ground_truth_digest(plan.ground_truth),
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     return f"compute-{digest[:32]}"

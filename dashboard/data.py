@@ -27,6 +27,7 @@ import pandas as pd
 
 from xaidash.constants import IMAGE_ID_RE, METHODS
 from xaidash.dashboard.params import SELECTION_RE
+from xaidash.store.trust import TrustReader
 
 if TYPE_CHECKING:
     from xaidash.store import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader
@@ -126,6 +127,8 @@ class DashData:
         self._thumbs: LRU[tuple[str, str], bytes | None] = LRU(20_000)  # (run, image)
         self._pending: dict[tuple[str, str], threading.Event] = {}
         self._pending_lock = threading.Lock()
+        #: the trust tables (sanity, baselines, ROAD, localisation: store/trust.py)
+        self.trust = TrustReader(reader)
 
     # ---- runs -------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:

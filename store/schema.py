@@ -215,6 +215,73 @@ FAILURES = pa.schema(
     ]
 )
 
+# ---- "can I trust these maps?" (issue 13): sanity checks, baselines, ROAD, localisation ----------
+
+SANITY = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _METHOD,
+        _f("step", pa.int32(), "Randomisation step 1..K: blocks 1..step re-initialised, from the head "
+           "down.", False),
+        _f("block", pa.string(), "Label of the block re-initialised at this step (e.g. 'fc', 'layer4', "
+           "'stem').", False),
+        _f(
+            "spearman",
+            pa.float32(),
+            "Spearman rank correlation of the map on the randomised network with the trained network's map "
+            "(same image, same target class: the trained prediction); 0 when the randomised map is constant, "
+            "null when the trained map is.",
+        ),
+    ]
+)
+
+BASELINE_FAITHFULNESS = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _f("baseline", pa.string(), "Trivial map: 'random' (seeded per image) or 'centre' (centred "
+           "Gaussian).", False),
+        _f("drop", pa.float32(), "Average Drop term of the baseline map (as in faithfulness)."),
+        _f("increase", pa.float32(), "Increase-in-confidence indicator of the baseline map."),
+        _f("deletion_auc", pa.float32(), "Deletion AUC of the baseline map."),
+        _f("insertion_auc", pa.float32(), "Insertion AUC of the baseline map."),
+    ]
+)
+
+ROAD = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _METHOD,
+        _f("order", pa.string(), "'morf' (most relevant pixels removed first) or 'lerf' (least relevant "
+           "first).", False),
+        _f("fraction", pa.float32(), "Share of the pixels removed and filled by noisy linear imputation.",
+           False),
+        _f(
+            "probability",
+            pa.float32(),
+            "Softmax probability of the predicted class on the imputed image (MoRF: lower is better, LeRF: "
+            "higher is better).",
+        ),
+    ]
+)
+
+LOCALISATION = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _METHOD,
+        _f("pointing", pa.float32(), "1 if the predicted-class map's maximum lies inside the object, "
+           "else 0."),
+        _f("energy", pa.float32(), "Energy-based pointing game: share of the map's mass inside the object."),
+        _f("iou", pa.float32(), "IoU of the map's top-k % pixels with the object."),
+        _f("topk", pa.float32(), "k of the top-k % IoU (percent of the input's pixels)."),
+    ]
+)
+
+TRUST_TABLES: tuple[str, ...] = ("sanity", "baseline_faithfulness", "road", "localisation")
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -260,6 +327,36 @@ TABLES: dict[str, TableSpec] = {
         ),
         TableSpec("faithfulness", FAITHFULNESS, ("image_id", "method"), 16384, "Per val image x method."),
         TableSpec("failures", FAILURES, ("image_id",), 65536, "Images that could not be loaded."),
+        TableSpec(
+            "sanity",
+            SANITY,
+            ("image_id", "method", "step"),
+            16384,
+            "Model-parameter randomisation test (cascading, from the head down) on a stratified sample of "
+            "val images: per image x method x step. Empty when computed with --sanity-images 0.",
+        ),
+        TableSpec(
+            "baseline_faithfulness",
+            BASELINE_FAITHFULNESS,
+            ("image_id", "baseline"),
+            16384,
+            "The faithfulness metrics of two trivial maps per val image, scored next to the methods.",
+        ),
+        TableSpec(
+            "road",
+            ROAD,
+            ("image_id", "method", "order", "fraction"),
+            16384,
+            "ROAD (noisy linear imputation) per val image x method x order x removal fraction.",
+        ),
+        TableSpec(
+            "localisation",
+            LOCALISATION,
+            ("image_id", "method"),
+            16384,
+            "Pointing game, energy-based pointing game and top-k % IoU per val image x method, for images "
+            "with a ground-truth mask or box (empty when the dataset has none).",
+        ),
     )
 }
 

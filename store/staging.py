@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Tables a chunk may contain (per-image phase). Global tables go to publish().
-CHUNK_TABLES = ("predictions", "cams", "embeddings", "faithfulness", "failures", "neighbors", "images")
+CHUNK_TABLES = ("predictions", "cams", "embeddings", "faithfulness", "failures", "neighbors", "images",
+                "sanity", "baseline_faithfulness", "road", "localisation")
 #: Tables publish() accepts as global-phase tables.
 GLOBAL_TABLES = (
     "neighbors",

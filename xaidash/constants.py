@@ -21,6 +21,13 @@ METHOD_LABELS: Final[dict[str, str]] = {
     "scorecam": "Score-CAM",
 }
 
+#: Trivial baseline maps scored next to the methods (compute/baselines.py): seeded random, centred Gaussian.
+BASELINES: Final[tuple[str, ...]] = ("random", "centre")
+BASELINE_LABELS: Final[dict[str, str]] = {"random": "random map", "centre": "centre Gaussian"}
+#: ROAD's removal orders: most relevant first, least relevant first (compute/road.py).
+ROAD_ORDERS: Final[tuple[str, ...]] = ("morf", "lerf")
+ROAD_FRACTIONS: Final[tuple[float, ...]] = (0.1, 0.3, 0.5, 0.7, 0.9)
+
 #: Which class a map explains: the predicted one, or the true one of a wrong prediction.
 TARGET_KINDS: Final[tuple[str, ...]] = ("pred", "true")
 NEIGHBOR_KINDS: Final[tuple[str, ...]] = ("twin", "counterfactual")

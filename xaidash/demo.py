@@ -77,6 +77,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--faithfulness-steps", type=int, default=8, help="deletion/insertion steps (default: %(default)s)"
     )
+    parser.add_argument(
+        "--sanity-images", type=int, default=8,
+        help="images of the model-parameter randomisation test; 8 here (compute's default is 64) because "
+        "it recomputes every map, Score-CAM included, at each of the 6 randomisation steps (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--road-images", type=int, default=0,
+        help="ROAD on a stratified sample of N val images; 0 = all of them (default: %(default)s)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--retrain", action="store_true", help="train a new checkpoint even if one exists")
 
@@ -161,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
             args.precision,
             "--calibration-images",
             str(args.calibration_images),
+            "--sanity-images",
+            str(args.sanity_images),
+            *(["--road-images", str(args.road_images)] if args.road_images > 0 else []),
             "--device",
             args.device,
             "--new-run",

@@ -33,6 +33,7 @@ from xaidash.dashboard.components import (
     thumb_img,
     warning_alert,
 )
+from xaidash.dashboard.pages import image_trust
 from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.store import RunInfo
@@ -306,6 +307,7 @@ def layout(ctx: PageContext) -> Any:
             ]
         )
     )
+    blocks.extend(image_trust.image_sections(ctx, detail.image_id))
     return html.Div([b for b in blocks if b is not None], id=f"{PREFIX}-page")
 
 

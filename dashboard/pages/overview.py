@@ -25,6 +25,7 @@ from xaidash.dashboard.components import (
     warning_alert,
 )
 from xaidash.dashboard.data import most_faithful
+from xaidash.dashboard.pages import overview_trust
 from xaidash.dashboard.params import MAX_CLASS, Filters, gallery_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
 
@@ -251,9 +252,11 @@ def layout(ctx: PageContext) -> Any:
     children.append(
         card(
             "Faithfulness and cost of each explanation method",
-            faithfulness_block(data.faithfulness_summary(run_id), _method_cost(info)),
+            [*faithfulness_block(data.faithfulness_summary(run_id), _method_cost(info)),
+             overview_trust.trust_cost(info)],
         )
     )
+    children.extend(overview_trust.trust_sections(ctx))
     failed = int(h.get("failed") or 0)
     if failed:
         children.append(card(f"Images that failed to load ({failed})", failures_block(data.failures(run_id))))

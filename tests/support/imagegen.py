@@ -183,3 +183,23 @@ def make_bright_imagefolder(
                 img[..., ci] += amplitude * blob
                 Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{name}_{j:04d}.png")
     return root
+
+
+def make_imagefolder_with_masks(
+    root: str | Path, classes: Sequence[str] = ("left", "right"), n_train: int = 8, n_val: int = 6,
+    size: int = 32, seed: int = 0,
+) -> Path:
+    """:func:`make_imagefolder`, plus an object mask per val image at
+    ``root/masks/val/<class>/<stem>.png``: the pixels where the image's blob is above half its
+    peak (white = object), found from the blob that :func:`pattern_image` drew."""
+    root = make_imagefolder(root, classes, n_train=n_train, n_val=n_val, size=size, seed=seed)
+    for ci, name in enumerate(classes):
+        for img_path in sorted((root / "val" / name).glob("*.png")):
+            arr = np.asarray(Image.open(img_path).convert("RGB")).astype(np.float64)
+            # the blob is tinted in channel ci % 3: its excess over the other channels
+            excess = arr[..., ci % 3] - np.delete(arr, ci % 3, axis=2).mean(axis=2)
+            mask = excess > 0.5 * excess.max()
+            out = root / "masks" / "val" / name / f"{img_path.stem}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((mask * 255).astype(np.uint8)).save(out)
+    return root

@@ -103,10 +103,12 @@ def build_synthetic_store(
     chunk_size: int = 5000,
     n_neighbors: int = 5,
     durable: bool = False,
+    trust: bool = False,
 ) -> list[str]:
     """Write ``runs`` synthetic runs into the store at ``path``; return their run ids (oldest first).
 
-    ``durable=False`` skips fsyncs (a synthetic store is cheap to rebuild).
+    ``durable=False`` skips fsyncs (a synthetic store is cheap to rebuild). ``trust=True`` adds
+    the trust tables (sanity, baselines, ROAD, localisation).
     """
     store = Store.create(path, durable=durable)
     rng = np.random.default_rng(seed)
@@ -251,6 +253,10 @@ def build_synthetic_store(
                     }
                 ),
             }
+            if trust:  # the trust tables of issue 13 (tests/support/synthetic_trust.py)
+                from tests.support.synthetic_trust import trust_tables
+
+                tables.update(trust_tables(ids, methods, rr))
             staging.write_chunk(chunk_id, tables)
             if thumbs is not None:
                 _add_thumbs(store, fp, ids, "val", lab, names, thumbs, have_thumbs, rr)

@@ -1,0 +1,191 @@
+"""Localisation against ground truth, when the dataset has it.
+
+Ground truth (:func:`open_ground_truth`, decided in the plan, checked before any heavy work):
+
+* ``imagefolder:DIR`` with ``DIR/masks/val/<class>/<stem>.png`` for ``DIR/val/<class>/<stem>.<ext>``:
+  any non-zero pixel is object. An image without a mask file has no localisation rows; a mask
+  whose size differs from its image's is an error naming both.
+* ``--boxes FILE.csv`` with a header ``path,x0,y0,x1,y1``: ``path`` is the image's source as the
+  run shows it (``val/<class>/<name>``), or relative to the split folder, or absolute; several
+  rows for one image are a union of boxes. Coordinates are pixels of the original image,
+  ``x0 <= x < x1``, ``y0 <= y < y1`` (clipped to the image).
+
+The object mask goes through the same resize and centre crop as the image (nearest neighbour),
+and the map is bilinearly upsampled to the input (as for faithfulness), so both live on the
+network's input grid. Per (image, method), for the predicted-class map ``S``:
+
+* **pointing game** (Zhang et al. 2016): 1 when the map's maximum (the first in row-major
+  order) lies inside the object, else 0 (no tolerance margin);
+* **energy-based pointing game** (Score-CAM paper §5.2): ``Σ_{object} S / Σ S``;
+* **IoU of the top k %** (``--localisation-topk``, default 20): the ``ceil(k/100·n)`` pixels of
+  highest ``S`` (ties by row-major index) against the object: ``|T ∩ O| / |T ∪ O|``.
+
+An image whose mask has no object pixel inside the crop has no rows; an all-zero map (nothing
+to point with) has null scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from xaidash.compute.faithfulness import _ranks, upsample_maps
+from xaidash.compute.imageio import ImageLoadError, image_size, load_image
+from xaidash.errors import UserError
+
+if TYPE_CHECKING:
+    from xaidash.compute.data import Dataset, Item
+    from xaidash.compute.models import Preprocessing
+
+DEFAULT_TOPK = 20.0
+MASK_DIR = "masks"
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Where each val image's object is: a mask file, or boxes in original pixels."""
+
+    masks: dict[str, Path] = field(default_factory=dict)
+    boxes: dict[str, tuple[tuple[float, float, float, float], ...]] = field(default_factory=dict)
+    source: str = ""  #: what it came from, for logs
+
+    def __len__(self) -> int:
+        return len(self.masks) + len(self.boxes)
+
+    def has(self, image_id: str) -> bool:
+        return image_id in self.masks or image_id in self.boxes
+
+    def object_mask(self, image_id: str, size: tuple[int, int]) -> np.ndarray | None:
+        """``[H, W]`` bool at the original size ``(width, height)``; None without ground truth."""
+        w, h = size
+        if image_id in self.masks:
+            path = self.masks[image_id]
+            img = load_image(path, name=str(path)).convert("L")
+            if img.size != (w, h):
+                raise UserError(f"mask {path} is {img.width}x{img.height} px, its image {w}x{h} px: "
+                                "masks must have the size of their image")
+            return np.asarray(img) > 0
+        if image_id in self.boxes:
+            m = np.zeros((h, w), dtype=bool)
+            for x0, y0, x1, y1 in self.boxes[image_id]:
+                rows = slice(max(0, math.floor(y0)), max(0, math.ceil(y1)))
+                m[rows, max(0, math.floor(x0)):max(0, math.ceil(x1))] = True
+            return m
+        return None
+
+
+def to_input_grid(mask: np.ndarray, pre: Preprocessing) -> Tensor:
+    """An original-size object mask through the image's resize + centre crop (nearest): ``[S, S]`` bool."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    t = T.Compose([T.Resize(pre.resize, interpolation=T.InterpolationMode.NEAREST),
+                   T.CenterCrop(pre.input_size)])
+    out = t(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
+    return torch.from_numpy(np.asarray(out) > 0)
+
+
+def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None,
+                      val: list[Item]) -> GroundTruth | None:
+    """The ground truth of the run's val images, or None when there is none. UserError naming
+    the file for a bad boxes file or a mask that does not fit its image."""
+    if boxes:
+        return _read_boxes(Path(boxes).expanduser(), dataset, val)
+    if dataset.kind != "imagefolder" or not data_spec.startswith("imagefolder:"):
+        return None
+    root = Path(data_spec.split(":", 1)[1]).expanduser()
+    mdir = root / MASK_DIR / "val"
+    if not mdir.is_dir():
+        return None
+    from xaidash.compute.data import FileDataset
+
+    assert isinstance(dataset, FileDataset)
+    masks: dict[str, Path] = {}
+    for it in val:
+        img_path = dataset.path(it)
+        try:
+            rel = img_path.relative_to(root / "val")
+        except ValueError:
+            continue
+        mpath = mdir / rel.with_suffix(".png")
+        if not mpath.is_file():
+            continue
+        try:
+            msize, isize = image_size(mpath), image_size(img_path)
+        except ImageLoadError as exc:
+            raise UserError(f"cannot read mask {mpath}: {exc.reason}") from None
+        if msize != isize:
+            raise UserError(f"mask {mpath} is {msize[0]}x{msize[1]} px, its image {img_path} "
+                            f"{isize[0]}x{isize[1]} px: masks must have the size of their image")
+        masks[it.image_id] = mpath
+    return GroundTruth(masks=masks, source=str(mdir)) if masks else None
+
+
+def _read_boxes(path: Path, dataset: Dataset, val: list[Item]) -> GroundTruth:
+    if not path.is_file():
+        raise UserError(f"--boxes file not found: {path}")
+    keys: dict[str, str] = {}
+    from xaidash.compute.data import FileDataset
+
+    for it in val:
+        keys[it.source] = it.image_id
+        if "/" in it.source:
+            keys[it.source.split("/", 1)[1]] = it.image_id
+        if isinstance(dataset, FileDataset):
+            keys[str(dataset.path(it))] = it.image_id
+    out: dict[str, list[tuple[float, float, float, float]]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            need = ("path", "x0", "y0", "x1", "y1")
+            if reader.fieldnames is None or any(c not in reader.fieldnames for c in need):
+                raise UserError(f"--boxes {path}: the header must be path,x0,y0,x1,y1, got "
+                                f"{','.join(reader.fieldnames or []) or 'nothing'}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    x0, y0, x1, y1 = (float(row[c] or "") for c in need[1:])
+                except ValueError:
+                    raise UserError(f"--boxes {path} line {line}: x0,y0,x1,y1 must be numbers") from None
+                if not all(map(math.isfinite, (x0, y0, x1, y1))) or not (x0 < x1 and y0 < y1):
+                    raise UserError(f"--boxes {path} line {line}: need finite x0 < x1 and y0 < y1")
+                iid = keys.get(str(row["path"]).strip())
+                if iid is None:
+                    raise UserError(f"--boxes {path} line {line}: {row['path']!r} is not a validation "
+                                    "image of this dataset (use the path the dashboard shows as source)")
+                out.setdefault(iid, []).append((x0, y0, x1, y1))
+    except UnicodeDecodeError:
+        raise UserError(f"--boxes {path} is not a UTF-8 CSV file") from None
+    if not out:
+        raise UserError(f"--boxes {path} has no boxes")
+    return GroundTruth(boxes={k: tuple(v) for k, v in out.items()}, source=str(path))
+
+
+def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOPK) -> dict[str, Tensor]:
+    """``pointing``, ``energy`` and ``iou`` per image, each ``[B]`` (NaN for an all-zero map).
+
+    ``maps`` ``[B, h, w]`` (upsampled bilinearly to the objects' grid), ``objects`` ``[B, H, W]`` bool.
+    """
+    _, hgt, wid = objects.shape
+    s = upsample_maps(maps.float(), (hgt, wid)).flatten(1)  # [B, n]
+    o = objects.flatten(1).to(s.device)
+    pointing = o.gather(1, s.argmax(dim=1, keepdim=True)).squeeze(1).float()
+    total = s.sum(dim=1)
+    inside = (s * o).sum(dim=1)
+    energy = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
+                         torch.full_like(total, float("nan")))
+    k = max(1, math.ceil(topk / 100.0 * s.shape[1]))
+    top = _ranks(s) < k
+    inter = (top & o).sum(dim=1).float()
+    union = (top | o).sum(dim=1).float()
+    iou = inter / union.clamp_min(1)
+    # an all-zero map points nowhere: its maximum and top pixels are only the row-major order
+    nan = torch.full_like(total, float("nan"))
+    return {"pointing": torch.where(total > 0, pointing, nan), "energy": energy,
+            "iou": torch.where(total > 0, iou, nan)}

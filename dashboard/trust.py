@@ -1,0 +1,79 @@
+"""Derived numbers of the trust checks (pure pandas, unit-tested): the sanity verdict per
+method, each method's margin over the trivial baselines, the ROAD scores.
+
+The rules, in words (the overview prints them next to the numbers):
+
+* **Sanity verdict**: a method *passes* the cascading randomisation test when its mean Spearman
+  correlation with the trained model's map falls below :data:`PASS_CORRELATION` at some step;
+  the sentence names the first block at which it does ("changes completely once layer4 is
+  random"). A method whose correlation stays at or above it at every step *survives
+  randomisation* and is flagged: its map does not depend on what the model learned.
+* **Margin over a baseline**, per faithfulness metric: how much better the method's mean is than
+  the baseline's, signed so that a positive margin is better (Average Drop and Deletion AUC are
+  lower-is-better, Increase in Confidence and Insertion AUC higher-is-better). A method *beats*
+  a baseline when it is better on more metrics than it is worse; a method that does not beat the
+  centre baseline is flagged.
+* **ROAD**: the mean over the removal fractions of the MoRF curve (lower is better) and of the
+  LeRF curve (higher is better), and their gap LeRF − MoRF (higher is better).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from xaidash.dashboard.data import FAITHFULNESS_DIRECTIONS
+
+PASS_CORRELATION = 0.3
+
+
+def sanity_verdicts(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per method: ``passes`` (bool), ``verdict`` (sentence), ``first_block`` (or None) and
+    ``last`` (mean correlation at the last step), from ``TrustReader.sanity_curves``."""
+    rows = []
+    for method, g in curves.groupby("method", sort=False):
+        g = g.sort_values("step")
+        below = g[g["spearman"].notna() & (g["spearman"] < PASS_CORRELATION)]
+        first = None if below.empty else str(below["block"].iloc[0])
+        verdict = (f"changes completely once {first} is random: passes" if first is not None
+                   else "survives randomisation: flagged")
+        last = g["spearman"].dropna()
+        rows.append({"method": method, "passes": first is not None, "verdict": verdict, "first_block": first,
+                     "last": float(last.iloc[-1]) if len(last) else None})
+    return pd.DataFrame(rows, columns=["method", "passes", "verdict", "first_block", "last"])
+
+
+def baseline_margins(methods: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, baseline): the signed margin on each metric, ``better`` / ``worse``
+    counts and ``beats``; from ``faithfulness_summary`` and ``TrustReader.baseline_summary``."""
+    cols = ["method", "baseline", *FAITHFULNESS_DIRECTIONS, "better", "worse", "beats"]
+    rows = []
+    for _, m in methods.iterrows():
+        for _, b in baselines.iterrows():
+            row: dict[str, object] = {"method": m["method"], "baseline": b["baseline"]}
+            better = worse = 0
+            for col, direction in FAITHFULNESS_DIRECTIONS.items():
+                mv, bv = m.get(col), b.get(col)
+                if pd.isna(mv) or pd.isna(bv):
+                    row[col] = None
+                    continue
+                margin = direction * (float(mv) - float(bv))
+                row[col] = margin
+                better += margin > 0
+                worse += margin < 0
+            row.update(better=better, worse=worse, beats=better > worse)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def road_scores(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per method: ``morf`` and ``lerf`` (mean over fractions of the mean probability) and
+    ``gap`` = lerf - morf, from ``TrustReader.road_summary``."""
+    if summary.empty:
+        return pd.DataFrame(columns=["method", "morf", "lerf", "gap"])
+    wide = summary.pivot_table(index="method", columns="order", values="probability", aggfunc="mean",
+                               sort=False)
+    out = pd.DataFrame({"method": wide.index,
+                        "morf": wide["morf"].to_numpy() if "morf" in wide else None,
+                        "lerf": wide["lerf"].to_numpy() if "lerf" in wide else None})
+    out["gap"] = out["lerf"] - out["morf"]
+    return out.reset_index(drop=True)
