@@ -63,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-run", action="store_true",
                         help="publish a new run even if an identical one (same model, data and "
                              "arguments) already exists; by default that run is reported and reused")
+    quality = parser.add_argument_group("data quality (label issues, leaks, outliers, error clusters)")
+    quality.add_argument("--leak-threshold", type=float, default=0.99, metavar="S",
+                         help="cosine similarity to the nearest train image at or above which a val "
+                              "image is flagged as a leak (default 0.99; pixel-identical copies are "
+                              "flagged whatever the similarity)")
+    quality.add_argument("--cluster-min-errors", type=int, default=6, metavar="N",
+                         help="cluster the errors of every confusion cell with at least N of them "
+                              "(default 6)")
     ray = parser.add_argument_group("scale out (Ray; pip install 'xaidash[ray]')")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|auto|ADDRESS",
                      help="run the per-image phase on Ray workers: 'local' (default when given alone) starts "

@@ -54,6 +54,10 @@ class JobConfig:
     ray_workers: int | None = None
     gpus_per_worker: float | None = None
     threads_per_worker: int = 1
+    #: data quality: cosine similarity at or above which a val image is a leak of a train image
+    leak_threshold: float = 0.99
+    #: data quality: fewest errors in a confusion cell for it to be clustered
+    cluster_min_errors: int = 6
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> JobConfig:
@@ -96,6 +100,9 @@ class JobConfig:
             ray=text("ray"), ray_workers=count("ray_workers"),
             gpus_per_worker=None if a.get("gpus_per_worker") is None else float(a["gpus_per_worker"]),
             threads_per_worker=number("threads_per_worker", base.threads_per_worker),
+            leak_threshold=base.leak_threshold if a.get("leak_threshold") is None
+            else float(a["leak_threshold"]),
+            cluster_min_errors=number("cluster_min_errors", base.cluster_min_errors),
         )
 
     def result_args(self) -> dict[str, object]:
@@ -114,6 +121,8 @@ class JobConfig:
             "scorecam_max_channels": self.scorecam_max_channels if "scorecam" in self.methods else None,
             # chunk ids depend on it, so resuming with another chunk size must not mix chunks
             "chunk_size": self.chunk_size,
+            "leak_threshold": self.leak_threshold,
+            "cluster_min_errors": self.cluster_min_errors,
         }
 
 
@@ -192,6 +201,10 @@ def validate(cfg: JobConfig) -> JobConfig:
             raise UserError(f"--threads-per-worker must be >= 1, got {cfg.threads_per_worker}")
         if cfg.gpus_per_worker is not None and not cfg.gpus_per_worker >= 0:
             raise UserError(f"--gpus-per-worker must be >= 0, got {cfg.gpus_per_worker}")
+    if not 0.0 < cfg.leak_threshold <= 1.0:  # also rejects NaN
+        raise UserError(f"--leak-threshold must be in (0, 1] (a cosine similarity), got {cfg.leak_threshold}")
+    if cfg.cluster_min_errors < 2:
+        raise UserError(f"--cluster-min-errors must be >= 2, got {cfg.cluster_min_errors}")
     if cfg.checkpoint and (cfg.model or cfg.weights):
         raise UserError("give either --checkpoint or --model/--weights, not both")
     if not cfg.checkpoint and not cfg.model:
