@@ -56,14 +56,14 @@ def flag_chip(f: Filters) -> Any:
                      id=f"{PREFIX}-flag-badge")
 
 
-def _map_src(values: object, h: object, w: object) -> str | None:
+def _map_src(values: object, h: object, w: object, cmap: str) -> str | None:
     """A mean map as an inline PNG (a few hundred bytes at 72 px), None when malformed."""
     try:
         hh, ww = int(h), int(w)  # type: ignore[call-overload]  # numpy/pandas scalars
         arr = np.asarray(values, dtype=np.float32).reshape(hh, ww)
     except (TypeError, ValueError):
         return None
-    png = render_heatmap(arr, size=MAP_SIZE)
+    png = render_heatmap(arr, cmap, size=MAP_SIZE)
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
@@ -92,7 +92,7 @@ def cluster_panel(ctx: PageContext, info: RunInfo) -> Any:
         for rec in rows.to_dict("records"):
             if rec.get("method") is None or rec.get("mean_map") is None:
                 continue
-            src = _map_src(rec["mean_map"], rec["h"], rec["w"])
+            src = _map_src(rec["mean_map"], rec["h"], rec["w"], f.cmap)
             if src is not None:
                 maps.append(html.Div([html.Img(src=src, className="xd-thumb", alt="mean map"),
                                       html.Div(method_label(str(rec["method"])), className="small")],
