@@ -52,7 +52,7 @@ def flag_chip(f: Filters) -> Any:
     """The header badge of an active quality filter."""
     if f.flag is None:
         return None
-    return dbc.Badge(FLAG_LABELS.get(f.flag, f.flag), color="warning", text_color="dark", className="me-1",
+    return dbc.Badge(FLAG_LABELS.get(f.flag, f.flag), color="warning", className="me-1 text-dark",
                      id=f"{PREFIX}-flag-badge")
 
 
