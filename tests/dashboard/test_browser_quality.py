@@ -50,8 +50,7 @@ def test_overview_card_and_gallery_quality_filter(driver: Any, server: LiveServe
     check_page(driver, "overview_quality")
     # the "Likely mislabelled" number opens the gallery filtered to them, by label quality
     link = driver.find_element(By.CSS_SELECTOR, "#overview-quality-card a[href*='flag=mislabelled']")
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
-    link.click()
+    driver.execute_script("arguments[0].click()", link)  # below the fold: a scripted click
     wait_for(lambda: "flag=mislabelled" in driver.current_url, "the flag in the URL")
     wait_for(lambda: css(driver, "#gallery-flag-badge"), "the flag badge")
     assert "sort=label_quality" in driver.current_url
@@ -88,3 +87,18 @@ def test_confusion_cell_click_shows_error_clusters(driver: Any, server: LiveServ
     assert len(css(driver, "#gallery-clusters a img")) <= 3 * k
     assert len(css(driver, "#gallery-clusters img[src^='data:image/png']")) == 4 * k  # 4 methods
     check_page(driver, "gallery_error_clusters")
+
+
+def test_image_page_shows_a_leak_beside_its_train_copy(driver: Any, server: LiveServer, store: Path) -> None:
+    from xaidash.store.reader import open_store
+
+    with open_store(store) as r:
+        rid = r.latest_run_id()
+        leak = r.sql("SELECT image_id, nearest_train_id FROM quality WHERE run_id = ? AND leak "
+                     "ORDER BY image_id LIMIT 1", [rid])
+    iid, train_id = str(leak["image_id"].iloc[0]), str(leak["nearest_train_id"].iloc[0])
+    open_page(driver, server.url + f"/image?id={iid}", "#image-quality-leak-pair")
+    srcs = [i.get_attribute("src") for i in css(driver, "#image-quality-leak-pair img")]
+    assert len(srcs) == 2 and iid in srcs[0] and train_id in srcs[1]
+    assert "Leak:" in driver.find_element(By.ID, "image-quality-card").text
+    check_page(driver, "image_leak_pair")
