@@ -14,10 +14,14 @@ code. Definitions (also in docs/METHODS.md, "Data quality"):
 * **Leaks** — a val image is a leak when the model's input tensor hashes equal to a train
   image's (``match = 'pixels'``), or when its nearest train image has cosine similarity >= the
   threshold (default 0.99, ``match = 'embedding'``).
-* **Outliers** — the modified z-score (Iglewicz & Hoaglin, 1993) of the similarity to the
-  nearest train image, ``0.6745 (s - median(s)) / MAD(s)``, below -3.5: far from every training
-  image relative to the run's own distribution (a fixed similarity cut-off would mean something
-  different for every model and layer).
+* **Outliers** — the modified z-score (Iglewicz & Hoaglin, 1993) of ``-log(1 - s)``, ``s`` the
+  cosine similarity to the nearest stored neighbour as the twins show it (i.e. of the log
+  distance, sign flipped), below -3.5: far from every training image relative to the run's own
+  distribution (a fixed similarity cut-off would mean something different for every model).
+* The leak threshold applies to cosines of **mean-centred** embeddings (the mean train embedding
+  subtracted, :func:`xaidash.compute.quality_phase.centred`): raw post-ReLU features crowd near
+  cosine 1 (the demo: median 0.994), so an absolute cut-off needs the centring; the outlier rule
+  is relative and uses the raw cosine, whose geometry the centring on a small train set distorts.
 """
 
 from __future__ import annotations
@@ -108,11 +112,16 @@ class LeaksOutliers:
 
 
 def leaks_and_outliers(
-    similarity: npt.ArrayLike, pixel_match: npt.ArrayLike, threshold: float = LEAK_THRESHOLD
+    similarity: npt.ArrayLike,
+    pixel_match: npt.ArrayLike,
+    threshold: float = LEAK_THRESHOLD,
+    raw_similarity: npt.ArrayLike | None = None,
 ) -> LeaksOutliers:
-    """Leaks and outliers of val images from the cosine similarity to their nearest train image
-    (NaN: none known) and whether their input hash equals a train image's."""
+    """Leaks and outliers of val images from the (centred) cosine similarity to their nearest
+    train image (NaN: none known), whether their input hash equals a train image's, and the raw
+    cosine of the nearest stored neighbour the outlier score is taken over (default: the same)."""
     s = np.asarray(similarity, dtype=np.float64)
+    raw = s if raw_similarity is None else np.asarray(raw_similarity, dtype=np.float64)
     pix = np.asarray(pixel_match, dtype=bool)
     by_emb = np.isfinite(s) & (s >= threshold)
     leak = pix | by_emb
@@ -120,7 +129,10 @@ def leaks_and_outliers(
         "pixels" if a else ("embedding" if b else None)
         for a, b in zip(pix.tolist(), by_emb.tolist(), strict=True)
     ]
-    z = modified_z(s)
+    # the log distance to the nearest train image: distances are right-skewed (bounded at 0, a
+    # long tail of far images), which on raw similarities makes the MAD rule flag the tail's
+    # ordinary images (16 % of the demo's); the log makes the bulk near-symmetric
+    z = modified_z(-np.log(np.clip(1.0 - raw, 1e-6, None)))
     outlier = np.isfinite(z) & (z < OUTLIER_Z)
     return LeaksOutliers(leak, match, z, outlier)
 

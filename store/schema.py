@@ -246,7 +246,12 @@ QUALITY = pa.schema(
             "Most similar train image among the stored neighbours (twins and counterfactuals), or "
             "the train image with the same input_hash.",
         ),
-        _f("nearest_train_similarity", pa.float32(), "Cosine similarity to nearest_train_id."),
+        _f(
+            "nearest_train_similarity",
+            pa.float32(),
+            "Cosine similarity to nearest_train_id of the mean-centred embeddings (the mean train "
+            "embedding subtracted; raw post-ReLU cosines crowd near 1).",
+        ),
         _f("leak", pa.bool_(), "Near-duplicate of a train image (see leak_match).", False),
         _f(
             "leak_match",
@@ -257,8 +262,9 @@ QUALITY = pa.schema(
         _f(
             "outlier_score",
             pa.float32(),
-            "Robust z-score of nearest_train_similarity: 0.6745 (s - median) / MAD over the run's "
-            "val images; very negative = far from every training image.",
+            "Modified z-score of -log(1 - s), s the best raw cosine of the image's stored neighbours, "
+            "0.6745 (x - median) / MAD over the run's val images; very negative = far from every "
+            "training image.",
         ),
         _f("outlier", pa.bool_(), "outlier_score < -3.5 (Iglewicz-Hoaglin).", False),
         _f(

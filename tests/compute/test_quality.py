@@ -139,12 +139,12 @@ def test_job_flags_copied_images_as_leaks_and_noise_as_outlier(
 ) -> None:
     root, copies, noise = leaky
     ckpt = save_tiny_checkpoint(tmp_path / "m.pt")
-    # An untrained network maps all these 16-px images to nearby embeddings (cosine ~0.99), so
-    # the embedding threshold is raised here: the copies must be found by their pixels alone.
+    # default leak threshold: an untrained network maps these 16-px images to raw cosines of
+    # ~0.99, and only the centring keeps the non-copies below 0.99
     cfg = JobConfig(
         data=f"imagefolder:{root}", checkpoint=str(ckpt), store=str(tmp_path / "store"), device="cpu",
         workers=0, batch_size=8, chunk_size=8, scorecam_max_channels=4, faithfulness_steps=2,
-        projection="pca", twins=3, leak_threshold=0.9999, cluster_min_errors=2,
+        projection="pca", twins=3, cluster_min_errors=2,
     )
     assert run_job(cfg).ok
     with open_store(tmp_path / "store") as r:
