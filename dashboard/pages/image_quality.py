@@ -93,9 +93,12 @@ def quality_block(ctx: PageContext, info: RunInfo, image_id: str, label_name: st
                     html.P(
                         [
                             html.B("Leak: "),
-                            f"this validation image is a copy of a training image ({how}, cosine "
-                            f"{fmt_num(q.get('nearest_train_similarity'), 4)}). Its prediction says "
-                            "little about generalisation; the overview shows accuracy without leaks.",
+                            ("this validation image is a copy of a training image"
+                             if q.get("leak_match") == "pixels"
+                             else "this validation image is a near-duplicate of a training image")
+                            + f" ({how}, centred cosine {fmt_num(q.get('nearest_train_similarity'), 4)}). "
+                            "Its prediction says little about generalisation; the overview shows "
+                            "accuracy without leaks.",
                         ],
                         className="small mb-2",
                     ),
