@@ -73,8 +73,9 @@ def quality_card(ctx: PageContext, info: RunInfo, f: Filters, summary: dict[str,
     body.append(
         html.P(
             "Label issues: confident learning on the stored validation probabilities. Leaks: the same "
-            "model input as a training image, or cosine similarity ≥ the run's threshold to the nearest "
-            "one. Outliers: robust z-score of that similarity below −3.5. See docs/METHODS.md.",
+            "model input as a training image, or a cosine similarity of the mean-centred embeddings ≥ "
+            "the run's threshold to the nearest one. Outliers: robust z-score of the log distance to "
+            "the nearest training image below −3.5. See docs/METHODS.md.",
             className="small text-muted mb-0",
         )
     )
