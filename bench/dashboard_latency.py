@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         build_store(args.store, args.n_val, args.n_train)
 
     from tests.support.dash_testing import post_callback
+    from xaidash.constants import QUALITY_FLAGS
     from xaidash.dashboard.app import create_app
     from xaidash.store import GalleryQuery, open_store
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     with open_store(args.store) as setup:
         run_b, run_a = setup.runs()["run_id"].tolist()[:2]
         ids = list(setup.gallery(run_b, GalleryQuery(outcome="wrong", page_size=500))[0]["image_id"])
+        flagged = list(setup.gallery(run_b, GalleryQuery(flag="mislabelled", page_size=500))[0]["image_id"])
         pts = setup.embedding_points(run_b)
     cx, cy = float(pts["x"].median()), float(pts["y"].median())
     store_n = len(pts)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             route("/gallery", lambda i: f"?outcome=wrong&sort=loss&desc=1&page={i}"),
         ),
         (
-            "gallery: true/pred cell filter",
+            "gallery: true/pred cell filter (with its error clusters)",
             route("/gallery", lambda i: f"?true={i % 10}&pred={(i + 1) % 10}&desc=1"),
         ),
         (
@@ -172,6 +174,23 @@ def main(argv: list[str] | None = None) -> int:
                 "gallery-true.value",
             ),
         ),
+        # data quality (issue 14): the three filters, the label-quality sort, the filter's callback,
+        # a flagged image's page; the cluster view is part of "gallery: confusion cell" above
+        (
+            "gallery: likely mislabelled by label quality (page i)",
+            route("/gallery", lambda i: f"?flag=mislabelled&sort=label_quality&page={i}"),
+        ),
+        ("gallery: leaks", route("/gallery", lambda i: f"?flag=leak&page={i % 2}")),
+        ("gallery: outliers", route("/gallery", lambda i: f"?flag=outlier&desc={i % 2}")),
+        (
+            "gallery: quality filter -> URL callback",
+            lambda i: post_callback(
+                client, app, "url.search",
+                {"gallery-flag.value": QUALITY_FLAGS[i % 3], "url.search": f"?page={i}"},
+                "gallery-flag.value",
+            ),
+        ),
+        ("image page: a likely mislabelled image", route("/image", lambda i: f"?id={flagged[i]}")),
         ("image page: open (new image)", route("/image", lambda i: f"?id={ids[i]}")),
         (
             "embedding: open (every point)",

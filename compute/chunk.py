@@ -34,6 +34,7 @@ from xaidash.compute.cams import CamEngine, ForwardResult, folded_copy
 from xaidash.compute.data import Item
 from xaidash.compute.imageset import Batch, ImageSet, Sample, collate
 from xaidash.compute.metrics import cam_disagreement
+from xaidash.compute.quality import input_hashes
 from xaidash.compute.trust import TrustWork
 from xaidash.constants import GRADIENT_METHODS
 from xaidash.store.builder import TableBuilder
@@ -226,6 +227,8 @@ def compute_chunk(
                                    batch.sizes)
                 else:
                     work.train_batch(engine, x, batch_items)
+                # one hash per embedding row (val and train alike): exact-duplicate leaks
+                work.tables["embeddings"].extend("input_hash", input_hashes(batch.x))
                 work.add_images(batch_items, batch.sizes, batch.thumbnails)
             if progress is not None:
                 progress(len(batch.index) + len(batch.failed))

@@ -78,6 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "DIR/masks/val/<class>/<name>.png")
     trust.add_argument("--localisation-topk", type=float, default=20.0, metavar="K",
                        help="k of the IoU of the map's top-k %% pixels with the object (default 20)")
+    quality = parser.add_argument_group("data quality (label issues, leaks, outliers, error clusters)")
+    quality.add_argument("--leak-threshold", type=float, default=0.99, metavar="S",
+                         help="cosine similarity to the nearest train image at or above which a val "
+                              "image is flagged as a leak (default 0.99; pixel-identical copies are "
+                              "flagged whatever the similarity)")
+    quality.add_argument("--cluster-min-errors", type=int, default=6, metavar="N",
+                         help="cluster the errors of every confusion cell with at least N of them "
+                              "(default 6)")
     ray = parser.add_argument_group("scale out (Ray; pip install 'xaidash[ray]')")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="local|auto|ADDRESS",
                      help="run the per-image phase on Ray workers: 'local' (default when given alone) starts "

@@ -61,6 +61,10 @@ class JobConfig:
     road_images: int | None = None
     boxes: str | None = None
     localisation_topk: float = 20.0
+    #: data quality: cosine similarity at or above which a val image is a leak of a train image
+    leak_threshold: float = 0.99
+    #: data quality: fewest errors in a confusion cell for it to be clustered
+    cluster_min_errors: int = 6
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> JobConfig:
@@ -109,6 +113,9 @@ class JobConfig:
             road_images=count("road_images"), boxes=text("boxes"),
             localisation_topk=float(a["localisation_topk"]) if a.get("localisation_topk") is not None
             else base.localisation_topk,
+            leak_threshold=base.leak_threshold if a.get("leak_threshold") is None
+            else float(a["leak_threshold"]),
+            cluster_min_errors=number("cluster_min_errors", base.cluster_min_errors),
         )
 
     def result_args(self) -> dict[str, object]:
@@ -132,6 +139,8 @@ class JobConfig:
             "road_images": self.road_images if self.road_fractions else None,
             "boxes": self.boxes,
             "localisation_topk": self.localisation_topk,
+            "leak_threshold": self.leak_threshold,
+            "cluster_min_errors": self.cluster_min_errors,
         }
 
 
@@ -234,6 +243,10 @@ def validate(cfg: JobConfig) -> JobConfig:
             raise UserError(f"--threads-per-worker must be >= 1, got {cfg.threads_per_worker}")
         if cfg.gpus_per_worker is not None and not cfg.gpus_per_worker >= 0:
             raise UserError(f"--gpus-per-worker must be >= 0, got {cfg.gpus_per_worker}")
+    if not 0.0 < cfg.leak_threshold <= 1.0:  # also rejects NaN
+        raise UserError(f"--leak-threshold must be in (0, 1] (a cosine similarity), got {cfg.leak_threshold}")
+    if cfg.cluster_min_errors < 2:
+        raise UserError(f"--cluster-min-errors must be >= 2, got {cfg.cluster_min_errors}")
     if cfg.checkpoint and (cfg.model or cfg.weights):
         raise UserError("give either --checkpoint or --model/--weights, not both")
     if not cfg.checkpoint and not cfg.model:

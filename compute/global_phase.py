@@ -3,9 +3,10 @@
 It reads all embeddings and predictions back from the staging area, then computes the twins and
 counterfactuals (:mod:`xaidash.compute.neighbors`), the 2-D projection
 (:mod:`xaidash.compute.projection`), the metrics and the confusion matrix
-(:mod:`xaidash.compute.metrics`), and the runs row. It returns the run's global tables, which the
-job hands to ``Staging.publish``; the embeddings table is written here, once, complete (vectors
-and projection), and the staged per-chunk vectors are only its input.
+(:mod:`xaidash.compute.metrics`), the data-quality tables (:mod:`xaidash.compute.quality_phase`:
+label issues, leaks, outliers, error clusters), and the runs row. It returns the run's global
+tables, which the job hands to ``Staging.publish``; the embeddings table is written here, once,
+complete (vectors and projection), and the staged per-chunk vectors are only its input.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from xaidash.compute.metrics import classification_report, confusion_long
 from xaidash.compute.neighbors import find_neighbors
 from xaidash.compute.plan import JobPlan
 from xaidash.compute.projection import project_2d
+from xaidash.compute.quality_phase import quality_tables
 from xaidash.store import Staging
 from xaidash.store.builder import table
 
@@ -46,6 +48,7 @@ class _Staged:
     n_failed: int
     methods_present: set[str]
     map_hw: tuple[int, int] | None
+    input_hash: list[str | None]  # rows of emb_ids (None: staged before hashes existed)
 
 
 def _read_staged(staging: Staging) -> _Staged:
@@ -61,9 +64,11 @@ def _read_staged(staging: Staging) -> _Staged:
     emb_ids: list[str] = []
     emb_split: list[str] = []
     parts: list[np.ndarray] = []
-    for b in staging.iter_table("embeddings", columns=["image_id", "split", "vector"]):
+    hashes: list[str | None] = []
+    for b in staging.iter_table("embeddings", columns=["image_id", "split", "vector", "input_hash"]):
         emb_ids.extend(b.column("image_id").to_pylist())
         emb_split.extend(b.column("split").to_pylist())
+        hashes.extend(b.column("input_hash").to_pylist())
         col = b.column("vector")
         if len(col):
             flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
@@ -82,7 +87,7 @@ def _read_staged(staging: Staging) -> _Staged:
         val_ids=val_ids, labels=labels, preds=preds, runner_up=runner_up,
         emb_ids=emb_ids, emb_split=emb_split,
         vectors=np.concatenate(parts) if parts else np.zeros((0, 1), np.float32),
-        n_failed=n_failed, methods_present=present, map_hw=map_hw,
+        n_failed=n_failed, methods_present=present, map_hw=map_hw, input_hash=hashes,
     )
 
 
@@ -107,13 +112,20 @@ def global_phase(plan: JobPlan, staging: Staging, timer: Timer, timings: dict[st
         xy, used = project_2d(st.vectors, plan.cfg.projection, seed=0)
         tables["embeddings"] = table("embeddings", {
             "image_id": st.emb_ids, "split": st.emb_split, "vector": st.vectors,
-            "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist()})
+            "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "input_hash": st.input_hash})
         log.info("projection: %s over %d embeddings", used, len(st.emb_ids))
 
     accuracy: float | None = None
     with timer.stage("metrics"):
         if labels_known and st.val_ids:
             accuracy = _metrics(plan, st, tables)
+
+    with timer.stage("quality"):  # label issues, leaks, outliers, error clusters
+        tables.update(quality_tables(
+            staging=staging, val_ids=st.val_ids, labels=st.labels, preds=st.preds,
+            labels_known=labels_known, emb_ids=st.emb_ids, emb_split=st.emb_split, vectors=st.vectors,
+            hashes=st.input_hash, neighbors=tables.get("neighbors"),
+            leak_threshold=plan.cfg.leak_threshold, cluster_min_errors=plan.cfg.cluster_min_errors))
 
     dim = st.vectors.shape[1] if len(st.emb_ids) else 0
     max_ch = plan.cfg.scorecam_max_channels

@@ -27,7 +27,7 @@ from xaidash.dashboard import guard, theme
 from xaidash.dashboard.components import no_runs_alert, run_label
 from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
 from xaidash.dashboard.inputs import URL_PART, anything, record, text, typed
-from xaidash.dashboard.pages import compare, embedding, explain, gallery, image, overview
+from xaidash.dashboard.pages import compare, embedding, explain, gallery, gallery_quality, image, overview
 from xaidash.dashboard.params import Filters, parse_query, qs_of, valid_run_id
 from xaidash.dashboard.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext
@@ -286,4 +286,5 @@ def create_app(
 
     for module, _, _ in PAGES:
         module.register_callbacks(app, state)
+    gallery_quality.register_callbacks(app, state)  # the gallery's data-quality filter
     return app

@@ -31,6 +31,7 @@ from xaidash.store.trust import TrustReader
 
 if TYPE_CHECKING:
     from xaidash.store import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader
+    from xaidash.store.quality import QualityQueries
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,11 @@ class DashData:
 
     def diff(self, run_a: str, run_b: str) -> RunDiff:
         return self.reader.diff(run_a, run_b)
+
+    @property
+    def quality(self) -> QualityQueries:
+        """The data-quality queries (label issues, leaks, outliers, error clusters; memoised)."""
+        return self.reader
 
     # ---- pages and images -------------------------------------------------------------------
     def gallery(self, run_id: str, q: GalleryQuery) -> tuple[pd.DataFrame, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from xaidash.constants import IMAGE_ID_RE, METHODS, OUTCOMES, RUN_ID_RE, SORTS
+from xaidash.constants import IMAGE_ID_RE, METHODS, OUTCOMES, QUALITY_FLAGS, RUN_ID_RE, SORTS
 from xaidash.dashboard.overlays import COLORMAPS, DEFAULT_ALPHA, DEFAULT_CMAP, parse_alpha, parse_cmap
 
 SELECTION_RE = re.compile(r"^[0-9a-f]{12}$")
@@ -24,7 +24,10 @@ SORT_LABELS: dict[str, str] = {
     "loss": "Loss",
     "faithfulness": "Faithfulness (deletion AUC)",
     "disagreement": "Disagreement between methods",
+    "label_quality": "Label quality (cleanlab)",
 }
+#: what the gallery's data-quality filter shows for each flag
+FLAG_LABELS: dict[str, str] = {"mislabelled": "likely mislabelled", "leak": "leak", "outlier": "outlier"}
 PAGE_SIZES: tuple[int, ...] = (12, 24, 48, 96)
 #: What the embedding map colours points by: their true or their predicted class.
 COLOR_BY: tuple[str, ...] = ("true", "pred")
@@ -131,6 +134,7 @@ class Filters:
     ids: tuple[str, ...] | None = None  # small inline selection
     page: int = 0
     size: int = 24
+    flag: str | None = None  # data-quality flag (constants.QUALITY_FLAGS)
     # display
     cmap: str = DEFAULT_CMAP
     alpha: float = DEFAULT_ALPHA
@@ -164,6 +168,7 @@ def parse_query(search: object) -> Filters:
     method = g("method")
     color = g("color")
     change = g("change")
+    flag = g("flag")
     sel = g("sel")
     cmin = parse_float(g("cmin"), 0.0)
     cmax = parse_float(g("cmax"), 1.0)
@@ -184,6 +189,7 @@ def parse_query(search: object) -> Filters:
         ids=parse_ids(g("ids")),
         page=parse_int(g("page"), 0, 0, MAX_PAGE) or 0,
         size=size if size in PAGE_SIZES else 24,
+        flag=flag if flag in QUALITY_FLAGS else None,
         cmap=parse_cmap(g("cmap")),
         alpha=parse_alpha(g("alpha")),
         id=valid_image_id(g("id")),
@@ -236,6 +242,7 @@ GALLERY_KEYS = (
     "size",
     "cmap",
     "alpha",
+    "flag",
 )
 DISPLAY_KEYS = ("run", "cmap", "alpha")
 

@@ -60,6 +60,8 @@ class GalleryIndex:
     label: Ints  # int64, -1 when null
     pred: Ints
     correct: npt.NDArray[np.int8]  # 1 correct, 0 wrong, -1 unknown
+    #: data-quality flags (constants.QUALITY_FLAGS) per row; empty for runs without a quality table
+    flags: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
     orders: dict[tuple[str, bool], Ints] = field(default_factory=dict)
     _ids: npt.NDArray[np.object_] | None = None  # image ids in row order (sorted), made on first use
 
@@ -76,8 +78,9 @@ class GalleryIndex:
         return rows
 
     @classmethod
-    def from_table(cls, t: pa.Table, methods: Sequence[str]) -> GalleryIndex:
-        """The index of a run's cached rows: :data:`GALLERY_COLUMNS` plus ``faith_<method>``."""
+    def from_table(cls, t: pa.Table, methods: Sequence[str], quality: pa.Table | None = None) -> GalleryIndex:
+        """The index of a run's cached rows: :data:`GALLERY_COLUMNS` plus ``faith_<method>``, and
+        the run's ``quality`` rows (:func:`xaidash.store.quality.quality_rows`) when it has them."""
 
         def num(name: str) -> Floats:
             return _column(t, name, pa.float64(), np.nan).astype(np.float64, copy=False)
@@ -85,6 +88,13 @@ class GalleryIndex:
         keys = {"confidence": num("confidence"), "loss": num("loss"), "disagreement": num("cam_disagreement")}
         keys.update({f"faith_{m}": num(f"faith_{m}") for m in methods})
         keys["none"] = np.full(t.num_rows, np.nan)
+        flags: dict[str, npt.NDArray[np.bool_]] = {}
+        if quality is not None:
+            from xaidash.store.quality import align_quality
+
+            keys["label_quality"], flags = align_quality(t.column("image_id").combine_chunks(), quality)
+        else:
+            keys["label_quality"] = keys["none"]
         return cls(
             table=t.select(list(GALLERY_COLUMNS)),
             keys=keys,
@@ -92,6 +102,7 @@ class GalleryIndex:
             label=_column(t, "label", pa.int64(), -1).astype(np.int64, copy=False),
             pred=_column(t, "pred", pa.int64(), -1).astype(np.int64, copy=False),
             correct=_column(t, "correct", pa.int8(), -1).astype(np.int8, copy=False),
+            flags=flags,
         )
 
     def page(self, q: GalleryQuery, key: str) -> tuple[pd.DataFrame, int]:
@@ -107,6 +118,9 @@ class GalleryIndex:
             mask &= self.correct == 1
         elif q.outcome == "wrong":
             mask &= self.correct == 0
+        if q.flag is not None:
+            flag = self.flags.get(q.flag)
+            mask &= flag if flag is not None else False
         if q.image_ids is not None:
             rows = self.rows_of(q.image_ids)
             sel = np.zeros(len(mask), dtype=bool)

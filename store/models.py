@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from xaidash.constants import METHOD_RE, OUTCOMES, SORTS
+from xaidash.constants import METHOD_RE, OUTCOMES, QUALITY_FLAGS, SORTS
 from xaidash.errors import UserError
 
 #: The largest gallery page a query may ask for.
@@ -38,6 +38,7 @@ class GalleryQuery:
     image_ids: tuple[str, ...] | None = None  # restrict to a selection (lasso in the map)
     page: int = 0
     page_size: int = 24
+    flag: str | None = None  # one of constants.QUALITY_FLAGS: only images with that flag
 
     def check(self) -> None:
         """UserError for an unknown outcome or sort, or a page out of range."""
@@ -45,6 +46,8 @@ class GalleryQuery:
             raise UserError(f"unknown outcome {self.outcome!r}; valid outcomes: {', '.join(OUTCOMES)}")
         if self.sort not in SORTS:
             raise UserError(f"unknown sort {self.sort!r}; valid sorts: {', '.join(SORTS)}")
+        if self.flag is not None and self.flag not in QUALITY_FLAGS:
+            raise UserError(f"unknown quality flag {self.flag!r}; valid flags: {', '.join(QUALITY_FLAGS)}")
         if int(self.page) < 0 or not 1 <= int(self.page_size) <= MAX_PAGE_SIZE:
             raise UserError(f"page must be >= 0 and page_size in 1..{MAX_PAGE_SIZE}")
 

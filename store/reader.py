@@ -41,6 +41,7 @@ from xaidash.store.catalog import Catalog, RunEntry, build_views
 from xaidash.store.files import MARKER
 from xaidash.store.index import GALLERY_COLUMNS, GalleryIndex, RowGroupIndexes
 from xaidash.store.models import GalleryQuery, ImageDetail, Map, RunDiff, RunInfo
+from xaidash.store.quality import QualityQueries
 from xaidash.store.schema import RUNS
 
 __all__ = ["GalleryQuery", "ImageDetail", "RunDiff", "RunInfo", "StoreReader", "open_store"]
@@ -52,7 +53,7 @@ Params = Sequence[object] | Mapping[str, object] | None
 TrainEmbeddings = tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 
-class StoreReader:
+class StoreReader(QualityQueries):
     """Typed, read-only queries over a store (what the dashboard uses).
 
     ``cache_runs`` is how many runs keep their in-memory query cache (see
@@ -361,7 +362,8 @@ class StoreReader:
         with self._lock:
             g = self._run_cache.galleries.get(e.run_id)
             if g is None and light is not None:  # from the Arrow columns: no DuckDB table needed
-                g = self._run_cache.galleries[e.run_id] = GalleryIndex.from_table(light, methods)
+                g = self._run_cache.galleries[e.run_id] = GalleryIndex.from_table(
+                    light, methods, self.quality_rows(e))
             if g is None:
                 h = self._run_cache.tables(e)
                 methods = [m for m in e.methods if METHOD_RE.match(m)]
@@ -370,7 +372,8 @@ class StoreReader:
                     "SELECT image_id, label, label_name, pred, pred_name, confidence, correct, loss, "
                     f'cam_disagreement{faith} FROM cache."l_{h}" ORDER BY ord'
                 )
-                g = self._run_cache.galleries[e.run_id] = GalleryIndex.from_table(t, methods)
+                g = self._run_cache.galleries[e.run_id] = GalleryIndex.from_table(
+                    t, methods, self.quality_rows(e))
             return g
 
     # ---------------------------------------------------------------- one image

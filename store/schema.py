@@ -151,6 +151,13 @@ EMBEDDINGS = pa.schema(
         _f("vector", pa.list_(pa.float16()), "Global-average-pooled target-layer activations (K values)."),
         _f("x", pa.float32(), "2-D projection, first coordinate (UMAP/PCA/t-SNE over val+train)."),
         _f("y", pa.float32(), "2-D projection, second coordinate."),
+        _f(
+            "input_hash",
+            pa.string(),
+            "16 hex chars of blake2b over the model's input tensor (decoded, resized, normalized "
+            "pixels): equal hashes = the model saw identical images (exact-duplicate leaks). Null "
+            "for runs before it existed.",
+        ),
     ]
 )
 
@@ -283,6 +290,86 @@ LOCALISATION = pa.schema(
 TRUST_TABLES: tuple[str, ...] = ("sanity", "baseline_faithfulness", "road", "localisation")
 
 
+QUALITY = pa.schema(
+    [
+        _RUN_ID,
+        _f("image_id", pa.string(), "Val image.", False),
+        _f(
+            "label_quality",
+            pa.float32(),
+            "cleanlab label-quality score in [0,1] (self-confidence: p[label]); low = the label is "
+            "likely wrong. Null when unlabeled.",
+        ),
+        _f(
+            "mislabelled",
+            pa.bool_(),
+            "Flagged by confident learning (cleanlab.filter.find_label_issues on the stored "
+            "probabilities). Null when unlabeled.",
+        ),
+        _f("suggested_class", pa.int32(), "Class the data suggests instead (argmax p) when mislabelled."),
+        _f(
+            "nearest_train_id",
+            pa.string(),
+            "Most similar train image among the stored neighbours (twins and counterfactuals), or "
+            "the train image with the same input_hash.",
+        ),
+        _f(
+            "nearest_train_similarity",
+            pa.float32(),
+            "Cosine similarity to nearest_train_id of the mean-centred embeddings (the mean train "
+            "embedding subtracted; raw post-ReLU cosines crowd near 1).",
+        ),
+        _f("leak", pa.bool_(), "Near-duplicate of a train image (see leak_match).", False),
+        _f(
+            "leak_match",
+            pa.string(),
+            "'pixels' (same input_hash as a train image) or 'embedding' (cosine >= the run's "
+            "leak threshold); null when not a leak.",
+        ),
+        _f(
+            "outlier_score",
+            pa.float32(),
+            "Modified z-score of -log(1 - s), s the best raw cosine of the image's stored neighbours, "
+            "0.6745 (x - median) / MAD over the run's val images; very negative = far from every "
+            "training image.",
+        ),
+        _f("outlier", pa.bool_(), "outlier_score < -3.5 (Iglewicz-Hoaglin).", False),
+        _f(
+            "error_cluster",
+            pa.int32(),
+            "Cluster (0 = largest) of this error inside its confusion cell (see error_clusters); "
+            "null when correct or the cell was not clustered.",
+        ),
+    ]
+)
+
+ERROR_CLUSTERS = pa.schema(
+    [
+        _RUN_ID,
+        _f("true_class", pa.int32(), "Label of the confusion cell.", False),
+        _f("pred_class", pa.int32(), "Prediction of the confusion cell.", False),
+        _f("cluster", pa.int32(), "Cluster index in the cell, 0 = largest.", False),
+        _f("k", pa.int32(), "Number of clusters chosen for the cell (1..4).", False),
+        _f("silhouette", pa.float32(), "Silhouette score of the chosen k (null when k = 1)."),
+        _f("size", pa.int64(), "Errors in this cluster.", False),
+        _f(
+            "representative_ids",
+            pa.list_(pa.string()),
+            "Up to 3 val image ids closest to the cluster centre (cosine), closest first.",
+            False,
+        ),
+        _f("method", pa.string(), "CAM method of mean_map (one row per cluster and method)."),
+        _f("h", pa.int32(), "Map height."),
+        _f("w", pa.int32(), "Map width."),
+        _f(
+            "mean_map",
+            pa.list_(pa.float32()),
+            "Mean of the members' maps for their predicted class, h*w values, row-major.",
+        ),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """How one table is stored.
@@ -356,6 +443,21 @@ TABLES: dict[str, TableSpec] = {
             16384,
             "Pointing game, energy-based pointing game and top-k % IoU per val image x method, for images "
             "with a ground-truth mask or box (empty when the dataset has none).",
+        ),
+        TableSpec(
+            "quality",
+            QUALITY,
+            ("image_id",),
+            16384,
+            "Per val image: likely label error, train/val leak, outlier, error cluster (computed "
+            "in the global phase; absent in older runs).",
+        ),
+        TableSpec(
+            "error_clusters",
+            ERROR_CLUSTERS,
+            ("true_class", "pred_class", "cluster", "method"),
+            65536,
+            "Errors of each confusion cell with enough of them, clustered by embedding.",
         ),
     )
 }

@@ -74,6 +74,8 @@ GLOBAL_TABLES = (
     "predictions",
     "cams",
     "faithfulness",
+    "quality",
+    "error_clusters",
 )
 #: Staged tables that are global-phase input only: publish() takes each one complete, with these
 #: columns, and writes it instead of compacting the staged parts.

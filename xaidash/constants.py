@@ -35,7 +35,9 @@ SPLITS: Final[tuple[str, ...]] = ("train", "val")
 
 #: Gallery filters and sort keys (the reader's GalleryQuery and the dashboard's URL parser).
 OUTCOMES: Final[tuple[str, ...]] = ("all", "correct", "wrong")
-SORTS: Final[tuple[str, ...]] = ("confidence", "loss", "faithfulness", "disagreement")
+SORTS: Final[tuple[str, ...]] = ("confidence", "loss", "faithfulness", "disagreement", "label_quality")
+#: Data-quality flags the gallery filters by (the run's ``quality`` table; absent in older runs).
+QUALITY_FLAGS: Final[tuple[str, ...]] = ("mislabelled", "leak", "outlier")
 
 #: Arithmetic precision of the network forwards.
 PRECISIONS: Final[tuple[str, ...]] = ("fp32", "bf16")

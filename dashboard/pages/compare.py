@@ -28,6 +28,7 @@ from xaidash.dashboard.components import (
     thumb_img,
     warning_alert,
 )
+from xaidash.dashboard.pages.compare_quality import overlap_card
 from xaidash.dashboard.params import CHANGES, MAX_PAGE, Filters, image_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
 
@@ -323,7 +324,8 @@ def layout(ctx: PageContext) -> Any:
             )
         )
         body.append(card("Images whose prediction changed", flips_body, header_right=change_tabs))
-    return html.Div(body, id=f"{PREFIX}-page")
+    body.append(overlap_card(ctx, run_a, run_b, f))
+    return html.Div([b for b in body if b is not None], id=f"{PREFIX}-page")
 
 
 def register_callbacks(app: dash.Dash, state: AppState) -> None:

@@ -32,6 +32,7 @@ from xaidash.dashboard.components import (
     thumb_img,
     warning_alert,
 )
+from xaidash.dashboard.pages.gallery_quality import cluster_panel, flag_chip, flag_filter
 from xaidash.dashboard.params import (
     GALLERY_KEYS,
     MAX_PAGE,
@@ -65,6 +66,7 @@ def gallery_query(f: Filters, selection: tuple[str, ...] | None) -> GalleryQuery
         image_ids=selection,
         page=f.page,
         page_size=f.size,
+        flag=f.flag,
     )
 
 
@@ -83,7 +85,9 @@ def class_options(names: list[str]) -> list[dict[str, Any]]:
     return [{"label": f"{i}: {n}", "value": i} for i, n in enumerate(names)]
 
 
-def filter_panel(f: Filters, names: list[str], labeled: bool, methods: list[str]) -> Any:
+def filter_panel(
+    f: Filters, names: list[str], labeled: bool, methods: list[str], has_quality: bool = False
+) -> Any:
     """Left column: filters, sort, display."""
 
     def class_filter(label: str, key: str, value: int | None) -> list[Any]:
@@ -114,6 +118,7 @@ def filter_panel(f: Filters, names: list[str], labeled: bool, methods: list[str]
     items.append(
         html.Div([dbc.Label("Outcome", className="small mb-0 d-block"), outcome], hidden=not labeled)
     )
+    items.append(flag_filter(f, has_quality))
     items += [
         dbc.Label("Confidence", className="small mb-0"),
         dcc.RangeSlider(
@@ -129,7 +134,8 @@ def filter_panel(f: Filters, names: list[str], labeled: bool, methods: list[str]
         dbc.Label("Sort by", html_for=f"{PREFIX}-sort", className="small mb-0 mt-2"),
         dcc.Dropdown(
             id=f"{PREFIX}-sort",
-            options=[{"label": SORT_LABELS[s], "value": s} for s in SORTS if labeled or s != "loss"],
+            options=[{"label": SORT_LABELS[s], "value": s} for s in SORTS
+                     if (labeled or s != "loss") and (has_quality or s != "label_quality")],
             value=f.sort,
             clearable=False,
             className="mb-1",
@@ -252,6 +258,7 @@ def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) 
         chips.append(
             dbc.Badge(f.outcome, color="danger" if f.outcome == "wrong" else "success", className="me-1")
         )
+    chips.append(flag_chip(f))
     header = html.Div(
         [
             html.Div(
@@ -286,7 +293,7 @@ def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) 
         className="xd-row xd-row-head",
     )
     body = [gallery_row(run_id, rec, f, methods) for rec in rows.to_dict("records")]
-    return [header, col_heads, html.Div(body, id=f"{PREFIX}-rows")]
+    return [cluster_panel(ctx, info), header, col_heads, html.Div(body, id=f"{PREFIX}-rows")]
 
 
 def layout(ctx: PageContext) -> Any:
@@ -300,7 +307,11 @@ def layout(ctx: PageContext) -> Any:
             warning_alert(sel_warning),
             dbc.Row(
                 [
-                    dbc.Col(filter_panel(f, info.class_names, info.labeled, methods), md=4, lg=3, xl=2),
+                    dbc.Col(
+                        filter_panel(f, info.class_names, info.labeled, methods,
+                                     ctx.data.quality.has_quality(info.run_id)),
+                        md=4, lg=3, xl=2,
+                    ),
                     dbc.Col(
                         html.Div(results(ctx, info, selection), id=f"{PREFIX}-results"),
                         md=8,

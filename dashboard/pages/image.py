@@ -34,6 +34,7 @@ from xaidash.dashboard.components import (
     warning_alert,
 )
 from xaidash.dashboard.pages import image_trust
+from xaidash.dashboard.pages.image_quality import quality_block
 from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.store import RunInfo
@@ -243,6 +244,7 @@ def layout(ctx: PageContext) -> Any:
             dcc.Link("← back to the gallery", href=gallery_href(replace(f, id=None))), className="small mb-2"
         ),
         title,
+        quality_block(ctx, info, detail.image_id, label_name),
         top,
         card(
             f"Where the model looked to predict “{pred_name}”",

@@ -26,6 +26,7 @@ from xaidash.dashboard.components import (
 )
 from xaidash.dashboard.data import most_faithful
 from xaidash.dashboard.pages import overview_trust
+from xaidash.dashboard.pages.overview_quality import accuracy_without_leaks, quality_card
 from xaidash.dashboard.params import MAX_CLASS, Filters, gallery_href, parse_query, to_query
 from xaidash.dashboard.state import AppState, PageContext
 
@@ -36,14 +37,14 @@ PREFIX = "overview"
 MAX_CLASS_ROWS = 200
 
 
-def headline_cards(h: dict[str, Any], f: Filters, labeled: bool) -> dbc.Row:
-    """The row of headline numbers."""
+def headline_cards(h: dict[str, Any], f: Filters, labeled: bool, without_leaks: str | None = None) -> dbc.Row:
+    """The row of headline numbers (``without_leaks``: the accuracy without leaked images)."""
     errors = h.get("errors")
     failed = h.get("failed") or 0
     cards = [stat("Images", f"{int(h.get('n') or 0):,}", "validation predictions")]
     if labeled:
         cards += [
-            stat("Accuracy", fmt_pct(h.get("accuracy"))),
+            stat("Accuracy", fmt_pct(h.get("accuracy")), without_leaks),
             stat("Macro precision", fmt_pct(h.get("macro_precision"))),
             stat("Macro recall", fmt_pct(h.get("macro_recall"))),
             stat("Macro F1", fmt_pct(h.get("macro_f1")), f"weighted {fmt_pct(h.get('weighted_f1'))}"),
@@ -187,10 +188,11 @@ def layout(ctx: PageContext) -> Any:
     run_id = info.run_id
     h = data.headline(run_id)
     labeled = info.labeled and h.get("accuracy") is not None
+    quality = ctx.data.quality.quality_summary(run_id)
     children: list[Any] = [
         warning_alert(ctx.warning),
         run_summary(info),
-        headline_cards(h, f, labeled),
+        headline_cards(h, f, labeled, accuracy_without_leaks(quality)),
     ]
     if info.scorecam_note:
         children.append(
@@ -225,7 +227,9 @@ def layout(ctx: PageContext) -> Any:
             [
                 dcc.Graph(id=f"{PREFIX}-confusion", figure=conf_fig, config={"displayModeBar": False}),
                 html.P(
-                    "Click a cell to open those images in the gallery.", className="small text-muted mb-0"
+                    "Click a cell to open those images in the gallery"
+                    + (" (with their error clusters, when the cell has enough errors)." if quality else "."),
+                    className="small text-muted mb-0",
                 ),
             ],
             header_right=toggle,
@@ -249,6 +253,7 @@ def layout(ctx: PageContext) -> Any:
                 ]
             )
         )
+    children.append(quality_card(ctx, info, f, quality))
     children.append(
         card(
             "Faithfulness and cost of each explanation method",

@@ -33,7 +33,7 @@ from tests.support.fuzzing import (
     post_json,
     server_callbacks,
 )
-from xaidash.constants import METHODS, OUTCOMES, SORTS, TARGET_KINDS
+from xaidash.constants import METHODS, OUTCOMES, QUALITY_FLAGS, SORTS, TARGET_KINDS
 from xaidash.dashboard.overlays import COLORMAPS
 from xaidash.dashboard.params import CHANGES, COLOR_BY, PAGE_SIZES
 from xaidash.dashboard.theme import THEMES
@@ -88,7 +88,7 @@ def _finite() -> Strategy:
 #: every key a page reads from the query string, and one no page reads
 QUERY_KEYS = (
     *("run", "true", "pred", "outcome", "cmin", "cmax", "sort", "desc", "method", "sel", "ids", "page"),
-    *("size", "cmap", "alpha", "id", "color", "train", "norm", "a", "b", "change", "x"),
+    *("size", "cmap", "alpha", "id", "color", "train", "norm", "a", "b", "change", "flag", "x"),
 )
 
 
@@ -96,7 +96,8 @@ def search_strategy(ids: Ids) -> Strategy:
     """Query strings over the keys the pages read, with plausible and garbage values."""
     value = st.one_of(
         st.sampled_from(
-            [*ids.runs, *ids.images, *OUTCOMES, *SORTS, *METHODS, *COLORMAPS, *COLOR_BY, *CHANGES]
+            [*ids.runs, *ids.images, *OUTCOMES, *SORTS, *METHODS, *COLORMAPS, *COLOR_BY, *CHANGES,
+             *QUALITY_FLAGS]
         ),
         st.integers(-5, 200).map(str),
         st.floats(allow_nan=True, allow_infinity=True).map(str),
@@ -173,6 +174,7 @@ def strategies(ids: Ids) -> dict[str, Strategy]:
         "gallery-cmap.value": st.sampled_from(COLORMAPS),
         "gallery-alpha.value": st.floats(-1, 2),
         "gallery-pagination.active_page": page,
+        "gallery-flag.value": st.sampled_from(QUALITY_FLAGS),
         "embedding-graph.hoverData": _event(point),
         "embedding-graph.clickData": _event(point),
         "embedding-graph.selectedData": selection,
@@ -200,6 +202,7 @@ TARGETS: list[tuple[str, str]] = [
     ("url.href", "overview-confusion.clickData"),
     ("url.search", "overview-norm.value"),
     ("url.search", "gallery-true.value"),
+    ("url.search", "gallery-flag.value"),
     ("embedding-hover.children", "embedding-graph.hoverData"),
     ("embedding-pinned.children", "embedding-graph.clickData"),
     ("embedding-selection.children", "embedding-graph.selectedData"),

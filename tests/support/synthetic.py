@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tests.support import synthetic_quality
 from xaidash.compute.metrics import cam_disagreement
 from xaidash.constants import METHODS
 from xaidash.store.builder import list_array, staged_schema
@@ -341,6 +342,8 @@ def build_synthetic_store(
             },
             schema=staged_schema("neighbors"),
         )
+        neighbors = synthetic_quality.with_outliers(neighbors, val_ids)  # a few far from every train image
+        quality = synthetic_quality.quality(staging, staged, val_ids, val_label, pred, neighbors)
 
         cm = np.zeros((n_classes, n_classes), np.int64)
         np.add.at(cm, (val_label, pred), 1)
@@ -416,6 +419,7 @@ def build_synthetic_store(
                 "class_metrics": class_metrics,
                 "confusion": confusion,
                 "failures": failures,
+                **quality,
             },
         )
         run_ids.append(run_id)
