@@ -17,7 +17,8 @@ from xaidash.dashboard.app import create_app
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("store")
-    build_synthetic_store(path, n_val=200, n_train=300, runs=2, seed=1)
+    # trust=True: the trust tables too, so every page test and the fuzzing cover their sections
+    build_synthetic_store(path, n_val=200, n_train=300, runs=2, seed=1, trust=True)
     return path
 
 
