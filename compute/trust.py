@@ -70,7 +70,7 @@ class TrustWork:
         pred = pred.to(plan.device)
         if cfg.faithfulness:
             self._baselines(x, ids, maps, pred, conf, batch_size)
-        if cfg.road_fractions:
+        if cfg.faithfulness and cfg.road_fractions:  # ROAD is a faithfulness measure too
             sel = [i for i, iid in enumerate(ids) if plan.road_ids is None or iid in plan.road_ids]
             if sel:
                 self._road(x, ids, maps, pred, sel, batch_size)
