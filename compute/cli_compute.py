@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faithfulness-steps", type=int, default=16, metavar="N",
                         help="deletion/insertion steps (default 16)")
     parser.add_argument("--no-faithfulness", action="store_true",
-                        help="skip the faithfulness metrics (deletion/insertion, the trivial baselines and ROAD)")
+                        help="skip the faithfulness metrics (deletion/insertion, trivial baselines, ROAD)")
     parser.add_argument("--scorecam-max-channels", type=int, default=None, metavar="N",
                         help="approximate Score-CAM with the top-N channels by mean activation "
                              "(default: exact, all channels; the run records the approximation)")
