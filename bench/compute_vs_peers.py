@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xaidash.compute.cams import CamEngine
 from xaidash.compute.chunk import masked_forward_model
+from xaidash.compute.hostmem import tune_host_allocator
 
 GRADIENT = ("cam", "gradcam", "gradcampp")
 ROW_A = "(a) xaidash pred+emb+CAM+GradCAM+GradCAM++"
@@ -100,6 +101,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="steady-state eager/compiled batch pairs per compile row (default 8)")
     p.add_argument("--compile-variants", default="default,freezing",
                    help="comma-separated: default (torch.compile as is), freezing (Inductor freezing)")
+    p.add_argument("--allocator", default="tuned", choices=("tuned", "plain"),
+                   help="tuned (default): glibc's thresholds raised as `xaidash compute` does "
+                   "(compute/hostmem.py), for every contender; plain: glibc's defaults")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     return p
 
@@ -470,6 +474,8 @@ def verdict(value: float, target: float) -> str:
 def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    # as `xaidash compute` does (process-wide, so the peers in this process get it too)
+    allocator = tune_host_allocator() if args.allocator == "tuned" else None
     device = pick_device(args.device)
     if device is None:
         print("error: --device cuda but CUDA is not available", file=sys.stderr)
@@ -487,8 +493,10 @@ def main(args: argparse.Namespace) -> int:
                         generator=gen).to(device)
     print(f"device={device} [{describe(device)}] threads={torch.get_num_threads()} size={args.size} "
           f"images={args.images} batch={args.batch} torch={torch.__version__}", flush=True)
+    print(f"allocator: {allocator}")
     result: dict[str, Any] = {"device": str(device), "device_info": describe(device), "size": args.size,
-                              "threads": torch.get_num_threads(), "torch": torch.__version__}
+                              "threads": torch.get_num_threads(), "torch": torch.__version__,
+                              "allocator": allocator}
 
     rows: dict[str, float] = {}
     sc: dict[str, float] = {}

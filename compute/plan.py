@@ -25,6 +25,7 @@ from xaidash.compute.chunk import Chunk
 from xaidash.compute.common_args import resolve_device
 from xaidash.compute.config import JobConfig, parse_shard, validate
 from xaidash.compute.data import Dataset, Item, open_dataset, subsample
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.loading import LoadedModel, for_inference, load_model, resolve_model_ref
 from xaidash.compute.localisation import GroundTruth, open_ground_truth
 from xaidash.compute.models import ModelParts, get_module
@@ -138,6 +139,7 @@ class JobPlan:
 
 def make_plan(cfg: JobConfig) -> JobPlan:
     """Validate everything and load the model; UserError before any real work."""
+    tune_host_allocator()
     cfg = validate(cfg)
     device = resolve_device(cfg.device)
     dataset = open_dataset(cfg.data, cfg.data_root)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from xaidash.compute.chunk import Chunk, ChunkOutput, compute_chunk
 from xaidash.compute.data import FileDataset, ImageLoadError
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.loading import for_inference
 from xaidash.errors import UserError
 
@@ -107,6 +108,7 @@ class _Worker:
 
     def __init__(self, index: int, plan: JobPlan, threads: int, kill_hook: str | None = None) -> None:
         torch.set_num_threads(max(1, threads))
+        tune_host_allocator()
         dev = torch.device("cuda" if torch.cuda.is_available() and _gpu_ids() else "cpu")
         # decode in this process: the worker *is* the parallel unit (DataLoader workers inside an
         # actor would compete for the same cores)

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from xaidash.compute.checkpoint import Checkpoint, check_writable, current_versions, now_iso, save_checkpoint
 from xaidash.compute.common_args import resolve_device
 from xaidash.compute.data import Dataset, ImageLoadError, Item, open_dataset, subsample
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.imageset import Batch, ImageSet, Sample, Transform, collate
 from xaidash.compute.models import HEAD_MODULES, build_model, check_arch, freeze_backbone, get_module
 from xaidash.errors import UserError
@@ -210,6 +211,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.workers is not None and cfg.workers < 0:
         raise UserError(f"--workers must be >= 0, got {cfg.workers}")
     device = resolve_device(cfg.device)
+    tune_host_allocator()
 
     ds = open_dataset(cfg.data, cfg.data_root)
     if not ds.labeled or ds.classes is None:
