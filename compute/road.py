@@ -22,11 +22,12 @@ then Gaussian noise of standard deviation ``noise`` (0.01) is added to the imput
 noise is drawn from a generator seeded with the image id, so every worker gives the same image.
 The matrix is symmetric and diagonally dominant, strictly on every row next to a kept pixel, so
 it is positive definite whenever each connected hole touches a kept pixel (always, below 100 %).
-pytorch-grad-cam builds it with scipy and solves it with ``spsolve``, one image at a time on the
-CPU. Here every (image, channel, method, fraction, order) system of a batch is solved at once on
-the compute device by Jacobi-preconditioned conjugate gradients whose matrix-vector product is a
-3×3 convolution (hand-written: torch has no batched sparse solver; ``tests/compute/test_trust.py``
-checks it against a literal ``scipy.sparse.linalg.spsolve`` of the same system to 1e-4).
+pytorch-grad-cam builds it with scipy and solves it with ``spsolve``, once per channel. Here, on
+the CPU, each (image, method, fraction, order) matrix is factorised once by scipy's sparse LU and
+solved for all channels; on a GPU every system of a batch is solved at once on the device by
+Jacobi-preconditioned conjugate gradients whose matrix-vector product is a 3×3 convolution
+(hand-written: torch has no batched sparse solver). ``tests/compute/test_trust.py`` checks both
+against a literal ``scipy.sparse.linalg.spsolve`` of the same system.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from xaidash.constants import ROAD_ORDERS
 
 ROAD_NOISE = 0.01
 ROAD_SEED = 2022
+#: on the CPU, images of at least this many pixels are imputed by sparse LU rather than CG
+CG_MAX_PIXELS = 40 * 40
 #: (dy, dx) -> weight of the neighbour, as in the ROAD reference implementation
 NEIGHBOUR_WEIGHTS: dict[tuple[int, int], float] = {
     (dy, dx): (1 / 12 if dy and dx else 1 / 6) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx
@@ -57,15 +60,26 @@ def _kernel(device: torch.device, dtype: torch.dtype) -> Tensor:
 
 
 def impute(img: Tensor, removed: Tensor, noise: Tensor | None = None, tol: float = 1e-6,
-           max_iter: int | None = None) -> Tensor:
+           max_iter: int | None = None, solver: str = "auto") -> Tensor:
     """Linear imputation of the ``removed`` pixels of ``img``, batched.
 
     ``img`` ``[N, C, H, W]``; ``removed`` ``[N, 1, H, W]`` bool (True = impute); ``noise``
-    (optional) ``[N, C, H, W]`` added where removed. Every (image, channel) is one system; all
-    are solved together by Jacobi-preconditioned CG until each relative residual is below
-    ``tol`` (or ``max_iter``, default ``4·(H + W) + 50``, iterations).
+    (optional) ``[N, C, H, W]`` added where removed. Every (image, channel) is one system.
+
+    ``solver``: ``"direct"`` factorises each image's matrix once (scipy's sparse LU, shared by
+    its C channels); ``"cg"`` solves all systems together on ``img``'s device by
+    Jacobi-preconditioned CG until each relative residual is below ``tol`` (or ``max_iter``,
+    default ``4·(H + W) + 50``, iterations); ``"auto"`` is direct on the CPU from
+    ``CG_MAX_PIXELS`` up and CG otherwise. CG needs about as many iterations as a hole is wide.
+    One image's 40 ROAD systems (4 methods × 2 orders × 5 fractions) on the 2-core CPU, CG vs LU:
+    32 px 0.06 / 0.16 s, 48 px 0.28 / 0.22 s, 64 px 0.76 / 0.35 s, 96 px 7.8 / 0.68 s, 224 px
+    116 / 4.9 s. On a GPU the batched CG keeps the work on the device.
     """
+    if solver not in ("auto", "direct", "cg"):
+        raise ValueError(f"solver must be auto, direct or cg, got {solver!r}")
     n, c, h, w = img.shape
+    if solver == "direct" or (solver == "auto" and img.device.type == "cpu" and h * w >= CG_MAX_PIXELS):
+        return _impute_direct(img, removed, noise)
     dtype = torch.float32 if img.dtype in (torch.float16, torch.bfloat16) else img.dtype
     v = img.to(dtype).reshape(n * c, 1, h, w)
     u = removed.to(dtype).repeat_interleave(c, dim=0)  # [N*C, 1, H, W]
@@ -109,6 +123,52 @@ def impute(img: Tensor, removed: Tensor, noise: Tensor | None = None, tol: float
     filled = x.reshape(n, c, h, w)
     if noise is not None:
         filled = filled + noise.to(dtype)
+    um = removed.to(torch.bool).expand(n, c, h, w)
+    return torch.where(um, filled, img.to(dtype)).to(img.dtype)
+
+
+def _impute_direct(img: Tensor, removed: Tensor, noise: Tensor | None) -> Tensor:
+    """:func:`impute` by one sparse LU factorisation per image (float64, on the CPU)."""
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import splu
+
+    n, c, h, w = img.shape
+    dtype = torch.float32 if img.dtype in (torch.float16, torch.bfloat16) else img.dtype
+    vals = img.detach().to("cpu", torch.float64).numpy().reshape(n, c, h * w)
+    holes = removed.detach().to("cpu").reshape(n, h * w).numpy().astype(bool)
+    out = vals.copy()
+    for j in range(n):
+        u = np.flatnonzero(holes[j])
+        if u.size == 0:
+            continue
+        pos = np.full(h * w, -1, dtype=np.int64)
+        pos[u] = np.arange(u.size)
+        ys, xs = np.divmod(u, w)
+        diag = np.zeros(u.size)
+        rhs = np.zeros((u.size, c))
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        offs: list[np.ndarray] = []
+        for (dy, dx), wt in NEIGHBOUR_WEIGHTS.items():
+            yy, xx = ys + dy, xs + dx
+            inside = np.flatnonzero((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w))
+            diag[inside] += wt
+            nb = yy[inside] * w + xx[inside]
+            other = pos[nb]
+            hole = other >= 0
+            rows.append(inside[hole])
+            cols.append(other[hole])
+            offs.append(np.full(int(hole.sum()), -wt))
+            kept = ~hole
+            rhs[inside[kept]] += wt * vals[j][:, nb[kept]].T
+        idx = np.arange(u.size)
+        entries = (np.concatenate([*offs, diag]),
+                   (np.concatenate([*rows, idx]), np.concatenate([*cols, idx])))
+        a = csc_matrix(entries, shape=(u.size, u.size))
+        out[j][:, u] = splu(a).solve(rhs).T
+    filled = torch.from_numpy(out).reshape(n, c, h, w).to(img.device, dtype)
+    if noise is not None:
+        filled = filled + noise.to(img.device, dtype)
     um = removed.to(torch.bool).expand(n, c, h, w)
     return torch.where(um, filled, img.to(dtype)).to(img.dtype)
 

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_ceiling_bench_runs_and_bounds_the_peer_ratio(tmp_path: Path) -> None:
     out = tmp_path / "ceiling.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bf16_ceiling.py"), "--threads", "1", "--size", "64",
-                        "--batch", "2", "--gemm", "256", "--rounds", "1", "--fp32-vs-peer", "1.5",
-                        "--json", str(out)], capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bf16_ceiling.py"), "--threads", "1",
+                        "--size", "64", "--batch", "2", "--gemm", "256", "--rounds", "1",
+                        "--fp32-vs-peer", "1.5", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "bf16 forward runs at" in r.stdout and "at most" in r.stdout
     res = json.loads(out.read_text())

@@ -15,7 +15,7 @@ from xaidash.compute.cams import CamEngine
 from xaidash.compute.config import JobConfig, validate
 from xaidash.compute.localisation import localisation_scores
 from xaidash.compute.models import build_model
-from xaidash.compute.road import NEIGHBOUR_WEIGHTS, impute, road
+from xaidash.compute.road import CG_MAX_PIXELS, NEIGHBOUR_WEIGHTS, impute, road
 from xaidash.compute.sanity import RANDOMISATION_BLOCKS, iter_randomised, randomisation_blocks, sanity_rows
 from xaidash.dashboard.trust import sanity_verdicts
 from xaidash.errors import UserError
@@ -167,13 +167,25 @@ def test_road_imputation_matches_scipy_sparse_solve() -> None:
         (smooth[2, 0] > torch.quantile(smooth[2, 0], 0.1)).numpy(),  # 90 % removed
         np.zeros((14, 12), dtype=bool),  # nothing removed
     ])
-    got = impute(torch.from_numpy(imgs), torch.from_numpy(removed)[:, None]).numpy()
+    got = impute(torch.from_numpy(imgs), torch.from_numpy(removed)[:, None], solver="cg").numpy()
+    direct = impute(torch.from_numpy(imgs), torch.from_numpy(removed)[:, None], solver="direct").numpy()
+    auto = impute(torch.from_numpy(imgs), torch.from_numpy(removed)[:, None]).numpy()
+    np.testing.assert_array_equal(auto, got)  # small images on the CPU: CG
+    big = torch.from_numpy(rng.standard_normal((1, 3, 48, 40)).astype(np.float32))
+    hole = torch.zeros(1, 1, 48, 40, dtype=torch.bool)
+    hole[..., 10:30, 5:25] = True
+    assert CG_MAX_PIXELS <= 48 * 40
+    torch.testing.assert_close(impute(big, hole), impute(big, hole, solver="direct"), rtol=0, atol=0)
+    np.testing.assert_allclose(impute(big, hole, solver="cg").numpy(), impute(big, hole).numpy(), atol=1e-4)
     for i in range(4):
         ref = _scipy_impute(imgs[i].astype(np.float64), removed[i])
         np.testing.assert_allclose(got[i], ref, atol=1e-4)
-        np.testing.assert_array_equal(got[i][:, ~removed[i]], imgs[i][:, ~removed[i]])  # kept pixels kept
+        np.testing.assert_allclose(direct[i], ref, atol=1e-6)
+        for out in (got, direct):  # kept pixels kept
+            np.testing.assert_array_equal(out[i][:, ~removed[i]], imgs[i][:, ~removed[i]])
     # iterating long after the easy systems converged keeps them finite and exact (they freeze)
-    long = impute(torch.from_numpy(imgs), torch.from_numpy(removed)[:, None], tol=0.0, max_iter=2000).numpy()
+    long = impute(torch.from_numpy(imgs), torch.from_numpy(removed)[:, None], tol=0.0, max_iter=2000,
+                  solver="cg").numpy()
     assert np.isfinite(long).all()
     np.testing.assert_allclose(long, got, atol=1e-4)
     # the same system as pytorch-grad-cam's NoisyLinearImputer (mask: 1 = keep), without noise
