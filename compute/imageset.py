@@ -11,6 +11,7 @@ hence records rather than side effects.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -86,3 +87,11 @@ def collate(samples: list[Sample]) -> Batch:
         thumbnails=[s.thumbnail for s in good],
         failed=[(s.index, s.reason or "unreadable") for s in samples if s.x is None],
     )
+
+
+def input_hashes(x: torch.Tensor) -> list[str]:
+    """One hash per image of a batch ``[B, ...]``: 16 hex chars of blake2b over the bytes of the
+    model's input tensor (float32, CPU), so identical decoded pixels give identical hashes (the
+    ``pixels`` leaks of :mod:`xaidash.compute.quality`)."""
+    arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    return [hashlib.blake2b(arr[i].tobytes(), digest_size=8).hexdigest() for i in range(arr.shape[0])]

@@ -1,6 +1,7 @@
 """Beyond the maps: likely label errors, train/val leaks and outliers, from what a run already has.
 
-Everything here is plain numpy over the run's stored outputs (no torch, no store access), so the
+Everything here is plain numpy over the run's stored outputs (no torch, no store access; the
+input hash a leak compares is taken per batch, :func:`xaidash.compute.imageset.input_hashes`), so the
 global phase (:mod:`xaidash.compute.quality_phase`) and the tests' synthetic store call the same
 code. Definitions (also in docs/METHODS.md, "Data quality"):
 
@@ -26,12 +27,10 @@ code. Definitions (also in docs/METHODS.md, "Data quality"):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 #: default cosine similarity at or above which a val image counts as a copy of a train image
 LEAK_THRESHOLD = 0.99
@@ -41,13 +40,6 @@ OUTLIER_Z = -3.5
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.int64]
-
-
-def input_hashes(x: torch.Tensor) -> list[str]:
-    """One hash per image of a batch ``[B, ...]``: 16 hex chars of blake2b over the bytes of the
-    model's input tensor (float32, CPU), so identical decoded pixels give identical hashes."""
-    arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
-    return [hashlib.blake2b(arr[i].tobytes(), digest_size=8).hexdigest() for i in range(arr.shape[0])]
 
 
 @dataclass(frozen=True)

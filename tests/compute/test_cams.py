@@ -425,3 +425,21 @@ def test_folded_copy_equals_the_model_and_leaves_it_alone(cls: type[nn.Module], 
         ref = eng.scorecam(x, res.activations, res.targets["pred"])
         got = eng.scorecam(x, res.activations, res.targets["pred"], masked_model=folded)
     assert (got - ref).abs().max() < 1e-5
+
+
+def test_the_bulk_model_is_made_once_per_model_and_only_for_bf16() -> None:
+    import gc
+    import weakref
+
+    from xaidash.compute.chunk import masked_forward_model
+
+    model, other = _seeded(_BnNet), _seeded(_BnNet, seed=1)
+    assert masked_forward_model(model, "fp32") is model  # fp32: the model itself, exact
+    bulk = masked_forward_model(model, "bf16")
+    assert bulk is not model and masked_forward_model(model, "bf16") is bulk  # cached, not rebuilt
+    assert masked_forward_model(other, "bf16") is not bulk
+    # the cache does not keep a model (or its copy) alive
+    gone = weakref.ref(bulk)
+    del model, bulk
+    gc.collect()
+    assert gone() is None

@@ -18,11 +18,11 @@ from PIL import Image
 from tests.support.imagegen import make_imagefolder
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.clusters import cluster_cell, error_clusters
+from xaidash.compute.imageset import input_hashes
 from xaidash.compute.job import JobConfig, run_job
 from xaidash.compute.quality import (
     LEAK_THRESHOLD,
     accuracy_without,
-    input_hashes,
     label_issues,
     leaks_and_outliers,
     modified_z,
