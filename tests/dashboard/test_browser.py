@@ -8,7 +8,6 @@ to look at. Every page must be styled (Bootstrap applied) and load nothing from 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,10 @@ from tests.support.browser import (
     SHOTS,
     By,
     LiveServer,
+    box_select,
     check_page,
     click_xy,
     css,
-    drag,
     open_page,
     wait_for,
 )
@@ -89,19 +88,7 @@ def test_image_page_four_cams_and_twins(driver: Any, server: LiveServer) -> None
 def test_embedding_box_selection_opens_gallery(driver: Any, server: LiveServer) -> None:
     open_page(driver, server.url + "/embedding", "#embedding-graph .js-plotly-plot")
     wait_for(lambda: css(driver, "#embedding-graph .gl-canvas, #embedding-graph canvas"), "WebGL canvas")
-    driver.execute_script(
-        "Plotly.relayout(document.querySelector('#embedding-graph .js-plotly-plot'), {dragmode: 'select'})"
-    )
-    time.sleep(0.5)
-    # Drag a box over the middle half of the plot area.
-    rect = driver.execute_script(
-        "const gd=document.querySelector('#embedding-graph .js-plotly-plot'); const fl=gd._fullLayout;"
-        "const r=gd.getBoundingClientRect();"
-        "return [r.left+fl._size.l, r.top+fl._size.t, fl._size.w, fl._size.h];"
-    )
-    left, top, w, h = rect
-    pts = [(left + w * (0.1 + 0.05 * i), top + h * (0.1 + 0.05 * i)) for i in range(9)]
-    drag(driver, pts)
+    box_select(driver, "#embedding-graph", 0.1, 0.05)  # a box over the middle half of the plot area
     btn = wait_for(lambda: css(driver, "#embedding-open-gallery"), "the open-selection button")[0]
     n_sel = int(driver.find_element(By.ID, "embedding-selection-count").text.split()[0].replace(",", ""))
     assert n_sel > 0
@@ -285,18 +272,7 @@ def test_density_map_hover_and_box_selection(driver: Any, server: LiveServer) ->
         driver.execute_cdp_cmd("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
         wait_for(lambda: css(driver, "#embedding-hover img.xd-hover-thumb"), "the hovered point's thumbnail")
         check_page(driver, "embedding_density_hover")
-        driver.execute_script(
-            "Plotly.relayout(document.querySelector('#embedding-graph .js-plotly-plot'),"
-            " {dragmode: 'select'})"
-        )
-        time.sleep(0.5)
-        rect = driver.execute_script(
-            "const gd=document.querySelector('#embedding-graph .js-plotly-plot'); const fl=gd._fullLayout;"
-            "const r=gd.getBoundingClientRect();"
-            "return [r.left+fl._size.l, r.top+fl._size.t, fl._size.w, fl._size.h];"
-        )
-        left, top, w, h = rect
-        drag(driver, [(left + w * (0.1 + 0.1 * i), top + h * (0.1 + 0.1 * i)) for i in range(9)])
+        box_select(driver, "#embedding-graph", 0.1, 0.1)
         wait_for(lambda: css(driver, "#embedding-open-gallery"), "the open-selection button")
         n_sel = int(driver.find_element(By.ID, "embedding-selection-count").text.split()[0].replace(",", ""))
         assert n_sel > 50  # more than the markers drawn: the selection covers every point

@@ -142,3 +142,16 @@ const fl = gd._fullLayout, r = gd.getBoundingClientRect();
 return [r.left + fl.xaxis._offset + fl.xaxis.l2p(arguments[1]),
         r.top + fl.yaxis._offset + fl.yaxis.l2p(arguments[2])];
 """
+
+
+def box_select(drv: Any, graph: str, start: float, step: float) -> None:
+    """Switch the plotly graph inside ``graph`` (a CSS selector) to box selection and drag a box
+    diagonally over its plot area, from ``start`` in ``step`` increments (fractions of the area)."""
+    plot = f"document.querySelector('{graph} .js-plotly-plot')"
+    drv.execute_script(f"Plotly.relayout({plot}, {{dragmode: 'select'}})")
+    time.sleep(0.5)
+    left, top, w, h = drv.execute_script(
+        f"const gd={plot}; const fl=gd._fullLayout; const r=gd.getBoundingClientRect();"
+        "return [r.left+fl._size.l, r.top+fl._size.t, fl._size.w, fl._size.h];"
+    )
+    drag(drv, [(left + w * (start + step * i), top + h * (start + step * i)) for i in range(9)])
