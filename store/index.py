@@ -107,8 +107,9 @@ class GalleryIndex:
 
     def page(self, q: GalleryQuery, key: str) -> tuple[pd.DataFrame, int]:
         """Page ``q.page`` of the rows matching the filters of ``q`` (checked), sorted by ``key``
-        (one of :attr:`keys`), as :data:`GALLERY_COLUMNS` plus ``sort_value``; and the total
-        count of matches."""
+        (one of :attr:`keys`), as :data:`GALLERY_COLUMNS` plus ``sort_value`` and ``flags`` (the
+        row's data-quality flags, :data:`xaidash.constants.QUALITY_FLAGS` order, comma-separated;
+        "" when none or the run has no quality table); and the total count of matches."""
         mask = (self.confidence >= float(q.conf_min)) & (self.confidence <= float(q.conf_max))
         if q.true_class is not None:
             mask &= (self.label == int(q.true_class)) & (self.label >= 0)
@@ -130,11 +131,12 @@ class GalleryIndex:
         hits = order[mask[order]]
         page, page_size = int(q.page), int(q.page_size)
         page_rows = hits[page * page_size : (page + 1) * page_size]
-        cols = [*GALLERY_COLUMNS, "sort_value"]
+        cols = [*GALLERY_COLUMNS, "sort_value", "flags"]
         if len(page_rows) == 0:
             return pd.DataFrame(columns=cols), len(hits)
         df: pd.DataFrame = self.table.take(pa.array(page_rows)).to_pandas()
         df["sort_value"] = self.keys[key][page_rows]  # float64, NaN where the key is null
+        df["flags"] = [",".join(f for f, m in self.flags.items() if m[r]) for r in page_rows]
         return df[cols], len(hits)
 
     def order(self, key: str, descending: bool) -> Ints:

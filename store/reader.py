@@ -350,7 +350,7 @@ class StoreReader(QualityQueries):
         q.check()
         e = self._entry(run_id)
         if e is None:
-            return pd.DataFrame(columns=[*GALLERY_COLUMNS, "sort_value"]), 0
+            return pd.DataFrame(columns=[*GALLERY_COLUMNS, "sort_value", "flags"]), 0
         return self._gallery_index(e).page(q, q.sort_key(e.methods))
 
     def _gallery_index(self, e: RunEntry) -> GalleryIndex:

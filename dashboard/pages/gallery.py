@@ -32,7 +32,7 @@ from xaidash.dashboard.components import (
     thumb_img,
     warning_alert,
 )
-from xaidash.dashboard.pages.gallery_quality import cluster_panel, flag_chip, flag_filter
+from xaidash.dashboard.pages.gallery_quality import cluster_panel, flag_chip, flag_filter, row_flags
 from xaidash.dashboard.params import (
     GALLERY_KEYS,
     MAX_PAGE,
@@ -183,6 +183,7 @@ def gallery_row(run_id: str, rec: Record, f: Filters, methods: list[str]) -> htm
     meta = html.Div(
         [
             correctness_badge(rec.get("correct")),
+            *row_flags(rec.get("flags")),
             html.Div(
                 [html.Span("pred ", className="text-muted"), html.B(str(rec.get("pred_name")))],
                 className="small",

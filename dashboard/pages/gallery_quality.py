@@ -52,8 +52,25 @@ def flag_chip(f: Filters) -> Any:
     """The header badge of an active quality filter."""
     if f.flag is None:
         return None
-    return dbc.Badge(FLAG_LABELS.get(f.flag, f.flag), color="warning", className="me-1 text-dark",
+    return dbc.Badge(FLAG_LABELS.get(f.flag, f.flag), color="warning", className="me-1 xd-flag",
                      id=f"{PREFIX}-flag-badge")
+
+
+#: what each flag means, as the row badge's tooltip
+FLAG_HINTS: dict[str, str] = {
+    "mislabelled": "confident learning (cleanlab) suspects the label; the image page suggests a class",
+    "leak": "a training image is identical or nearly so; the image page shows the pair",
+    "outlier": "far from every training image, relative to this run's own distances",
+}
+
+
+def row_flags(flags: object) -> list[Any]:
+    """The data-quality badges of one gallery row (``flags``: the page's comma-separated column)."""
+    if not isinstance(flags, str) or not flags:
+        return []
+    return [dbc.Badge(FLAG_LABELS[f], color="warning", className="me-1 xd-flag",
+                      title=FLAG_HINTS.get(f, ""))
+            for f in flags.split(",") if f in FLAG_LABELS]
 
 
 def _map_src(values: object, h: object, w: object, cmap: str) -> str | None:

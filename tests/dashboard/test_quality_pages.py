@@ -53,6 +53,21 @@ def test_gallery_flag_filter_matches_the_quality_table(state: Any, store_dir: Pa
     assert "gallery-flag-badge" in out and f"{total:,} images" in out
 
 
+def test_gallery_rows_carry_their_flags(state: Any) -> None:
+    run = latest(state)
+    q = state.data.quality.quality_rows(state.data.reader._entry(run)).to_pandas().set_index("image_id")
+    rows, _ = state.data.gallery(run, GalleryQuery(page_size=1000))
+    for iid, flags in zip(rows["image_id"], rows["flags"], strict=True):
+        want = [f for f in ("mislabelled", "leak", "outlier") if iid in q.index and bool(q.at[iid, f])]
+        assert flags == ",".join(want), iid
+    # the page shows each flagged row's badges, with the flag's meaning as the tooltip
+    leaks, n = state.data.gallery(run, GalleryQuery(flag="leak", page_size=24))
+    out = text_of(render(state, "/gallery", "?flag=leak&size=24"))
+    assert out.count("xd-flag") >= min(n, 24) and "the image page shows the pair" in out
+    plain = rows.loc[rows["flags"] == "", "image_id"]
+    assert len(plain) and len(leaks)
+
+
 def test_gallery_sorts_by_label_quality(state: Any) -> None:
     run = latest(state)
     rows, _ = state.data.gallery(run, GalleryQuery(sort="label_quality", page_size=50))
@@ -128,6 +143,7 @@ def test_old_run_without_quality_tables_shows_pages_as_before(tmp_path: Path) ->
     assert "overview-quality-card" not in overview and "leaked" not in overview
     gallery = text_of(render(state, "/gallery", ""))
     assert "Label quality" not in gallery and "could not be rendered" not in gallery
+    assert "xd-flag" not in gallery and set(state.data.gallery(run, GalleryQuery())[0]["flags"]) == {""}
     with open_store(store) as r:
         cl = r.confusion(run)
     t, p = int(cl["true_class"].iloc[1]), int(cl["pred_class"].iloc[1])
