@@ -87,7 +87,14 @@ def forward_only_precision(precision: str, device: torch.device) -> contextlib.A
     return contextlib.nullcontext()
 
 
-_FOLDED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], nn.Module]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _weights_state(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Which tensors the model holds and how often each was changed in place (torch bumps a
+    tensor's ``_version`` on every in-place write): equal states mean equal weights."""
+    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
 
 
 def masked_forward_model(model: nn.Module, precision: str) -> nn.Module:
@@ -95,15 +102,18 @@ def masked_forward_model(model: nn.Module, precision: str) -> nn.Module:
     the gradient pass); in bf16 a BatchNorm-folded channels-last copy (:func:`folded_copy`),
     whose deviation from fp32 is part of what the run's calibration measures.
 
-    The copy is made once per model object and process (about 0.1 s for ResNet-18; every val
-    chunk, the calibration and the speed-up hint ask for it). A run never changes its model's
-    weights (:func:`xaidash.compute.loading.for_inference` freezes them; the sanity check
-    randomises copies), so the cached copy stays equal to it."""
+    The copy is made once per model and weights (about 0.1 s for ResNet-18; every val chunk,
+    the calibration and the speed-up hint ask for it): a model whose weights were changed or
+    replaced since (the sanity check's cascade re-initialises one copy step by step) gets a
+    new copy."""
     if precision != "bf16":
         return model
-    copy_ = _FOLDED.get(model)
-    if copy_ is None:
-        copy_ = _FOLDED[model] = folded_copy(model)
+    state = _weights_state(model)
+    hit = _FOLDED.get(model)
+    if hit is not None and hit[0] == state:
+        return hit[1]
+    copy_ = folded_copy(model)
+    _FOLDED[model] = (state, copy_)
     return copy_
 
 

@@ -174,12 +174,17 @@ class TrustWork:
     def _map_fn(self) -> Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
         """The run's maps on a (randomised) network, for fixed targets: the gradient methods from
         one forward + backward (target kind "true" = the given classes), Score-CAM in the run's
-        precision, as in the run."""
+        precision on the model it would use there, as in the run."""
         plan = self.plan
+
+        from xaidash.compute.chunk import masked_batch_size, masked_forward_model
 
         def maps_of(model: torch.nn.Module, x: torch.Tensor,
                     targets: torch.Tensor) -> dict[str, torch.Tensor]:
             out: dict[str, torch.Tensor] = {}
+            # the masked forwards on this step's model as the run's run on its own (bf16: the
+            # folded copy, made before the engine hooks the model; fp32: the model itself)
+            bulk = masked_forward_model(model, plan.cfg.precision) if "scorecam" in plan.methods else model
             with CamEngine(model, plan.target_layer, plan.linear_head) as engine:
                 res = engine.forward(x, plan.methods, true_labels=targets)
                 for m in plan.methods:
@@ -188,9 +193,9 @@ class TrustWork:
                 if "scorecam" in plan.methods:
                     with self.autocast():
                         out["scorecam"] = engine.scorecam(
-                            x, res.activations, targets, batch_size=max(plan.cfg.batch_size, 64),
+                            x, res.activations, targets, batch_size=masked_batch_size(plan, x),
                             max_channels=plan.cfg.scorecam_max_channels,
-                            channels_last=plan.masked_channels_last).float()
+                            channels_last=plan.masked_channels_last, masked_model=bulk).float()
             return out
 
         return maps_of

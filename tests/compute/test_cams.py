@@ -438,6 +438,15 @@ def test_the_bulk_model_is_made_once_per_model_and_only_for_bf16() -> None:
     bulk = masked_forward_model(model, "bf16")
     assert bulk is not model and masked_forward_model(model, "bf16") is bulk  # cached, not rebuilt
     assert masked_forward_model(other, "bf16") is not bulk
+    with torch.no_grad():  # weights changed in place (as the sanity cascade does): a new copy
+        model.features[0].weight.mul_(2)
+    again = masked_forward_model(model, "bf16")
+    assert again is not bulk and masked_forward_model(model, "bf16") is again
+    x = _images(b=2).abs()
+    with torch.no_grad():
+        assert torch.allclose(again(x), model(x), atol=1e-5)
+    bulk = again
+    del again
     # the cache does not keep a model (or its copy) alive
     gone = weakref.ref(bulk)
     del model, bulk
