@@ -128,49 +128,66 @@ def impute(img: Tensor, removed: Tensor, noise: Tensor | None = None, tol: float
 
 
 def _impute_direct(img: Tensor, removed: Tensor, noise: Tensor | None) -> Tensor:
-    """:func:`impute` by one sparse LU factorisation per image (float64, on the CPU)."""
-    from scipy.sparse import csc_matrix
-    from scipy.sparse.linalg import splu
+    """:func:`impute` by one sparse LU factorisation per image (float64, on the CPU).
+
+    The matrix is symmetric positive definite, so SuperLU runs in symmetric mode (minimum degree
+    on A + Aᵀ, no pivoting), and the images are factorised on ``torch.get_num_threads()``
+    threads. One 224-px image's 40 systems on the 2-core CPU (under load): 4.38 s with scipy's
+    defaults one after another, 3.93 s in symmetric mode, 2.89 s in symmetric mode on 2 threads
+    (solutions equal to 4e-11)."""
+    from concurrent.futures import ThreadPoolExecutor
 
     n, c, h, w = img.shape
     dtype = torch.float32 if img.dtype in (torch.float16, torch.bfloat16) else img.dtype
     vals = img.detach().to("cpu", torch.float64).numpy().reshape(n, c, h * w)
     holes = removed.detach().to("cpu").reshape(n, h * w).numpy().astype(bool)
     out = vals.copy()
-    for j in range(n):
-        u = np.flatnonzero(holes[j])
-        if u.size == 0:
-            continue
-        pos = np.full(h * w, -1, dtype=np.int64)
-        pos[u] = np.arange(u.size)
-        ys, xs = np.divmod(u, w)
-        diag = np.zeros(u.size)
-        rhs = np.zeros((u.size, c))
-        rows: list[np.ndarray] = []
-        cols: list[np.ndarray] = []
-        offs: list[np.ndarray] = []
-        for (dy, dx), wt in NEIGHBOUR_WEIGHTS.items():
-            yy, xx = ys + dy, xs + dx
-            inside = np.flatnonzero((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w))
-            diag[inside] += wt
-            nb = yy[inside] * w + xx[inside]
-            other = pos[nb]
-            hole = other >= 0
-            rows.append(inside[hole])
-            cols.append(other[hole])
-            offs.append(np.full(int(hole.sum()), -wt))
-            kept = ~hole
-            rhs[inside[kept]] += wt * vals[j][:, nb[kept]].T
-        idx = np.arange(u.size)
-        entries = (np.concatenate([*offs, diag]),
-                   (np.concatenate([*rows, idx]), np.concatenate([*cols, idx])))
-        a = csc_matrix(entries, shape=(u.size, u.size))
-        out[j][:, u] = splu(a).solve(rhs).T
+    jobs = [j for j in range(n) if holes[j].any()]
+    if jobs:
+        threads = max(1, min(len(jobs), torch.get_num_threads()))
+        with ThreadPoolExecutor(threads) as pool:
+            for j, u, sol in pool.map(lambda j: (j, *_solve_holes(vals[j], holes[j], h, w)), jobs):
+                out[j][:, u] = sol
     filled = torch.from_numpy(out).reshape(n, c, h, w).to(img.device, dtype)
     if noise is not None:
         filled = filled + noise.to(img.device, dtype)
     um = removed.to(torch.bool).expand(n, c, h, w)
     return torch.where(um, filled, img.to(dtype)).to(img.dtype)
+
+
+def _solve_holes(vals: np.ndarray, hole: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The removed pixels ``u`` of one image (``vals`` ``[C, H·W]``, ``hole`` ``[H·W]``) and their
+    imputed values ``[C, |u|]``: the docstring's system, assembled for all 8 neighbours at once."""
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import splu
+
+    c = vals.shape[0]
+    u = np.flatnonzero(hole)
+    pos = np.full(h * w, -1, dtype=np.int64)
+    pos[u] = np.arange(u.size)
+    ys, xs = np.divmod(u, w)
+    diag = np.zeros(u.size)
+    rhs = np.zeros((u.size, c))
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    offs: list[np.ndarray] = []
+    for (dy, dx), wt in NEIGHBOUR_WEIGHTS.items():
+        yy, xx = ys + dy, xs + dx
+        inside = np.flatnonzero((yy >= 0) & (yy < h) & (xx >= 0) & (xx < w))
+        diag[inside] += wt
+        nb = yy[inside] * w + xx[inside]
+        other = pos[nb]
+        in_hole = other >= 0
+        rows.append(inside[in_hole])
+        cols.append(other[in_hole])
+        offs.append(np.full(int(in_hole.sum()), -wt))
+        kept = ~in_hole
+        rhs[inside[kept]] += wt * vals[:, nb[kept]].T
+    idx = np.arange(u.size)
+    entries = (np.concatenate([*offs, diag]), (np.concatenate([*rows, idx]), np.concatenate([*cols, idx])))
+    a = csc_matrix(entries, shape=(u.size, u.size))
+    lu = splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    return u, lu.solve(rhs).T
 
 
 def image_noise(image_id: str, shape: Sequence[int], noise: float = ROAD_NOISE) -> Tensor:
