@@ -25,7 +25,17 @@ def accuracy_without_leaks(summary: dict[str, Any]) -> str | None:
     acc, leaks = summary.get("accuracy_without_leaks"), int(summary.get("leaks") or 0)
     if not leaks or acc is None:
         return None
-    return f"{fmt_pct(acc)} without the {leaks:,} leaked image{'s' if leaks != 1 else ''}"
+    pixels = int(summary.get("pixel_leaks") or 0)
+    s = "s" if leaks != 1 else ""
+    # say which kind: a pixel copy is certain, a near-duplicate embedding may be a look-alike
+    # (the quality card below says how each kind is found)
+    if pixels == leaks:
+        what = f"pixel cop{'ies' if leaks != 1 else 'y'} of training images"
+    elif pixels == 0:
+        what = f"near-duplicate{s} of training images"
+    else:
+        what = f"leaks ({pixels:,} pixel cop{'ies' if pixels != 1 else 'y'})"
+    return f"{fmt_pct(acc)} without {leaks:,} {what}"
 
 
 def quality_card(ctx: PageContext, info: RunInfo, f: Filters, summary: dict[str, Any]) -> Any:

@@ -17,6 +17,7 @@ from tests.support.dash_testing import post_callback
 from tests.support.synthetic import build_synthetic_store
 from xaidash.dashboard.app import create_app, render
 from xaidash.dashboard.pages.gallery_quality import flag_to_search
+from xaidash.dashboard.pages.overview_quality import accuracy_without_leaks
 from xaidash.dashboard.params import parse_query, to_query
 from xaidash.store import GalleryQuery
 from xaidash.store.reader import open_store
@@ -104,7 +105,7 @@ def test_overview_image_and_compare_show_quality(state: Any) -> None:
     summary = state.data.quality.quality_summary(run)
     out = text_of(render(state, "/", ""))
     assert "overview-quality-card" in out and "Likely mislabelled" in out
-    assert f"without the {summary['leaks']:,} leaked image" in out
+    assert accuracy_without_leaks(summary) in out and f"without {summary['leaks']:,} " in out
     assert "flag=leak" in out and "flag=mislabelled" in out
     q = state.data.quality.quality_rows(state.data.reader._entry(run)).to_pandas()
     leak_id = str(q.loc[q["leak"], "image_id"].iloc[0])
@@ -119,6 +120,17 @@ def test_overview_image_and_compare_show_quality(state: Any) -> None:
     both = state.data.quality.quality_overlap(runs[1], runs[0])
     n = int(both.loc[both["flag"] == "mislabelled", "both"].iloc[0])
     assert f"{n:,} images flagged likely mislabelled in both runs" in cmp
+
+
+def test_accuracy_without_leaks_names_the_kind_of_leak() -> None:
+    base = {"accuracy_without_leaks": 0.66}
+    assert accuracy_without_leaks({**base, "leaks": 17, "pixel_leaks": 0}) == (
+        "66.0% without 17 near-duplicates of training images")
+    assert accuracy_without_leaks({**base, "leaks": 2, "pixel_leaks": 2}) == (
+        "66.0% without 2 pixel copies of training images")
+    assert accuracy_without_leaks({**base, "leaks": 5, "pixel_leaks": 1}) == (
+        "66.0% without 5 leaks (1 pixel copy)")
+    assert accuracy_without_leaks({**base, "leaks": 0, "pixel_leaks": 0}) is None
 
 
 def test_flag_callback_over_http(client: Any, app: Any) -> None:
