@@ -79,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "DIR/masks/val/<class>/<name>.png")
     trust.add_argument("--localisation-topk", type=float, default=20.0, metavar="K",
                        help="k of the IoU of the map's top-k %% pixels with the object (default 20)")
+    trust.add_argument("--pointing-tolerance", type=float, default=15.0, metavar="PX",
+                       help="pointing game: a hit when the map's maximum is within PX pixels of the "
+                            "object, in pixels of a 224-px input, scaled to the model's (default 15, "
+                            "as Zhang et al. 2016; 0 = inside the object)")
     quality = parser.add_argument_group("data quality (label issues, leaks, outliers, error clusters)")
     quality.add_argument("--leak-threshold", type=float, default=0.99, metavar="S",
                          help="cosine similarity to the nearest train image at or above which a val "

@@ -61,6 +61,8 @@ class JobConfig:
     road_images: int | None = None
     boxes: str | None = None
     localisation_topk: float = 20.0
+    #: the pointing game's tolerance, pixels of a 224-px input (compute/localisation.py)
+    pointing_tolerance: float = 15.0
     #: data quality: cosine similarity at or above which a val image is a leak of a train image
     leak_threshold: float = 0.99
     #: data quality: fewest errors in a confusion cell for it to be clustered
@@ -113,6 +115,8 @@ class JobConfig:
             road_images=count("road_images"), boxes=text("boxes"),
             localisation_topk=float(a["localisation_topk"]) if a.get("localisation_topk") is not None
             else base.localisation_topk,
+            pointing_tolerance=float(a["pointing_tolerance"]) if a.get("pointing_tolerance") is not None
+            else base.pointing_tolerance,
             leak_threshold=base.leak_threshold if a.get("leak_threshold") is None
             else float(a["leak_threshold"]),
             cluster_min_errors=number("cluster_min_errors", base.cluster_min_errors),
@@ -139,6 +143,7 @@ class JobConfig:
             "road_images": self.road_images if self.road_fractions else None,
             "boxes": self.boxes,
             "localisation_topk": self.localisation_topk,
+            "pointing_tolerance": self.pointing_tolerance,
             "leak_threshold": self.leak_threshold,
             "cluster_min_errors": self.cluster_min_errors,
         }
@@ -233,6 +238,9 @@ def validate(cfg: JobConfig) -> JobConfig:
                         "skip ROAD)")
     if not 0 < cfg.localisation_topk <= 100:
         raise UserError(f"--localisation-topk must be in (0, 100], got {cfg.localisation_topk}")
+    if not 0 <= cfg.pointing_tolerance <= 224:
+        raise UserError(f"--pointing-tolerance must be in [0, 224] pixels (of a 224-px input), "
+                        f"got {cfg.pointing_tolerance}")
     if cfg.ray is not None:
         if cfg.shard:
             raise UserError("--ray and --shard are two ways to split one job; use one (--ray spreads the "

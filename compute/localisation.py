@@ -15,7 +15,10 @@ and the map is bilinearly upsampled to the input (as for faithfulness), so both 
 network's input grid. Per (image, method), for the predicted-class map ``S``:
 
 * **pointing game** (Zhang et al. 2016): 1 when the map's maximum (the first in row-major
-  order) lies inside the object, else 0 (no tolerance margin);
+  order) lies within ``--pointing-tolerance`` pixels (Euclidean) of an object pixel, else 0.
+  The paper's tolerance is 15 px (TorchRay's default too); it is given for a 224-px input and
+  scaled to the network's input (:func:`pointing_radius`), so 15 means 2.1 px at 32 px; 0 =
+  the maximum must be inside the object;
 * **energy-based pointing game** (Score-CAM paper §5.2): ``Σ_{object} S / Σ S``;
 * **IoU of the top k %** (``--localisation-topk``, default 20): the ``ceil(k/100·n)`` pixels of
   highest ``S`` (ties by row-major index) against the object: ``|T ∩ O| / |T ∪ O|``.
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
     from xaidash.compute.models import Preprocessing
 
 DEFAULT_TOPK = 20.0
+#: the pointing game's tolerance in pixels of a 224-px input (Zhang et al. 2016, §5.1)
+DEFAULT_POINTING_TOLERANCE = 15.0
 MASK_DIR = "masks"
 
 
@@ -167,15 +172,35 @@ def _read_boxes(path: Path, dataset: Dataset, val: list[Item]) -> GroundTruth:
     return GroundTruth(boxes={k: tuple(v) for k, v in out.items()}, source=str(path))
 
 
-def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOPK) -> dict[str, Tensor]:
+def pointing_radius(tolerance: float, size: tuple[int, int]) -> float:
+    """The pointing game's tolerance on an ``H x W`` input grid: ``tolerance`` is in pixels of a
+    224-px input, scaled by ``min(H, W) / 224``."""
+    return tolerance * min(size) / 224.0
+
+
+def _within(objects: Tensor, radius: float) -> Tensor:
+    """``objects`` ``[B, H, W]`` bool grown by a disc: pixels within ``radius`` (Euclidean) of one."""
+    r = math.floor(radius)
+    if r < 1:
+        return objects
+    d = torch.arange(-r, r + 1, dtype=torch.float32)
+    disc = ((d[:, None] ** 2 + d[None, :] ** 2) <= radius**2).float()[None, None]
+    grown = torch.nn.functional.conv2d(objects.float().unsqueeze(1), disc.to(objects.device), padding=r)
+    return grown.squeeze(1) > 0.5
+
+
+def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOPK,
+                        radius: float = 0.0) -> dict[str, Tensor]:
     """``pointing``, ``energy`` and ``iou`` per image, each ``[B]`` (NaN for an all-zero map).
 
-    ``maps`` ``[B, h, w]`` (upsampled bilinearly to the objects' grid), ``objects`` ``[B, H, W]`` bool.
+    ``maps`` ``[B, h, w]`` (upsampled bilinearly to the objects' grid), ``objects`` ``[B, H, W]`` bool;
+    ``radius``: the pointing game's tolerance in pixels of this grid (:func:`pointing_radius`).
     """
     _, hgt, wid = objects.shape
     s = upsample_maps(maps.float(), (hgt, wid)).flatten(1)  # [B, n]
     o = objects.flatten(1).to(s.device)
-    pointing = o.gather(1, s.argmax(dim=1, keepdim=True)).squeeze(1).float()
+    near = _within(objects, radius).flatten(1).to(s.device)
+    pointing = near.gather(1, s.argmax(dim=1, keepdim=True)).squeeze(1).float()
     total = s.sum(dim=1)
     inside = (s * o).sum(dim=1)
     energy = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),

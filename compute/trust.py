@@ -124,7 +124,7 @@ class TrustWork:
 
     def _localisation(self, ids: list[str], maps: Mapping[str, torch.Tensor],
                       sizes: Sequence[tuple[int, int]], sel: list[int]) -> None:
-        from xaidash.compute.localisation import localisation_scores, to_input_grid
+        from xaidash.compute.localisation import localisation_scores, pointing_radius, to_input_grid
 
         gt = self.plan.ground_truth
         assert gt is not None
@@ -143,8 +143,9 @@ class TrustWork:
             if not keep:
                 return
             obj_t = torch.stack(objects)
-            scores = {m: localisation_scores(mp[torch.tensor(keep, device=mp.device)].cpu(), obj_t, topk)
-                      for m, mp in maps.items()}
+            radius = pointing_radius(self.plan.cfg.pointing_tolerance, (obj_t.shape[1], obj_t.shape[2]))
+            scores = {m: localisation_scores(mp[torch.tensor(keep, device=mp.device)].cpu(), obj_t, topk,
+                                             radius) for m, mp in maps.items()}
         for m, s in scores.items():
             self.tables["localisation"].add(
                 image_id=[ids[i] for i in keep], method=[m] * len(keep),

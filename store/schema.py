@@ -279,8 +279,8 @@ LOCALISATION = pa.schema(
         _RUN_ID,
         _IMAGE_ID,
         _METHOD,
-        _f("pointing", pa.float32(), "1 if the predicted-class map's maximum lies inside the object, "
-           "else 0."),
+        _f("pointing", pa.float32(), "1 if the predicted-class map's maximum lies within the run's "
+           "pointing_tolerance (config; pixels of a 224-px input, scaled) of the object, else 0."),
         _f("energy", pa.float32(), "Energy-based pointing game: share of the map's mass inside the object."),
         _f("iou", pa.float32(), "IoU of the map's top-k % pixels with the object."),
         _f("topk", pa.float32(), "k of the top-k % IoU (percent of the input's pixels)."),

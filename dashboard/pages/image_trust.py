@@ -11,7 +11,7 @@ from dash import dcc, html
 
 from xaidash.dashboard import figures_trust
 from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, method_label
-from xaidash.dashboard.pages.overview_trust import _in_method_order
+from xaidash.dashboard.pages.overview_trust import _in_method_order, pointing_rule
 from xaidash.dashboard.trust import road_scores
 
 if TYPE_CHECKING:
@@ -36,21 +36,21 @@ def road_card(rows: pd.DataFrame) -> Any:
     )
 
 
-def localisation_card(rows: pd.DataFrame) -> Any:
+def localisation_card(rows: pd.DataFrame, rule: str = "inside the object") -> Any:
     topk = rows["topk"].dropna()
     k = f"{float(topk.iloc[0]):g}" if len(topk) else "k"
     return card(
         "Localisation on this image",
         [df_table(
             _in_method_order(rows),
-            [("method", "Method"), ("pointing", "Max inside?"), ("energy", "Energy inside ↑"),
+            [("method", "Method"), ("pointing", "Max on the object?"), ("energy", "Energy inside ↑"),
              ("iou", f"IoU top {k} % ↑")],
             formats={"method": lambda v, r: method_label(v),
                      "pointing": lambda v, r: "—" if pd.isna(v) else ("yes" if float(v) > 0 else "no"),
                      "energy": lambda v, r: fmt_pct(v), "iou": lambda v, r: fmt_num(v)},
             id=f"{PREFIX}-localisation-table",
         ),
-         html.P("Max inside: is the map's maximum inside the object (pointing game)? Energy inside: the "
+         html.P(f"Max on the object: is the map's maximum {rule} (pointing game)? Energy inside: the "
                 "share of the map's mass inside the object. IoU: the map's top pixels against the object.",
                 className="small text-muted mt-2 mb-0")],
     )
@@ -65,5 +65,5 @@ def image_sections(ctx: PageContext, image_id: str) -> list[Any]:
         cols.append(dbc.Col(road_card(road), lg=7))
     loc = trust.image_localisation(run_id, image_id)
     if len(loc):
-        cols.append(dbc.Col(localisation_card(loc), lg=5))
+        cols.append(dbc.Col(localisation_card(loc, pointing_rule(ctx.info)), lg=5))
     return [dbc.Row(cols, id=f"{PREFIX}-trust")] if cols else []

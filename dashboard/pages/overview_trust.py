@@ -159,7 +159,16 @@ def road_section(summary: pd.DataFrame) -> Any:
     )
 
 
-def localisation_section(summary: pd.DataFrame) -> Any:
+def pointing_rule(info: RunInfo) -> str:
+    """What counts as a pointing-game hit in this run: within the recorded tolerance (pixels of a
+    224-px input) of the object, or inside it (runs before the option: no tolerance)."""
+    tol = info.config.get("pointing_tolerance")
+    if isinstance(tol, (int, float)) and tol > 0:
+        return f"within {float(tol):g} px (of a 224-px input) of the object"
+    return "inside the object"
+
+
+def localisation_section(summary: pd.DataFrame, rule: str = "inside the object") -> Any:
     """Pointing game, energy-based pointing game and top-k IoU per method."""
     topk = summary["topk"].dropna()
     k = f"{float(topk.iloc[0]):g}" if len(topk) else "k"
@@ -176,7 +185,7 @@ def localisation_section(summary: pd.DataFrame) -> Any:
         [
             table,
             html.P(
-                "Pointing game: share of images whose map maximum lies inside the object. Energy-based "
+                f"Pointing game: share of images whose map maximum lies {rule}. Energy-based "
                 "pointing game (Score-CAM §5.2): mean share of the map's mass inside the object. IoU: the "
                 f"map's top {k} % pixels against the object. Maps explain the predicted class.",
                 className="small text-muted mt-2 mb-0",
@@ -220,7 +229,7 @@ def trust_sections(ctx: PageContext) -> list[Any]:
         out.append((baselines_section(summary, baselines), 12))
     loc = trust.localisation_summary(run_id)
     if len(loc):
-        out.append((localisation_section(loc), 6))
+        out.append((localisation_section(loc, pointing_rule(ctx.info)), 6))
     if not out:
         return []
     return [html.Div([html.H5("Can I trust these maps?", className="mt-2 mb-2"),

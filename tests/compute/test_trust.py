@@ -13,7 +13,7 @@ from scipy.sparse.linalg import spsolve
 from xaidash.compute.baselines import centre_map, random_map
 from xaidash.compute.cams import CamEngine
 from xaidash.compute.config import JobConfig, validate
-from xaidash.compute.localisation import localisation_scores
+from xaidash.compute.localisation import localisation_scores, pointing_radius
 from xaidash.compute.models import build_model
 from xaidash.compute.road import CG_MAX_PIXELS, NEIGHBOUR_WEIGHTS, impute, road
 from xaidash.compute.sanity import RANDOMISATION_BLOCKS, iter_randomised, randomisation_blocks, sanity_rows
@@ -230,6 +230,23 @@ def test_pointing_energy_and_iou_on_a_hand_computed_4x4_example() -> None:
     assert all(np.isnan(s[k][2].item()) for k in ("pointing", "energy", "iou"))  # all-zero map: null
 
 
+def test_pointing_game_tolerance_is_a_euclidean_disc_scaled_from_224_px() -> None:
+    obj = torch.zeros(1, 9, 9, dtype=torch.bool)
+    obj[0, 4, 0] = True  # one object pixel at (row 4, col 0)
+    hits = []
+    for col, row in ((2, 4), (3, 4), (2, 6), (3, 6)):  # the map's maximum at distance 2, 3, √8, √13
+        m = torch.zeros(1, 9, 9)
+        m[0, row, col] = 1.0
+        hits.append([localisation_scores(m, obj, radius=r)["pointing"].item() for r in (0.0, 2.0, 3.0)])
+    assert hits == [[0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    # energy and IoU do not depend on the tolerance
+    m = torch.rand(1, 9, 9, generator=torch.Generator().manual_seed(0))
+    a, b = localisation_scores(m, obj, radius=0.0), localisation_scores(m, obj, radius=4.0)
+    assert a["energy"].item() == b["energy"].item() and a["iou"].item() == b["iou"].item()
+    assert pointing_radius(15, (224, 224)) == 15
+    assert pointing_radius(15, (32, 40)) == pytest.approx(15 * 32 / 224)
+
+
 # ---- options ------------------------------------------------------------------------------------
 
 
@@ -240,6 +257,7 @@ def test_pointing_energy_and_iou_on_a_hand_computed_4x4_example() -> None:
     ({"road_images": 0}, "--road-images"),
     ({"localisation_topk": 0.0}, "--localisation-topk"),
     ({"localisation_topk": 101.0}, "--localisation-topk"),
+    ({"pointing_tolerance": -1.0}, "--pointing-tolerance"),
 ])
 def test_bad_trust_options_fail_fast(kw: dict[str, object], needle: str) -> None:
     with pytest.raises(UserError, match=needle):

@@ -76,6 +76,19 @@ def test_overview_shows_every_trust_section_with_verdicts(stores: tuple[Any, Any
     assert "survives randomisation: flagged" in out  # the synthetic cam survives it
     assert "overview-baselines-flagged" in out and "does not beat the centre Gaussian" in out
     assert "Pointing game" in out and "IoU of the top 20 %" in out
+    assert "map maximum lies within 15 px (of a 224-px input) of the object" in out
+
+
+def test_pointing_rule_of_runs_with_and_without_a_tolerance() -> None:
+    from types import SimpleNamespace
+
+    from xaidash.dashboard.pages.overview_trust import pointing_rule
+
+    def rule(config: dict[str, object]) -> str:
+        return pointing_rule(SimpleNamespace(config=config))  # type: ignore[arg-type]
+
+    assert rule({"pointing_tolerance": 7.5}) == "within 7.5 px (of a 224-px input) of the object"
+    assert rule({"pointing_tolerance": 0.0}) == rule({}) == "inside the object"  # older runs: none
 
 
 def test_image_page_shows_road_and_localisation(stores: tuple[Any, Any]) -> None:
@@ -84,6 +97,7 @@ def test_image_page_shows_road_and_localisation(stores: tuple[Any, Any]) -> None
     iid = state.data.reader.sql("SELECT image_id FROM road LIMIT 1")["image_id"].iloc[0]
     out = text_of(render(state, "/image", f"?run={run}&id={iid}"))
     assert '"image-road-table"' in out and '"image-localisation-table"' in out and "ROAD on this image" in out
+    assert "Max on the object" in out and "within 15 px" in out
 
 
 def test_run_without_trust_tables_shows_the_dashboard_as_before(stores: tuple[Any, Any]) -> None:

@@ -387,6 +387,7 @@ def build_synthetic_store(
             "synthetic": True,
             "seed": seed,
             "run": r,
+            "pointing_tolerance": 15.0,
         }
         run_row = {
             "status": "partial" if n_fail else "complete",
