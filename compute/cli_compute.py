@@ -77,6 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="ground-truth boxes (header path,x0,y0,x1,y1; original pixels) for the "
                             "localisation scores; imagefolder:DIR datasets may instead have masks in "
                             "DIR/masks/val/<class>/<name>.png")
+    trust.add_argument("--masks", default=None, metavar="DIR",
+                       help="ground-truth object masks for any dataset: DIR/<source>.png per val image "
+                            "(<source> as the dashboard shows it, with or without its first folder; "
+                            "non-zero = object, the image's size)")
     trust.add_argument("--localisation-topk", type=float, default=20.0, metavar="K",
                        help="k of the IoU of the map's top-k %% pixels with the object (default 20)")
     trust.add_argument("--pointing-tolerance", type=float, default=15.0, metavar="PX",

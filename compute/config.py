@@ -60,6 +60,7 @@ class JobConfig:
     road_fractions: tuple[float, ...] = ROAD_FRACTIONS
     road_images: int | None = None
     boxes: str | None = None
+    masks: str | None = None
     localisation_topk: float = 20.0
     #: the pointing game's tolerance, pixels of a 224-px input (compute/localisation.py)
     pointing_tolerance: float = 15.0
@@ -112,7 +113,7 @@ class JobConfig:
             sanity_images=number("sanity_images", base.sanity_images),
             road_fractions=base.road_fractions if a.get("road_fractions") is None
             else parse_fractions(a["road_fractions"]),
-            road_images=count("road_images"), boxes=text("boxes"),
+            road_images=count("road_images"), boxes=text("boxes"), masks=text("masks"),
             localisation_topk=float(a["localisation_topk"]) if a.get("localisation_topk") is not None
             else base.localisation_topk,
             pointing_tolerance=float(a["pointing_tolerance"]) if a.get("pointing_tolerance") is not None
@@ -142,6 +143,7 @@ class JobConfig:
             "road_fractions": list(self.road_fractions),
             "road_images": self.road_images if self.road_fractions else None,
             "boxes": self.boxes,
+            "masks": self.masks,
             "localisation_topk": self.localisation_topk,
             "pointing_tolerance": self.pointing_tolerance,
             "leak_threshold": self.leak_threshold,

@@ -2,9 +2,13 @@
 
 Ground truth (:func:`open_ground_truth`, decided in the plan, checked before any heavy work):
 
-* ``imagefolder:DIR`` with ``DIR/masks/val/<class>/<stem>.png`` for ``DIR/val/<class>/<stem>.<ext>``:
-  any non-zero pixel is object. An image without a mask file has no localisation rows; a mask
-  whose size differs from its image's is an error naming both.
+* ``--masks MDIR``, for any dataset: the mask of an image whose source (as the dashboard shows
+  it) is ``S`` is ``MDIR/S`` with the suffix ``.png``, or the same without ``S``'s first folder
+  (``val/cat/x.jpg``: ``MDIR/val/cat/x.png`` or ``MDIR/cat/x.png``; ``t10k#7``:
+  ``MDIR/t10k#7.png``). Without the option, ``imagefolder:DIR`` uses ``DIR/masks/val/<class>/
+  <stem>.png`` for ``DIR/val/<class>/<stem>.<ext>`` when that folder exists. Any non-zero pixel
+  is object. An image without a mask file has no localisation rows; a mask whose size differs
+  from its image's is an error naming both.
 * ``--boxes FILE.csv`` with a header ``path,x0,y0,x1,y1``: ``path`` is the image's source as the
   run shows it (``val/<class>/<name>``), or relative to the split folder, or absolute; several
   rows for one image are a union of boxes. Coordinates are pixels of the original image,
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,12 +102,24 @@ def to_input_grid(mask: np.ndarray, pre: Preprocessing) -> Tensor:
     return torch.from_numpy(np.asarray(out) > 0)
 
 
-def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None,
-                      val: list[Item]) -> GroundTruth | None:
+def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None, val: list[Item],
+                      masks: str | None = None) -> GroundTruth | None:
     """The ground truth of the run's val images, or None when there is none. UserError naming
     the file for a bad boxes file or a mask that does not fit its image."""
+    if boxes and masks:
+        raise UserError("--boxes and --masks are two kinds of ground truth: give one of them")
     if boxes:
         return _read_boxes(Path(boxes).expanduser(), dataset, val)
+    if masks:
+        mdir = Path(masks).expanduser()
+        if not mdir.is_dir():
+            raise UserError(f"--masks folder not found: {mdir}")
+        gt = _find_masks(mdir, dataset, val, lambda it: _mask_names(it.source))
+        if gt is None:
+            example = _mask_names(val[0].source)[-1] if val else "<class>/<name>.png"
+            raise UserError(f"--masks {mdir}: no mask for any of the {len(val):,} validation images "
+                            f"(the first would be {mdir / example}: the image's source with .png)")
+        return gt
     if dataset.kind != "imagefolder" or not data_spec.startswith("imagefolder:"):
         return None
     root = Path(data_spec.split(":", 1)[1]).expanduser()
@@ -112,22 +129,47 @@ def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None,
     from xaidash.compute.data import FileDataset
 
     assert isinstance(dataset, FileDataset)
+
+    def under_val(it: Item) -> list[Path]:
+        try:
+            return [dataset.path(it).relative_to(root / "val").with_suffix(".png")]
+        except ValueError:
+            return []
+
+    return _find_masks(mdir, dataset, val, under_val)
+
+
+def _mask_names(source: str) -> list[Path]:
+    """Where ``--masks`` looks for the mask of an image with this source, relative to the folder:
+    the source with ``.png``, then without its first folder (the split's)."""
+    rel = Path(source)
+    names = [rel.with_name(rel.stem + ".png")]
+    if len(rel.parts) > 1:
+        names.append(Path(*rel.parts[1:]).with_name(rel.stem + ".png"))
+    return names
+
+
+def _find_masks(mdir: Path, dataset: Dataset, val: list[Item],
+                names: Callable[[Item], list[Path]]) -> GroundTruth | None:
+    """The masks of ``val`` under ``mdir`` (the first of ``names(item)`` that exists), each
+    checked to have its image's size."""
+    from xaidash.compute.data import FileDataset
+
     masks: dict[str, Path] = {}
     for it in val:
-        img_path = dataset.path(it)
-        try:
-            rel = img_path.relative_to(root / "val")
-        except ValueError:
-            continue
-        mpath = mdir / rel.with_suffix(".png")
-        if not mpath.is_file():
+        mpath = next((mdir / n for n in names(it) if (mdir / n).is_file()), None)
+        if mpath is None:
             continue
         try:
-            msize, isize = image_size(mpath), image_size(img_path)
+            msize = image_size(mpath)
+            if isinstance(dataset, FileDataset):
+                shown, isize = dataset.path(it), image_size(dataset.path(it))
+            else:  # images in arrays: their size is the array's
+                shown, isize = Path(it.source), dataset.load(it).size
         except ImageLoadError as exc:
-            raise UserError(f"cannot read mask {mpath}: {exc.reason}") from None
+            raise UserError(f"cannot read mask {mpath} or its image: {exc.reason}") from None
         if msize != isize:
-            raise UserError(f"mask {mpath} is {msize[0]}x{msize[1]} px, its image {img_path} "
+            raise UserError(f"mask {mpath} is {msize[0]}x{msize[1]} px, its image {shown} "
                             f"{isize[0]}x{isize[1]} px: masks must have the size of their image")
         masks[it.image_id] = mpath
     return GroundTruth(masks=masks, source=str(mdir)) if masks else None

@@ -165,7 +165,7 @@ def make_plan(cfg: JobConfig) -> JobPlan:
             chunks.append(Chunk(len(chunks), f"{split}-{n:06d}", split, tuple(items[s : s + cfg.chunk_size])))
 
     fingerprint = dataset.fingerprint()
-    ground_truth = open_ground_truth(dataset, cfg.data, cfg.boxes, val)
+    ground_truth = open_ground_truth(dataset, cfg.data, cfg.boxes, val, cfg.masks)
     if ground_truth is not None:
         log.info("localisation: ground truth for %d of %d val images (%s)", len(ground_truth), len(val),
                  ground_truth.source)

@@ -166,3 +166,63 @@ def test_mask_of_the_wrong_size_fails_naming_it(ckpt: Path, tmp_path: Path) -> N
     with pytest.raises(UserError, match="masks must have the size of their image") as err:
         make_plan(_cfg(data, ckpt, tmp_path / "s"))
     assert str(bad) in str(err.value)
+
+
+def test_masks_option_works_for_a_val_only_folder_and_gives_the_same_scores(
+        masked: Path, ckpt: Path, tmp_path: Path) -> None:
+    """--masks DIR: masks kept apart from the images, for a layout without train/ and val/ (the
+    val folder given directly) and with or without the split's folder in the mask path."""
+    import shutil
+
+    ref = run_job(_cfg(masked, ckpt, tmp_path / "ref", sanity_images=0, road_fractions=()))
+    want = _table(tmp_path / "ref", ref.run_id, "localisation").drop(columns="run_id")
+    outside = tmp_path / "gt"
+    shutil.copytree(masked / "masks" / "val", outside)  # <class>/<stem>.png, no "val/" prefix
+    plan = make_plan(_cfg(masked / "val", ckpt, tmp_path / "s", masks=str(outside)))  # val only
+    assert plan.ground_truth is not None and len(plan.ground_truth) == len(want["image_id"].unique())
+    res = run_job(_cfg(masked / "val", ckpt, tmp_path / "b", sanity_images=0, road_fractions=(),
+                       masks=str(outside)))
+    got = _table(tmp_path / "b", res.run_id, "localisation").drop(columns="run_id")
+    keys = ["image_id", "method"]
+    pd.testing.assert_frame_equal(got.sort_values(keys).reset_index(drop=True),
+                                  want.sort_values(keys).reset_index(drop=True))
+    # the source's first folder may stay in the mask path: val/<class>/<stem>.png
+    with_split = tmp_path / "gt2"
+    shutil.copytree(masked / "masks", with_split)
+    plan2 = make_plan(_cfg(masked, ckpt, tmp_path / "s2", masks=str(with_split)))
+    assert plan2.ground_truth is not None and len(plan2.ground_truth) == len(plan.ground_truth)
+
+
+def test_bad_masks_option_fails_before_any_work(masked: Path, ckpt: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--masks folder not found"):
+        make_plan(_cfg(masked, ckpt, tmp_path / "s", masks=str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"no mask for any of the 8 validation images .*\.png"):
+        make_plan(_cfg(masked, ckpt, tmp_path / "s", masks=str(tmp_path / "empty")))
+    boxes = tmp_path / "b.csv"
+    boxes.write_text("path,x0,y0,x1,y1\n")
+    with pytest.raises(UserError, match="give one of them"):
+        make_plan(_cfg(masked, ckpt, tmp_path / "s", masks=str(masked / "masks"), boxes=str(boxes)))
+
+
+def test_masks_option_for_images_held_in_arrays(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.support.imagegen import make_fake_fashion_mnist
+    from xaidash.compute.data import open_dataset
+    from xaidash.compute.localisation import open_ground_truth
+
+    ds = open_dataset("fashion-mnist", data_root=str(make_fake_fashion_mnist(tmp_path / "f", 20, 10)))
+    val = ds.items("val")
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    a, b = val[0], val[1]  # sources like fashion-mnist/t10k#3: MDIR/t10k#3.png
+    Image.new("L", (28, 28), 255).save(mdir / f"{a.source.split('/')[-1]}.png")
+    (mdir / "fashion-mnist").mkdir()
+    Image.new("L", (28, 28), 255).save(mdir / f"{b.source}.png")
+    gt = open_ground_truth(ds, "fashion-mnist", None, val, masks=str(mdir))
+    assert gt is not None and set(gt.masks) == {a.image_id, b.image_id}
+    assert gt.object_mask(a.image_id, (28, 28)) is not None
+    Image.new("L", (10, 10)).save(mdir / f"{a.source.split('/')[-1]}.png")
+    with pytest.raises(UserError, match=r"10x10 px, its image fashion-mnist/t10k#\d+ 28x28 px"):
+        open_ground_truth(ds, "fashion-mnist", None, val, masks=str(mdir))
