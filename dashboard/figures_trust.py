@@ -49,9 +49,9 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
     """ROAD curves: probability of the predicted class against the removed fraction, MoRF and LeRF."""
     if summary is None or summary.empty:
         return empty_figure("No ROAD scores in this run")
-    titles = ("MoRF: most relevant removed first (lower is better)",
-              "LeRF: least relevant removed first (higher is better)")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=titles)
+    # short: the two titles share a half-width card (the caption under it spells them out)
+    titles = ("MoRF, most relevant first (↓ better)", "LeRF, least relevant first (↑ better)")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=titles, shared_yaxes=True)  # one scale for both
     for col, order in ((1, "morf"), (2, "lerf")):
         part = summary[summary["order"] == order]
         for m in _ordered(part["method"]):
