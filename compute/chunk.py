@@ -87,14 +87,20 @@ def forward_only_precision(precision: str, device: torch.device) -> contextlib.A
     return contextlib.nullcontext()
 
 
-_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], nn.Module]] = (
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], nn.Module]] = (
     weakref.WeakKeyDictionary())
 
 
-def _weights_state(model: nn.Module) -> tuple[tuple[int, int], ...]:
-    """Which tensors the model holds and how often each was changed in place (torch bumps a
-    tensor's ``_version`` on every in-place write): equal states mean equal weights."""
-    return tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+def _weights_state(model: nn.Module) -> tuple[object, ...] | None:
+    """Which tensors the model holds, where their memory is, their dtype and device, and how often
+    each was changed in place (torch bumps ``_version`` on in-place writes through autograd-visible
+    views; a write through ``.data`` or an in-place ``.to()`` is caught by the storage pointer or
+    dtype only when they change). None when a tensor tracks no version (made under
+    ``torch.inference_mode``): such a model is not cached."""
+    tensors = (*model.parameters(), *model.buffers())
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple((id(t), t.data_ptr(), t.dtype, t.device, t._version) for t in tensors)
 
 
 def masked_forward_model(model: nn.Module, precision: str) -> nn.Module:
@@ -110,10 +116,11 @@ def masked_forward_model(model: nn.Module, precision: str) -> nn.Module:
         return model
     state = _weights_state(model)
     hit = _FOLDED.get(model)
-    if hit is not None and hit[0] == state:
+    if state is not None and hit is not None and hit[0] == state:
         return hit[1]
     copy_ = folded_copy(model)
-    _FOLDED[model] = (state, copy_)
+    if state is not None:
+        _FOLDED[model] = (state, copy_)
     return copy_
 
 

@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "DIR/masks/val/<class>/<name>.png")
     trust.add_argument("--masks", default=None, metavar="DIR",
                        help="ground-truth object masks for any dataset: DIR/<source>.png per val image "
-                            "(<source> as the dashboard shows it, with or without its first folder; "
+                            "(<source> as the dashboard shows it, with or without its split folder; "
                             "non-zero = object, the image's size)")
     trust.add_argument("--localisation-topk", type=float, default=20.0, metavar="K",
                        help="k of the IoU of the map's top-k %% pixels with the object (default 20)")

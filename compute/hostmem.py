@@ -13,8 +13,12 @@ blocks are below the threshold already: its compute took 193 s tuned vs 199 s no
 RSS stayed 1.7 GB. jemalloc or tcmalloc would do the same, but they need a system package and
 ``LD_PRELOAD`` before Python starts; ``mallopt`` works from inside the process.
 
-Results are bit-identical (only where memory comes from changes). A user's own ``MALLOC_*`` or
-``GLIBC_TUNABLES`` environment wins: nothing is changed then.
+Results are bit-identical (only where memory comes from changes). A user's own setting of these
+thresholds (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
+``MALLOC_MMAP_MAX_`` or a ``glibc.malloc.*`` tunable) wins: nothing is changed then. Older glibc
+releases cap the mmap threshold at 32 MiB (mallopt(3)); there it is set to that cap. The price:
+each compute process (and each DataLoader worker it forks) may keep up to ``THRESHOLD`` of freed
+heap instead of returning it to the system.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_THRESHOLD = -3
 THRESHOLD = 1 << 30  # 1 GiB: above every per-batch tensor of a CPU run, below RAM
+OLD_GLIBC_MMAP_CAP = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit, the cap of older releases
+#: the environment settings of these thresholds that the user may have chosen
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 _state: str | None = None
 
@@ -43,8 +50,8 @@ def tune_host_allocator() -> str | None:
     _state = ""
     if sys.platform != "linux":
         return None
-    if "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") for k in os.environ):
-        log.debug("allocator: left as the environment sets it")
+    if any(k in os.environ for k in USER_SETTINGS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        log.info("allocator: left as the environment sets it")
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -53,8 +60,14 @@ def tune_host_allocator() -> str | None:
         return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    if not (mallopt(M_MMAP_THRESHOLD, THRESHOLD) and mallopt(M_TRIM_THRESHOLD, THRESHOLD)):
+    # each threshold on its own: an older glibc refusing the first must not skip the second
+    mmap = next((v for v in (THRESHOLD, OLD_GLIBC_MMAP_CAP) if mallopt(M_MMAP_THRESHOLD, v)), None)
+    trim = THRESHOLD if mallopt(M_TRIM_THRESHOLD, THRESHOLD) else None
+    if mmap is None and trim is None:
+        log.info("allocator: glibc refused the mmap and trim thresholds; left as it was")
         return None
-    _state = f"glibc mallopt: mmap and trim thresholds {THRESHOLD >> 20} MiB"
-    log.debug("allocator: %s", _state)
+    parts = [f"mmap threshold {mmap >> 20} MiB" if mmap else "mmap threshold unchanged",
+             f"trim threshold {trim >> 20} MiB" if trim else "trim threshold unchanged"]
+    _state = "glibc mallopt: " + ", ".join(parts)
+    log.info("allocator: %s", _state)
     return _state

@@ -4,11 +4,12 @@ Ground truth (:func:`open_ground_truth`, decided in the plan, checked before any
 
 * ``--masks MDIR``, for any dataset: the mask of an image whose source (as the dashboard shows
   it) is ``S`` is ``MDIR/S`` with the suffix ``.png``, or the same without ``S``'s first folder
-  (``val/cat/x.jpg``: ``MDIR/val/cat/x.png`` or ``MDIR/cat/x.png``; ``t10k#7``:
-  ``MDIR/t10k#7.png``). Without the option, ``imagefolder:DIR`` uses ``DIR/masks/val/<class>/
-  <stem>.png`` for ``DIR/val/<class>/<stem>.<ext>`` when that folder exists. Any non-zero pixel
-  is object. An image without a mask file has no localisation rows; a mask whose size differs
-  from its image's is an error naming both.
+  when that is the split's or (images in arrays) the dataset's name (``val/cat/x.jpg``:
+  ``MDIR/val/cat/x.png`` or ``MDIR/cat/x.png``; ``fashion-mnist/t10k#7``: ``MDIR/t10k#7.png``).
+  A mask that two images would share is an error. Without the option, ``imagefolder:DIR`` uses
+  ``DIR/masks/val/<class>/<stem>.png`` for ``DIR/val/<class>/<stem>.<ext>`` when that folder
+  exists. Any non-zero pixel is object. An image without a mask file has no localisation rows;
+  a mask whose size differs from its image's is an error naming both.
 * ``--boxes FILE.csv`` with a header ``path,x0,y0,x1,y1``: ``path`` is the image's source as the
   run shows it (``val/<class>/<name>``), or relative to the split folder, or absolute; several
   rows for one image are a union of boxes. Coordinates are pixels of the original image,
@@ -114,9 +115,12 @@ def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None, val: 
         mdir = Path(masks).expanduser()
         if not mdir.is_dir():
             raise UserError(f"--masks folder not found: {mdir}")
-        gt = _find_masks(mdir, dataset, val, lambda it: _mask_names(it.source))
+        from xaidash.compute.data import FileDataset
+
+        files = isinstance(dataset, FileDataset)
+        gt = _find_masks(mdir, dataset, val, lambda it: _mask_names(it, files))
         if gt is None:
-            example = _mask_names(val[0].source)[-1] if val else "<class>/<name>.png"
+            example = _mask_names(val[0], files)[-1] if val else "<class>/<name>.png"
             raise UserError(f"--masks {mdir}: no mask for any of the {len(val):,} validation images "
                             f"(the first would be {mdir / example}: the image's source with .png)")
         return gt
@@ -139,12 +143,14 @@ def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None, val: 
     return _find_masks(mdir, dataset, val, under_val)
 
 
-def _mask_names(source: str) -> list[Path]:
-    """Where ``--masks`` looks for the mask of an image with this source, relative to the folder:
-    the source with ``.png``, then without its first folder (the split's)."""
-    rel = Path(source)
+def _mask_names(item: Item, files: bool) -> list[Path]:
+    """Where ``--masks`` looks for the mask of ``item``, relative to the folder: its source with
+    ``.png``, then without the source's first folder when that folder is the split's (``val/``)
+    or, for images held in arrays, the dataset's name. A class or sub-folder is never dropped:
+    two images of different folders must not share one mask."""
+    rel = Path(item.source)
     names = [rel.with_name(rel.stem + ".png")]
-    if len(rel.parts) > 1:
+    if len(rel.parts) > 1 and (rel.parts[0] == item.split or not files):
         names.append(Path(*rel.parts[1:]).with_name(rel.stem + ".png"))
     return names
 
@@ -156,10 +162,15 @@ def _find_masks(mdir: Path, dataset: Dataset, val: list[Item],
     from xaidash.compute.data import FileDataset
 
     masks: dict[str, Path] = {}
+    owner: dict[Path, str] = {}
     for it in val:
         mpath = next((mdir / n for n in names(it) if (mdir / n).is_file()), None)
         if mpath is None:
             continue
+        if mpath in owner:
+            raise UserError(f"mask {mpath} would be the mask of two images, {owner[mpath]} and {it.source}: "
+                            "name each mask after its image's source (with its folders)")
+        owner[mpath] = it.source
         try:
             msize = image_size(mpath)
             if isinstance(dataset, FileDataset):
@@ -220,15 +231,16 @@ def pointing_radius(tolerance: float, size: tuple[int, int]) -> float:
     return tolerance * min(size) / 224.0
 
 
-def _within(objects: Tensor, radius: float) -> Tensor:
-    """``objects`` ``[B, H, W]`` bool grown by a disc: pixels within ``radius`` (Euclidean) of one."""
-    r = math.floor(radius)
-    if r < 1:
-        return objects
-    d = torch.arange(-r, r + 1, dtype=torch.float32)
-    disc = ((d[:, None] ** 2 + d[None, :] ** 2) <= radius**2).float()[None, None]
-    grown = torch.nn.functional.conv2d(objects.float().unsqueeze(1), disc.to(objects.device), padding=r)
-    return grown.squeeze(1) > 0.5
+def _hits(objects: Tensor, points: Tensor, radius: float) -> Tensor:
+    """``[B]`` float: 1 where the row-major pixel ``points[b]`` lies within ``radius`` (Euclidean)
+    of an object pixel of ``objects[b]`` (``[B, H, W]`` bool), else 0. O(H·W) per image."""
+    _, hgt, wid = objects.shape
+    py, px = (points // wid).float(), (points % wid).float()
+    ys = torch.arange(hgt, dtype=torch.float32, device=objects.device).view(1, hgt, 1)
+    xs = torch.arange(wid, dtype=torch.float32, device=objects.device).view(1, 1, wid)
+    d2 = (ys - py.view(-1, 1, 1)) ** 2 + (xs - px.view(-1, 1, 1)) ** 2
+    nearest = torch.where(objects, d2, torch.full_like(d2, float("inf"))).flatten(1).amin(dim=1)
+    return (nearest <= radius**2).float()
 
 
 def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOPK,
@@ -241,8 +253,7 @@ def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOP
     _, hgt, wid = objects.shape
     s = upsample_maps(maps.float(), (hgt, wid)).flatten(1)  # [B, n]
     o = objects.flatten(1).to(s.device)
-    near = _within(objects, radius).flatten(1).to(s.device)
-    pointing = near.gather(1, s.argmax(dim=1, keepdim=True)).squeeze(1).float()
+    pointing = _hits(objects.to(s.device), s.argmax(dim=1), radius)
     total = s.sum(dim=1)
     inside = (s * o).sum(dim=1)
     energy = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),

@@ -180,6 +180,8 @@ class TrustWork:
 
         from xaidash.compute.chunk import masked_batch_size, masked_forward_model
 
+        batch: list[int] = []  # the masked batch, measured once (on CUDA it costs a forward)
+
         def maps_of(model: torch.nn.Module, x: torch.Tensor,
                     targets: torch.Tensor) -> dict[str, torch.Tensor]:
             out: dict[str, torch.Tensor] = {}
@@ -192,9 +194,11 @@ class TrustWork:
                     if (m, "true") in res.maps:
                         out[m] = res.maps[(m, "true")]
                 if "scorecam" in plan.methods:
+                    if not batch:
+                        batch.append(masked_batch_size(plan, x))
                     with self.autocast():
                         out["scorecam"] = engine.scorecam(
-                            x, res.activations, targets, batch_size=masked_batch_size(plan, x),
+                            x, res.activations, targets, batch_size=batch[0],
                             max_channels=plan.cfg.scorecam_max_channels,
                             channels_last=plan.masked_channels_last, masked_model=bulk).float()
             return out

@@ -445,8 +445,16 @@ def test_the_bulk_model_is_made_once_per_model_and_only_for_bf16() -> None:
     x = _images(b=2).abs()
     with torch.no_grad():
         assert torch.allclose(again(x), model(x), atol=1e-5)
-    bulk = again
-    del again
+    model.double()  # an in-place dtype change (the tensors keep their ids): a new copy too
+    doubled = masked_forward_model(model, "bf16")
+    assert doubled is not again and next(doubled.parameters()).dtype == torch.float64
+    model.float()
+    with torch.inference_mode():  # weights made in inference mode track no version: not cached
+        frozen = _seeded(_BnNet, seed=2)
+    first, second = masked_forward_model(frozen, "bf16"), masked_forward_model(frozen, "bf16")
+    assert first is not second
+    bulk = masked_forward_model(model, "bf16")
+    del again, doubled
     # the cache does not keep a model (or its copy) alive
     gone = weakref.ref(bulk)
     del model, bulk

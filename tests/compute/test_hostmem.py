@@ -42,7 +42,7 @@ def _child(mode: str, env: dict[str, str] | None = None) -> dict[str, object]:
 def test_tuned_forwards_reuse_memory_instead_of_page_faulting() -> None:
     plain = _child("plain")
     tuned = _child("tune")
-    assert tuned["state"] == "glibc mallopt: mmap and trim thresholds 1024 MiB"
+    assert tuned["state"] == "glibc mallopt: mmap threshold 1024 MiB, trim threshold 1024 MiB"
     assert tuned["again"] is True  # idempotent: a second call reports the same and changes nothing
     pages = 2 * 8 * 32 * 224 * 224 * 4 // 4096  # two activations per forward
     assert float(plain["faults"]) > pages / 2  # glibc maps (and zeroes) the output afresh each time
@@ -51,5 +51,10 @@ def test_tuned_forwards_reuse_memory_instead_of_page_faulting() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_the_users_allocator_environment_wins() -> None:
-    res = _child("tune", env={"MALLOC_ARENA_MAX": "2"})
-    assert res["state"] is None
+    for env in ({"MALLOC_MMAP_THRESHOLD_": "65536"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}):
+        assert _child("tune", env=env)["state"] is None, env
+    # settings of other things (arenas, perturbation, other tunables) do not stop it
+    others = ({"MALLOC_ARENA_MAX": "2"}, {"MALLOC_PERTURB_": "0"},
+              {"GLIBC_TUNABLES": "glibc.cpu.x86_shstk=0"})
+    for env in others:
+        assert _child("tune", env=env)["state"] is not None, env

@@ -226,3 +226,17 @@ def test_masks_option_for_images_held_in_arrays(tmp_path: Path) -> None:
     Image.new("L", (10, 10)).save(mdir / f"{a.source.split('/')[-1]}.png")
     with pytest.raises(UserError, match=r"10x10 px, its image fashion-mnist/t10k#\d+ 28x28 px"):
         open_ground_truth(ds, "fashion-mnist", None, val, masks=str(mdir))
+
+
+def test_masks_never_match_across_class_folders(ckpt: Path, tmp_path: Path) -> None:
+    """A val-only folder's first folder is the class: left/001 and right/001 must not both take a
+    mask named 001.png (only the split's folder may be left out of a mask's path)."""
+    from PIL import Image
+
+    for cls in ("left", "right"):  # the tiny checkpoint's classes
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "val" / cls / "001.png")
+    (tmp_path / "m").mkdir()
+    Image.new("L", (16, 16), 255).save(tmp_path / "m" / "001.png")
+    with pytest.raises(UserError, match="no mask for any of the 2 validation images"):
+        make_plan(_cfg(tmp_path / "val", ckpt, tmp_path / "s", masks=str(tmp_path / "m")))
