@@ -69,5 +69,5 @@ def tune_host_allocator() -> str | None:
     parts = [f"mmap threshold {mmap >> 20} MiB" if mmap else "mmap threshold unchanged",
              f"trim threshold {trim >> 20} MiB" if trim else "trim threshold unchanged"]
     _state = "glibc mallopt: " + ", ".join(parts)
-    log.info("allocator: %s", _state)
+    (log.debug if mmap == THRESHOLD and trim else log.info)("allocator: %s", _state)
     return _state
