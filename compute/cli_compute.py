@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from xaidash.compute.common_args import add_data_arguments, add_device_argument, add_loader_arguments
-from xaidash.constants import METHODS, PRECISIONS, PROJECTIONS
+from xaidash.constants import METHODS, POINTING_TOLERANCE, PRECISIONS, PROJECTIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,10 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "non-zero = object, the image's size)")
     trust.add_argument("--localisation-topk", type=float, default=20.0, metavar="K",
                        help="k of the IoU of the map's top-k %% pixels with the object (default 20)")
-    trust.add_argument("--pointing-tolerance", type=float, default=15.0, metavar="PX",
+    trust.add_argument("--pointing-tolerance", type=float, default=POINTING_TOLERANCE, metavar="PX",
                        help="pointing game: a hit when the map's maximum is within PX pixels of the "
-                            "object, in pixels of a 224-px input, scaled to the model's (default 15, "
-                            "as Zhang et al. 2016; 0 = inside the object)")
+                            "object, in pixels of a 224-px input, scaled to the model's (default "
+                            "%(default)g, as Zhang et al. 2016; 0 = inside the object)")
     quality = parser.add_argument_group("data quality (label issues, leaks, outliers, error clusters)")
     quality.add_argument("--leak-threshold", type=float, default=0.99, metavar="S",
                          help="cosine similarity to the nearest train image at or above which a val "

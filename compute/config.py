@@ -14,7 +14,14 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xaidash.constants import METHODS, PRECISIONS, PROJECTIONS, ROAD_FRACTIONS, TARGET_KINDS
+from xaidash.constants import (
+    METHODS,
+    POINTING_TOLERANCE,
+    PRECISIONS,
+    PROJECTIONS,
+    ROAD_FRACTIONS,
+    TARGET_KINDS,
+)
 from xaidash.errors import UserError, choices_error
 
 
@@ -63,7 +70,7 @@ class JobConfig:
     masks: str | None = None
     localisation_topk: float = 20.0
     #: the pointing game's tolerance, pixels of a 224-px input (compute/localisation.py)
-    pointing_tolerance: float = 15.0
+    pointing_tolerance: float = POINTING_TOLERANCE
     #: data quality: cosine similarity at or above which a val image is a leak of a train image
     leak_threshold: float = 0.99
     #: data quality: fewest errors in a confusion cell for it to be clustered

@@ -54,8 +54,6 @@ if TYPE_CHECKING:
     from xaidash.compute.models import Preprocessing
 
 DEFAULT_TOPK = 20.0
-#: the pointing game's tolerance in pixels of a 224-px input (Zhang et al. 2016, §5.1)
-DEFAULT_POINTING_TOLERANCE = 15.0
 MASK_DIR = "masks"
 
 

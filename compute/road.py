@@ -79,9 +79,21 @@ def impute(img: Tensor, removed: Tensor, noise: Tensor | None = None, tol: float
     if solver not in ("auto", "direct", "cg"):
         raise ValueError(f"solver must be auto, direct or cg, got {solver!r}")
     n, c, h, w = img.shape
-    if solver == "direct" or (solver == "auto" and img.device.type == "cpu" and h * w >= CG_MAX_PIXELS):
-        return _impute_direct(img, removed, noise)
     dtype = torch.float32 if img.dtype in (torch.float16, torch.bfloat16) else img.dtype
+    if solver == "direct" or (solver == "auto" and img.device.type == "cpu" and h * w >= CG_MAX_PIXELS):
+        filled = _solve_direct(img, removed).to(img.device, dtype)
+    else:
+        filled = _solve_cg(img, removed, dtype, tol, max_iter)
+    if noise is not None:
+        filled = filled + noise.to(img.device, dtype)
+    um = removed.to(torch.bool).expand(n, c, h, w)
+    return torch.where(um, filled, img.to(dtype)).to(img.dtype)
+
+
+def _solve_cg(img: Tensor, removed: Tensor, dtype: torch.dtype, tol: float, max_iter: int | None) -> Tensor:
+    """The solution ``[N, C, H, W]`` of every system by batched Jacobi-PCG on ``img``'s device
+    (valid at the removed pixels)."""
+    n, c, h, w = img.shape
     v = img.to(dtype).reshape(n * c, 1, h, w)
     u = removed.to(dtype).repeat_interleave(c, dim=0)  # [N*C, 1, H, W]
     k = _kernel(img.device, dtype)
@@ -121,15 +133,12 @@ def impute(img: Tensor, removed: Tensor, noise: Tensor | None = None, tol: float
         beta = torch.where(ok, rz_new / torch.where(ok, rz, torch.ones_like(rz)), torch.zeros_like(rz))
         p = torch.where(active, zr + beta * p, p)
         rz = torch.where(active, rz_new, rz)
-    filled = x.reshape(n, c, h, w)
-    if noise is not None:
-        filled = filled + noise.to(dtype)
-    um = removed.to(torch.bool).expand(n, c, h, w)
-    return torch.where(um, filled, img.to(dtype)).to(img.dtype)
+    return x.reshape(n, c, h, w)
 
 
-def _impute_direct(img: Tensor, removed: Tensor, noise: Tensor | None) -> Tensor:
-    """:func:`impute` by one sparse LU factorisation per image (float64, on the CPU).
+def _solve_direct(img: Tensor, removed: Tensor) -> Tensor:
+    """The solution ``[N, C, H, W]`` (float64, CPU; valid at the removed pixels) by one sparse LU
+    factorisation per image.
 
     The matrix is symmetric positive definite, so SuperLU runs in symmetric mode (minimum degree
     on A + Aᵀ, no pivoting), and the images are factorised on ``torch.get_num_threads()``
@@ -139,7 +148,6 @@ def _impute_direct(img: Tensor, removed: Tensor, noise: Tensor | None) -> Tensor
     from concurrent.futures import ThreadPoolExecutor
 
     n, c, h, w = img.shape
-    dtype = torch.float32 if img.dtype in (torch.float16, torch.bfloat16) else img.dtype
     vals = img.detach().to("cpu", torch.float64).numpy().reshape(n, c, h * w)
     holes = removed.detach().to("cpu").reshape(n, h * w).numpy().astype(bool)
     out = vals.copy()
@@ -149,11 +157,7 @@ def _impute_direct(img: Tensor, removed: Tensor, noise: Tensor | None) -> Tensor
         with ThreadPoolExecutor(threads) as pool:
             for j, u, sol in pool.map(lambda j: (j, *_solve_holes(vals[j], holes[j], h, w)), jobs):
                 out[j][:, u] = sol
-    filled = torch.from_numpy(out).reshape(n, c, h, w).to(img.device, dtype)
-    if noise is not None:
-        filled = filled + noise.to(img.device, dtype)
-    um = removed.to(torch.bool).expand(n, c, h, w)
-    return torch.where(um, filled, img.to(dtype)).to(img.dtype)
+    return torch.from_numpy(out).reshape(n, c, h, w)
 
 
 def _solve_holes(vals: np.ndarray, hole: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -185,8 +185,8 @@ class TrustWork:
         def maps_of(model: torch.nn.Module, x: torch.Tensor,
                     targets: torch.Tensor) -> dict[str, torch.Tensor]:
             out: dict[str, torch.Tensor] = {}
-            # the masked forwards on this step's model as the run's run on its own (bf16: the
-            # folded copy, made before the engine hooks the model; fp32: the model itself)
+            # the masked forwards run on this step's model as the run's do on the trained one (bf16:
+            # the folded copy, made before the engine hooks the model; fp32: the model itself)
             bulk = masked_forward_model(model, plan.cfg.precision) if "scorecam" in plan.methods else model
             with CamEngine(model, plan.target_layer, plan.linear_head) as engine:
                 res = engine.forward(x, plan.methods, true_labels=targets)

@@ -27,6 +27,8 @@ BASELINE_LABELS: Final[dict[str, str]] = {"random": "random map", "centre": "cen
 #: ROAD's removal orders: most relevant first, least relevant first (compute/road.py).
 ROAD_ORDERS: Final[tuple[str, ...]] = ("morf", "lerf")
 ROAD_FRACTIONS: Final[tuple[float, ...]] = (0.1, 0.3, 0.5, 0.7, 0.9)
+#: the pointing game's tolerance in pixels of a 224-px input (Zhang et al. 2016; TorchRay's too)
+POINTING_TOLERANCE: Final[float] = 15.0
 
 #: Which class a map explains: the predicted one, or the true one of a wrong prediction.
 TARGET_KINDS: Final[tuple[str, ...]] = ("pred", "true")
