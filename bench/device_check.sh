@@ -201,8 +201,8 @@ if __name__ == "__main__":
 
     import torch
 
-    from xaidash.compute.checkpoint import Checkpoint, save_checkpoint
-    from xaidash.compute.models import build_model
+    from xaidash.compute.model.checkpoint import Checkpoint, save_checkpoint
+    from xaidash.compute.model.architectures import build_model
 
     torch.manual_seed(0)
     parts = build_model("resnet18", n_classes, input_size=size)

@@ -4,7 +4,7 @@ synthetic embeddings.
 
 Twins are class-restricted (the nearest training images of the predicted class; the
 counterfactuals those of the runner-up and of the true class), so the exact search compares each
-query with its target classes' rows only (``compute/neighbors.py``). The baseline is the dense
+query with its target classes' rows only (``compute/analysis/neighbors.py``). The baseline is the dense
 search a class-agnostic nearest-neighbour pass would do (every query against every row, then a
 per-class mask), timed on a slice and scaled by rows x queries; both are exact.
 
@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from xaidash.compute.neighbors import find_neighbors
-from xaidash.compute.projection import project_2d, umap_available
+from xaidash.compute.analysis.neighbors import find_neighbors
+from xaidash.compute.analysis.projection import project_2d, umap_available
 
 
 def _dense(q: torch.Tensor, t: torch.Tensor, tl: torch.Tensor, targets: torch.Tensor, k: int) -> None:

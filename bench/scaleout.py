@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from tests.support.imagegen import make_imagefolder  # noqa: E402
 from tests.support.models import save_tiny_checkpoint  # noqa: E402
-from xaidash.compute.job import JobConfig, run_job  # noqa: E402
+from xaidash.compute.pipeline.job import JobConfig, run_job  # noqa: E402
 
 
 def main() -> int:

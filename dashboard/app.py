@@ -27,7 +27,12 @@ from xaidash.dashboard import guard, theme
 from xaidash.dashboard.components import no_runs_alert, run_label
 from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
 from xaidash.dashboard.inputs import URL_PART, anything, record, text, typed
-from xaidash.dashboard.pages import compare, embedding, explain, gallery, gallery_quality, image, overview
+from xaidash.dashboard.pages import embedding, explain
+from xaidash.dashboard.pages.compare import page as compare
+from xaidash.dashboard.pages.gallery import page as gallery
+from xaidash.dashboard.pages.gallery import quality as gallery_quality
+from xaidash.dashboard.pages.image import page as image
+from xaidash.dashboard.pages.overview import page as overview
 from xaidash.dashboard.params import Filters, parse_query, qs_of, valid_run_id
 from xaidash.dashboard.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext

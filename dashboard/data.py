@@ -27,11 +27,11 @@ import pandas as pd
 
 from xaidash.constants import IMAGE_ID_RE, METHODS
 from xaidash.dashboard.params import SELECTION_RE
-from xaidash.store.trust import TrustReader
+from xaidash.store.read.trust_tables import TrustReader
 
 if TYPE_CHECKING:
     from xaidash.store import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader
-    from xaidash.store.quality import QualityQueries
+    from xaidash.store.read.quality import QualityQueries
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class DashData:
         self._thumbs: LRU[tuple[str, str], bytes | None] = LRU(20_000)  # (run, image)
         self._pending: dict[tuple[str, str], threading.Event] = {}
         self._pending_lock = threading.Lock()
-        #: the trust tables (sanity, baselines, ROAD, localisation: store/trust.py)
+        #: the trust tables (sanity, baselines, ROAD, localisation: store/read/trust_tables.py)
         self.trust = TrustReader(reader)
 
     # ---- runs -------------------------------------------------------------------------------

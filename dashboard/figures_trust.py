@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 
 from xaidash.constants import METHOD_LABELS, METHODS
 from xaidash.dashboard.figures import _template, empty_figure
-from xaidash.dashboard.trust import PASS_CORRELATION
+from xaidash.dashboard.trust_verdicts import PASS_CORRELATION
 
 #: One colour per method, the same in every trust figure.
 METHOD_COLORS = {"cam": "#3498db", "gradcam": "#e67e22", "gradcampp": "#9b59b6", "scorecam": "#18bc9c"}

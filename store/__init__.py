@@ -13,22 +13,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from xaidash.store.models import GalleryQuery, ImageDetail, RunDiff, RunInfo
-    from xaidash.store.reader import StoreReader, open_store
+    from xaidash.store.read.reader import StoreReader, open_store
+    from xaidash.store.read.records import GalleryQuery, ImageDetail, RunDiff, RunInfo
     from xaidash.store.schema import SCHEMA_VERSION
-    from xaidash.store.staging import Staging
-    from xaidash.store.writer import Store
+    from xaidash.store.write.staging import Staging
+    from xaidash.store.write.writer import Store
 
 _WHERE = {
-    "GalleryQuery": "xaidash.store.models",
-    "ImageDetail": "xaidash.store.models",
-    "RunDiff": "xaidash.store.models",
-    "RunInfo": "xaidash.store.models",
-    "StoreReader": "xaidash.store.reader",
-    "open_store": "xaidash.store.reader",
+    "GalleryQuery": "xaidash.store.read.records",
+    "ImageDetail": "xaidash.store.read.records",
+    "RunDiff": "xaidash.store.read.records",
+    "RunInfo": "xaidash.store.read.records",
+    "StoreReader": "xaidash.store.read.reader",
+    "open_store": "xaidash.store.read.reader",
     "SCHEMA_VERSION": "xaidash.store.schema",
-    "Staging": "xaidash.store.staging",
-    "Store": "xaidash.store.writer",
+    "Staging": "xaidash.store.write.staging",
+    "Store": "xaidash.store.write.writer",
 }
 
 __all__ = [

@@ -77,7 +77,7 @@ def _fmt(v: Any) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from xaidash.store.reader import open_store
+    from xaidash.store.read.reader import open_store
 
     with open_store(args.store) as reader:
         df = reader.runs()
@@ -120,7 +120,7 @@ def _print_cluster(cluster: object) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from xaidash.store.reader import open_store
+    from xaidash.store.read.reader import open_store
 
     with open_store(args.store) as reader:
         run_id = args.run_id or reader.latest_run_id()
@@ -171,7 +171,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from xaidash.store.writer import Store, validate_run_id
+    from xaidash.store.write.writer import Store, validate_run_id
 
     store = Store.open(args.store)
     run_ids = list(dict.fromkeys(args.run_ids))  # each once, in the order given
@@ -189,7 +189,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from xaidash.store.writer import Store
+    from xaidash.store.write.writer import Store
 
     if not args.grace >= 0 or args.grace == float("inf"):  # also rejects nan
         raise UserError(f"--grace must be a number of seconds >= 0, got {args.grace}")

@@ -4,8 +4,8 @@ Writers change nothing in place: a file is written next to its final name and re
 (``os.replace``), so a reader sees the old file or the new one, never half of one. With
 ``durable`` the file is fsynced before the rename (survives power loss, not only process death).
 
-The writer (:mod:`xaidash.store.writer`, :mod:`xaidash.store.staging`) and the reader
-(:mod:`xaidash.store.reader`) import the names from here; the reader needs nothing else of the
+The writer (:mod:`xaidash.store.write.writer`, :mod:`xaidash.store.write.staging`) and the reader
+(:mod:`xaidash.store.read.reader`) import the names from here; the reader needs nothing else of the
 writer side. Callers use this module's functions as ``files.write_parquet_atomic(...)``, so a test
 that slows one of them down patches it in one place.
 """

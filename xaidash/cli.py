@@ -19,8 +19,8 @@ from xaidash.errors import UserError
 
 # name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("xaidash.compute.cli_train", "train or fine-tune a classifier and write one checkpoint file"),
-    "compute": ("xaidash.compute.cli_compute", "run a model over a dataset and publish one run into a store"),
+    "train": ("xaidash.compute.cli.train", "train or fine-tune a classifier and write one checkpoint file"),
+    "compute": ("xaidash.compute.cli.compute", "run a model over a dataset and publish one run into a store"),
     "serve": ("xaidash.dashboard.cli", "open the dashboard over a store"),
     "demo": ("xaidash.demo", "train, compute and serve a small real example, offline"),
     "runs": ("xaidash.store.cli", "list, show, delete and clean up runs in a store"),

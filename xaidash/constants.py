@@ -21,10 +21,11 @@ METHOD_LABELS: Final[dict[str, str]] = {
     "scorecam": "Score-CAM",
 }
 
-#: Trivial baseline maps scored next to the methods (compute/baselines.py): seeded random, centred Gaussian.
+#: Trivial baseline maps scored next to the methods (compute/methods/baselines.py): seeded random,
+#: centred Gaussian.
 BASELINES: Final[tuple[str, ...]] = ("random", "centre")
 BASELINE_LABELS: Final[dict[str, str]] = {"random": "random map", "centre": "centre Gaussian"}
-#: ROAD's removal orders: most relevant first, least relevant first (compute/road.py).
+#: ROAD's removal orders: most relevant first, least relevant first (compute/methods/road.py).
 ROAD_ORDERS: Final[tuple[str, ...]] = ("morf", "lerf")
 ROAD_FRACTIONS: Final[tuple[float, ...]] = (0.1, 0.3, 0.5, 0.7, 0.9)
 #: the pointing game's tolerance in pixels of a 224-px input (Zhang et al. 2016; TorchRay's too)
@@ -53,7 +54,7 @@ ARCHITECTURES: Final[tuple[str, ...]] = (
 
 #: Valid run ids (also the directory name of a run). Validated before any use.
 RUN_ID_PATTERN: Final = r"^[0-9A-Za-z_-]{1,64}$"
-#: Valid image ids: 16 hex chars of sha1 (see compute/data.py ``image_id_for``).
+#: Valid image ids: 16 hex chars of sha1 (see compute/datasets/sources.py ``image_id_for``).
 IMAGE_ID_PATTERN: Final = r"^[0-9a-f]{16}$"
 #: Valid chunk ids (file names of staged parts).
 CHUNK_ID_PATTERN: Final = r"^[0-9A-Za-z_.-]{1,128}$"

@@ -1,6 +1,7 @@
 """Explain an image: upload a PNG/JPEG and see what the run's model makes of it, on the fly.
 
-The only page that runs the model: ``xaidash.compute.explain`` (and with it torch) is imported inside
+The only page that runs the model: ``xaidash.compute.pipeline.single_image`` (and with it torch) is
+imported inside
 the callback, so the rest of the dashboard starts without loading torch. Uploads are checked
 before decoding: size limit, PNG/JPEG only, decompression bombs refused.
 """
@@ -55,7 +56,7 @@ def decode_upload(contents: str | None, filename: str | None = None) -> Image.Im
 
     Checks, in order and before decoding pixels: base64 well-formed, size limit, recognised
     as PNG or JPEG by its bytes (not its name), pixel count (decompression bomb). Then decodes
-    with compute's decoder (:func:`xaidash.compute.imageio.load_image`), so the page explains
+    with compute's decoder (:func:`xaidash.compute.datasets.decoding.load_image`), so the page explains
     what ``xaidash compute`` sees in the same file: 16-bit images scaled (not clipped to white),
     EXIF orientation applied (a corrupt EXIF block ignored, not fatal), transparency on white,
     truncated files refused.
@@ -95,7 +96,7 @@ def decode_upload(contents: str | None, filename: str | None = None) -> Image.Im
             "(refused as a possible decompression bomb); downscale it first."
         )
     # compute's decoder (numpy + Pillow only, no torch), imported here like compute.explain below
-    from xaidash.compute.imageio import ImageLoadError, load_image
+    from xaidash.compute.datasets.decoding import ImageLoadError, load_image
 
     try:
         return load_image(raw, name)
@@ -165,7 +166,7 @@ def layout(ctx: PageContext) -> Any:
 
 
 def render_explanation(state: AppState, info: RunInfo, image: Image.Image, filename: str | None) -> Any:
-    """Run ``xaidash.compute.explain.explain_image`` and lay out its result (or say why not)."""
+    """Run ``xaidash.compute.pipeline.single_image.explain_image`` and lay out its result (or say why not)."""
     run_id = info.run_id
     ref = model_ref_of(info)
     if ref is None:
@@ -174,7 +175,7 @@ def render_explanation(state: AppState, info: RunInfo, image: Image.Image, filen
             "Its configuration records no model reference. Recompute it with this version of xaidash.",
             color="warning",
         )
-    from xaidash.compute.explain import explain_image  # here, not at the top: it imports torch
+    from xaidash.compute.pipeline.single_image import explain_image  # here, not at the top: it imports torch
 
     try:
         ids, labels, vectors = state.data.train_embeddings(run_id)

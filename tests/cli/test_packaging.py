@@ -84,7 +84,7 @@ def test_installed_package_works_next_to_lookalikes(fresh_venv: tuple[Path, set[
     out = subprocess.run([str(venv / "bin" / "xaidash"), "--help"], cwd=decoys, env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "compute" in out.stdout, out.stderr
-    code = ("import xaidash, xaidash.dashboard.app, xaidash.store, xaidash.compute.cams; "
+    code = ("import xaidash, xaidash.dashboard.app, xaidash.store, xaidash.compute.methods.cams; "
             "print(xaidash.__file__); print(xaidash.dashboard.app.ASSETS_DIR)")
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=decoys, env=env, capture_output=True,
                          text=True, timeout=120)

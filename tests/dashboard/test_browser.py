@@ -151,11 +151,11 @@ def test_bad_query_params_are_harmless(driver: Any, server: LiveServer) -> None:
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A tiny real run computed by the real job (random-weight resnet18 on 16 px images)."""
     torch = pytest.importorskip("torch")
-    pytest.importorskip("xaidash.compute.job", reason="xaidash.compute.job has not landed")
+    pytest.importorskip("xaidash.compute.pipeline.job", reason="xaidash.compute.pipeline.job has not landed")
     from tests.support.imagegen import make_imagefolder
     from xaidash.cli import main
-    from xaidash.compute.checkpoint import Checkpoint, save_checkpoint
-    from xaidash.compute.models import build_model
+    from xaidash.compute.model.architectures import build_model
+    from xaidash.compute.model.checkpoint import Checkpoint, save_checkpoint
 
     root = tmp_path_factory.mktemp("real")
     folder = make_imagefolder(root / "data", ("left", "right"), n_train=6, n_val=4, size=16)

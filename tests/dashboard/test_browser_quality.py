@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support.browser import _TO_VIEWPORT, By, LiveServer, check_page, click_xy, css, open_page, wait_for
-from xaidash.dashboard.pages.overview_quality import accuracy_without_leaks
+from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks
 
 pytestmark = pytest.mark.browser
 
@@ -38,7 +38,7 @@ def _count(driver: Any) -> int:
 
 
 def test_overview_card_and_gallery_quality_filter(driver: Any, server: LiveServer, store: Path) -> None:
-    from xaidash.store.reader import open_store
+    from xaidash.store.read.reader import open_store
 
     with open_store(store) as r:
         rid = r.latest_run_id()
@@ -72,7 +72,7 @@ def test_overview_card_and_gallery_quality_filter(driver: Any, server: LiveServe
 
 
 def test_confusion_cell_click_shows_error_clusters(driver: Any, server: LiveServer, store: Path) -> None:
-    from xaidash.store.reader import open_store
+    from xaidash.store.read.reader import open_store
 
     with open_store(store) as r:
         rid = r.latest_run_id()
@@ -92,7 +92,7 @@ def test_confusion_cell_click_shows_error_clusters(driver: Any, server: LiveServ
 
 
 def test_image_page_shows_a_leak_beside_its_train_copy(driver: Any, server: LiveServer, store: Path) -> None:
-    from xaidash.store.reader import open_store
+    from xaidash.store.read.reader import open_store
 
     with open_store(store) as r:
         rid = r.latest_run_id()

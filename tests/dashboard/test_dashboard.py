@@ -20,7 +20,9 @@ from tests.support.dash_testing import post_callback
 from xaidash.dashboard import figures
 from xaidash.dashboard.app import create_app, is_soft_change, render
 from xaidash.dashboard.data import SelectionStore, most_faithful
-from xaidash.dashboard.pages import embedding, explain, gallery, overview
+from xaidash.dashboard.pages import embedding, explain
+from xaidash.dashboard.pages.gallery import page as gallery
+from xaidash.dashboard.pages.overview import page as overview
 from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_query
 
 
@@ -34,7 +36,7 @@ def latest(state: Any) -> str:
 
 
 def a_wrong_image(state: Any) -> str:
-    from xaidash.store.reader import GalleryQuery
+    from xaidash.store.read.reader import GalleryQuery
 
     rows, total = state.data.gallery(latest(state), GalleryQuery(outcome="wrong"))
     assert total > 0
@@ -262,7 +264,7 @@ class _Unlabeled:
 
 
 def test_unlabeled_run_without_faithfulness(store_dir: Path) -> None:
-    from xaidash.store.reader import open_store
+    from xaidash.store.read.reader import open_store
 
     app = create_app(store_dir, reader=_Unlabeled(open_store(store_dir)))
     st = app.server.config["XAIDASH_STATE"]
@@ -274,7 +276,7 @@ def test_unlabeled_run_without_faithfulness(store_dir: Path) -> None:
 
 
 def test_empty_store(tmp_path: Path) -> None:
-    from xaidash.store.writer import Store
+    from xaidash.store.write.writer import Store
 
     Store.create(tmp_path / "empty")
     app = create_app(tmp_path / "empty")

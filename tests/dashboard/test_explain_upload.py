@@ -1,7 +1,7 @@
 """The explain page decodes an upload as compute decodes the same file (issue 12, items 7 and 8).
 
 ``decode_upload`` checks the upload (size, PNG/JPEG by its bytes, pixel count) and then hands
-the bytes to ``xaidash.compute.imageio.load_image``: a 16-bit grayscale PNG keeps its grey
+the bytes to ``xaidash.compute.datasets.decoding.load_image``: a 16-bit grayscale PNG keeps its grey
 levels instead of turning white (``convert("RGB")`` clipped them), and a corrupt EXIF block
 costs the orientation, not the image ("not a TIFF file").
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xaidash.compute.imageio import load_image
+from xaidash.compute.datasets.decoding import load_image
 from xaidash.dashboard.pages import explain
 
 
@@ -72,7 +72,7 @@ def test_malformed_corpus_through_the_upload_page(tmp_path: Any) -> None:
     or refused with a message naming it; never another exception. (FIFOs, sockets, devices and
     directories are not files a browser uploads: only regular files' bytes are sent.)"""
     from tests.support.corpus import make_malformed_corpus
-    from xaidash.compute.imageio import ImageLoadError
+    from xaidash.compute.datasets.decoding import ImageLoadError
 
     cases = make_malformed_corpus(tmp_path, thin_length=100_000)
     seen, refused = 0, []
@@ -103,7 +103,7 @@ def test_malformed_corpus_through_the_upload_page(tmp_path: Any) -> None:
 
 def test_a_thin_upload_is_refused_with_its_dimensions() -> None:
     # compute refuses an aspect ratio its preprocessing would blow up (issue 12, item 1); so does the page
-    from xaidash.compute.imageio import MAX_ASPECT_RATIO
+    from xaidash.compute.datasets.decoding import MAX_ASPECT_RATIO
 
     raw = _png(Image.new("L", (MAX_ASPECT_RATIO * 50, 1)))
     with pytest.raises(explain.UploadError, match=r"thin\.png cannot be explained: refused: 5000x1 pixels"):

@@ -16,11 +16,11 @@ import pytest
 from tests.support.dash_testing import post_callback
 from tests.support.synthetic import build_synthetic_store
 from xaidash.dashboard.app import create_app, render
-from xaidash.dashboard.pages.gallery_quality import flag_to_search
-from xaidash.dashboard.pages.overview_quality import accuracy_without_leaks
+from xaidash.dashboard.pages.gallery.quality import flag_to_search
+from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks
 from xaidash.dashboard.params import parse_query, to_query
 from xaidash.store import GalleryQuery
-from xaidash.store.reader import open_store
+from xaidash.store.read.reader import open_store
 
 
 def text_of(component: Any) -> str:

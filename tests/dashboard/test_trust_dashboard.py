@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.synthetic import build_synthetic_store
 from xaidash.dashboard.app import create_app, render
-from xaidash.dashboard.trust import baseline_margins, road_scores, sanity_verdicts
+from xaidash.dashboard.trust_verdicts import baseline_margins, road_scores, sanity_verdicts
 
 TRUST_IDS = ("overview-trust", "overview-sanity", "overview-road", "overview-baselines",
              "overview-localisation")
@@ -82,7 +82,7 @@ def test_overview_shows_every_trust_section_with_verdicts(stores: tuple[Any, Any
 def test_pointing_rule_of_runs_with_and_without_a_tolerance() -> None:
     from types import SimpleNamespace
 
-    from xaidash.dashboard.pages.overview_trust import pointing_rule
+    from xaidash.dashboard.pages.overview.trust import pointing_rule
 
     def rule(config: dict[str, object]) -> str:
         return pointing_rule(SimpleNamespace(config=config))  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from xaidash.errors import UserError
 from xaidash.store import SCHEMA_VERSION, GalleryQuery, Store, open_store
 from xaidash.store.builder import staged_schema
 from xaidash.store.schema import RUN_TABLES, TABLES, markdown
-from xaidash.store.staging import Staging
+from xaidash.store.write.staging import Staging
 
 N_VAL, N_TRAIN, N_CLASSES = 300, 200, 5
 
@@ -354,7 +354,7 @@ def test_gc_removes_dead_staging_keeps_live_and_resumable(tmp_path: Path) -> Non
 
 
 def test_concurrent_shard_owners_share_staging_publish_once(tmp_path: Path) -> None:
-    from xaidash.store.writer import AlreadyPublished
+    from xaidash.store.write.writer import AlreadyPublished
 
     store = Store.create(tmp_path / "s", durable=False)
     ids = sorted(_iid(i) for i in range(4))
@@ -624,8 +624,8 @@ def test_cache_eviction_never_drops_a_table_in_use(
     caches 4 other runs (cache_runs=4), which used to evict and drop that table (Catalog Error)."""
     import threading
 
-    import xaidash.store.cache as cache_mod
-    from xaidash.store.reader import StoreReader
+    import xaidash.store.read.cache as cache_mod
+    from xaidash.store.read.reader import StoreReader
 
     path, ids = six_runs
     # The DuckDB cache tables (and their pins) serve runs whose files need the SQL join; runs
@@ -661,7 +661,7 @@ def test_cache_eviction_race_with_threads(six_runs: tuple[Path, list[str]]) -> N
     import random
     import threading
 
-    from xaidash.store.reader import StoreReader
+    from xaidash.store.read.reader import StoreReader
 
     path, ids = six_runs
     r = StoreReader(path, cache_runs=4)
@@ -782,7 +782,7 @@ def test_point_lookup_finds_ids_in_overlapping_files(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from xaidash.store.index import RowGroupIndex
+    from xaidash.store.read.index import RowGroupIndex
 
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     pq.write_table(pa.table({"image_id": ["10", "30"], "v": [1, 3]}), a)
@@ -796,7 +796,7 @@ def test_point_lookup_finds_ids_in_overlapping_files(tmp_path: Path) -> None:
 
 def test_create_while_another_process_is_creating_the_store(tmp_path: Path) -> None:
     """Two shards start at once: one may see the other's marker temp file before the marker."""
-    from xaidash.store.writer import MARKER, Store
+    from xaidash.store.write.writer import MARKER, Store
 
     path = tmp_path / "s"
     path.mkdir()

@@ -27,9 +27,9 @@ CHILD = textwrap.dedent(
     import hashlib, sys, time, os
     import numpy as np, pyarrow as pa
     import xaidash.store.files as files
-    import xaidash.store.writer as w
+    import xaidash.store.write.writer as w
     from xaidash.store.builder import staged_schema
-    from xaidash.store.writer import Store
+    from xaidash.store.write.writer import Store
 
     path, where = sys.argv[1], sys.argv[2]
 

@@ -352,7 +352,7 @@ def upload_payloads(root: str | Path, cases: Sequence[Case]) -> list[tuple[Case,
     broken links and loops have no bytes to upload and are left out."""
     import stat
 
-    from xaidash.compute.data import FileDataset, open_dataset
+    from xaidash.compute.datasets.sources import FileDataset, open_dataset
 
     ds = open_dataset(f"imagefolder:{root}")
     assert isinstance(ds, FileDataset)

@@ -12,8 +12,8 @@ CLASSES = ("left", "right")
 
 def save_tiny_checkpoint(path: Path, classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
     """An untrained (seeded) checkpoint written like ``train`` writes one."""
-    from xaidash.compute.checkpoint import Checkpoint, save_checkpoint
-    from xaidash.compute.models import build_model
+    from xaidash.compute.model.architectures import build_model
+    from xaidash.compute.model.checkpoint import Checkpoint, save_checkpoint
 
     torch.manual_seed(seed)
     parts = build_model("resnet18", len(classes), input_size=SIZE)

@@ -1,7 +1,8 @@
 """A realistic synthetic store for tests and benchmarks (no torch needed; not installed).
 
-``build_synthetic_store`` writes through the real :class:`xaidash.store.writer.Store` /
-:class:`xaidash.store.staging.Staging` API, chunk by chunk, exactly like the compute job, so it exercises
+``build_synthetic_store`` writes through the real :class:`xaidash.store.write.writer.Store` /
+:class:`xaidash.store.write.staging.Staging` API, chunk by chunk, exactly like the compute job, so it
+exercises
 the writer as well as giving the dashboard plausible data:
 
 * class names (CIFAR-10's for <= 10 classes), labels, ~80 % accuracy with structured confusion
@@ -10,7 +11,7 @@ the writer as well as giving the dashboard plausible data:
 * smooth maps in [0, 1] (Gaussian blobs around an object centre, each method a noisy view of
   it, Score-CAM the noisiest) for target "pred", plus target "true" for wrong predictions, plus
   train Grad-CAMs; cam_disagreement computed from them by the compute job's own
-  :func:`xaidash.compute.metrics.cam_disagreement`;
+  :func:`xaidash.compute.analysis.metrics.cam_disagreement`;
 * class-clustered embeddings and 2-D projection, twins (train images of the predicted class)
   and counterfactuals (of the runner-up class), faithfulness numbers, per-class metrics and
   the confusion matrix computed from the predictions, a few load failures;
@@ -33,17 +34,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tests.support import synthetic_quality
-from xaidash.compute.metrics import cam_disagreement
+from xaidash.compute.analysis.metrics import cam_disagreement
 from xaidash.constants import METHODS
 from xaidash.store.builder import list_array, staged_schema
-from xaidash.store.writer import Store
+from xaidash.store.write.writer import Store
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _THUMB_VARIANTS = 16
 
 
 def _ids(split: str, n: int, tag: str) -> np.ndarray:
-    """Sorted 16-hex image ids, like compute/data.py's (sha1 of kind:split:key)."""
+    """Sorted 16-hex image ids, like compute/datasets/sources.py's (sha1 of kind:split:key)."""
     ids = [hashlib.sha1(f"synthetic{tag}:{split}:{i}".encode()).hexdigest()[:16] for i in range(n)]
     return np.array(sorted(ids), dtype=object)
 

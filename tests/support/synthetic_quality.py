@@ -1,6 +1,6 @@
 """The synthetic store's data-quality tables, computed by the compute job's own code.
 
-:func:`quality` runs :func:`xaidash.compute.quality_phase.quality_tables` over the synthetic
+:func:`quality` runs :func:`xaidash.compute.pipeline.quality_phase.quality_tables` over the synthetic
 run's staged probabilities, vectors and maps, as the global phase does. Synthetic images have no
 pixels, so the input hashes are made up: every :data:`LEAK_EVERY`-th val image gets the hash of a
 train image (a pixel-identical copy); and :func:`with_outliers` lowers the neighbour
@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from xaidash.compute.quality_phase import quality_tables
+from xaidash.compute.pipeline.quality_phase import quality_tables
 from xaidash.store import Staging
 
 LEAK_EVERY = 499

@@ -1,0 +1,369 @@
+"""Compare runs: two runs of the same dataset, image by image.
+
+Metric deltas, per-class F1, the confusion-matrix delta, and the images that went
+right -> wrong ("broke") and wrong -> right ("fixed") with both runs' maps side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import dash
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Input, Output, State, ctx, dcc, html, no_update
+
+from xaidash.constants import METHODS
+from xaidash.dashboard import figures, inputs
+from xaidash.dashboard.components import (
+    card,
+    empty_state,
+    fmt_count,
+    fmt_pct,
+    method_label,
+    overlay_img,
+    run_label,
+    thumb_img,
+    warning_alert,
+)
+from xaidash.dashboard.pages.compare.quality import overlap_card
+from xaidash.dashboard.params import CHANGES, MAX_PAGE, Filters, image_href, parse_query, to_query
+from xaidash.dashboard.state import AppState, PageContext
+
+if TYPE_CHECKING:
+    from xaidash.store import RunInfo
+
+PREFIX = "compare"
+FLIPS_PER_PAGE = 12
+KEYS = ("run", "a", "b", "change", "method", "page", "cmap", "alpha")
+METRIC_LABELS = {
+    "n": ("Images", False),
+    "accuracy": ("Accuracy", True),
+    "macro_precision": ("Macro precision", True),
+    "macro_recall": ("Macro recall", True),
+    "macro_f1": ("Macro F1", True),
+    "weighted_f1": ("Weighted F1", True),
+    "errors": ("Errors", False),
+    "failed": ("Failed images", False),
+}
+LOWER_IS_BETTER = {"errors", "failed"}
+
+
+def pick_pair(ctx: PageContext) -> tuple[str | None, RunInfo, pd.DataFrame, str | None]:
+    """Runs A (before) and B (after): from the URL when valid, else the two newest comparable.
+
+    B is the page's run when the URL names no (existing) run B.
+    """
+    f = ctx.filters
+    info_b = (ctx.data.run(f.b) if f.b else None) or ctx.info
+    run_b = info_b.run_id
+    comparable = ctx.data.comparable_runs(info_b)
+    ids = [str(r) for r in comparable["run_id"]] if len(comparable) else []
+    warning = None
+    if f.a and f.a in ids and f.a != run_b:
+        run_a: str | None = f.a
+    else:
+        if f.a and f.a not in ids:
+            warning = f"Run {f.a!r} is not a run of the same dataset as {run_b}; picked the previous one."
+        older = [r for r in ids if r != run_b]
+        run_a = older[0] if older else None
+    return run_a, info_b, comparable, warning
+
+
+def metrics_table(metrics: pd.DataFrame) -> Any:
+    """metric, a, b, delta with the direction made explicit (green = better)."""
+    rows = []
+    for rec in metrics.to_dict("records"):
+        key = str(rec["metric"])
+        label, pct = METRIC_LABELS.get(key, (key, False))
+        d = rec.get("delta")
+        fmt = fmt_pct if pct else fmt_count
+        if d is None or pd.isna(d) or d == 0:
+            delta_cell: Any = html.Span("±0" if d == 0 else "—", className="text-muted")
+        else:
+            better = (d < 0) if key in LOWER_IS_BETTER else (d > 0)
+            text = f"{100 * d:+.1f} pp" if pct else f"{int(d):+,}"
+            delta_cell = html.Span(
+                text, className="text-success fw-semibold" if better else "text-danger fw-semibold"
+            )
+        rows.append(
+            html.Tr(
+                [html.Td(label), html.Td(fmt(rec.get("a"))), html.Td(fmt(rec.get("b"))), html.Td(delta_cell)]
+            )
+        )
+    return dbc.Table(
+        [
+            html.Thead(html.Tr([html.Th("Metric"), html.Th("Run A"), html.Th("Run B"), html.Th("B − A")])),
+            html.Tbody(rows),
+        ],
+        size="sm",
+        striped=True,
+        className="xd-table mb-0",
+        id=f"{PREFIX}-metrics",
+    )
+
+
+def flip_rows(run_a: str, run_b: str, flips: pd.DataFrame, f: Filters, class_names: list[str]) -> Any:
+    """Each flipped image: thumbnail, run A's map, run B's map (the chosen method)."""
+    items = []
+    for rec in flips.to_dict("records"):
+        iid = str(rec["image_id"])
+
+        def name(c: Any) -> str:
+            return (
+                class_names[int(c)]
+                if c is not None and not pd.isna(c) and 0 <= int(c) < len(class_names)
+                else "—"
+            )
+
+        items.append(
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            html.Div(["true ", html.B(str(rec.get("label_name") or "—"))], className="small"),
+                            html.Div(
+                                f"A: {name(rec['pred_a'])} ({fmt_pct(rec.get('conf_a'))})", className="small"
+                            ),
+                            html.Div(
+                                f"B: {name(rec['pred_b'])} ({fmt_pct(rec.get('conf_b'))})", className="small"
+                            ),
+                        ],
+                        className="xd-row-meta",
+                    ),
+                    html.Div(
+                        [
+                            html.Div(
+                                dcc.Link(thumb_img(run_b, iid), href=image_href(run_b, iid, f)),
+                                className="xd-cell",
+                            ),
+                            *(
+                                html.Div(
+                                    dcc.Link(
+                                        overlay_img(
+                                            run, iid, f.method, f, title=f"run {ab} {method_label(f.method)}"
+                                        ),
+                                        href=image_href(run, iid, f),
+                                    ),
+                                    className="xd-cell",
+                                )
+                                for ab, run in (("A", run_a), ("B", run_b))
+                            ),
+                        ],
+                        className="xd-row-images",
+                    ),
+                ],
+                className="xd-row xd-flip " + ("xd-row-wrong" if rec.get("change") == "broke" else ""),
+            )
+        )
+    heads = html.Div(
+        [
+            html.Div("", className="xd-row-meta"),
+            html.Div(
+                [
+                    html.Div("image", className="xd-cell-head"),
+                    html.Div(f"A · {method_label(f.method)}", className="xd-cell-head"),
+                    html.Div(f"B · {method_label(f.method)}", className="xd-cell-head"),
+                ],
+                className="xd-row-images",
+            ),
+        ],
+        className="xd-row xd-row-head",
+    )
+    return html.Div([heads, *items], id=f"{PREFIX}-flips")
+
+
+def layout(ctx: PageContext) -> Any:
+    """Render the comparison (plain function, unit-tested)."""
+    run_a, info_b, comparable, warning = pick_pair(ctx)
+    run_b = info_b.run_id
+    f = replace(ctx.filters, a=run_a, b=run_b)
+    options = [
+        {"label": run_label(rec), "value": str(rec["run_id"])} for rec in comparable.to_dict("records")
+    ]
+    pickers = dbc.Row(
+        [
+            dbc.Col(
+                [
+                    dbc.Label("Run A (before)", className="small mb-0"),
+                    dcc.Dropdown(id=f"{PREFIX}-a", options=options, value=run_a, clearable=False),
+                ],
+                md=5,
+            ),
+            dbc.Col(
+                [
+                    dbc.Label("Run B (after)", className="small mb-0"),
+                    dcc.Dropdown(id=f"{PREFIX}-b", options=options, value=run_b, clearable=False),
+                ],
+                md=5,
+            ),
+            dbc.Col(
+                [
+                    dbc.Label("Maps", className="small mb-0"),
+                    dcc.Dropdown(
+                        id=f"{PREFIX}-method",
+                        options=[{"label": method_label(m), "value": m} for m in METHODS],
+                        value=f.method,
+                        clearable=False,
+                    ),
+                ],
+                md=2,
+            ),
+        ],
+        className="mb-3",
+    )
+    head: list[Any] = [warning_alert(ctx.warning), warning_alert(warning), card("Runs", pickers)]
+    if run_a is None:
+        return html.Div(
+            [
+                *head,
+                empty_state(
+                    "Only one run of this dataset",
+                    "Comparing needs two runs over the same data. Retrain (or change the model) and run "
+                    "xaidash compute again with the same --data; the new run appears here.",
+                ),
+            ],
+            id=f"{PREFIX}-page",
+        )
+    diff = ctx.data.diff(run_a, run_b)
+    names = info_b.class_names
+    flips = diff.flips
+    counts = flips["change"].value_counts().to_dict() if len(flips) else {}
+    # Unless the link chose a group, open the first one that has images: after a retrain that
+    # only fixed errors, "right -> wrong (0)" is not what the reviewer came to see.
+    change = f.change or next((c for c in CHANGES if counts.get(c)), CHANGES[0])
+    part = flips[flips["change"] == change] if len(flips) else flips
+    pages = max(1, math.ceil(len(part) / FLIPS_PER_PAGE))
+    page = min(f.page, pages - 1)
+    shown = part.iloc[page * FLIPS_PER_PAGE : (page + 1) * FLIPS_PER_PAGE]
+    change_tabs = dbc.RadioItems(
+        id=f"{PREFIX}-change",
+        options=[
+            {"label": f"right → wrong ({counts.get('broke', 0):,})", "value": "broke"},
+            {"label": f"wrong → right ({counts.get('fixed', 0):,})", "value": "fixed"},
+            {"label": f"other changes ({counts.get('changed', 0):,})", "value": "changed"},
+        ],
+        value=change,
+        inline=True,
+        className="small",
+    )
+    flips_body: Any
+    if len(shown):
+        flips_body = [
+            dbc.Pagination(
+                id=f"{PREFIX}-pagination",
+                max_value=pages,
+                active_page=page + 1,
+                fully_expanded=False,
+                size="sm",
+                className="mb-2",
+                first_last=True,
+                previous_next=True,
+            ),
+            flip_rows(run_a, run_b, shown, f, names),
+        ]
+    else:
+        flips_body = [
+            html.Div(dbc.Pagination(id=f"{PREFIX}-pagination", max_value=1, active_page=1), hidden=True),
+            html.P("No images in this group.", className="text-muted small mb-0"),
+        ]
+    body: list[Any] = [*head]
+    if info_b.labeled:
+        body.append(
+            dbc.Row(
+                [
+                    dbc.Col(card("Metrics", metrics_table(diff.metrics)), lg=4),
+                    dbc.Col(
+                        card(
+                            "Per-class F1",
+                            dcc.Graph(
+                                figure=figures.plot_class_f1_delta(
+                                    ctx.data.class_metrics(run_a), ctx.data.class_metrics(run_b)
+                                ),
+                                config={"displayModeBar": False},
+                            ),
+                        ),
+                        lg=8,
+                    ),
+                ]
+            )
+        )
+        body.append(
+            dbc.Row(
+                [
+                    dbc.Col(
+                        card(
+                            "Confusion matrix change (B − A)",
+                            [
+                                dcc.Graph(
+                                    id=f"{PREFIX}-confusion-delta",
+                                    figure=figures.plot_confusion_delta(diff.confusion_delta, names),
+                                    config={"displayModeBar": False},
+                                ),
+                                html.P(
+                                    "B − A counts; blue got better (more correct on the diagonal, "
+                                    "fewer confusions off it), red got worse.",
+                                    className="small text-muted mb-0",
+                                ),
+                            ],
+                        ),
+                        lg=5,
+                    ),
+                    dbc.Col(
+                        card("Images whose prediction changed", flips_body, header_right=change_tabs), lg=7
+                    ),
+                ]
+            )
+        )
+    else:
+        body.append(
+            empty_state(
+                "Unlabeled runs", "No accuracy to compare; the list shows images whose prediction changed."
+            )
+        )
+        body.append(card("Images whose prediction changed", flips_body, header_right=change_tabs))
+    body.append(overlap_card(ctx, run_a, run_b, f))
+    return html.Div([b for b in body if b is not None], id=f"{PREFIX}-page")
+
+
+def register_callbacks(app: dash.Dash, state: AppState) -> None:
+    """Pickers, group and pagination -> URL."""
+
+    @app.callback(
+        Output("url", "search", allow_duplicate=True),
+        Input(f"{PREFIX}-a", "value"),
+        Input(f"{PREFIX}-b", "value"),
+        Input(f"{PREFIX}-method", "value"),
+        Input(f"{PREFIX}-change", "value"),
+        Input(f"{PREFIX}-pagination", "active_page"),
+        State("url", "search"),
+        prevent_initial_call=True,
+    )
+    @inputs.typed(*[inputs.text()] * 4, inputs.integer(), inputs.URL_PART)  # a, b, method, change, page
+    def update(
+        a: str | None,
+        b: str | None,
+        method: str | None,
+        change: str | None,
+        active: int | None,
+        search: str | None,
+    ) -> Any:
+        f = parse_query(search)
+        page = active - 1 if ctx.triggered_id == f"{PREFIX}-pagination" and active else 0
+        new = parse_query(
+            to_query(
+                replace(
+                    f,
+                    a=a,
+                    b=b,
+                    method=method or f.method,
+                    change=change or f.change,
+                    page=min(max(0, page), MAX_PAGE),
+                ),
+                KEYS,
+            )
+        )
+        old = to_query(f, KEYS)
+        return no_update if to_query(new, KEYS) == old else to_query(new, KEYS)

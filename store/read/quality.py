@@ -1,0 +1,189 @@
+"""Reader queries over a run's data-quality tables (``quality``, ``error_clusters``).
+
+A mixin of :class:`xaidash.store.read.reader.StoreReader` (the reader module is kept under the
+700-line limit): label issues, leaks, outliers and error clusters of one run, accuracy without
+the leaked images, and the cross-run overlap the Compare page shows. Runs published before these
+tables existed have no ``quality.parquet``: every query answers "nothing" (``has_quality`` False,
+empty frames), so the pages show what they showed before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xaidash.constants import QUALITY_FLAGS
+from xaidash.store.read.cache import RunCache, aligned_rows, memo_run
+from xaidash.store.read.catalog import RunEntry
+
+#: the quality columns the gallery index filters and sorts by
+QUALITY_INDEX_COLUMNS = ["image_id", "label_quality", *QUALITY_FLAGS]
+CLUSTER_COLUMNS = ["true_class", "pred_class", "cluster", "k", "silhouette", "size",
+                   "representative_ids", "method", "h", "w", "mean_map"]
+
+
+def align_quality(
+    ids: pa.Array, quality: pa.Table
+) -> tuple[npt.NDArray[np.float64], dict[str, npt.NDArray[np.bool_]]]:
+    """The label-quality sort key (NaN when absent) and the flag masks, row by row of ``ids``."""
+    n = len(ids)
+    at = aligned_rows(ids, quality.column("image_id").combine_chunks(), n)
+    present = at >= 0
+    take = np.where(present, at, 0)
+
+    def col(name: str, null: object, type_: pa.DataType) -> npt.NDArray[Any]:
+        values: npt.NDArray[Any] = quality.column(name).cast(type_).fill_null(null).to_numpy()
+        return values[take] if len(values) else np.zeros(n, values.dtype)
+
+    key = np.where(present, col("label_quality", np.nan, pa.float64()), np.nan).astype(np.float64)
+    flags = {f: present & col(f, False, pa.bool_()).astype(bool) for f in QUALITY_FLAGS}
+    return key, flags
+
+
+Params = Sequence[object] | Mapping[str, object] | None
+
+
+class QualityQueries:
+    """The data-quality queries of the reader (see the module docstring)."""
+
+    _run_cache: RunCache
+
+    def _entry(self, run_id: object) -> RunEntry | None:  # pragma: no cover - StoreReader's
+        raise NotImplementedError
+
+    def _df(self, query: str, params: Params = None) -> pd.DataFrame:  # pragma: no cover
+        raise NotImplementedError
+
+    def _quality_entry(self, run_id: object) -> RunEntry | None:
+        e = self._entry(run_id)
+        return e if e is not None and e.file("quality").is_file() else None
+
+    def quality_rows(self, e: RunEntry) -> pa.Table | None:
+        """The columns the gallery index needs (:data:`QUALITY_INDEX_COLUMNS`), None without them."""
+        path = e.file("quality")
+        if not path.is_file():
+            return None
+        t = pq.read_table(path, columns=QUALITY_INDEX_COLUMNS)
+        return t if t.num_rows else None
+
+    @memo_run
+    def has_quality(self, run_id: str) -> bool:
+        """True when the run has a non-empty quality table."""
+        e = self._quality_entry(run_id)
+        return e is not None and pq.ParquetFile(e.file("quality")).metadata.num_rows > 0
+
+    @memo_run
+    def quality_summary(self, run_id: str) -> dict[str, Any]:
+        """Counts of the run's flags, and the accuracy without leaked images ({} without a table).
+
+        Keys: n, mislabelled, leaks, pixel_leaks, outliers, clustered_cells, accuracy,
+        accuracy_without_leaks (None when there is no leak or no label).
+        """
+        e = self._quality_entry(run_id)
+        if e is None or not self.has_quality(run_id):
+            return {}
+        row = self._df(
+            """
+            SELECT count(*) AS n,
+                   count(*) FILTER (WHERE q.mislabelled) AS mislabelled,
+                   count(*) FILTER (WHERE q.leak) AS leaks,
+                   count(*) FILTER (WHERE q.leak_match = 'pixels') AS pixel_leaks,
+                   count(*) FILTER (WHERE q.outlier) AS outliers,
+                   avg(CASE WHEN p.correct THEN 1.0 ELSE 0.0 END) FILTER (WHERE p.correct IS NOT NULL)
+                     AS accuracy,
+                   avg(CASE WHEN p.correct THEN 1.0 ELSE 0.0 END)
+                     FILTER (WHERE p.correct IS NOT NULL AND NOT q.leak) AS accuracy_without_leaks
+            FROM read_parquet(?) q JOIN read_parquet(?) p USING (image_id)
+            """,
+            [str(e.file("quality")), str(e.file("predictions"))],
+        ).iloc[0].to_dict()
+        cells = self._df(
+            "SELECT count(DISTINCT (true_class, pred_class)) AS c FROM read_parquet(?)",
+            [str(e.file("error_clusters"))],
+        ) if e.file("error_clusters").is_file() else pd.DataFrame({"c": [0]})
+        out: dict[str, Any] = {str(k): (None if pd.isna(v) else v) for k, v in row.items()}
+        for k in ("n", "mislabelled", "leaks", "pixel_leaks", "outliers"):
+            out[k] = int(out[k] or 0)
+        out["clustered_cells"] = int(cells["c"].iloc[0])
+        if not out["leaks"]:
+            out["accuracy_without_leaks"] = None
+        return out
+
+    @memo_run
+    def quality_by_class(self, run_id: str) -> pd.DataFrame:
+        """Per true class with any flag: class, class_name, images, mislabelled, leaks, outliers."""
+        cols = ["class", "class_name", "images", "mislabelled", "leaks", "outliers"]
+        e = self._quality_entry(run_id)
+        if e is None:
+            return pd.DataFrame(columns=cols)
+        df = self._df(
+            """
+            SELECT p.label AS "class", any_value(p.label_name) AS class_name, count(*) AS images,
+                   count(*) FILTER (WHERE q.mislabelled) AS mislabelled,
+                   count(*) FILTER (WHERE q.leak) AS leaks, count(*) FILTER (WHERE q.outlier) AS outliers
+            FROM read_parquet(?) q JOIN read_parquet(?) p USING (image_id)
+            WHERE p.label IS NOT NULL
+            GROUP BY p.label HAVING count(*) FILTER (WHERE q.mislabelled OR q.leak OR q.outlier) > 0
+            ORDER BY p.label
+            """,
+            [str(e.file("quality")), str(e.file("predictions"))],
+        )
+        return df[cols]
+
+    def image_quality(self, run_id: str, image_id: str) -> dict[str, Any] | None:
+        """The quality row of one val image (None when the run has none or no such image)."""
+        e = self._quality_entry(run_id)
+        if e is None or not isinstance(image_id, str):
+            return None
+        df = self._df("SELECT * EXCLUDE (run_id) FROM read_parquet(?) WHERE image_id = ?",
+                      [str(e.file("quality")), image_id])
+        if not len(df):
+            return None
+        rec: dict[str, Any] = {str(k): (None if _isnull(v) else v) for k, v in df.iloc[0].to_dict().items()}
+        return rec
+
+    @memo_run
+    def error_clusters(self, run_id: str, true_class: int, pred_class: int) -> pd.DataFrame:
+        """The clusters of one confusion cell, one row per (cluster, method), by cluster."""
+        e = self._entry(run_id)
+        if e is None or not e.file("error_clusters").is_file():
+            return pd.DataFrame(columns=CLUSTER_COLUMNS)
+        cols = ", ".join(f'"{c}"' for c in CLUSTER_COLUMNS)
+        return self._df(
+            f"SELECT {cols} FROM read_parquet(?) WHERE true_class = ? AND pred_class = ? "
+            "ORDER BY cluster, method",
+            [str(e.file("error_clusters")), int(true_class), int(pred_class)],
+        )
+
+    @memo_run
+    def quality_overlap(self, run_a: str, run_b: str) -> pd.DataFrame:
+        """Per flag: images flagged in a, in b, in both (matched by image_id); empty when either
+        run has no quality table."""
+        cols = ["flag", "a", "b", "both"]
+        ea, eb = self._quality_entry(run_a), self._quality_entry(run_b)
+        if ea is None or eb is None:
+            return pd.DataFrame(columns=cols)
+        # the flag names are allow-listed identifiers (constants.QUALITY_FLAGS), never input
+        pick = ", ".join(f"a.{f} AS a_{f}, b.{f} AS b_{f}" for f in QUALITY_FLAGS)
+        parts = [
+            f"SELECT '{f}' AS flag, count(*) FILTER (WHERE a_{f}) AS a, count(*) FILTER (WHERE b_{f}) AS b, "
+            f'count(*) FILTER (WHERE a_{f} AND b_{f}) AS "both" FROM j'
+            for f in QUALITY_FLAGS
+        ]
+        return self._df(
+            f"WITH j AS (SELECT {pick} FROM read_parquet(?) a FULL OUTER JOIN read_parquet(?) b "
+            "USING (image_id)) " + " UNION ALL ".join(parts),
+            [str(ea.file("quality")), str(eb.file("quality"))],
+        )[cols]
+
+
+def _isnull(v: object) -> bool:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return False
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA

@@ -1,0 +1,87 @@
+"""Reads of the "can I trust these maps?" tables (issue 13): sanity, baseline_faithfulness, road,
+localisation.
+
+:class:`TrustReader` wraps a :class:`~xaidash.store.read.reader.StoreReader` (same DuckDB cursors,
+same run cache and memo) and reads each run's own files directly, like the reader's per-run
+queries. A run computed before these tables existed, or without them, has no file or an empty
+one: every query then returns an empty frame, and the dashboard shows nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from xaidash.store.read.reader import StoreReader
+
+SANITY_COLUMNS = ["method", "step", "block", "spearman", "n"]
+BASELINE_COLUMNS = ["baseline", "drop", "increase", "deletion_auc", "insertion_auc", "n"]
+ROAD_COLUMNS = ["method", "order", "fraction", "probability", "n"]
+LOCALISATION_COLUMNS = ["method", "pointing", "energy", "iou", "topk", "n"]
+
+
+class TrustReader:
+    """Per-run aggregates and per-image rows of the trust tables."""
+
+    def __init__(self, reader: StoreReader) -> None:
+        self.reader = reader
+
+    def _query(self, run_id: str, table: str, name: str, sql: str, columns: list[str],
+               params: list[object] | None = None) -> pd.DataFrame:
+        """``sql`` with ``?`` = the run's ``table`` file first (then ``params``), memoized per run."""
+        r = self.reader
+        e = r._entry(run_id)
+        if e is None or not e.file(table).is_file():
+            return pd.DataFrame(columns=columns)
+        path = str(e.file(table))
+        run: Callable[[], pd.DataFrame] = lambda: r._df(sql, [path, *(params or [])])  # noqa: E731
+        if params:  # per-image queries are not memoized (one per page view, cheap)
+            return run()
+        return r._run_cache.memoized((f"trust_{name}", run_id), run)
+
+    def sanity_curves(self, run_id: str) -> pd.DataFrame:
+        """Per method and step: mean Spearman correlation over the sampled images (nulls skipped)."""
+        return self._query(run_id, "sanity", "sanity", """
+            SELECT method, step, any_value(block) AS block, avg(spearman) AS spearman,
+                   count(spearman) AS n
+            FROM read_parquet(?) GROUP BY method, step ORDER BY method, step""", SANITY_COLUMNS)
+
+    def baseline_summary(self, run_id: str) -> pd.DataFrame:
+        """Per baseline: the mean of each faithfulness metric (as ``faithfulness_summary``)."""
+        return self._query(run_id, "baseline_faithfulness", "baselines", """
+            SELECT baseline, avg("drop") AS "drop", avg(increase) AS increase,
+                   avg(deletion_auc) AS deletion_auc, avg(insertion_auc) AS insertion_auc, count(*) AS n
+            FROM read_parquet(?) GROUP BY baseline ORDER BY baseline""", BASELINE_COLUMNS)
+
+    def road_summary(self, run_id: str) -> pd.DataFrame:
+        """Per method, order and fraction: the mean probability after ROAD removal."""
+        return self._query(run_id, "road", "road", """
+            SELECT method, "order", fraction, avg(probability) AS probability, count(*) AS n
+            FROM read_parquet(?) GROUP BY method, "order", fraction ORDER BY method, "order", fraction""",
+            ROAD_COLUMNS)
+
+    def localisation_summary(self, run_id: str) -> pd.DataFrame:
+        """Per method: pointing-game hit rate, mean energy share, mean top-k IoU, images."""
+        return self._query(run_id, "localisation", "localisation", """
+            SELECT method, avg(pointing) AS pointing, avg(energy) AS energy, avg(iou) AS iou,
+                   any_value(topk) AS topk, count(*) AS n
+            FROM read_parquet(?) GROUP BY method ORDER BY method""", LOCALISATION_COLUMNS)
+
+    def image_road(self, run_id: str, image_id: str) -> pd.DataFrame:
+        """One image's ROAD rows: method, order, fraction, probability."""
+        if not self.reader._valid_image_id(image_id):
+            return pd.DataFrame(columns=ROAD_COLUMNS[:-1])
+        return self._query(run_id, "road", "", """
+            SELECT method, "order", fraction, probability FROM read_parquet(?)
+            WHERE image_id = ? ORDER BY method, "order", fraction""", ROAD_COLUMNS[:-1], [image_id])
+
+    def image_localisation(self, run_id: str, image_id: str) -> pd.DataFrame:
+        """One image's localisation rows: method, pointing, energy, iou, topk."""
+        if not self.reader._valid_image_id(image_id):
+            return pd.DataFrame(columns=LOCALISATION_COLUMNS[:-1])
+        return self._query(run_id, "localisation", "", """
+            SELECT method, pointing, energy, iou, topk FROM read_parquet(?)
+            WHERE image_id = ? ORDER BY method""", LOCALISATION_COLUMNS[:-1], [image_id])
