@@ -34,7 +34,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from xaidash.compute.analysis.clusters import CellClusters, error_clusters
-from xaidash.compute.analysis.copies import COPY_DISTANCE, PHASH_RADIUS, HashIndex, find_copies, groups
+from xaidash.compute.analysis.copies import (
+    COPY_DISTANCE,
+    PHASH_RADIUS,
+    HashIndex,
+    find_copies,
+    groups,
+    pixel_distance,
+    tiny_array,
+)
 from xaidash.compute.analysis.image_facts import TINY
 from xaidash.compute.analysis.image_issues import ISSUES, IssueRules, image_issues, issue_rules
 from xaidash.compute.analysis.quality import (
@@ -199,7 +207,8 @@ def _neighbour_pairs(neighbors: pa.Table | None, val_ids: Sequence[str], emb_ids
 
     def index(col: str, ids: Sequence[str]) -> npt.NDArray[np.int64]:
         got = pc.index_in(neighbors.column(col), value_set=pa.array(list(ids), pa.string()))
-        return pc.fill_null(got, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        out: npt.NDArray[np.int64] = pc.fill_null(got, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return out
 
     raw = neighbors.column("similarity").to_numpy(zero_copy_only=False).astype(np.float32)
     return index("image_id", val_ids), index("neighbor_id", emb_ids), raw
@@ -218,8 +227,15 @@ class CopyResult:
 
 
 def copies(val_rows: npt.NDArray[np.int64], train_rows: npt.NDArray[np.int64], facts: Facts,
-           hashes: Sequence[str | None], opts: QualityOptions) -> CopyResult:
-    """Leaks (val copies of train images) and near-duplicate groups inside val and inside train."""
+           hashes: Sequence[str | None], opts: QualityOptions,
+           neighbours: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None) -> CopyResult:
+    """Leaks (val copies of train images) and near-duplicate groups inside val and inside train.
+
+    Candidates are the train images within the pHash radius and, when given, each val image's
+    stored neighbours (``neighbours``: val position, embedding row): a crop of a few percent
+    moves more pHash bits than the radius allows (up to 22 of 64 on photos,
+    bench/copy_thresholds.py), while the network, trained to ignore such changes, puts the
+    original among the twins. Either way the pixel distance alone decides."""
     n = val_rows.size
     leak_row = np.full(n, -1, np.int64)
     dist = np.full(n, np.nan, np.float32)
@@ -238,17 +254,37 @@ def copies(val_rows: npt.NDArray[np.int64], train_rows: npt.NDArray[np.int64], f
     vf = val_rows[facts.has[val_rows]]
     tf = train_rows[facts.has[train_rows]]
     vpos = np.nonzero(facts.has[val_rows])[0]
+    q_all: list[npt.NDArray[np.int64]] = []  # val positions
+    t_all: list[npt.NDArray[np.int64]] = []  # embedding rows
+    d_all: list[npt.NDArray[np.float32]] = []
     if vf.size and tf.size:
         index = HashIndex(facts.phash[tf], radius=opts.phash_radius)
         found = find_copies(facts.phash[vf], facts.tiny[vf], index, facts.tiny[tf], opts.copy_distance)
-        order = np.lexsort((found.distance, found.query))  # per val image, the closest copy first
+        q_all.append(vpos[found.query])
+        t_all.append(tf[found.ref])
+        d_all.append(found.distance)
+    if neighbours is not None and neighbours[0].size:
+        qn, tn = neighbours
+        ok = (qn >= 0) & (tn >= 0)
+        qn, tn = qn[ok], tn[ok]
+        ok = facts.has[val_rows[qn]] & facts.has[tn]
+        qn, tn = qn[ok], tn[ok]
+        for s in range(0, qn.size, PAIR_BLOCK):
+            qs, ts = qn[s:s + PAIR_BLOCK], tn[s:s + PAIR_BLOCK]
+            d = pixel_distance(tiny_array(facts.tiny[val_rows[qs]]), tiny_array(facts.tiny[ts]))
+            keep = d <= opts.copy_distance
+            q_all.append(qs[keep])
+            t_all.append(ts[keep])
+            d_all.append(d[keep])
+    if q_all:
+        qq, tt, dd = np.concatenate(q_all), np.concatenate(t_all), np.concatenate(d_all)
         seen: set[int] = set()
-        for j in order.tolist():
-            q = int(vpos[found.query[j]])
+        for j in np.lexsort((dd, qq)).tolist():  # per val image, the closest copy first
+            q = int(qq[j])
             if q in seen or match[q] == "pixels":
                 continue
             seen.add(q)
-            leak_row[q], dist[q], match[q] = int(tf[found.ref[j]]), float(found.distance[j]), "copy"
+            leak_row[q], dist[q], match[q] = int(tt[j]), float(dd[j]), "copy"
     return CopyResult(leak_row, match, dist, _groups_in(val_rows, facts, opts),
                       _groups_in(train_rows, facts, opts))
 
@@ -280,7 +316,7 @@ def _group_numbers(group: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64],
     return num, size
 
 
-def _rules_table(copy_n: int, opts: QualityOptions, look: QuantileRule, out: QuantileRule,
+def rules_table(copy_n: int, opts: QualityOptions, look: QuantileRule, out: QuantileRule,
                  issues: IssueRules) -> pa.Table:
     rows: list[dict[str, object]] = [
         {"rule": "copy", "statistic": "pHash Hamming distance, then blurred aligned 16x16 mean |difference|",
@@ -341,7 +377,8 @@ def quality_tables(
     train_rows = np.nonzero(split == "train")[0].astype(np.int64)
     facts = read_facts(staging, emb_ids)
     mean = train_mean(vectors, train_rows)
-    near = nearest_train(*_neighbour_pairs(neighbors, val_ids, emb_ids), n, val_rows, vectors, mean)
+    pairs = _neighbour_pairs(neighbors, val_ids, emb_ids)
+    near = nearest_train(*pairs, n, val_rows, vectors, mean)
 
     # the reference: leave-one-out nearest-train similarity of sampled train images
     got = [train_labels.get(emb_ids[r]) for r in train_rows.tolist()]
@@ -360,7 +397,7 @@ def quality_tables(
     look = quantile_rule("lookalike", ref, opts.lookalike_quantile)
     out_rule = quantile_rule("outlier", ref_raw, opts.outlier_quantile)
 
-    cp = copies(val_rows, train_rows, facts, hashes, opts)
+    cp = copies(val_rows, train_rows, facts, hashes, opts, (pairs[0], pairs[1]))
     leak = cp.leak_row >= 0
     lookalike = above(near.centred, look) & ~leak
     outlier = below(near.raw, out_rule)
@@ -417,7 +454,7 @@ def quality_tables(
             "duplicate_count": [int(c) if c > 0 else None for c in vsize.tolist()],
             "image_issues": val_issues, "error_cluster": member_cluster,
         }),
-        "quality_rules": _rules_table(int(train_rows.size), opts, look, out_rule, irules),
+        "quality_rules": rules_table(int(train_rows.size), opts, look, out_rule, irules),
     }
     dup_rows = [(val_ids[q], "val", int(vnum[q]), int(vsize[q])) for q in np.nonzero(vnum >= 0)[0].tolist()]
     dup_rows += [(emb_ids[int(train_rows[t])], "train", int(tnum[t]), int(tsize[t]))
