@@ -1,0 +1,1 @@
+"""The writer side of the store: creating a store, one job's staging area and its atomic publish."""
