@@ -156,7 +156,7 @@ def layer_violations(graph: Graph) -> list[str]:
         own, allowed = rule
         own_room = ".".join(own.split(".")[:2])  # a module may always import its own room
         for target in sorted(graph.edges[name]):
-            if target == "xaidash" or _within(target, own_room) and own_room != "xaidash.compute":
+            if target == "xaidash" or (_within(target, own_room) and own_room != "xaidash.compute"):
                 continue
             if _within(target, own) or any(_within(target, a) for a in allowed):
                 continue
@@ -171,8 +171,8 @@ def graph() -> Graph:
 
 def test_no_import_cycles(graph: Graph) -> None:
     found = cycles(graph)
-    assert not found, "cut each cycle where the dependency is wrong (move the shared part down):\n" + "\n".join(
-        " <-> ".join(c) for c in found)
+    assert not found, "cut each cycle where the dependency is wrong (move the shared part down):\n" + (
+        "\n".join(" <-> ".join(c) for c in found))
 
 
 def test_no_private_names_across_modules(graph: Graph) -> None:
@@ -201,7 +201,8 @@ def test_the_checks_see_what_they_must(tmp_path: Path) -> None:
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "a.py").write_text("def f():\n    from xaidash.store.sub import b\n    return b\n")
     (pkg / "sub" / "b.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..a import f\nfrom .c import _hidden\n")
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..a import f\n"
+        "from .c import _hidden\n")
     (pkg / "sub" / "c.py").write_text("import xaidash.compute.x\n_hidden = 1\n")
     (tmp_path / "compute").mkdir()
     (tmp_path / "compute" / "x.py").write_text("")
