@@ -32,7 +32,7 @@ def light_table(e: RunEntry, methods: Sequence[str]) -> pa.Table | None:
     read per image when needed: probabilities (the image page reads one row group) and the
     image metadata (``source``, ``width``, ``height``: the dataset's image parts, hundreds of
     small-row-group files at 1M images, read through the row-group index). At 1M images this
-    is ~0.6 s where the SQL join took ~10 s.
+    is ~0.6 s where the SQL join takes ~10 s.
     """
     pcols = [c for c in CACHED_PREDICTION_COLUMNS if c != "probabilities"]
     # names and splits are a few distinct strings: decoded as dictionaries, not 1M Python-free copies
@@ -50,7 +50,7 @@ def light_table(e: RunEntry, methods: Sequence[str]) -> pa.Table | None:
         out.schema.get_field_index("correct"), "probabilities", pa.nulls(n, pa.list_(pa.float32()))
     )
     # embeddings: sorted by split then image_id, so the val rows are one run of rows; their ids
-    # are checked by row-group statistics, not decoded (decoding them was ~40 % of the time)
+    # are checked by row-group statistics, not decoded (decoding them would be ~40 % of the time)
     ef = e.file("embeddings")
     split = pq.read_table(ef, columns=["split"], read_dictionary=["split"]).column("split").combine_chunks()
     is_val = pc.equal(split.dictionary, "val").to_numpy(zero_copy_only=False)

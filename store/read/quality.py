@@ -1,9 +1,8 @@
 """Reader queries over a run's data-quality tables (``quality``, ``error_clusters``).
 
 Label issues, leaks, outliers and error clusters of one run, accuracy without the leaked images,
-and the cross-run overlap the Compare page shows. A run without ``quality.parquet`` (computed
-before the global phase wrote it) answers "nothing": ``has_quality`` False, empty frames, so the
-pages show only what the other tables give.
+and the cross-run overlap the Compare page shows. A run without ``quality.parquet`` answers
+"nothing": ``has_quality`` False, empty frames, so the pages show only what the other tables give.
 
 :class:`QualityQueries` is given what it needs of the reader (the run lookup, a query on the
 reader's cursors, the run cache that memoizes its answers); the reader holds one as

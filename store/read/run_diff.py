@@ -45,7 +45,7 @@ def prediction_flips(file_a: Path, file_b: Path) -> pd.DataFrame:
 
     Both files are read column-wise and compared in numpy: the predictions of runs over the
     same data are sorted by the same ids, so they line up without a join (~0.1 s at 1M images,
-    where joining the two runs' cache tables first had to build them, seconds per run).
+    where joining the two runs' cache tables would first build them, seconds per run).
     """
     cols = ["image_id", "label", "label_name", "pred", "confidence", "correct"]
     ta, tb = (pq.read_table(f, columns=cols).select(cols).combine_chunks() for f in (file_a, file_b))
