@@ -1,6 +1,7 @@
 """Where the writer side keeps things in a store directory: :class:`StoreLayout`.
 
-The layout (the only place besides :mod:`xaidash.store.read.catalog` that knows it)::
+The layout (the reader's :mod:`xaidash.store.read.catalog` finds runs and images by the same
+names, :data:`~xaidash.store.files.RUNS_DIR` and :data:`~xaidash.store.files.IMAGES_DIR`)::
 
     STORE/
       .xaidash-store                 marker: this directory is a store (format + schema version)
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from xaidash.constants import FINGERPRINT_RE, RUN_ID_RE
 from xaidash.errors import UserError
-from xaidash.store.files import MANIFEST, read_manifest
+from xaidash.store import files
+from xaidash.store.files import IMAGES_DIR, MANIFEST, RUNS_DIR, read_manifest
 
 
 def validate_run_id(run_id: str) -> str:
@@ -52,11 +54,11 @@ class StoreLayout:
 
     @property
     def runs_dir(self) -> Path:
-        return self.path / "runs"
+        return self.path / RUNS_DIR
 
     @property
     def images_dir(self) -> Path:
-        return self.path / "images"
+        return self.path / IMAGES_DIR
 
     @property
     def staging_dir(self) -> Path:
@@ -68,8 +70,7 @@ class StoreLayout:
 
     def image_parts(self, fp: str) -> list[Path]:
         """The images part files of a dataset fingerprint, oldest first."""
-        d = self.images_dir / fp
-        return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+        return files.image_parts(self.path, fp)
 
     def run_dirs(self) -> list[Path]:
         """Directories of published runs (manifest present), sorted by name."""
