@@ -194,7 +194,7 @@ class DashData:
     @property
     def quality(self) -> QualityQueries:
         """The data-quality queries (label issues, leaks, outliers, error clusters; memoised)."""
-        return self.reader
+        return self.reader.quality
 
     # ---- pages and images -------------------------------------------------------------------
     def gallery(self, run_id: str, q: GalleryQuery) -> tuple[pd.DataFrame, int]:

@@ -1,10 +1,10 @@
-"""Reads of the "can I trust these maps?" tables (issue 13): sanity, baseline_faithfulness, road,
-localisation.
+"""Reader queries over the "can I trust these maps?" tables: sanity, baseline_faithfulness, road,
+localisation (computed by the compute job's trust step, shown by the dashboard's trust sections).
 
 :class:`TrustReader` wraps a :class:`~xaidash.store.read.reader.StoreReader` (same DuckDB cursors,
 same run cache and memo) and reads each run's own files directly, like the reader's per-run
-queries. A run computed before these tables existed, or without them, has no file or an empty
-one: every query then returns an empty frame, and the dashboard shows nothing.
+queries. A run without these tables has no file or an empty one: every query then returns an
+empty frame, and the dashboard shows nothing.
 """
 
 from __future__ import annotations
