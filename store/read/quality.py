@@ -11,7 +11,7 @@ reader's cursors, the run cache that memoizes its answers); the reader holds one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,11 +24,11 @@ from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import RunEntry
 from xaidash.store.read.index import QUALITY_INDEX_COLUMNS
 from xaidash.store.read.memo import memo_run
+from xaidash.store.read.records import Params
 
 CLUSTER_COLUMNS = ["true_class", "pred_class", "cluster", "k", "silhouette", "size",
                    "representative_ids", "method", "h", "w", "mean_map"]
 
-Params = Sequence[object] | Mapping[str, object] | None
 
 
 class QualityQueries:

@@ -36,7 +36,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
-from xaidash.constants import IMAGE_ID_RE, METHOD_RE, RUN_ID_RE, TARGET_KINDS
+from xaidash.constants import METHOD_RE, RUN_ID_RE, TARGET_KINDS
 from xaidash.errors import UserError
 from xaidash.store.files import MARKER
 from xaidash.store.read.cache import RunCache
@@ -45,15 +45,15 @@ from xaidash.store.read.headline import HEADLINE, HEADLINE_SQL, headline_out
 from xaidash.store.read.index import GalleryIndex, RowGroupIndexes
 from xaidash.store.read.memo import memo_run
 from xaidash.store.read.quality import QualityQueries
-from xaidash.store.read.records import GalleryQuery, ImageDetail, Map, RunDiff, RunInfo
+from xaidash.store.read.records import GalleryQuery, ImageDetail, Map, Params, RunDiff, RunInfo
 from xaidash.store.read.run_diff import CONFUSION_DIFF_SQL, metric_deltas, prediction_flips
+from xaidash.store.read.trust_tables import TrustQueries, valid_image_id
 from xaidash.store.schema import GALLERY_COLUMNS, RUNS
 
 __all__ = ["GalleryQuery", "ImageDetail", "RunDiff", "RunInfo", "StoreReader", "open_store"]
 
 TOPK = 5
 
-Params = Sequence[object] | Mapping[str, object] | None
 #: train image ids, their labels (int64, -1 when unknown) and vectors (float32 [N, K])
 TrainEmbeddings = tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
@@ -86,6 +86,8 @@ class StoreReader:
         )
         #: the data-quality queries (label issues, leaks, outliers, error clusters)
         self.quality = QualityQueries(self._entry, self._df, self._run_cache)
+        #: the trust-check queries (sanity, baselines, ROAD, localisation)
+        self.trust = TrustQueries(self._entry, self._df, self._run_cache)
         self._row_groups = RowGroupIndexes()
         self._views_dirty = True
         try:
@@ -200,10 +202,6 @@ class StoreReader:
     def _image_rows(self, e: RunEntry, ids: Sequence[str], columns: list[str]) -> pa.Table | None:
         parts = self._catalog.image_parts(e)
         return self._row_groups.get(parts).read(ids, columns) if parts else None
-
-    @staticmethod
-    def _valid_image_id(image_id: object) -> bool:
-        return isinstance(image_id, str) and bool(IMAGE_ID_RE.match(image_id))
 
     def warm(self, run_id: str) -> None:
         """Build a run's in-memory cache now (e.g. in the background when the dashboard starts)."""
@@ -364,7 +362,7 @@ class StoreReader:
     def image(self, run_id: str, image_id: str) -> ImageDetail | None:
         """Prediction, top-k, all maps, faithfulness and metadata of one image; None if absent."""
         e = self._entry(run_id)
-        if e is None or not self._valid_image_id(image_id):
+        if e is None or not valid_image_id(image_id):
             return None
         light = self._run_cache.light_rows(e)
         if light is not None:  # the run's Arrow columns and row-group reads: no DuckDB table
@@ -463,7 +461,7 @@ class StoreReader:
         One read of the run's cams file (row groups pruned by image_id), for gallery pages.
         """
         e = self._entry(run_id)
-        ids = [i for i in image_ids if self._valid_image_id(i)]
+        ids = [i for i in image_ids if valid_image_id(i)]
         ms = {m for m in methods if isinstance(m, str) and METHOD_RE.match(m)}
         if e is None or not ids or not ms or target_kind not in TARGET_KINDS:
             return {}
@@ -477,7 +475,7 @@ class StoreReader:
     def thumbnails(self, run_id: str, image_ids: Sequence[str]) -> dict[str, bytes]:
         """Thumbnails of many images at once: image_id -> bytes (images without one are absent)."""
         e = self._entry(run_id)
-        ids = [i for i in image_ids if self._valid_image_id(i)]
+        ids = [i for i in image_ids if valid_image_id(i)]
         if e is None or not ids:
             return {}
         t = self._image_rows(e, ids, ["image_id", "thumbnail"])
@@ -497,7 +495,7 @@ class StoreReader:
         """kind, rank, neighbor_id, neighbor_class, neighbor_class_name, similarity (twins first)."""
         cols = ["kind", "rank", "neighbor_id", "neighbor_class", "neighbor_class_name", "similarity"]
         e = self._entry(run_id)
-        if e is None or not self._valid_image_id(image_id):
+        if e is None or not valid_image_id(image_id):
             return pd.DataFrame(columns=cols)
         df = self._df(
             "SELECT kind, rank, neighbor_id, neighbor_class, similarity FROM read_parquet(?) "
@@ -599,7 +597,7 @@ class StoreReader:
         """This image's prediction in every run over the same dataset fingerprint, oldest first."""
         cols = ["run_id", "created", "pred", "pred_name", "confidence", "correct"]
         e = self._entry(run_id)
-        if e is None or not self._valid_image_id(image_id):
+        if e is None or not valid_image_id(image_id):
             return pd.DataFrame(columns=cols)
         fp = e.row.get("dataset_fingerprint")
         same = [x for x in self._catalog.readable if x.row.get("dataset_fingerprint") == fp]
