@@ -34,8 +34,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.pipeline.chunk import masked_forward_model
-from xaidash.compute.pipeline.hostmem import tune_host_allocator
 
 
 def get_args_parser() -> argparse.ArgumentParser:

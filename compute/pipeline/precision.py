@@ -6,8 +6,9 @@
 * Every bf16 run measures its own deviation: :func:`measure_deviation` recomputes Score-CAM and
   the faithfulness scores of a stratified calibration sample in fp32 and in bf16 and records the
   max and median |Δmap| and |Δscore| in the run (``runs.precision_json``).
-* On CUDA, TF32 is switched off for the fp32 path (:func:`configure_device`): on Ampere and newer
-  GPUs cuDNN convolutions use TF32 by default, which would silently make "fp32" maps bf16-like.
+* On CUDA, TF32 is switched off for the fp32 path (:func:`xaidash.compute.device.configure_device`):
+  on Ampere and newer GPUs cuDNN convolutions use TF32 by default, which would silently make
+  "fp32" maps bf16-like.
 """
 
 from __future__ import annotations
@@ -35,15 +36,6 @@ log = logging.getLogger(__name__)
 #: Images of the calibration sample of a bf16 run (stratified by class, deterministic).
 CALIBRATION_IMAGES = 16
 _SCORES = ("drop", "deletion_auc", "insertion_auc")
-
-
-def configure_device(device: torch.device) -> dict[str, object]:
-    """Make fp32 mean fp32 on ``device``; returns the settings the run records."""
-    if device.type != "cuda":
-        return {"tf32": None}  # no TF32 on CPUs
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    return {"tf32": False}
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ import torch
 from tqdm import tqdm
 
 from xaidash.compute.datasets.sources import FileDataset, ImageLoadError
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.model.loading import for_inference
 from xaidash.compute.pipeline.chunk import Chunk, ChunkOutput, compute_chunk
-from xaidash.compute.pipeline.hostmem import tune_host_allocator
 from xaidash.errors import UserError
 
 if TYPE_CHECKING:

@@ -16,11 +16,12 @@ import torch
 from tests.support.imagegen import make_imagefolder
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.datasets.imageset import ImageSet, collate
+from xaidash.compute.device import configure_device
 from xaidash.compute.methods.cams import CamEngine, folded_copy
 from xaidash.compute.pipeline import job as job_mod
 from xaidash.compute.pipeline.job import JobConfig, run_job
 from xaidash.compute.pipeline.plan import make_plan
-from xaidash.compute.pipeline.precision import calibration_items, configure_device
+from xaidash.compute.pipeline.precision import calibration_items
 from xaidash.store import open_store
 
 
