@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.methods.cams import CamEngine
-from xaidash.compute.pipeline.chunk import masked_forward_model
+from xaidash.compute.pipeline.precision import masked_forward_model
 
 GRADIENT = ("cam", "gradcam", "gradcampp")
 ROW_A = "(a) xaidash pred+emb+CAM+GradCAM+GradCAM++"

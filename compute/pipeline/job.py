@@ -45,16 +45,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from xaidash.compute.pipeline.chunk import Chunk, ChunkOutput, Timer, compute_chunk, decode_chunks
+from xaidash.compute.pipeline.chunk import ChunkOutput, compute_chunk, decode_chunks
 from xaidash.compute.pipeline.config import JobConfig, validate
 from xaidash.compute.pipeline.global_phase import global_phase
-from xaidash.compute.pipeline.plan import JobPlan, make_plan
+from xaidash.compute.pipeline.plan import Chunk, JobPlan, make_plan
 from xaidash.compute.pipeline.precision import (
     bf16_hardware,
     bf16_speedup,
     calibration_items,
     measure_deviation,
 )
+from xaidash.compute.pipeline.timing import Timer
 from xaidash.errors import UserError
 from xaidash.store import Staging, Store
 from xaidash.store.write.writer import AlreadyPublished, read_manifest
