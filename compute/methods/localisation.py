@@ -48,7 +48,7 @@ from torch import Tensor
 
 from xaidash.compute.datasets.decoding import ImageLoadError, image_size, load_image
 from xaidash.compute.datasets.sources import Dataset, FileDataset, Item
-from xaidash.compute.methods.faithfulness import _ranks, upsample_maps
+from xaidash.compute.methods.ranks import pixel_ranks, upsample_maps
 from xaidash.errors import UserError
 
 if TYPE_CHECKING:
@@ -263,7 +263,7 @@ def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOP
     energy = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
                          torch.full_like(total, float("nan")))
     k = max(1, math.ceil(topk / 100.0 * s.shape[1]))
-    top = _ranks(s) < k
+    top = pixel_ranks(s) < k
     inter = (top & o).sum(dim=1).float()
     union = (top | o).sum(dim=1).float()
     iou = inter / union.clamp_min(1)
