@@ -41,12 +41,16 @@ from xaidash.compute.methods.ranks import map_ranks, upsample_maps
 __all__ = [
     "BLUR_KERNEL",
     "BLUR_SIGMA",
+    "SCORES",
     "average_drop_increase",
     "class_probabilities",
     "deletion_insertion",
     "faithfulness",
     "gaussian_blur",
 ]
+
+#: The scores :func:`faithfulness` gives every map (the faithfulness tables' score columns).
+SCORES: tuple[str, ...] = ("drop", "increase", "deletion_auc", "insertion_auc")
 
 #: RISE's reference insertion blur (``gkern(klen=11, nsig=5)``).
 BLUR_KERNEL = 11
@@ -272,6 +276,5 @@ def faithfulness(
     out: dict[str, dict[str, Tensor]] = {}
     for j, name in enumerate(names):
         drop, inc = _drop_increase(y, o[j])
-        out[name] = {"drop": drop, "increase": inc, "deletion_auc": aucs[name][0],
-                     "insertion_auc": aucs[name][1]}
+        out[name] = dict(zip(SCORES, (drop, inc, aucs[name][0], aucs[name][1]), strict=True))
     return out

@@ -32,7 +32,7 @@ from xaidash.compute.analysis.metrics import cam_disagreement
 from xaidash.compute.datasets.imageset import Batch, ImageSet, Sample, collate, input_hashes
 from xaidash.compute.datasets.sources import Item
 from xaidash.compute.methods.cams import CamEngine, ForwardResult
-from xaidash.compute.methods.faithfulness import faithfulness
+from xaidash.compute.methods.faithfulness import SCORES, faithfulness
 from xaidash.compute.pipeline.plan import Chunk, JobPlan
 from xaidash.compute.pipeline.precision import forward_only_precision, masked_batch_size, masked_forward_model
 from xaidash.compute.pipeline.timing import Timer
@@ -292,7 +292,7 @@ class _ChunkWork:
             for m, vals in fa.items():
                 self.tables["faithfulness"].add(image_id=ids, method=[m] * len(ids), **{
                     key: vals[key].float().cpu().tolist()
-                    for key in ("drop", "increase", "deletion_auc", "insertion_auc")})
+                    for key in SCORES})
 
         self.trust.val_batch(x, items, sizes, maps, pred, conf, self.masked_batch(x))
         disagreement = cam_disagreement([mp.detach().cpu().numpy() for mp in maps.values()])

@@ -2,7 +2,8 @@
 
 * The gradient trio, predictions and embeddings are always fp32 (one forward + one backward).
 * ``--precision bf16`` applies to the forward-only bulk only: Score-CAM's masked forwards and the
-  faithfulness forwards (:func:`forward_only_precision`).
+  faithfulness forwards, the baselines' and ROAD's included (:func:`forward_only_precision`), on
+  a BatchNorm-folded channels-last copy of the model (:func:`masked_forward_model`).
 * Every bf16 run measures its own deviation: :func:`measure_deviation` recomputes Score-CAM and
   the faithfulness scores of a stratified calibration sample in fp32 and in bf16 and records the
   max and median |Δmap| and |Δscore| in the run (``runs.precision_json``).
@@ -28,14 +29,16 @@ from torch import nn
 from xaidash.compute.datasets.imageset import ImageSet, collate
 from xaidash.compute.datasets.sources import Item, subsample
 from xaidash.compute.methods.cams import CamEngine, folded_copy
-from xaidash.compute.methods.faithfulness import faithfulness
+from xaidash.compute.methods.faithfulness import SCORES, faithfulness
 from xaidash.compute.pipeline.plan import JobPlan
 
 log = logging.getLogger(__name__)
 
 #: Images of the calibration sample of a bf16 run (stratified by class, deterministic).
 CALIBRATION_IMAGES = 16
-_SCORES = ("drop", "deletion_auc", "insertion_auc")
+#: The faithfulness scores whose bf16 deviation is measured: all but "increase", a 0/1 indicator
+#: (its |Δ| would be 0 or 1, not a deviation on the scores' scale).
+CALIBRATED_SCORES = tuple(s for s in SCORES if s != "increase")
 
 
 def forward_only_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -44,8 +47,8 @@ def forward_only_precision(precision: str, device: torch.device) -> contextlib.A
     Predictions, embeddings, CAM, Grad-CAM and Grad-CAM++ come from one fp32 forward and
     backward and stay fp32 always: they are cheap, and exactness is the product's promise.
     ``--precision bf16`` governs only the bulk that costs: Score-CAM's masked forwards (512 per
-    image for a ResNet-18) and the faithfulness forwards. Every bf16 run measures what that
-    costs in deviation (:mod:`xaidash.compute.pipeline.precision`).
+    image for a ResNet-18) and the faithfulness forwards (baselines and ROAD included). Every
+    bf16 run measures what that costs in deviation (:func:`measure_deviation`).
     """
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -183,7 +186,7 @@ def measure_deviation(plan: JobPlan, items: Sequence[Item]) -> Deviation | None:
                 scores[precision] = faithfulness(bulk[precision], x, maps["fp32"], pred,
                                                  steps=cfg.faithfulness_steps, batch_size=bs)
         diffs = [(scores["bf16"][m][k].float() - scores["fp32"][m][k].float()).abs().cpu().numpy()
-                 for m in scores["fp32"] for k in _SCORES]
+                 for m in scores["fp32"] for k in CALIBRATED_SCORES]
         dscore = np.concatenate(diffs) if diffs else dscore
     return Deviation(
         images=len(batch.index),

@@ -28,7 +28,7 @@ import torch
 
 from xaidash.compute.methods.baselines import baseline_maps
 from xaidash.compute.methods.cams import CamEngine
-from xaidash.compute.methods.faithfulness import faithfulness
+from xaidash.compute.methods.faithfulness import SCORES, faithfulness
 from xaidash.compute.methods.localisation import localisation_scores, pointing_radius, to_input_grid
 from xaidash.compute.methods.road import road
 from xaidash.compute.methods.sanity import randomisation_blocks, sanity_rows
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from xaidash.compute.datasets.sources import Item
 
 TRUST_TABLES = ("sanity", "baseline_faithfulness", "road", "localisation")
-_SCORES = ("drop", "increase", "deletion_auc", "insertion_auc")
 
 
 def _nan_to_none(values: Sequence[float]) -> list[float | None]:
@@ -103,7 +102,7 @@ class TrustWork:
                               batch_size=batch_size, base_probs=conf.to(self.plan.device))
         for b, vals in fa.items():
             self.tables["baseline_faithfulness"].add(image_id=ids, baseline=[b] * len(ids), **{
-                k: vals[k].float().cpu().tolist() for k in _SCORES})
+                k: vals[k].float().cpu().tolist() for k in SCORES})
         self._count("baselines", len(ids))
 
     def _road(self, x: torch.Tensor, ids: list[str], maps: Mapping[str, torch.Tensor], pred: torch.Tensor,
