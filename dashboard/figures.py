@@ -21,16 +21,12 @@ MAX_ANNOTATED_CLASSES = 20
 MAX_MAP_POINTS = 20_000
 
 
-def _template() -> str:
-    return figure_template()
-
-
 def _resolved_template() -> object:
     """The theme's template object itself (a figure built without validation does not resolve
     a template name)."""
     import plotly.io as pio
 
-    return pio.templates[_template()]
+    return pio.templates[figure_template()]
 
 
 def empty_figure(message: str, height: int = 300) -> go.Figure:
@@ -38,7 +34,7 @@ def empty_figure(message: str, height: int = 300) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_layout(
-        template=_template(),
+        template=figure_template(),
         height=height,
         xaxis={"visible": False},
         yaxis={"visible": False},
@@ -100,7 +96,7 @@ def plot_confusion(confusion: pd.DataFrame, class_names: Sequence[str], normaliz
     )
     side = max(360, min(720, 60 + 32 * n))
     fig.update_layout(
-        template=_template(),
+        template=figure_template(),
         height=side,
         xaxis={"title": "predicted class", "tickangle": -45 if n > 6 else 0, "constrain": "domain"},
         yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x", "constrain": "domain"},
@@ -133,7 +129,7 @@ def plot_confidence_histogram(hist: pd.DataFrame) -> go.Figure:
             hovertemplate=f"{name}<br>confidence %{{x:.2f}}<br>%{{y}} images<extra></extra>",
         )
     fig.update_layout(
-        template=_template(),
+        template=figure_template(),
         barmode="overlay",
         height=300,
         xaxis={"title": "confidence (probability of the predicted class)", "range": [0, 1]},
@@ -169,7 +165,7 @@ def plot_topk(topk: Sequence[tuple[int, str, float]], true_class: int | None = N
         )
     )
     fig.update_layout(
-        template=_template(),
+        template=figure_template(),
         height=60 + 34 * len(rows),
         xaxis={"range": [0, 1], "tickformat": ".0%", "title": None},
         yaxis={"title": None, "automargin": True},
@@ -494,7 +490,7 @@ def plot_confusion_delta(delta: pd.DataFrame, class_names: Sequence[str]) -> go.
         )
     )
     fig.update_layout(
-        template=_template(),
+        template=figure_template(),
         height=max(360, min(720, 60 + 32 * n)),
         xaxis={"title": "predicted class", "tickangle": -45 if n > 6 else 0, "constrain": "domain"},
         yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x", "constrain": "domain"},
@@ -513,7 +509,7 @@ def plot_class_f1_delta(metrics_a: pd.DataFrame, metrics_b: pd.DataFrame) -> go.
     fig.add_bar(x=m["class_name"], y=m["f1_a"], name="run A", marker_color="#95a5a6")
     fig.add_bar(x=m["class_name"], y=m["f1_b"], name="run B", marker_color="#3498db")
     fig.update_layout(
-        template=_template(),
+        template=figure_template(),
         barmode="group",
         height=300,
         yaxis={"title": "F1", "range": [0, 1]},

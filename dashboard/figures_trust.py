@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from xaidash.constants import METHOD_LABELS, METHODS
-from xaidash.dashboard.figures import _template, empty_figure
+from xaidash.dashboard.figures import empty_figure
+from xaidash.dashboard.theme import figure_template
 from xaidash.dashboard.trust_verdicts import PASS_CORRELATION
 
 #: One colour per method, the same in every trust figure.
@@ -36,7 +37,7 @@ def plot_sanity_curves(curves: pd.DataFrame) -> go.Figure:
     fig.add_hline(y=PASS_CORRELATION, line_dash="dash", line_color="#7b8a8b",
                   annotation_text=f"pass below {PASS_CORRELATION}", annotation_position="top right")
     fig.update_layout(
-        template=_template(), height=320, margin={"t": 30},
+        template=figure_template(), height=320, margin={"t": 30},
         xaxis={"title": "blocks re-initialised (cumulative, from the head down)",
                "tickvals": list(range(len(ticks))), "ticktext": ticks},
         yaxis={"title": "mean Spearman ρ with the trained map", "range": [-1.05, 1.05]},
@@ -66,7 +67,7 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
             )
         fig.update_xaxes(title_text="pixels removed (%)", row=1, col=col)
     fig.update_yaxes(title_text="probability of the predicted class", row=1, col=1)
-    fig.update_layout(template=_template(), height=330, margin={"t": 50},
+    fig.update_layout(template=figure_template(), height=330, margin={"t": 50},
                       legend={"orientation": "h", "y": -0.25, "x": 0})
     fig.update_annotations(font_size=12)
     return fig

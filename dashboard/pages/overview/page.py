@@ -27,8 +27,9 @@ from xaidash.dashboard.components import (
 from xaidash.dashboard.data import most_faithful
 from xaidash.dashboard.pages.overview import trust as overview_trust
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks, quality_card
-from xaidash.dashboard.params import MAX_CLASS, Filters, gallery_href, parse_query, to_query
+from xaidash.dashboard.params import MAX_CLASS, Filters, changed_query, gallery_href, parse_query
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo
@@ -319,16 +320,8 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         target = confusion_click_target(click, search, info.class_names if info else [])
         return no_update if target is None else target
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input(f"{PREFIX}-norm", "value"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @inputs.typed(inputs.text(), inputs.URL_PART)
-    def toggle_norm(value: str | None, search: str | None) -> Any:
+    def toggle_norm(search: str | None, _trigger: object, value: str | None) -> str | None:
         f = parse_query(search)
-        norm = value == "norm"
-        if norm == f.norm:
-            return no_update
-        return to_query(replace(f, norm=norm))
+        return changed_query(f, replace(f, norm=value == "norm"))
+
+    controls_to_url(app, [(f"{PREFIX}-norm", "value", inputs.text())], toggle_norm)
