@@ -36,6 +36,7 @@ from xaidash.dashboard.pages.overview import page as overview
 from xaidash.dashboard.params import Filters, parse_query, qs_of, valid_run_id
 from xaidash.dashboard.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 from xaidash.store import open_store
 
 if TYPE_CHECKING:
@@ -264,20 +265,15 @@ def create_app(
         hrefs = [path + run_q for path, _ in NAV_ITEMS]
         return (content, run_options(state), resolved.run_id, {"path": pathname, "search": search}, *hrefs)
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input("nav-run", "value"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @typed(text(), URL_PART)
-    def pick_run(run_id: str | None, search: str | None) -> Any:
+    def pick_run(search: str | None, _trigger: object, run_id: str | None) -> str | None:
         """Switching run keeps the page but resets page-specific selections."""
         if valid_run_id(run_id) is None or run_id == state.data.resolve_run(parse_query(search).run).run_id:
-            return no_update
+            return None
         qs = qs_of(search)
         keep = {k: v[0] for k, v in qs.items() if k in ("cmap", "alpha", "color", "norm", "method", "sort")}
         return "?" + urlencode({"run": run_id, **keep})
+
+    controls_to_url(app, [("nav-run", "value", text())], pick_run)
 
     @app.callback(
         Output("nav-collapse", "is_open"),
