@@ -134,7 +134,7 @@ def run_options(state: AppState) -> list[dict[str, str]]:
     runs = state.data.runs()
     out = []
     for rec in runs.to_dict("records") if len(runs) else []:
-        out.append({"label": run_label(rec), "value": str(rec["run_id"])})
+        out.append({"label": run_label(rec, state.show_paths), "value": str(rec["run_id"])})
     return out
 
 
@@ -155,7 +155,7 @@ def render_page(state: AppState, pathname: str | None, filters: Filters, resolve
             id="page-not-found",
         )
     if resolved.info is None:
-        return no_runs_alert(state.store_path)
+        return no_runs_alert(state.store_label)
     ctx = PageContext(state, replace(filters, run=resolved.info.run_id), resolved.info, resolved.warning)
     return safe_render(layout, ctx)
 
@@ -191,16 +191,23 @@ def callback_failed(exc: Exception) -> None:
 
 
 def create_app(
-    store_path: str | Path, reader: StoreReader | None = None, selections_dir: str | Path | None = None
+    store_path: str | Path,
+    reader: StoreReader | None = None,
+    selections_dir: str | Path | None = None,
+    show_paths: bool = False,
 ) -> dash.Dash:
     """Build the dashboard over the store at ``store_path``.
 
-    ``reader`` may be passed to share one; otherwise ``open_store`` is called.
+    ``reader`` may be passed to share one; otherwise ``open_store`` is called. Pages name the
+    store, checkpoints and image folders without their absolute paths unless ``show_paths``.
     """
     if reader is None:
         reader = open_store(store_path)
     state = AppState(
-        data=DashData(reader), selections=SelectionStore(selections_dir), store_path=str(store_path)
+        data=DashData(reader),
+        selections=SelectionStore(selections_dir),
+        store_path=str(store_path),
+        show_paths=show_paths,
     )
     # The latest run's light columns and gallery index are read in the background (Arrow and
     # numpy only, ~1 s at 1M images), so the first gallery or image page does not wait for them.
@@ -232,7 +239,8 @@ def create_app(
                 className="xd-main",
             ),
             html.Footer(
-                html.Small(f"store: {store_path}", className="text-muted"), className="container-fluid py-3"
+                html.Small(f"store: {state.store_label}", className="text-muted", id="footer-store"),
+                className="container-fluid py-3",
             ),
         ]
     )

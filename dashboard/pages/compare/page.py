@@ -182,7 +182,8 @@ def layout(ctx: PageContext) -> Any:
     run_b = info_b.run_id
     f = replace(ctx.filters, a=run_a, b=run_b)
     options = [
-        {"label": run_label(rec), "value": str(rec["run_id"])} for rec in comparable.to_dict("records")
+        {"label": run_label(rec, ctx.state.show_paths), "value": str(rec["run_id"])}
+        for rec in comparable.to_dict("records")
     ]
     pickers = dbc.Row(
         [

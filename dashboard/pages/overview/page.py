@@ -28,6 +28,7 @@ from xaidash.dashboard.data import most_faithful
 from xaidash.dashboard.pages.overview import trust as overview_trust
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks, quality_card
 from xaidash.dashboard.params import MAX_CLASS, Filters, changed_query, gallery_href, parse_query
+from xaidash.dashboard.paths import spec_label
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.dashboard.url_sync import controls_to_url
 
@@ -65,10 +66,10 @@ def headline_cards(h: dict[str, Any], f: Filters, labeled: bool, without_leaks: 
     return dbc.Row([dbc.Col(c, xs=6, md=4, lg=True, className="mb-3") for c in cards], className="g-3")
 
 
-def run_summary(info: RunInfo) -> html.Div:
+def run_summary(info: RunInfo, show_paths: bool = False) -> html.Div:
     """One line describing the run: dataset, model, methods, device, date."""
     parts: list[str | Component] = [
-        html.Span(info.dataset_spec or "dataset", className="fw-semibold"),
+        html.Span(spec_label(info.dataset_spec or "dataset", show_paths), className="fw-semibold"),
         f" · model {info.arch or '?'}",
         f" · layer {info.target_layer or '?'}",
         f" · methods {', '.join(method_label(m) for m in info.methods)}",
@@ -192,7 +193,7 @@ def layout(ctx: PageContext) -> Any:
     quality = ctx.data.quality.quality_summary(run_id)
     children: list[Any] = [
         warning_alert(ctx.warning),
-        run_summary(info),
+        run_summary(info, ctx.state.show_paths),
         headline_cards(h, f, labeled, accuracy_without_leaks(quality)),
     ]
     if info.scorecam_note:
