@@ -194,6 +194,12 @@ def test_callback_json_sent_as_a_form_gets_400_and_the_socket_closes(
         assert _status(reply) == 400 and closed_after is not None and closed_after < 1.0
 
 
+def test_oversized_request_head_gets_431(live: tuple[int, Path]) -> None:
+    head = f"GET /?q={'a' * (serving.MAX_HEADER_BYTES + 1)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reply, closed_after = _exchange(live[0], head.encode())
+    assert _status(reply) == 431 and closed_after is not None and closed_after < 1.0
+
+
 def _chunked(n_chunks: int, size: int = 1024 * 1024) -> list[bytes]:
     return [b"%x\r\n" % size + b" " * size + b"\r\n" for _ in range(n_chunks)] + [b"0\r\n\r\n"]
 
