@@ -70,8 +70,10 @@ def upload_name(filename: str | None) -> str | None:
     try:
         filename.encode("utf-8")
     except UnicodeEncodeError:
-        raise UploadError("The file name is not valid text (it cannot be encoded as UTF-8); rename the file "
-                          "and upload it again.") from None
+        raise UploadError(
+            "The file name is not valid text (it cannot be encoded as UTF-8); rename the file and "
+            "upload it again."
+        ) from None
     return filename
 
 
