@@ -162,6 +162,13 @@ def _centroid(x: Floats) -> tuple[Floats, Floats]:
     return cy, cx
 
 
+def unaligned_distance(a: Floats, b: Floats) -> Floats:
+    """Per pair of thumbnails ``[N, n, n]``: the blurred mean absolute difference as they are (a
+    cheap bound before :func:`pixel_distance`'s alignment search)."""
+    out: Floats = np.abs(_blur(a) - _blur(b)).mean(axis=(1, 2))
+    return out
+
+
 def pixel_distance(a: Floats, b: Floats) -> Floats:
     """Per pair of thumbnails ``[N, n, n]``: the blurred mean absolute difference inside a
     ``BORDER``-pixel margin, minimised over the zooms ``SCALES`` of ``a`` and its shifts: the

@@ -131,16 +131,27 @@ class QuantileRule:
     threshold: float | None  #: None: not enough reference images
     reference: int  #: reference similarities it was estimated from
     needed: int  #: fewest reference similarities the quantile needs
+    extreme: bool = False  #: too few for the quantile: the reference's maximum stands in
 
 
-def quantile_rule(rule: str, reference: npt.ArrayLike, quantile: float) -> QuantileRule:
+#: fewest reference values whose maximum may stand in for a high quantile (look-alikes)
+MIN_EXTREME = 100
+
+
+def quantile_rule(rule: str, reference: npt.ArrayLike, quantile: float,
+                  extreme: bool = False) -> QuantileRule:
     """The ``quantile`` of the finite ``reference`` values, when there are at least
-    ``ceil(1 / min(q, 1 - q))`` of them (below that the sample has no such tail)."""
+    ``ceil(1 / min(q, 1 - q))`` of them (below that the sample has no such tail). ``extreme``
+    (a high quantile only): with fewer, but at least ``MIN_EXTREME``, the maximum stands in,
+    i.e. "closer than any train image comes to another" - a stricter rule, never a looser one."""
     ref = np.asarray(reference, np.float64)
     ref = ref[np.isfinite(ref)]
     needed = int(np.ceil(1.0 / min(quantile, 1.0 - quantile) - 1e-9))
-    thr = float(np.quantile(ref, quantile)) if ref.size >= needed else None
-    return QuantileRule(rule, quantile, thr, int(ref.size), needed)
+    if ref.size >= needed:
+        return QuantileRule(rule, quantile, float(np.quantile(ref, quantile)), int(ref.size), needed)
+    if extreme and quantile > 0.5 and ref.size >= MIN_EXTREME:
+        return QuantileRule(rule, quantile, float(ref.max()), int(ref.size), needed, extreme=True)
+    return QuantileRule(rule, quantile, None, int(ref.size), needed)
 
 
 def above(values: npt.ArrayLike, rule: QuantileRule) -> Bools:

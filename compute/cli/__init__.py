@@ -1,0 +1,1 @@
+"""The argparse front ends of ``xaidash train`` and ``xaidash compute``, light to import."""

@@ -1,0 +1,1 @@
+"""Models: the architectures, the checkpoint file, loading a run's model, and the training loop."""

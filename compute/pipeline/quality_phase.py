@@ -40,8 +40,10 @@ from xaidash.compute.analysis.copies import (
     HashIndex,
     find_copies,
     groups,
+    hamming,
     pixel_distance,
     tiny_array,
+    unaligned_distance,
 )
 from xaidash.compute.analysis.image_facts import TINY
 from xaidash.compute.analysis.image_issues import ISSUES, IssueRules, image_issues, issue_rules
@@ -65,6 +67,9 @@ log = logging.getLogger(__name__)
 
 #: neighbour pairs scored at once (two ``PAIR_BLOCK x K`` float32 blocks: 128 MiB at K = 512)
 PAIR_BLOCK = 32768
+#: the cheap checks a val image's nearest neighbour passes before it is aligned (see copies())
+NEIGHBOUR_PHASH = 24
+NEIGHBOUR_UNALIGNED = 0.1
 #: the statistics image_facts holds, as read for the property checks
 FACT_STATS = ("bright_p05", "bright_p99", "sharpness", "entropy", "colour", "width", "height")
 
@@ -232,10 +237,14 @@ def copies(val_rows: npt.NDArray[np.int64], train_rows: npt.NDArray[np.int64], f
     """Leaks (val copies of train images) and near-duplicate groups inside val and inside train.
 
     Candidates are the train images within the pHash radius and, when given, each val image's
-    stored neighbours (``neighbours``: val position, embedding row): a crop of a few percent
-    moves more pHash bits than the radius allows (up to 22 of 64 on photos,
-    bench/copy_thresholds.py), while the network, trained to ignore such changes, puts the
-    original among the twins. Either way the pixel distance alone decides."""
+    nearest stored neighbour (``neighbours``: val position, embedding row per val image, -1:
+    none): a crop of a few percent moves more pHash bits than the radius allows (up to 22 of 64
+    on photos, bench/copy_thresholds.py), while the network, trained to ignore such changes,
+    puts the original first among the twins. A neighbour is aligned only when it passes two
+    cheap checks that every planted copy passes (pHash within ``NEIGHBOUR_PHASH`` bits, where
+    unrelated images differ by 32 +- 4; blurred unaligned distance within ``NEIGHBOUR_UNALIGNED``,
+    a 5 % crop's 0.085 with margin), so the alignment search runs on few pairs. Either way the
+    pixel distance alone decides."""
     n = val_rows.size
     leak_row = np.full(n, -1, np.int64)
     dist = np.full(n, np.nan, np.float32)
@@ -268,10 +277,14 @@ def copies(val_rows: npt.NDArray[np.int64], train_rows: npt.NDArray[np.int64], f
         ok = (qn >= 0) & (tn >= 0)
         qn, tn = qn[ok], tn[ok]
         ok = facts.has[val_rows[qn]] & facts.has[tn]
+        ok &= hamming(facts.phash[val_rows[qn]], facts.phash[tn]) <= NEIGHBOUR_PHASH
         qn, tn = qn[ok], tn[ok]
         for s in range(0, qn.size, PAIR_BLOCK):
             qs, ts = qn[s:s + PAIR_BLOCK], tn[s:s + PAIR_BLOCK]
-            d = pixel_distance(tiny_array(facts.tiny[val_rows[qs]]), tiny_array(facts.tiny[ts]))
+            a, b = tiny_array(facts.tiny[val_rows[qs]]), tiny_array(facts.tiny[ts])
+            close = unaligned_distance(a, b) <= NEIGHBOUR_UNALIGNED
+            qs, ts, a, b = qs[close], ts[close], a[close], b[close]
+            d = pixel_distance(a, b)
             keep = d <= opts.copy_distance
             q_all.append(qs[keep])
             t_all.append(ts[keep])
@@ -329,10 +342,11 @@ def rules_table(copy_n: int, opts: QualityOptions, look: QuantileRule, out: Quan
             note = (f"not enough images to judge {word}s: {rule.reference} train reference similarities, "
                     f"{rule.needed} needed for the {rule.quantile:g} quantile")
         else:
+            which = (f"the largest of {rule.reference} (fewer than the {rule.needed} the {rule.quantile:g} "
+                     f"quantile needs)" if rule.extreme
+                     else f"the {rule.quantile:g} quantile of {rule.reference}")
             note = (f"{word} when the {'centred' if rule is look else 'raw'} cosine to the nearest train "
-                    f"image is {side} "
-                    f"{rule.threshold:.4f}, "
-                    f"the {rule.quantile:g} quantile of {rule.reference} train images' leave-one-out "
+                    f"image is {side} {rule.threshold:.4f}, {which} train images' leave-one-out "
                     f"nearest-neighbour similarities within their class")
         space = "centred" if rule is look else "raw"
         rows.append({"rule": rule.rule, "statistic": f"{space} cosine to the nearest train image",
@@ -364,9 +378,11 @@ def quality_tables(
     neighbors: pa.Table | None,
     train_labels: Mapping[str, int | None],
     options: QualityOptions,
+    facts: Facts | None = None,
 ) -> dict[str, pa.Table]:
     """The run's ``quality`` (one row per val image), ``duplicates``, ``quality_rules`` and
-    ``error_clusters`` tables (``train_labels``: label per train image id)."""
+    ``error_clusters`` tables (``train_labels``: label per train image id; ``facts``: the image
+    facts in embedding-row order, by default the staged ones)."""
     n = len(val_ids)
     if n == 0:
         return {}
@@ -375,7 +391,7 @@ def quality_tables(
     val_rows = np.array([row_of[i] for i in val_ids], dtype=np.int64)
     split = np.array(emb_split)
     train_rows = np.nonzero(split == "train")[0].astype(np.int64)
-    facts = read_facts(staging, emb_ids)
+    facts = read_facts(staging, emb_ids) if facts is None else facts
     mean = train_mean(vectors, train_rows)
     pairs = _neighbour_pairs(neighbors, val_ids, emb_ids)
     near = nearest_train(*pairs, n, val_rows, vectors, mean)
@@ -394,10 +410,10 @@ def quality_tables(
     if sample.size and near.row.max(initial=-1) >= 0:  # without neighbours nothing to compare
         ref = loo_nearest_within_class(vectors, mean, train_rows, tl, sample)
         ref_raw = loo_nearest_within_class(vectors, np.zeros_like(mean), train_rows, tl, sample)
-    look = quantile_rule("lookalike", ref, opts.lookalike_quantile)
+    look = quantile_rule("lookalike", ref, opts.lookalike_quantile, extreme=True)
     out_rule = quantile_rule("outlier", ref_raw, opts.outlier_quantile)
 
-    cp = copies(val_rows, train_rows, facts, hashes, opts, (pairs[0], pairs[1]))
+    cp = copies(val_rows, train_rows, facts, hashes, opts, (np.arange(n, dtype=np.int64), near.row))
     leak = cp.leak_row >= 0
     lookalike = above(near.centred, look) & ~leak
     outlier = below(near.raw, out_rule)

@@ -1,0 +1,1 @@
+"""The gallery page and its data-quality filter."""

@@ -1,0 +1,1 @@
+"""The image page, with its data-quality and trust-check sections."""

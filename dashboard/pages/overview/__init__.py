@@ -1,0 +1,1 @@
+"""The overview page, with its data-quality and "can I trust these maps?" sections."""

@@ -87,6 +87,9 @@ def test_reference_rules_need_enough_images_and_flag_the_far_ones() -> None:
     few = quantile_rule("outlier", ref[:12], 0.005)
     assert few.threshold is None and few.reference == 12  # 12 images: no quantile, no flags
     assert quantile_rule("lookalike", ref, 0.999).threshold is None  # 800 < 1000
+    extreme = quantile_rule("lookalike", ref, 0.999, extreme=True)  # the maximum stands in
+    assert extreme.extreme and extreme.threshold == pytest.approx(float(ref.max()))
+    assert quantile_rule("lookalike", ref[:12], 0.999, extreme=True).threshold is None
     assert accuracy_without([True, False, True], [False, True, False]) == 1.0
     assert accuracy_without([True], [True]) is None
 
