@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from xaidash.constants import IMAGE_ISSUES
+
 #: fraction of the data set's median below which a statistic is an issue
 RATIO = 0.35
 SIZE_FACTOR = 10.0
@@ -36,7 +38,7 @@ ASPECT_FACTOR = 2.0
 GRAY_COLOUR = 0.01
 COLOUR_DATASET = 0.05
 MIN_IMAGES = 10
-ISSUES = ("dark", "overexposed", "blurry", "low_information", "odd_size", "odd_aspect", "grayscale")
+ISSUES = IMAGE_ISSUES
 
 Floats = npt.NDArray[np.float64]
 

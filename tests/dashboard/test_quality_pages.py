@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.dash_testing import post_callback
 from tests.support.synthetic import build_synthetic_store
+from xaidash.constants import QUALITY_FLAGS
 from xaidash.dashboard.app import create_app, render
 from xaidash.dashboard.pages.gallery.quality import flag_to_search
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks
@@ -42,7 +43,8 @@ def test_flag_param_roundtrip_and_validation() -> None:
         GalleryQuery(flag="nope").check()
 
 
-@pytest.mark.parametrize("flag", ["mislabelled", "leak", "outlier"])
+@pytest.mark.parametrize("flag", ["mislabelled", "leak", "outlier", "duplicate", "dark", "blurry",
+                                  "low_information"])
 def test_gallery_flag_filter_matches_the_quality_table(state: Any, store_dir: Path, flag: str) -> None:
     run = latest(state)
     q = state.data.quality.quality_rows(state.data.reader._entry(run)).to_pandas()
@@ -59,7 +61,7 @@ def test_gallery_rows_carry_their_flags(state: Any) -> None:
     q = state.data.quality.quality_rows(state.data.reader._entry(run)).to_pandas().set_index("image_id")
     rows, _ = state.data.gallery(run, GalleryQuery(page_size=1000))
     for iid, flags in zip(rows["image_id"], rows["flags"], strict=True):
-        want = [f for f in ("mislabelled", "leak", "outlier") if iid in q.index and bool(q.at[iid, f])]
+        want = [f for f in QUALITY_FLAGS if iid in q.index and bool(q.at[iid, f])]
         assert flags == ",".join(want), iid
     # the page shows each flagged row's badges, with the flag's meaning as the tooltip
     leaks, n = state.data.gallery(run, GalleryQuery(flag="leak", page_size=24))
@@ -111,7 +113,13 @@ def test_overview_image_and_compare_show_quality(state: Any) -> None:
     leak_id = str(q.loc[q["leak"], "image_id"].iloc[0])
     detail = state.data.quality.image_quality(run, leak_id)
     page = text_of(render(state, "/image", f"?id={leak_id}"))
-    assert "image-quality-leak-pair" in page and f"/img/{run}/{detail['nearest_train_id']}.png" in page
+    assert "image-quality-leak-pair" in page and f"/img/{run}/{detail['leak_train_id']}.png" in page
+    dup_id = str(q.loc[q["duplicate"], "image_id"].iloc[0])  # its near-duplicate group, linked
+    others = state.data.quality.duplicate_group(run, dup_id)
+    page = text_of(render(state, "/image", f"?id={dup_id}"))
+    assert others and "image-quality-duplicates" in page
+    assert all(f"/img/{run}/{o}.png" in page for o in others)
+    assert "Near-duplicates" in out and "Image issues" in out
     bad = str(q.loc[q["mislabelled"], "image_id"].iloc[0])
     page = text_of(render(state, "/image", f"?id={bad}"))
     assert "the data suggests" in page
