@@ -12,9 +12,10 @@ share most hash bits too. The thresholds and what they were measured on are in d
 **Candidate search of bounded cost** (multi-index hashing, Norouzi, Punjani & Fleet, CVPR 2012):
 the 64 bits are cut into 4 bands of 16; two hashes within ``radius`` bits agree within
 ``radius // 4`` bits on at least one band (pigeonhole), so each query probes, per band, the
-reference band values within ``radius // 4`` bits of its own (137 values for radius 8..11) in a
-sorted copy of the reference bands (``searchsorted``). Each probe takes at most ``max_bucket``
-references, so a query costs at most ``4 * 137 * max_bucket`` hash comparisons whatever the
+reference band values within ``radius // 4`` bits of its own in a
+sorted copy of the reference bands (``searchsorted``; 17 values for the default radius 7). Each
+probe takes at most ``max_bucket`` references, so a query costs at most ``4 * 17 * max_bucket``
+hash comparisons whatever the
 data (a flood of identical bands - blank images hash alike - is cut there; blank images are
 caught as exact pixel copies and as low-information images instead). Queries go in blocks, so
 memory is bounded by the block, not by the data set (bench/copy_search.py: 50k x 1.28M).
@@ -31,8 +32,12 @@ import numpy.typing as npt
 
 from xaidash.compute.analysis.image_facts import TINY
 
-#: pHash bits two copies may differ in (planted JPEG q=70 and 2x-resized copies: at most 10)
-PHASH_RADIUS = 10
+#: pHash bits two copies may differ in for the hash route: 7 keeps each band's probes to the 17
+#: values within 1 bit (radius 8..11 would need 137, 8x the candidates: at 50k x 1.28M, 195 s
+#: instead of ~25 s on the loaded 2-core dev CPU). Planted JPEG q=70 and 2x-resized copies of
+#: photos differ by at most 6 bits, of 28-px Fashion-MNIST items by up to 8 (99 % within 6):
+#: those few are still found when the original is the val image's nearest twin
+PHASH_RADIUS = 7
 #: blurred, aligned 16x16 mean absolute difference at or below which a candidate is a copy:
 #: between the planted copies caught (at most 0.0079: a 5 % crop of a photo, JPEG q=70 of a 28-px
 #: item) and the nearest real look-alikes (Fashion-MNIST same-class items: 1 % below 0.0087)
@@ -79,7 +84,7 @@ class HashIndex:
 
     def candidates(self, queries: U64, block: int = 512) -> Iterator[tuple[Ints, Ints]]:
         """(query row, reference row) pairs within ``radius`` bits, each pair once, by blocks of
-        ``block`` queries (memory: about ``block * 4 * 137 * max_bucket * 24`` bytes at worst)."""
+        ``block`` queries (memory: about ``block * 4 * 17 * max_bucket * 24`` bytes at worst)."""
         q_all = np.asarray(queries, np.uint64)
         for start in range(0, q_all.size, block):
             q = q_all[start:start + block]
