@@ -356,15 +356,16 @@ QUALITY = pa.schema(
         _f(
             "outlier_score",
             pa.float32(),
-            "Older runs: modified z-score of -log(1 - s). New runs: the share of the reference "
-            "(train images' leave-one-out nearest-neighbour similarities) below nearest_train_similarity, "
-            "in [0, 1]; low = far from every training image.",
+            "Older runs: modified z-score of -log(1 - s). New runs: the share of the reference (train "
+            "images' leave-one-out nearest-neighbour raw cosines, within their class) below the image's "
+            "best raw cosine to a stored neighbour, in [0, 1]; low = far from every training image.",
         ),
         _f(
             "outlier",
             pa.bool_(),
-            "nearest_train_similarity below the run's outlier threshold (a low quantile of the reference; "
-            "false when the reference is too small, see quality_rules). Older runs: outlier_score < -3.5.",
+            "Best raw cosine to a stored neighbour below the run's outlier threshold (a low quantile of the "
+            "reference; false when the reference is too small, see quality_rules). Older runs: "
+            "outlier_score < -3.5.",
             False,
         ),
         _f("duplicate_group", pa.int32(), "Near-duplicate group inside val (see duplicates); null: none."),
