@@ -171,3 +171,36 @@ def test_old_run_without_quality_tables_shows_pages_as_before(tmp_path: Path) ->
     runs = state.data.run_ids()
     assert "compare-quality-card" not in text_of(render(state, "/compare", f"?a={runs[1]}&b={runs[0]}"))
     shutil.rmtree(store)
+
+
+def test_run_with_an_older_quality_table_renders_as_before(tmp_path: Path) -> None:
+    """A quality table from before issue 23 (no look-alike, duplicate or image-issue columns, no
+    quality_rules / duplicates tables): the pages show its flags and nothing of the new ones."""
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    build_synthetic_store(store, n_val=120, n_train=150, runs=2, seed=3)
+    old = ["run_id", "image_id", "label_quality", "mislabelled", "suggested_class", "nearest_train_id",
+           "nearest_train_similarity", "leak", "leak_match", "outlier_score", "outlier", "error_cluster"]
+    for f in (store / "runs").glob("*/quality.parquet"):
+        pq.write_table(pq.read_table(f, columns=old), f)
+        for extra in ("quality_rules", "duplicates", "image_facts"):
+            (f.parent / f"{extra}.parquet").unlink(missing_ok=True)
+    app = create_app(store, selections_dir=tmp_path / "sel")
+    state = app.server.config["XAIDASH_STATE"]
+    run = latest(state)
+    s = state.data.quality.quality_summary(run)
+    assert s["leaks"] > 0 and s["lookalikes"] == s["duplicates"] == s["image_issues"] == 0
+    assert s["outlier_note"] is None
+    assert state.data.gallery(run, GalleryQuery(flag="duplicate"))[1] == 0
+    assert state.data.gallery(run, GalleryQuery(flag="leak"))[1] == s["leaks"]
+    overview = text_of(render(state, "/", ""))
+    assert "overview-quality-card" in overview and "Look-alikes" not in overview
+    assert "not enough images" not in overview and "pixel-identical to a train image" in overview
+    leak_id = str(state.data.gallery(run, GalleryQuery(flag="leak"))[0]["image_id"].iloc[0])
+    page = text_of(render(state, "/image", f"?id={leak_id}"))
+    assert "image-quality-leak-pair" in page and "could not be rendered" not in page
+    runs = state.data.run_ids()
+    cmp = text_of(render(state, "/compare", f"?a={runs[1]}&b={runs[0]}"))
+    assert "compare-quality-card" in cmp and "could not be rendered" not in cmp
+    shutil.rmtree(store)

@@ -88,8 +88,8 @@ def quality_card(ctx: PageContext, info: RunInfo, f: Filters, summary: dict[str,
             df_table(
                 by_class,
                 [("class_name", "True class"), ("images", "Images"), ("mislabelled", "Likely mislabelled"),
-                 ("leaks", "Leaks"), ("lookalikes", "Look-alikes"), ("outliers", "Outliers"),
-                 ("duplicates", "Near-duplicates")],
+                 ("leaks", "Leaks"), *([("lookalikes", "Look-alikes")] if new_rules else []),
+                 ("outliers", "Outliers"), *([("duplicates", "Near-duplicates")] if new_rules else [])],
                 formats={
                     "class_name": lambda v, r: dcc.Link(str(v), href=gallery_href(f, true=int(r["class"]))),
                     "mislabelled": lambda v, r: count_link(v, "mislabelled", r),
