@@ -29,12 +29,13 @@ from werkzeug.test import create_environ, run_wsgi_app
 
 from tests.support.fuzzing import ENDPOINT, callback_body, find_key, post_values
 from xaidash import demo
-from xaidash.dashboard import paths, serving
+from xaidash.dashboard import paths
 from xaidash.dashboard.app import PAGES, create_app, render_page
 from xaidash.dashboard.data import ResolvedRun
-from xaidash.dashboard.guard import MAX_REQUEST_BYTES
 from xaidash.dashboard.pages import explain
 from xaidash.dashboard.params import Filters
+from xaidash.dashboard.server import serving
+from xaidash.dashboard.server.guard import MAX_REQUEST_BYTES
 
 #: the four unknown-asset URLs: an unknown file of a served package, an unknown package and two
 #: ways of climbing out of the package (sent as is: http.client does not normalise paths)
