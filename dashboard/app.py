@@ -23,7 +23,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 
 import xaidash.assets
-from xaidash.dashboard import guard, theme
+from xaidash.dashboard import theme
 from xaidash.dashboard.components import no_runs_alert, run_label
 from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
 from xaidash.dashboard.inputs import URL_PART, anything, record, text, typed
@@ -35,7 +35,8 @@ from xaidash.dashboard.pages.gallery import quality as gallery_quality
 from xaidash.dashboard.pages.image import page as image
 from xaidash.dashboard.pages.overview import page as overview
 from xaidash.dashboard.params import Filters, parse_query, qs_of, valid_run_id
-from xaidash.dashboard.routes import register_routes
+from xaidash.dashboard.server import guard
+from xaidash.dashboard.server.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.dashboard.url_sync import controls_to_url
 from xaidash.store import open_store

@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port {args.port} is not a valid port (1-65535)")
     if args.threads is not None and not 1 <= args.threads <= 256:
         raise UserError(f"--threads {args.threads} is not in 1-256")
-    from xaidash.dashboard import serving
     from xaidash.dashboard.app import create_app
+    from xaidash.dashboard.server import serving
 
     app = create_app(store, show_paths=args.show_paths)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -17,7 +17,7 @@ from xaidash.constants import METHOD_LABELS, METHODS
 from xaidash.dashboard.overlays import COLORMAPS, colormap_css_gradient
 from xaidash.dashboard.params import Filters
 from xaidash.dashboard.paths import spec_label
-from xaidash.dashboard.routes import image_url, overlay_url
+from xaidash.dashboard.server.routes import image_url, overlay_url
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo

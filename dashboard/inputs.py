@@ -4,7 +4,7 @@ Dash hands a callback whatever JSON the request carried. The browser sends a dro
 a number or a string and the URL's ``search`` as a string; a script can send a list, an object,
 ``NaN`` or ``true`` instead, and none of it may become a 500. Two layers answer it:
 
-- :mod:`xaidash.dashboard.guard` checks the request's shape before Dash reads it (400 when it is
+- :mod:`xaidash.dashboard.server.guard` checks the request's shape before Dash reads it (400 when it is
   not a callback request of this app);
 - here, every callback declares the kind of each argument with :func:`typed`. A value of the
   wrong *type* (one no component of the page could hold) makes the callback answer "no update"

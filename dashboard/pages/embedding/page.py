@@ -36,7 +36,7 @@ from xaidash.dashboard.params import (
     to_query,
     valid_image_id,
 )
-from xaidash.dashboard.routes import overlay_url
+from xaidash.dashboard.server.routes import overlay_url
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.dashboard.url_sync import controls_to_url
 

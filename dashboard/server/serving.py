@@ -5,7 +5,7 @@ asynchronous front end that reads each request whole before a thread sees it, so
 client holds a connection slot but never a thread. Its limits are set here, in one place:
 
 - at most :data:`CONNECTION_LIMIT` open connections (more wait in the listen backlog);
-- request bodies over :data:`xaidash.dashboard.guard.MAX_REQUEST_BYTES` (with or without
+- request bodies over :data:`xaidash.dashboard.server.guard.MAX_REQUEST_BYTES` (with or without
   ``Content-Length``) and headers over :data:`MAX_HEADER_BYTES` are answered 413 and the
   connection closed, before the app sees them;
 - a connection idle for :data:`CHANNEL_TIMEOUT_S` is closed.
@@ -22,7 +22,7 @@ from typing import Any
 import dash
 import waitress
 
-from xaidash.dashboard.guard import MAX_REQUEST_BYTES
+from xaidash.dashboard.server.guard import MAX_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
 
