@@ -182,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("gallery: leaks", route("/gallery", lambda i: f"?flag=leak&page={i % 2}")),
         ("gallery: outliers", route("/gallery", lambda i: f"?flag=outlier&desc={i % 2}")),
+        ("gallery: near-duplicates", route("/gallery", lambda i: f"?flag=duplicate&page={i % 2}")),
+        ("gallery: an image issue (dark / blurry / low information)",
+         route("/gallery", lambda i: f"?flag={('dark', 'blurry', 'low_information')[i % 3]}")),
         (
             "gallery: quality filter -> URL callback",
             lambda i: post_callback(
                 client, app, "url.search",
-                {"gallery-flag.value": QUALITY_FLAGS[i % 3], "url.search": f"?page={i}"},
+                {"gallery-flag.value": QUALITY_FLAGS[i % len(QUALITY_FLAGS)], "url.search": f"?page={i}"},
                 "gallery-flag.value",
             ),
         ),

@@ -27,7 +27,12 @@ SORT_LABELS: dict[str, str] = {
     "label_quality": "Label quality (cleanlab)",
 }
 #: what the gallery's data-quality filter shows for each flag
-FLAG_LABELS: dict[str, str] = {"mislabelled": "likely mislabelled", "leak": "leak", "outlier": "outlier"}
+FLAG_LABELS: dict[str, str] = {
+    "mislabelled": "likely mislabelled", "leak": "leak", "lookalike": "look-alike", "outlier": "outlier",
+    "duplicate": "near-duplicate", "dark": "dark", "overexposed": "overexposed", "blurry": "blurry",
+    "low_information": "low information", "odd_size": "odd size", "odd_aspect": "odd aspect ratio",
+    "grayscale": "grayscale",
+}
 PAGE_SIZES: tuple[int, ...] = (12, 24, 48, 96)
 #: What the embedding map colours points by: their true or their predicted class.
 COLOR_BY: tuple[str, ...] = ("true", "pred")

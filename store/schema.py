@@ -335,27 +335,93 @@ QUALITY = pa.schema(
             "Cosine similarity to nearest_train_id of the mean-centred embeddings (the mean train "
             "embedding subtracted; raw post-ReLU cosines crowd near 1).",
         ),
-        _f("leak", pa.bool_(), "Near-duplicate of a train image (see leak_match).", False),
+        _f("leak", pa.bool_(), "A copy of a train image, decided in pixel space (see leak_match).", False),
         _f(
             "leak_match",
             pa.string(),
-            "'pixels' (same input_hash as a train image) or 'embedding' (cosine >= the run's "
-            "leak threshold); null when not a leak.",
+            "'pixels' (the same model input as a train image, input_hash) or 'copy' (pHash within the "
+            "run's radius and blurred, aligned 16x16 pixel distance <= its copy distance; re-encoded, "
+            "resized, shifted or cropped copies). Older runs: 'embedding' (cosine >= 0.99). Null when "
+            "not a leak.",
+        ),
+        _f("leak_train_id", pa.string(), "The train image this val image copies (null: none, older run)."),
+        _f("leak_distance", pa.float32(), "Pixel distance of the copy to leak_train_id (0 for 'pixels')."),
+        _f(
+            "lookalike",
+            pa.bool_(),
+            "nearest_train_similarity above the run's look-alike threshold (a high quantile of train "
+            "images' own leave-one-out nearest-neighbour similarities; quality_rules). A soft signal, "
+            "never a leak. Null in older runs.",
         ),
         _f(
             "outlier_score",
             pa.float32(),
-            "Modified z-score of -log(1 - s), s the best raw cosine of the image's stored neighbours, "
-            "0.6745 (x - median) / MAD over the run's val images; very negative = far from every "
-            "training image.",
+            "Older runs: modified z-score of -log(1 - s). New runs: the share of the reference (train "
+            "images' leave-one-out nearest-neighbour raw cosines, within their class) below the image's "
+            "best raw cosine to a stored neighbour, in [0, 1]; low = far from every training image.",
         ),
-        _f("outlier", pa.bool_(), "outlier_score < -3.5 (Iglewicz-Hoaglin).", False),
+        _f(
+            "outlier",
+            pa.bool_(),
+            "Best raw cosine to a stored neighbour below the run's outlier threshold (a low quantile of the "
+            "reference; false when the reference is too small, see quality_rules). Older runs: "
+            "outlier_score < -3.5.",
+            False,
+        ),
+        _f("duplicate_group", pa.int32(), "Near-duplicate group inside val (see duplicates); null: none."),
+        _f("duplicate_count", pa.int32(), "Val images in duplicate_group, this one included."),
+        _f(
+            "image_issues",
+            pa.list_(pa.string()),
+            "Image-property issues: dark, overexposed, blurry, low_information, odd_size, odd_aspect, "
+            "grayscale (thresholds relative to the data set, quality_rules). Null in older runs.",
+        ),
         _f(
             "error_cluster",
             pa.int32(),
             "Cluster (0 = largest) of this error inside its confusion cell (see error_clusters); "
             "null when correct or the cell was not clustered.",
         ),
+    ]
+)
+
+IMAGE_FACTS = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _SPLIT,
+        _f("width", pa.int32(), "Decoded width in pixels."),
+        _f("height", pa.int32(), "Decoded height in pixels."),
+        _f("phash", pa.uint64(), "64-bit perceptual hash (imagehash.phash) of the decoded image."),
+        _f("tiny", pa.binary(), "16x16 grayscale, 256 bytes row-major: copies are confirmed on it."),
+        _f("bright_p05", pa.float32(), "5th percentile of perceived brightness, in [0, 1]."),
+        _f("bright_p99", pa.float32(), "99th percentile of perceived brightness, in [0, 1]."),
+        _f("sharpness", pa.float32(), "Laplacian std over grayscale std (null: a constant image)."),
+        _f("entropy", pa.float32(), "Grayscale histogram entropy in bits (0 constant, 8 noise)."),
+        _f("colour", pa.float32(), "Mean channel spread max(R,G,B) - min(R,G,B), in [0, 1]; 0 = grayscale."),
+    ]
+)
+
+DUPLICATES = pa.schema(
+    [
+        _RUN_ID,
+        _IMAGE_ID,
+        _SPLIT,
+        _f("group", pa.int32(), "Near-duplicate group inside the split (copies of each other).", False),
+        _f("size", pa.int32(), "Images in the group.", False),
+    ]
+)
+
+QUALITY_RULES = pa.schema(
+    [
+        _RUN_ID,
+        _f("rule", pa.string(), "lookalike, outlier, copy or an image issue (dark, blurry, ...).", False),
+        _f("statistic", pa.string(), "What the threshold is compared with."),
+        _f("quantile", pa.float32(), "Quantile of the reference the threshold is (null: not a quantile)."),
+        _f("threshold", pa.float64(), "The threshold used; null when the rule could not be judged."),
+        _f("reference", pa.int64(), "Values the threshold was estimated from."),
+        _f("needed", pa.int64(), "Fewest reference values the rule needs."),
+        _f("note", pa.string(), "The rule in words (shown on the overview)."),
     ]
 )
 
@@ -465,8 +531,30 @@ TABLES: dict[str, TableSpec] = {
             QUALITY,
             ("image_id",),
             16384,
-            "Per val image: likely label error, train/val leak, outlier, error cluster (computed "
-            "in the global phase; absent in older runs).",
+            "Per val image: likely label error, train/val leak (a copy), look-alike, outlier, near-duplicate "
+            "group, image issues, error cluster (computed in the global phase; absent in older runs).",
+        ),
+        TableSpec(
+            "image_facts",
+            IMAGE_FACTS,
+            ("split", "image_id"),
+            16384,
+            "Per val and train image: perceptual hash, 16x16 thumbnail and image statistics, measured "
+            "in the chunk from the decoded image (absent in older runs).",
+        ),
+        TableSpec(
+            "duplicates",
+            DUPLICATES,
+            ("split", "group", "image_id"),
+            16384,
+            "Near-duplicate groups inside each split (val-val, train-train); one row per member.",
+        ),
+        TableSpec(
+            "quality_rules",
+            QUALITY_RULES,
+            (),
+            1024,
+            "The data-quality rules of the run and the numbers they were computed from.",
         ),
         TableSpec(
             "error_clusters",

@@ -42,8 +42,14 @@ SPLITS: Final[tuple[str, ...]] = ("train", "val")
 #: Gallery filters and sort keys (the reader's GalleryQuery and the dashboard's URL parser).
 OUTCOMES: Final[tuple[str, ...]] = ("all", "correct", "wrong")
 SORTS: Final[tuple[str, ...]] = ("confidence", "loss", "faithfulness", "disagreement", "label_quality")
-#: Data-quality flags the gallery filters by (the run's ``quality`` table; absent in older runs).
-QUALITY_FLAGS: Final[tuple[str, ...]] = ("mislabelled", "leak", "outlier")
+#: Image-property issues of a val image (``quality.image_issues``, compute/analysis/image_issues.py).
+IMAGE_ISSUES: Final[tuple[str, ...]] = (
+    "dark", "overexposed", "blurry", "low_information", "odd_size", "odd_aspect", "grayscale")
+#: Data-quality flags the gallery filters by (the run's ``quality`` table; absent in older runs,
+#: whose quality tables have only the first, leak and outlier): the boolean columns, whether the
+#: image is in a near-duplicate group, and each image issue.
+QUALITY_FLAGS: Final[tuple[str, ...]] = (
+    "mislabelled", "leak", "lookalike", "outlier", "duplicate", *IMAGE_ISSUES)
 
 #: Arithmetic precision of the network forwards.
 PRECISIONS: Final[tuple[str, ...]] = ("fp32", "bf16")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from xaidash.compute.analysis.copies import COPY_DISTANCE
+from xaidash.compute.analysis.quality import LOOKALIKE_QUANTILE, OUTLIER_QUANTILE
 from xaidash.compute.cli.args import add_data_arguments, add_device_argument, add_loader_arguments
 from xaidash.constants import METHODS, POINTING_TOLERANCE, PRECISIONS, PROJECTIONS
 
@@ -87,11 +89,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pointing game: a hit when the map's maximum is within PX pixels of the "
                             "object, in pixels of a 224-px input, scaled to the model's (default "
                             "%(default)g, as Zhang et al. 2016; 0 = inside the object)")
-    quality = parser.add_argument_group("data quality (label issues, leaks, outliers, error clusters)")
-    quality.add_argument("--leak-threshold", type=float, default=0.99, metavar="S",
-                         help="cosine similarity to the nearest train image at or above which a val "
-                              "image is flagged as a leak (default 0.99; pixel-identical copies are "
-                              "flagged whatever the similarity)")
+    quality = parser.add_argument_group(
+        "data quality (label issues, leaks, look-alikes, outliers, duplicates, image issues, error clusters)")
+    quality.add_argument("--copy-distance", type=float, default=COPY_DISTANCE, metavar="D",
+                         help="a val image is a leak (a copy of a train image) when their pHashes are "
+                              "close and their blurred, aligned 16x16 grayscale differ by at most D "
+                              "(mean |difference|, pixels in [0,1]; default %(default)g, measured in "
+                              "docs/METHODS.md); the same distance groups near-duplicates in a split")
+    quality.add_argument("--lookalike-quantile", type=float, default=LOOKALIKE_QUANTILE, metavar="Q",
+                         help="a val image is a look-alike of a train image (never a leak) when it is "
+                              "closer to it than the Q quantile of train images' leave-one-out "
+                              "nearest-neighbour similarities (default %(default)g)")
+    quality.add_argument("--outlier-quantile", type=float, default=OUTLIER_QUANTILE, metavar="Q",
+                         help="a val image is an outlier when its nearest train image is less similar "
+                              "than the Q quantile of that reference (default %(default)g; needs at "
+                              "least 1/Q train images, else nothing is flagged)")
     quality.add_argument("--cluster-min-errors", type=int, default=6, metavar="N",
                          help="cluster the errors of every confusion cell with at least N of them "
                               "(default 6)")

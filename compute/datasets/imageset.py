@@ -22,6 +22,9 @@ from xaidash.compute.datasets.decoding import display_name, thumbnail_png
 from xaidash.compute.datasets.sources import Dataset, ImageLoadError, Item
 
 Transform = Callable[[Image.Image], torch.Tensor]
+#: what the per-chunk function measures on each decoded image besides the model input (its
+#: data-quality facts); runs in the worker that decoded the image, so it costs no second decode
+Describe = Callable[[Image.Image], object]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Sample:
     width: int = 0
     height: int = 0
     thumbnail: bytes | None = None
+    facts: object | None = None  #: ``describe(image)`` when the ImageSet was given one
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Batch:
     sizes: list[tuple[int, int]]  # original (width, height) per row
     thumbnails: list[bytes | None]  # per row; None when not asked for
     failed: list[tuple[int, str]]
+    facts: list[object | None] = dataclasses.field(default_factory=list)  #: per row, see Sample.facts
 
     def pin_memory(self) -> Batch:
         """DataLoader(pin_memory=True) calls this: page-locked ``x`` for non_blocking copies."""
@@ -55,8 +60,9 @@ class ImageSet(torch.utils.data.Dataset[Sample]):
     """``items`` of ``dataset`` through ``transform``; thumbnails for the ids in ``thumbnails``."""
 
     def __init__(self, dataset: Dataset, items: Sequence[Item], transform: Transform,
-                 thumbnails: frozenset[str] = frozenset()) -> None:
+                 thumbnails: frozenset[str] = frozenset(), describe: Describe | None = None) -> None:
         self.dataset = dataset
+        self.describe = describe
         self.items = list(items)
         self.transform = transform
         self.thumbnails = thumbnails
@@ -74,7 +80,8 @@ class ImageSet(torch.utils.data.Dataset[Sample]):
         except Exception as exc:  # a decoder/transform bug must not kill a long job either
             return Sample(i, None, display_name(f"{type(exc).__name__}: {exc}").splitlines()[0][:500])
         thumb = thumbnail_png(img) if item.image_id in self.thumbnails else None
-        return Sample(i, x, None, img.width, img.height, thumb)
+        facts = self.describe(img) if self.describe is not None else None
+        return Sample(i, x, None, img.width, img.height, thumb, facts)
 
 
 def collate(samples: list[Sample]) -> Batch:
@@ -86,6 +93,7 @@ def collate(samples: list[Sample]) -> Batch:
         sizes=[(s.width, s.height) for s in good],
         thumbnails=[s.thumbnail for s in good],
         failed=[(s.index, s.reason or "unreadable") for s in samples if s.x is None],
+        facts=[s.facts for s in good],
     )
 
 

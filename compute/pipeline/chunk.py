@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from xaidash.compute.analysis.image_facts import ImageFacts, describe
 from xaidash.compute.analysis.metrics import cam_disagreement
 from xaidash.compute.datasets.imageset import Batch, ImageSet, Sample, collate, input_hashes
 from xaidash.compute.datasets.sources import Item
@@ -68,7 +69,7 @@ class ChunkOutput:
 def loader(plan: JobPlan, items: Sequence[Item], batches: list[list[int]],
            thumbnails: frozenset[str]) -> DataLoader[Sample]:
     """A DataLoader decoding ``items`` in the given batches of positions."""
-    ds = ImageSet(plan.dataset, items, plan.parts.preprocessing.transform(train=False), thumbnails)
+    ds = ImageSet(plan.dataset, items, plan.parts.preprocessing.transform(train=False), thumbnails, describe)
     return DataLoader(ds, batch_sampler=batches, num_workers=plan.cfg.workers, collate_fn=collate,
                       pin_memory=plan.device.type == "cuda")
 
@@ -145,6 +146,7 @@ def compute_chunk(
                 # one hash per embedding row (val and train alike): exact-duplicate leaks
                 work.tables["embeddings"].extend("input_hash", input_hashes(batch.x))
                 work.add_images(batch_items, batch.sizes, batch.thumbnails)
+                work.add_facts(batch_items, batch.facts)
             if progress is not None:
                 progress(len(batch.index) + len(batch.failed))
     work.trust.finish()  # the sanity check, after the engine removed its hook
@@ -169,7 +171,8 @@ class _ChunkWork:
         self.chunk = chunk
         self.timer = Timer(plan.device if plan.device.type == "cuda" else None)
         self.tables = {name: TableBuilder(name) for name in
-                       ("predictions", "cams", "embeddings", "faithfulness", "failures", "images")}
+                       ("predictions", "cams", "embeddings", "faithfulness", "failures", "images",
+                        "image_facts")}
         self.out = ChunkOutput(chunk.chunk_id, {})
         self._masked_batch: int | None = None
         #: runs the forward-only bulk; built before the chunk's CamEngine hooks plan.model
@@ -203,6 +206,22 @@ class _ChunkWork:
             label_name=[self.plan.label_name(it.label) for it, _, _ in rows],
             source=[it.source for it, _, _ in rows], width=[w for _, (w, _), _ in rows],
             height=[h for _, (_, h), _ in rows], thumbnail=[th for _, _, th in rows],
+        )
+
+    def add_facts(self, items: Sequence[Item], facts: Sequence[object | None]) -> None:
+        """The data-quality facts measured on each decoded image (perceptual hash, 16x16
+        thumbnail, image statistics; :mod:`xaidash.compute.analysis.image_facts`)."""
+        rows = [(it, f) for it, f in zip(items, facts, strict=True) if isinstance(f, ImageFacts)]
+        if not rows:
+            return
+        fs = [f for _, f in rows]
+        self.tables["image_facts"].add(
+            image_id=[it.image_id for it, _ in rows], split=[it.split for it, _ in rows],
+            width=[f.width for f in fs], height=[f.height for f in fs], phash=[f.phash for f in fs],
+            tiny=[f.tiny for f in fs], bright_p05=[f.bright_p05 for f in fs],
+            bright_p99=[f.bright_p99 for f in fs],
+            sharpness=[None if f.sharpness != f.sharpness else f.sharpness for f in fs],
+            entropy=[f.entropy for f in fs], colour=[f.colour for f in fs],
         )
 
     def add_maps(self, ids: Sequence[str], method: str, kind: str, targets: np.ndarray,

@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from xaidash.compute.analysis.copies import COPY_DISTANCE
+from xaidash.compute.analysis.quality import LOOKALIKE_QUANTILE, OUTLIER_QUANTILE
 from xaidash.constants import (
     METHODS,
     POINTING_TOLERANCE,
@@ -71,8 +73,11 @@ class JobConfig:
     localisation_topk: float = 20.0
     #: the pointing game's tolerance, pixels of a 224-px input (compute/methods/localisation.py)
     pointing_tolerance: float = POINTING_TOLERANCE
-    #: data quality: cosine similarity at or above which a val image is a leak of a train image
-    leak_threshold: float = 0.99
+    #: data quality (compute/analysis/copies.py, quality.py): the pixel distance of a copy, and
+    #: the quantiles of the train reference for look-alikes and outliers
+    copy_distance: float = COPY_DISTANCE
+    lookalike_quantile: float = LOOKALIKE_QUANTILE
+    outlier_quantile: float = OUTLIER_QUANTILE
     #: data quality: fewest errors in a confusion cell for it to be clustered
     cluster_min_errors: int = 6
 
@@ -125,8 +130,11 @@ class JobConfig:
             else base.localisation_topk,
             pointing_tolerance=float(a["pointing_tolerance"]) if a.get("pointing_tolerance") is not None
             else base.pointing_tolerance,
-            leak_threshold=base.leak_threshold if a.get("leak_threshold") is None
-            else float(a["leak_threshold"]),
+            copy_distance=base.copy_distance if a.get("copy_distance") is None else float(a["copy_distance"]),
+            lookalike_quantile=base.lookalike_quantile if a.get("lookalike_quantile") is None
+            else float(a["lookalike_quantile"]),
+            outlier_quantile=base.outlier_quantile if a.get("outlier_quantile") is None
+            else float(a["outlier_quantile"]),
             cluster_min_errors=number("cluster_min_errors", base.cluster_min_errors),
         )
 
@@ -153,7 +161,9 @@ class JobConfig:
             "masks": self.masks,
             "localisation_topk": self.localisation_topk,
             "pointing_tolerance": self.pointing_tolerance,
-            "leak_threshold": self.leak_threshold,
+            "copy_distance": self.copy_distance,
+            "lookalike_quantile": self.lookalike_quantile,
+            "outlier_quantile": self.outlier_quantile,
             "cluster_min_errors": self.cluster_min_errors,
         }
 
@@ -260,8 +270,13 @@ def validate(cfg: JobConfig) -> JobConfig:
             raise UserError(f"--threads-per-worker must be >= 1, got {cfg.threads_per_worker}")
         if cfg.gpus_per_worker is not None and not cfg.gpus_per_worker >= 0:
             raise UserError(f"--gpus-per-worker must be >= 0, got {cfg.gpus_per_worker}")
-    if not 0.0 < cfg.leak_threshold <= 1.0:  # also rejects NaN
-        raise UserError(f"--leak-threshold must be in (0, 1] (a cosine similarity), got {cfg.leak_threshold}")
+    if not 0.0 <= cfg.copy_distance <= 1.0:  # also rejects NaN
+        raise UserError(f"--copy-distance must be in [0, 1] (a mean pixel difference), "
+                        f"got {cfg.copy_distance}")
+    for name, q in (("--lookalike-quantile", cfg.lookalike_quantile),
+                    ("--outlier-quantile", cfg.outlier_quantile)):
+        if not 0.0 < q < 1.0:
+            raise UserError(f"{name} must be in (0, 1), got {q}")
     if cfg.cluster_min_errors < 2:
         raise UserError(f"--cluster-min-errors must be >= 2, got {cfg.cluster_min_errors}")
     if cfg.checkpoint and (cfg.model or cfg.weights):

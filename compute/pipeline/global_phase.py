@@ -27,7 +27,7 @@ from xaidash.compute.analysis.metrics import classification_report, confusion_lo
 from xaidash.compute.analysis.neighbors import find_neighbors
 from xaidash.compute.analysis.projection import project_2d
 from xaidash.compute.pipeline.plan import JobPlan
-from xaidash.compute.pipeline.quality_phase import quality_tables
+from xaidash.compute.pipeline.quality_phase import QualityOptions, quality_tables
 from xaidash.compute.pipeline.timing import Timer
 from xaidash.store import Staging
 from xaidash.store.builder import table
@@ -126,7 +126,11 @@ def global_phase(plan: JobPlan, staging: Staging, timer: Timer, timings: dict[st
             staging=staging, val_ids=st.val_ids, labels=st.labels, preds=st.preds,
             labels_known=labels_known, emb_ids=st.emb_ids, emb_split=st.emb_split, vectors=st.vectors,
             hashes=st.input_hash, neighbors=tables.get("neighbors"),
-            leak_threshold=plan.cfg.leak_threshold, cluster_min_errors=plan.cfg.cluster_min_errors))
+            train_labels={it.image_id: it.label for it in plan.train_items},
+            options=QualityOptions(copy_distance=plan.cfg.copy_distance,
+                                   lookalike_quantile=plan.cfg.lookalike_quantile,
+                                   outlier_quantile=plan.cfg.outlier_quantile,
+                                   cluster_min_errors=plan.cfg.cluster_min_errors)))
 
     dim = st.vectors.shape[1] if len(st.emb_ids) else 0
     max_ch = plan.cfg.scorecam_max_channels

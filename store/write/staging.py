@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 #: Tables a chunk may contain (per-image phase). Global tables go to publish().
 CHUNK_TABLES = ("predictions", "cams", "embeddings", "faithfulness", "failures", "neighbors", "images",
-                "sanity", "baseline_faithfulness", "road", "localisation")
+                "sanity", "baseline_faithfulness", "road", "localisation", "image_facts")
 #: Tables publish() accepts as global-phase tables.
 GLOBAL_TABLES = (
     "neighbors",
@@ -76,6 +76,8 @@ GLOBAL_TABLES = (
     "faithfulness",
     "quality",
     "error_clusters",
+    "duplicates",
+    "quality_rules",
 )
 #: Staged tables that are global-phase input only: publish() takes each one complete, with these
 #: columns, and writes it instead of compacting the staged parts.

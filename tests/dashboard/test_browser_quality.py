@@ -96,9 +96,9 @@ def test_image_page_shows_a_leak_beside_its_train_copy(driver: Any, server: Live
 
     with open_store(store) as r:
         rid = r.latest_run_id()
-        leak = r.sql("SELECT image_id, nearest_train_id FROM quality WHERE run_id = ? AND leak "
+        leak = r.sql("SELECT image_id, leak_train_id FROM quality WHERE run_id = ? AND leak "
                      "ORDER BY image_id LIMIT 1", [rid])
-    iid, train_id = str(leak["image_id"].iloc[0]), str(leak["nearest_train_id"].iloc[0])
+    iid, train_id = str(leak["image_id"].iloc[0]), str(leak["leak_train_id"].iloc[0])
     open_page(driver, server.url + f"/image?id={iid}", "#image-quality-leak-pair")
     srcs = [i.get_attribute("src") for i in css(driver, "#image-quality-leak-pair img")]
     assert len(srcs) == 2 and iid in srcs[0] and train_id in srcs[1]

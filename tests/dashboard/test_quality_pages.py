@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.dash_testing import post_callback
 from tests.support.synthetic import build_synthetic_store
+from xaidash.constants import QUALITY_FLAGS
 from xaidash.dashboard.app import create_app, render
 from xaidash.dashboard.pages.gallery.quality import flag_to_search
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks
@@ -42,7 +43,8 @@ def test_flag_param_roundtrip_and_validation() -> None:
         GalleryQuery(flag="nope").check()
 
 
-@pytest.mark.parametrize("flag", ["mislabelled", "leak", "outlier"])
+@pytest.mark.parametrize("flag", ["mislabelled", "leak", "outlier", "duplicate", "dark", "blurry",
+                                  "low_information"])
 def test_gallery_flag_filter_matches_the_quality_table(state: Any, store_dir: Path, flag: str) -> None:
     run = latest(state)
     q = state.data.quality.quality_rows(state.data.reader._entry(run)).to_pandas()
@@ -59,7 +61,7 @@ def test_gallery_rows_carry_their_flags(state: Any) -> None:
     q = state.data.quality.quality_rows(state.data.reader._entry(run)).to_pandas().set_index("image_id")
     rows, _ = state.data.gallery(run, GalleryQuery(page_size=1000))
     for iid, flags in zip(rows["image_id"], rows["flags"], strict=True):
-        want = [f for f in ("mislabelled", "leak", "outlier") if iid in q.index and bool(q.at[iid, f])]
+        want = [f for f in QUALITY_FLAGS if iid in q.index and bool(q.at[iid, f])]
         assert flags == ",".join(want), iid
     # the page shows each flagged row's badges, with the flag's meaning as the tooltip
     leaks, n = state.data.gallery(run, GalleryQuery(flag="leak", page_size=24))
@@ -111,7 +113,13 @@ def test_overview_image_and_compare_show_quality(state: Any) -> None:
     leak_id = str(q.loc[q["leak"], "image_id"].iloc[0])
     detail = state.data.quality.image_quality(run, leak_id)
     page = text_of(render(state, "/image", f"?id={leak_id}"))
-    assert "image-quality-leak-pair" in page and f"/img/{run}/{detail['nearest_train_id']}.png" in page
+    assert "image-quality-leak-pair" in page and f"/img/{run}/{detail['leak_train_id']}.png" in page
+    dup_id = str(q.loc[q["duplicate"], "image_id"].iloc[0])  # its near-duplicate group, linked
+    others = state.data.quality.duplicate_group(run, dup_id)
+    page = text_of(render(state, "/image", f"?id={dup_id}"))
+    assert others and "image-quality-duplicates" in page
+    assert all(f"/img/{run}/{o}.png" in page for o in others)
+    assert "Near-duplicates" in out and "Image issues" in out
     bad = str(q.loc[q["mislabelled"], "image_id"].iloc[0])
     page = text_of(render(state, "/image", f"?id={bad}"))
     assert "the data suggests" in page
@@ -162,4 +170,37 @@ def test_old_run_without_quality_tables_shows_pages_as_before(tmp_path: Path) ->
     assert "gallery-clusters" not in text_of(render(state, "/gallery", f"?true={t}&pred={p}"))
     runs = state.data.run_ids()
     assert "compare-quality-card" not in text_of(render(state, "/compare", f"?a={runs[1]}&b={runs[0]}"))
+    shutil.rmtree(store)
+
+
+def test_run_with_an_older_quality_table_renders_as_before(tmp_path: Path) -> None:
+    """A quality table from before issue 23 (no look-alike, duplicate or image-issue columns, no
+    quality_rules / duplicates tables): the pages show its flags and nothing of the new ones."""
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    build_synthetic_store(store, n_val=120, n_train=150, runs=2, seed=3)
+    old = ["run_id", "image_id", "label_quality", "mislabelled", "suggested_class", "nearest_train_id",
+           "nearest_train_similarity", "leak", "leak_match", "outlier_score", "outlier", "error_cluster"]
+    for f in (store / "runs").glob("*/quality.parquet"):
+        pq.write_table(pq.read_table(f, columns=old), f)
+        for extra in ("quality_rules", "duplicates", "image_facts"):
+            (f.parent / f"{extra}.parquet").unlink(missing_ok=True)
+    app = create_app(store, selections_dir=tmp_path / "sel")
+    state = app.server.config["XAIDASH_STATE"]
+    run = latest(state)
+    s = state.data.quality.quality_summary(run)
+    assert s["leaks"] > 0 and s["lookalikes"] == s["duplicates"] == s["image_issues"] == 0
+    assert s["outlier_note"] is None
+    assert state.data.gallery(run, GalleryQuery(flag="duplicate"))[1] == 0
+    assert state.data.gallery(run, GalleryQuery(flag="leak"))[1] == s["leaks"]
+    overview = text_of(render(state, "/", ""))
+    assert "overview-quality-card" in overview and "Look-alikes" not in overview
+    assert "not enough images" not in overview and "pixel-identical to a train image" in overview
+    leak_id = str(state.data.gallery(run, GalleryQuery(flag="leak"))[0]["image_id"].iloc[0])
+    page = text_of(render(state, "/image", f"?id={leak_id}"))
+    assert "image-quality-leak-pair" in page and "could not be rendered" not in page
+    runs = state.data.run_ids()
+    cmp = text_of(render(state, "/compare", f"?a={runs[1]}&b={runs[0]}"))
+    assert "compare-quality-card" in cmp and "could not be rendered" not in cmp
     shutil.rmtree(store)

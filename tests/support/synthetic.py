@@ -344,7 +344,9 @@ def build_synthetic_store(
             schema=staged_schema("neighbors"),
         )
         neighbors = synthetic_quality.with_outliers(neighbors, val_ids)  # a few far from every train image
-        quality = synthetic_quality.quality(staging, staged, val_ids, val_label, pred, neighbors)
+        quality = synthetic_quality.quality(
+            staging, staged, val_ids, val_label, pred, neighbors,
+            {str(i): int(c) for i, c in zip(train_ids, train_label, strict=True)})
 
         cm = np.zeros((n_classes, n_classes), np.int64)
         np.add.at(cm, (val_label, pred), 1)

@@ -26,8 +26,12 @@ def overlap_card(ctx: PageContext, run_a: str, run_b: str, f: Filters) -> Any:
     df = df.assign(label=[FLAG_LABELS.get(str(x), str(x)) for x in df["flag"]])
     sentences = [
         f"{int(r['both']):,} image{'s' if int(r['both']) != 1 else ''} flagged {r['label']} in both runs"
-        for r in df.to_dict("records")
+        for r in df.to_dict("records") if int(r["a"]) or int(r["b"]) or r["flag"] in ("mislabelled", "leak")
     ]
+    # the flags neither run raised (an older run has no look-alike or image-issue columns) add
+    # only zeros to the table: kept to those either run has
+    df = df[[bool(int(a) or int(b)) or fl in ("mislabelled", "leak", "outlier")
+             for a, b, fl in zip(df["a"], df["b"], df["flag"], strict=True)]]
     table = df_table(
         df,
         [("label", "Flag"), ("a", "Run A"), ("b", "Run B"), ("both", "Both")],

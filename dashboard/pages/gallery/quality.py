@@ -1,4 +1,5 @@
-"""The gallery's data-quality parts: the "likely mislabelled / leak / outlier" filter and, on a
+"""The gallery's data-quality parts: the data-quality filter (likely mislabelled, leak, look-alike,
+outlier, near-duplicate, image issues; constants.QUALITY_FLAGS) and, on a
 confusion cell (true and predicted class set), the cell's error clusters.
 
 Both read the run's ``quality`` and ``error_clusters`` tables (computed in the global phase, see
@@ -67,8 +68,18 @@ def flag_chip(f: Filters) -> Any:
 #: what each flag means, as the row badge's tooltip
 FLAG_HINTS: dict[str, str] = {
     "mislabelled": "confident learning (cleanlab) suspects the label; the image page suggests a class",
-    "leak": "a training image is identical or nearly so; the image page shows the pair",
-    "outlier": "far from every training image, relative to this run's own distances",
+    "leak": "a copy of a training image (same pixels, re-encoded, resized, shifted or cropped); "
+            "the image page shows the pair",
+    "lookalike": "closer to a training image than almost any training image is to another; not a copy",
+    "outlier": "farther from every training image than almost any training image is from its nearest",
+    "duplicate": "a copy of another validation image; the image page shows its group",
+    "dark": "much darker than the data set's typical image",
+    "overexposed": "much brighter than the data set's typical image",
+    "blurry": "weak edges for its contrast, compared with the data set",
+    "low_information": "few distinct grey levels (near-constant), compared with the data set",
+    "odd_size": "more than 10x larger or smaller than the data set's typical image",
+    "odd_aspect": "aspect ratio more than 2x off the data set's typical one",
+    "grayscale": "no colour in a colour data set",
 }
 
 

@@ -19,11 +19,11 @@ from tests.support.imagegen import make_imagefolder
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.analysis.clusters import cluster_cell, error_clusters
 from xaidash.compute.analysis.quality import (
-    LEAK_THRESHOLD,
     accuracy_without,
     label_issues,
-    leaks_and_outliers,
-    modified_z,
+    loo_nearest_within_class,
+    percentile_in,
+    quantile_rule,
 )
 from xaidash.compute.datasets.imageset import input_hashes
 from xaidash.compute.pipeline.job import JobConfig, run_job
@@ -67,15 +67,29 @@ def test_label_issues_degenerate_inputs() -> None:
     assert not one_class.flagged.any() and np.allclose(one_class.quality, 0.5)
 
 
-def test_leak_threshold_and_outlier_rule() -> None:
-    sims = np.array([0.80, 0.82, 0.81, 0.83, 0.79, 0.995, 0.20, np.nan, 0.80])
-    pixels = np.array([False] * 8 + [True])
-    lo = leaks_and_outliers(sims, pixels, LEAK_THRESHOLD)
-    assert lo.leak.tolist() == [False] * 5 + [True, False, False, True]
-    assert lo.match[5] == "embedding" and lo.match[8] == "pixels" and lo.match[0] is None
-    assert lo.outlier.tolist() == [False] * 6 + [True, False, False]
-    assert np.isnan(lo.outlier_score[7])
-    assert modified_z([1.0, 1.0, 1.0]).tolist() == [0.0, 0.0, 0.0]  # no spread: no outliers
+def test_reference_rules_need_enough_images_and_flag_the_far_ones() -> None:
+    rng = np.random.default_rng(1)
+    # 2 classes of 400 clustered train embeddings; the reference is each one's nearest other
+    centres = rng.normal(0, 1, (2, 16)).astype(np.float32) * 4
+    y = np.repeat([0, 1], 400)
+    train = centres[y] + rng.normal(0, 1, (800, 16)).astype(np.float32)
+    ref = loo_nearest_within_class(train, np.zeros(16, np.float32), np.arange(800), y, np.arange(800))
+    assert np.isfinite(ref).all() and (ref < 1).all()
+    # brute force: the same numbers
+    unit = train / np.linalg.norm(train, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    sim[~(y[:, None] == y[None, :])] = -np.inf
+    np.fill_diagonal(sim, -np.inf)
+    assert np.allclose(ref, sim.max(axis=1), atol=1e-5)
+    low = quantile_rule("outlier", ref, 0.005)
+    assert low.threshold is not None and low.needed == 200 and low.reference == 800
+    assert percentile_in([low.threshold - 1e-6], ref)[0] <= 0.005
+    few = quantile_rule("outlier", ref[:12], 0.005)
+    assert few.threshold is None and few.reference == 12  # 12 images: no quantile, no flags
+    assert quantile_rule("lookalike", ref, 0.999).threshold is None  # 800 < 1000
+    extreme = quantile_rule("lookalike", ref, 0.999, extreme=True)  # the maximum stands in
+    assert extreme.extreme and extreme.threshold == pytest.approx(float(ref.max()))
+    assert quantile_rule("lookalike", ref[:12], 0.999, extreme=True).threshold is None
     assert accuracy_without([True, False, True], [False, True, False]) == 1.0
     assert accuracy_without([True], [True]) is None
 
@@ -123,7 +137,8 @@ def test_two_patterns_in_one_cell_give_two_clusters() -> None:
 @pytest.fixture(scope="module")
 def leaky(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], str]:
     """An ImageFolder with 3 val images copied from train and one noise image in val."""
-    root = make_imagefolder(tmp_path_factory.mktemp("leaky"), CLASSES, n_train=10, n_val=8, size=SIZE)
+    # 100 train images per class: enough for the outlier rule's 0.5 % quantile (200 needed)
+    root = make_imagefolder(tmp_path_factory.mktemp("leaky"), CLASSES, n_train=100, n_val=8, size=SIZE)
     copies = {}  # val source -> the train source it copies
     for j in range(3):
         c = CLASSES[j % 2]
@@ -139,8 +154,6 @@ def test_job_flags_copied_images_as_leaks_and_noise_as_outlier(
 ) -> None:
     root, copies, noise = leaky
     ckpt = save_tiny_checkpoint(tmp_path / "m.pt")
-    # default leak threshold: an untrained network maps these 16-px images to raw cosines of
-    # ~0.99, and only the centring keeps the non-copies below 0.99
     cfg = JobConfig(
         data=f"imagefolder:{root}", checkpoint=str(ckpt), store=str(tmp_path / "store"), device="cpu",
         workers=0, batch_size=8, chunk_size=8, scorecam_max_channels=4, faithfulness_steps=2,
@@ -159,12 +172,12 @@ def test_job_flags_copied_images_as_leaks_and_noise_as_outlier(
         assert len(q) == 8 * 2 + 4
         leaks = q[q["leak"]]
         assert sorted(leaks["source"]) == sorted(copies)
-        assert set(leaks["leak_match"]) == {"pixels"}
-        assert (leaks["nearest_train_similarity"] > 0.9999).all()
+        assert set(leaks["leak_match"]) == {"pixels"} and (leaks["leak_distance"] == 0).all()
+        assert not q.loc[q["leak"], "lookalike"].any()  # a copy is a leak, not also a look-alike
         train_src = r.sql("SELECT image_id, source FROM images WHERE split = 'train'")
         by_id = dict(zip(train_src["image_id"], train_src["source"], strict=True))
         for _, row in leaks.iterrows():  # the pair shown is the copy's original
-            assert by_id[row["nearest_train_id"]] == copies[row["source"]]
+            assert by_id[row["leak_train_id"]] == copies[row["source"]]
         summary = r.quality_summary(rid)
         assert summary["leaks"] == summary["pixel_leaks"] == 3
         expected = q.loc[~q["leak"], "correct"].astype(float).mean()
@@ -172,7 +185,13 @@ def test_job_flags_copied_images_as_leaks_and_noise_as_outlier(
         assert summary["accuracy"] == pytest.approx(q["correct"].astype(float).mean())
         out = q[q["outlier"]]
         assert noise in set(out["source"])
-        assert q.sort_values("outlier_score").iloc[0]["source"] == noise
+        rules = r.sql("SELECT * FROM read_parquet(?)", [f"{run_dir}/quality_rules.parquet"]).set_index("rule")
+        assert rules.loc["outlier", "reference"] == 200 and rules.loc["outlier", "threshold"] is not None
+        # the three copies also give the train set's near-duplicate groups nothing: they are in val
+        dups = r.sql("SELECT * FROM read_parquet(?)", [f"{run_dir}/duplicates.parquet"])
+        assert set(dups["split"]) <= {"val", "train"}
+        assert len(out) <= 2  # an untrained network: the 0.5 % quantile of 200 is their minimum
+        assert q.loc[q["source"] == noise, "outlier_score"].iloc[0] == q["outlier_score"].min()
         # label quality is cleanlab's self-confidence p[label] of the stored probabilities
         probs = r.sql("SELECT image_id, label, probabilities FROM read_parquet(?)",
                       [f"{run_dir}/predictions.parquet"])
@@ -207,8 +226,11 @@ def test_quality_options_are_validated_and_keyed() -> None:
     from xaidash.compute.pipeline.config import validate
 
     base = JobConfig(data="x", store="s", model="resnet18", weights="imagenet")
-    assert base.result_args() != JobConfig(data="x", store="s", leak_threshold=0.95).result_args()
+    assert base.result_args() != JobConfig(data="x", store="s", copy_distance=0.02).result_args()
+    assert base.result_args() != JobConfig(data="x", store="s", outlier_quantile=0.01).result_args()
     assert base.result_args() != JobConfig(data="x", store="s", cluster_min_errors=9).result_args()
-    for bad in ({"leak_threshold": 1.5}, {"leak_threshold": float("nan")}, {"cluster_min_errors": 1}):
-        with pytest.raises(UserError, match=r"--leak-threshold|--cluster-min-errors"):
+    for bad in ({"copy_distance": 1.5}, {"copy_distance": float("nan")}, {"lookalike_quantile": 1.0},
+                {"outlier_quantile": 0.0}, {"cluster_min_errors": 1}):
+        with pytest.raises(UserError, match=r"--copy-distance|--lookalike-quantile|--outlier-quantile|"
+                                            r"--cluster-min-errors"):
             validate(JobConfig(data="x", store="s", model="resnet18", weights="imagenet", **bad))  # type: ignore[arg-type]
