@@ -76,6 +76,10 @@ GLOBAL_TABLES = (
     "faithfulness",
     "quality",
     "error_clusters",
+    "calibration",
+    "class_ranking",
+    "ranking_curves",
+    "scores",
 )
 #: Staged tables that are global-phase input only: publish() takes each one complete, with these
 #: columns, and writes it instead of compacting the staged parts.
