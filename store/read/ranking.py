@@ -42,24 +42,39 @@ class RankingReader:
 
     def calibration(self, run_id: str) -> pd.DataFrame:
         """The reliability diagram's bins in order (empty bins included, with null means)."""
-        return self._query(run_id, "calibration", f"SELECT {', '.join(CALIBRATION_COLUMNS)} "
-                           "FROM read_parquet(?) ORDER BY bin", CALIBRATION_COLUMNS)
+        return self._query(
+            run_id,
+            "calibration",
+            f"SELECT {', '.join(CALIBRATION_COLUMNS)} FROM read_parquet(?) ORDER BY bin",
+            CALIBRATION_COLUMNS,
+        )
 
     def class_ranking(self, run_id: str) -> pd.DataFrame:
         """Per class: positives, one-vs-rest ROC AUC and average precision."""
-        return self._query(run_id, "class_ranking", 'SELECT "class", class_name, positives, roc_auc, '
-                           'average_precision FROM read_parquet(?) ORDER BY "class"', CLASS_RANKING_COLUMNS)
+        return self._query(
+            run_id,
+            "class_ranking",
+            'SELECT "class", class_name, positives, roc_auc, '
+            'average_precision FROM read_parquet(?) ORDER BY "class"',
+            CLASS_RANKING_COLUMNS,
+        )
 
     def curves(self, run_id: str) -> pd.DataFrame:
         """Every class's ROC and PR points, in curve order."""
-        return self._query(run_id, "ranking_curves", 'SELECT "class", curve, point, x, y, threshold '
-                           'FROM read_parquet(?) ORDER BY "class", curve, point', CURVE_COLUMNS)
+        return self._query(
+            run_id,
+            "ranking_curves",
+            'SELECT "class", curve, point, x, y, threshold '
+            'FROM read_parquet(?) ORDER BY "class", curve, point',
+            CURVE_COLUMNS,
+        )
 
     def scores(self, run_id: str) -> dict[str, float | None]:
         """metric -> value (ece, mce, macro_roc_auc, macro_average_precision, topK_accuracy); {} for a
         run without them."""
-        df = self._query(run_id, "scores", "SELECT metric, value FROM read_parquet(?) ORDER BY metric",
-                         ["metric", "value"])
+        df = self._query(
+            run_id, "scores", "SELECT metric, value FROM read_parquet(?) ORDER BY metric", ["metric", "value"]
+        )
         out: dict[str, float | None] = {}
         for m, v in zip(df["metric"], df["value"], strict=True):
             out[str(m)] = None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)

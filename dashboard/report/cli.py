@@ -1,0 +1,44 @@
+"""``xaidash report RUN --store DIR --out FILE.html [--pdf]``: the self-contained run report.
+
+Light imports at module level (``xaidash --help`` must not import Dash or DuckDB); the work is in
+:mod:`xaidash.dashboard.report.build` through the Python API (:func:`xaidash.api.write_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``xaidash report``."""
+    parser.add_argument("run", metavar="RUN", help="run id, or 'latest'")
+    parser.add_argument(
+        "--store", required=True, metavar="DIR", help="results store written by xaidash compute"
+    )
+    parser.add_argument("--out", required=True, metavar="FILE.html", help="where to write the report")
+    parser.add_argument(
+        "--pdf",
+        action="store_true",
+        help="also print it to FILE.pdf through headless Chromium (where installed)",
+    )
+    parser.add_argument(
+        "--errors",
+        type=int,
+        default=24,
+        metavar="N",
+        help="most confident errors shown with their maps and twins (default 24)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the report (and the PDF); the paths and sizes go to the log."""
+    from xaidash.api import open_store, write_report
+
+    with open_store(args.store) as reader:
+        written = write_report(reader, args.run, args.out, pdf=bool(args.pdf), top_errors=int(args.errors))
+    for path in written:
+        log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return 0
