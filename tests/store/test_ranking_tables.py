@@ -15,10 +15,12 @@ from xaidash.store.read.ranking import RankingReader
 
 
 def test_tables_round_trip(tmp_path: Path) -> None:
-    (run_id,) = build_synthetic_store(tmp_path / "s", n_val=300, n_train=50, runs=1, emb_dim=8,
-                                      with_thumbnails=False)
-    (old,) = build_synthetic_store(tmp_path / "old", n_val=50, n_train=20, runs=1, emb_dim=8,
-                                   with_thumbnails=False, ranking=False)
+    (run_id,) = build_synthetic_store(
+        tmp_path / "s", n_val=300, n_train=50, runs=1, emb_dim=8, with_thumbnails=False
+    )
+    (old,) = build_synthetic_store(
+        tmp_path / "old", n_val=50, n_train=20, runs=1, emb_dim=8, with_thumbnails=False, ranking=False
+    )
     with open_store(tmp_path / "s") as reader:
         rr = RankingReader(reader)
         cal = rr.calibration(run_id)

@@ -48,8 +48,9 @@ def _literal_ece_mce(conf: np.ndarray, correct: np.ndarray, bins: int) -> tuple[
     return ece, mce
 
 
-@pytest.mark.parametrize(("n", "c", "seed", "ties"),
-                         [(500, 10, 0, False), (333, 4, 1, True), (80, 2, 2, False)])
+@pytest.mark.parametrize(
+    ("n", "c", "seed", "ties"), [(500, 10, 0, False), (333, 4, 1, True), (80, 2, 2, False)]
+)
 def test_matches_sklearn_and_literal(n: int, c: int, seed: int, ties: bool) -> None:
     y, p = _probs(n, c, seed, ties)
     rep = ranking_report(y, p)
@@ -66,12 +67,16 @@ def test_matches_sklearn_and_literal(n: int, c: int, seed: int, ties: bool) -> N
         np.testing.assert_allclose(cr.pr.x, rec, atol=1e-12)
         np.testing.assert_allclose(cr.pr.y, prec, atol=1e-12)
     assert rep.macro_roc_auc == pytest.approx(roc_auc_score(onehot, p, average="macro"), abs=1e-9)
-    assert rep.macro_average_precision == pytest.approx(average_precision_score(onehot, p, average="macro"),
-                                                        abs=1e-9)
+    assert rep.macro_average_precision == pytest.approx(
+        average_precision_score(onehot, p, average="macro"), abs=1e-9
+    )
     for k in (1, 3, 5):
         if c > k:
-            want = top_k_accuracy_score(y, p, k=k, labels=np.arange(c)) if c > 2 else float(
-                np.mean(p.argmax(1) == y))
+            want = (
+                top_k_accuracy_score(y, p, k=k, labels=np.arange(c))
+                if c > 2
+                else float(np.mean(p.argmax(1) == y))
+            )
             assert rep.top_k[k] == pytest.approx(want, abs=1e-9)
         else:
             assert k not in rep.top_k
