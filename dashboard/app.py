@@ -27,8 +27,9 @@ from xaidash.dashboard import guard, theme
 from xaidash.dashboard.components import no_runs_alert, run_label
 from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
 from xaidash.dashboard.inputs import URL_PART, anything, record, text, typed
-from xaidash.dashboard.pages import embedding, explain
+from xaidash.dashboard.pages import explain
 from xaidash.dashboard.pages.compare import page as compare
+from xaidash.dashboard.pages.embedding import page as embedding
 from xaidash.dashboard.pages.gallery import page as gallery
 from xaidash.dashboard.pages.gallery import quality as gallery_quality
 from xaidash.dashboard.pages.image import page as image

@@ -26,8 +26,8 @@ from xaidash.dashboard.components import (
     thumb_img,
     warning_alert,
 )
+from xaidash.dashboard.pages.embedding.points import PointIndex
 from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query, valid_image_id
-from xaidash.dashboard.points import PointIndex
 from xaidash.dashboard.routes import overlay_url
 from xaidash.dashboard.state import AppState, PageContext
 
