@@ -14,7 +14,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,16 +191,38 @@ def table_rows(reader: StoreReader, run: str | None, table: str, filters: Mappin
     return reader.sql(sql, params)
 
 
-def write_rows(df: pd.DataFrame, out: Path, fmt: str) -> None:
-    """``df`` to ``out`` as ``fmt``, atomically (temporary file + rename); UserError when the folder
-    is missing or not writable."""
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+def check_out(out: Path, flag: str = "--out") -> None:
+    """UserError unless ``out`` can be written: a file name in an existing, writable folder."""
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a file name")
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UserError(f"--out {out}: the folder {parent} does not exist or is not writable")
+        raise UserError(f"{flag} {out} is a directory; give a file name")
+    if not parent.is_dir():
+        raise UserError(f"{flag} {out}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {out}: the folder {parent} is not writable")
+
+
+def write_atomic(out: Path, write: Callable[[str], object]) -> None:
+    """``write(tmp_path)`` then rename onto ``out``, so a reader never sees half a file; the file
+    gets the permissions open() would give it (mkstemp makes it 0600)."""
+    check_out(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
+    os.close(fd)
+    try:
+        os.chmod(tmp, _umasked(0o666))
+        write(tmp)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_rows(df: pd.DataFrame, out: Path, fmt: str) -> None:
+    """``df`` to ``out`` as ``fmt``, atomically; UserError when the folder is missing or not writable."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    check_out(out)
     if fmt != "parquet":
         df = df.drop(columns=[c for c in df.columns if c in _BINARY])
     if fmt == "csv":  # a list cell (probabilities, a map) as JSON text: numpy's repr elides long ones
@@ -208,21 +230,12 @@ def write_rows(df: pd.DataFrame, out: Path, fmt: str) -> None:
         for c in df.columns:
             if df[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
                 df[c] = df[c].map(lambda v: json.dumps(np.asarray(v).tolist()) if v is not None else None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, _umasked(0o666))  # mkstemp makes it 0600; a report is a file like any other
-        if fmt == "csv":
-            df.to_csv(tmp, index=False)
-        elif fmt == "jsonl":
-            df.to_json(tmp, orient="records", lines=True, date_format="iso")
-        else:
-            df.to_parquet(tmp, index=False)
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    if fmt == "csv":
+        write_atomic(out, lambda tmp: df.to_csv(tmp, index=False))
+    elif fmt == "jsonl":
+        write_atomic(out, lambda tmp: df.to_json(tmp, orient="records", lines=True, date_format="iso"))
+    else:
+        write_atomic(out, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def export_table(

@@ -19,9 +19,7 @@ Heavy libraries (torch, Dash, DuckDB) are imported by the function that needs th
 from __future__ import annotations
 
 import argparse
-import os
 import socket
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -101,43 +99,11 @@ def write_report(
     store: str | Path | StoreReader, run: str | None, out: str | Path, pdf: bool = False, top_errors: int = 24
 ) -> list[Path]:
     """Write the self-contained HTML report of ``run`` (id or ``latest``) to ``out`` and, with
-    ``pdf``, ``out`` with the suffix ``.pdf`` next to it; returns the paths written."""
-    out_path = Path(out).expanduser()
-    if out_path.is_dir():
-        raise UserError(
-            f"--out {out_path} is a directory; give a file name such as {out_path / 'report.html'}"
-        )
-    parent = out_path.parent if str(out_path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"--out {out_path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"--out {out_path}: the folder {parent} is not writable")
-    from xaidash.dashboard.report.build import build_report
+    ``pdf``, ``out`` with the suffix ``.pdf`` next to it; returns the paths written
+    (:func:`xaidash.dashboard.report.build.write_report`)."""
+    from xaidash.dashboard.report.build import write_report as _write
 
-    reader = _reader(store)
-    report = build_report(reader, run, top_errors=top_errors)
-    _write_atomic(out_path, report.html.encode("utf-8"))
-    written = [out_path]
-    if pdf:
-        from xaidash.dashboard.report.pdf import html_to_pdf
-
-        pdf_path = out_path.with_suffix(".pdf")
-        html_to_pdf(out_path, pdf_path)
-        written.append(pdf_path)
-    return written
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, so a reader never sees half a report."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, _umasked(0o666))  # mkstemp makes it 0600; a report is a file like any other
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return _write(_reader(store), run, Path(out).expanduser(), pdf=pdf, top_errors=top_errors)
 
 
 def export_table(
@@ -168,7 +134,7 @@ def export_overlays(
     returns the number of files written."""
     from xaidash.dashboard.report.overlays import export_overlays as _export
 
-    return _export(_reader(store), run, Path(out_dir).expanduser(), methods, **filters)
+    return _export(_reader(store), run, Path(out_dir).expanduser(), methods, filters=filters)
 
 
 class Run:
@@ -207,9 +173,7 @@ class Run:
 
     def scores(self) -> dict[str, float | None]:
         """ECE, MCE, macro ROC AUC / AP and top-k accuracy ({} for a run without them)."""
-        from xaidash.store.read.ranking import RankingReader
-
-        return RankingReader(self.store).scores(self.id)
+        return self.store.ranking.scores(self.id)
 
     def report(self, path: str | Path, pdf: bool = False, top_errors: int = 24) -> list[Path]:
         """Write the self-contained HTML report (see :func:`write_report`)."""
@@ -262,10 +226,3 @@ def show(
         app.server.before_request(open_run)
 
     app.run(jupyter_mode=mode, jupyter_height=height, port=port or _free_port(), debug=False)
-
-
-def _umasked(mode: int) -> int:
-    """``mode`` as the process's umask would let open() create it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mode & ~mask

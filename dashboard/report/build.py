@@ -27,6 +27,7 @@ import io
 import time
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dash_bootstrap_components as dbc
@@ -44,13 +45,13 @@ from xaidash.dashboard.pages.overview.page import class_table, faithfulness_bloc
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks, quality_card
 from xaidash.dashboard.pages.overview.ranking import ranking_section
 from xaidash.dashboard.params import Filters
+from xaidash.dashboard.report.pdf import html_to_pdf
 from xaidash.dashboard.report.static_html import Renderer
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.dashboard.theme import THEME, theme_css
 from xaidash.errors import UserError
 from xaidash.store import GalleryQuery
-from xaidash.store.export import resolve_run
-from xaidash.store.read.ranking import RankingReader
+from xaidash.store.export import check_out, resolve_run, write_atomic
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo, StoreReader
@@ -292,7 +293,7 @@ def build_report(reader: StoreReader, run: str | None = "latest", top_errors: in
         metrics.append(empty_state("Unlabeled run", "No accuracy, confusion matrix or per-class metrics."))
     parts.append(_section("metrics", "Headline metrics", metrics, r))
 
-    ranking = ranking_section(RankingReader(reader), run_id, info.class_names)
+    ranking = ranking_section(reader.ranking, run_id, info.class_names)
     parts.append(
         _section(
             "calibration",
@@ -380,3 +381,20 @@ def _page(info: RunInfo, body: str) -> str:
         f'<p class="small text-muted">Written by xaidash {__version__}; self-contained, opens offline.</p>'
         f'<nav class="small mb-3">{nav}</nav>{body}</div></body></html>\n'
     )
+
+
+def write_report(
+    reader: StoreReader, run: str | None, out: Path, pdf: bool = False, top_errors: int = TOP_ERRORS
+) -> list[Path]:
+    """Build the report and write it to ``out`` (atomically) and, with ``pdf``, print it to ``out``
+    with the suffix ``.pdf``; returns the paths written. The output is checked before the work."""
+    check_out(out)
+    report = build_report(reader, run, top_errors=top_errors)
+    data = report.html.encode("utf-8")
+    write_atomic(out, lambda tmp: Path(tmp).write_bytes(data))
+    written = [out]
+    if pdf:
+        pdf_path = out.with_suffix(".pdf")
+        html_to_pdf(out, pdf_path)
+        written.append(pdf_path)
+    return written

@@ -1,7 +1,8 @@
 """``xaidash report RUN --store DIR --out FILE.html [--pdf]``: the self-contained run report.
 
 Light imports at module level (``xaidash --help`` must not import Dash or DuckDB); the work is in
-:mod:`xaidash.dashboard.report.build` through the Python API (:func:`xaidash.api.write_report`).
+:func:`xaidash.dashboard.report.build.write_report`, which the Python API's
+:func:`xaidash.api.write_report` calls too.
 """
 
 from __future__ import annotations
@@ -35,10 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the report (and the PDF); the paths and sizes go to the log."""
-    from xaidash.api import open_store, write_report
+    from pathlib import Path
+
+    from xaidash.dashboard.report.build import write_report
+    from xaidash.store import open_store
 
     with open_store(args.store) as reader:
-        written = write_report(reader, args.run, args.out, pdf=bool(args.pdf), top_errors=int(args.errors))
+        written = write_report(
+            reader, args.run, Path(args.out).expanduser(), pdf=bool(args.pdf), top_errors=int(args.errors)
+        )
     for path in written:
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return 0

@@ -2,7 +2,8 @@
 [--filter KEY=VALUE ...]``: a run's rows, or its overlay PNGs, as files.
 
 Light imports at module level (``xaidash --help`` must not import Dash or DuckDB); the work is done
-by :func:`xaidash.api.export_table` and :func:`xaidash.api.export_overlays`.
+by :func:`xaidash.store.export.export_table` and
+:func:`xaidash.dashboard.report.overlays.export_overlays` (which the Python API calls too).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export; the file(s) and counts go to the log."""
-    from xaidash.api import export_overlays, export_table, open_store
-    from xaidash.store.export import parse_filters
+    from xaidash.dashboard.report.overlays import export_overlays
+    from xaidash.store import open_store
+    from xaidash.store.export import export_table, parse_filters
 
     filters = parse_filters(args.filter)
     with open_store(args.store) as reader:
@@ -78,7 +80,14 @@ def run(args: argparse.Namespace) -> int:
             if not 16 <= int(args.size) <= 2048:
                 raise UserError(f"--size {args.size}: expected 16..2048 pixels")
             methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-            n = export_overlays(reader, args.run, args.overlays, methods, size=int(args.size), **filters)
+            n = export_overlays(
+                reader,
+                args.run,
+                Path(args.overlays).expanduser(),
+                methods,
+                size=int(args.size),
+                filters=filters,
+            )
             log.info("wrote %d overlays under %s (and images.csv)", n, args.overlays)
             return 0
         fmt = args.format

@@ -7,7 +7,7 @@ so a file can be traced back to its source, label and prediction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +30,10 @@ def export_overlays(
     size: int | None = 224,
     cmap: str = DEFAULT_CMAP,
     alpha: float = DEFAULT_ALPHA,
-    **filters: Any,
+    filters: Mapping[str, Any] | None = None,
 ) -> int:
-    """Write the overlays; returns how many PNGs were written."""
+    """Write the overlays of the images ``filters`` select (the gallery's: true, pred, outcome,
+    flag, cmin, cmax); returns how many PNGs were written."""
     info = resolve_run(reader, run)
     wanted = list(methods) if methods else list(info.methods)
     bad = [m for m in wanted if m not in info.methods]
@@ -48,7 +49,7 @@ def export_overlays(
     except OSError as exc:
         raise UserError(f"--overlays {out_dir}: cannot create it: {exc.strerror or exc}") from None
     rows = gallery_rows(
-        reader, info.run_id, gallery_query(info, {k: v for k, v in filters.items() if v is not None})
+        reader, info.run_id, gallery_query(info, {k: v for k, v in (filters or {}).items() if v is not None})
     )
     ids = [str(i) for i in rows["image_id"]]
     written = 0

@@ -1,44 +1,51 @@
-"""Reads of the calibration and ranking tables (issue 21): calibration, class_ranking,
-ranking_curves, scores.
+"""Reader queries over the calibration and ranking tables: calibration, class_ranking,
+ranking_curves, scores (computed by the global phase, shown by the overview and the report).
 
-:class:`RankingReader` wraps a :class:`~xaidash.store.read.reader.StoreReader` like
-:class:`~xaidash.store.read.trust_tables.TrustReader` does (same cursors, same per-run memo) and
-reads each run's own files. A run computed before these tables existed, or an unlabeled one, has
-no file or an empty one: every query then returns an empty frame (or dict), and the overview and
-the report show nothing in their place.
+:class:`RankingQueries` is given what it needs of the reader (the run lookup, a query on the
+reader's cursors, the run cache that memoizes its answers), as
+:class:`~xaidash.store.read.trust_tables.TrustQueries` is; the reader holds one as
+:attr:`StoreReader.ranking <xaidash.store.read.reader.StoreReader.ranking>`. A run without these
+tables (unlabeled, or computed before they existed) has no file or an empty one: every query then
+returns an empty frame (or dict), and the overview and the report show nothing in their place.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from xaidash.store.read.reader import StoreReader
+from xaidash.store.read.cache import RunCache
+from xaidash.store.read.catalog import RunEntry
+from xaidash.store.read.records import Params
 
 CALIBRATION_COLUMNS = ["bins", "bin", "lower", "upper", "count", "confidence", "accuracy"]
 CLASS_RANKING_COLUMNS = ["class", "class_name", "positives", "roc_auc", "average_precision"]
 CURVE_COLUMNS = ["class", "curve", "point", "x", "y", "threshold"]
 
 
-class RankingReader:
+class RankingQueries:
     """The reliability bins, per-class AUC / AP, the curves and the run-level scores of a run."""
 
-    def __init__(self, reader: StoreReader) -> None:
-        self.reader = reader
+    def __init__(
+        self,
+        entry: Callable[[object], RunEntry | None],
+        df: Callable[[str, Params], pd.DataFrame],
+        run_cache: RunCache,
+    ) -> None:
+        self._entry = entry
+        self._df = df
+        self._run_cache = run_cache
 
     def _query(self, run_id: str, table: str, sql: str, columns: list[str]) -> pd.DataFrame:
         """``sql`` with ``?`` = the run's ``table`` file, memoized per run (files are immutable)."""
-        r = self.reader
-        e = r._entry(run_id)
+        e = self._entry(run_id)
         if e is None or not e.file(table).is_file():
             return pd.DataFrame(columns=columns)
         path = str(e.file(table))
-        run: Callable[[], pd.DataFrame] = lambda: r._df(sql, [path])  # noqa: E731
-        return r._run_cache.memoized((f"ranking_{table}", run_id), run)
+        run: Callable[[], pd.DataFrame] = lambda: self._df(sql, [path])  # noqa: E731
+        return self._run_cache.memoized((f"ranking_{table}", run_id), run)
 
     def calibration(self, run_id: str) -> pd.DataFrame:
         """The reliability diagram's bins in order (empty bins included, with null means)."""

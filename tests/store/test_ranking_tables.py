@@ -1,4 +1,4 @@
-"""The calibration and ranking tables through the store: written by publish, read by RankingReader,
+"""The calibration and ranking tables through the store: written by publish, read by StoreReader.ranking,
 absent (empty results) in a run computed before them."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from sklearn.metrics import roc_auc_score
 
 from tests.support.synthetic import build_synthetic_store
 from xaidash.store import open_store
-from xaidash.store.read.ranking import RankingReader
 
 
 def test_tables_round_trip(tmp_path: Path) -> None:
@@ -22,7 +21,7 @@ def test_tables_round_trip(tmp_path: Path) -> None:
         tmp_path / "old", n_val=50, n_train=20, runs=1, emb_dim=8, with_thumbnails=False, ranking=False
     )
     with open_store(tmp_path / "s") as reader:
-        rr = RankingReader(reader)
+        rr = reader.ranking
         cal = rr.calibration(run_id)
         assert len(cal) == 15 and int(cal["bins"].iloc[0]) == 15 and int(cal["count"].sum()) == 300
         scores = rr.scores(run_id)
@@ -38,6 +37,6 @@ def test_tables_round_trip(tmp_path: Path) -> None:
         assert curves.groupby(["class", "curve"]).size().max() <= 201
         assert rr.has_ranking(run_id)
     with open_store(tmp_path / "old") as reader:
-        rr = RankingReader(reader)
+        rr = reader.ranking
         assert rr.scores(old) == {} and len(rr.calibration(old)) == 0 and not rr.has_ranking(old)
         assert rr.scores("nope") == {}

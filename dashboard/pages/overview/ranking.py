@@ -20,7 +20,7 @@ from dash import dcc, html
 
 from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, stat
 from xaidash.dashboard.theme import COLOR_PRIMARY, COLOR_WRONG, figure_template
-from xaidash.store.read.ranking import RankingReader
+from xaidash.store.read.ranking import RankingQueries
 
 PREFIX = "overview-ranking"
 #: Curves drawn per figure; with more classes the ones ranking worst are drawn (all are in the table).
@@ -166,7 +166,7 @@ def class_ranking_table(per_class: pd.DataFrame) -> Any:
     )
 
 
-def ranking_section(ranking: RankingReader, run_id: str, class_names: Sequence[str]) -> Any:
+def ranking_section(ranking: RankingQueries, run_id: str, class_names: Sequence[str]) -> Any:
     """The section, or None for a run without the tables."""
     scores = ranking.scores(run_id)
     if not scores:
