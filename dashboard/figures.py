@@ -247,6 +247,8 @@ def plot_embedding(
                 y=part["y"].round(4),
                 mode="markers",
                 name=str(name),
+                legendgroup=str(name),
+                showlegend=False,
                 customdata=part["image_id"],
                 marker={
                     "symbol": symbols,
@@ -256,6 +258,21 @@ def plot_embedding(
                     "color": color,
                 },
                 hovertemplate=f"{name}<extra></extra>",
+            )
+        )
+        # Plotly draws a legend item with the trace's first marker symbol: a class whose first
+        # point is an error would show the error cross. The class's legend item is its own empty
+        # trace with the plain symbol, grouped with the points so a click still toggles them.
+        fig.add_trace(
+            go.Scattergl(
+                _validate=False,
+                x=[],
+                y=[],
+                mode="markers",
+                name=str(name),
+                legendgroup=str(name),
+                marker={"symbol": "circle", "size": 5, "color": color},
+                hoverinfo="skip",
             )
         )
     # Traces 0 and 1 are always the twin lines and the selected star (empty until a point is
