@@ -34,7 +34,7 @@ import dash_bootstrap_components as dbc
 from dash import html
 from PIL import Image
 
-from xaidash import __version__
+import xaidash
 from xaidash.constants import METHODS
 from xaidash.dashboard import figures
 from xaidash.dashboard.components import card, empty_state, method_label
@@ -378,7 +378,8 @@ def _page(info: RunInfo, body: str) -> str:
         f"<title>{html_lib.escape(title)}</title><style>{css}</style>"
         f"<script>{plotly_js}</script></head>"
         f'<body><div class="xd-report"><h1 class="h3">{html_lib.escape(title)}</h1>'
-        f'<p class="small text-muted">Written by xaidash {__version__}; self-contained, opens offline.</p>'
+        f'<p class="small text-muted">Written by xaidash {xaidash.__version__}; '
+        "self-contained, opens offline.</p>"
         f'<nav class="small mb-3">{nav}</nav>{body}</div></body></html>\n'
     )
 
