@@ -143,7 +143,7 @@ def run_header(info: RunInfo) -> Any:
         html.Tbody([html.Tr([html.Th(k), html.Td(v)]) for k, v in rows]),
         className="table table-sm xd-kv mb-0",
     )
-    return card("Run", table, id="report-run-card")
+    return card("Model, data and device", table, id="report-run-card")
 
 
 def errors_section(data: DashData, info: RunInfo, n: int) -> tuple[Any, int]:
@@ -262,7 +262,7 @@ def build_report(reader: StoreReader, run: str | None = "latest", top_errors: in
     labeled = info.labeled and h.get("accuracy") is not None
     quality = data.quality.quality_summary(run_id)
     r = Renderer()
-    parts: list[str] = [_section("run", "Model, data and device", run_header(info), r)]
+    parts: list[str] = [_section("run", "Run", run_header(info), r)]
 
     metrics: list[Any] = [headline_cards(h, f, labeled, accuracy_without_leaks(quality))]
     if labeled:

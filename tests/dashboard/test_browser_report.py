@@ -85,5 +85,7 @@ def test_report_offline_in_chromium(logging_driver: Any, tmp_path: Path) -> None
     assert outside == [], f"requests outside the file: {outside}"
     SHOTS.mkdir(exist_ok=True)
     drv.save_screenshot(str(SHOTS / "report-first-screen.png"))
-    drv.execute_script("document.getElementById('section-errors').scrollIntoView()")
+    wait_for(lambda: drv.execute_script(  # again until it stays: figures may still be resizing
+        "const e = document.getElementById('section-errors'); e.scrollIntoView();"
+        "return Math.abs(e.getBoundingClientRect().top) < 5"), "the errors section at the top")
     drv.save_screenshot(str(SHOTS / "report-errors.png"))
