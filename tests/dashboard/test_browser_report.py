@@ -89,3 +89,12 @@ def test_report_offline_in_chromium(logging_driver: Any, tmp_path: Path) -> None
         "const e = document.getElementById('section-errors'); e.scrollIntoView();"
         "return Math.abs(e.getBoundingClientRect().top) < 5"), "the errors section at the top")
     drv.save_screenshot(str(SHOTS / "report-errors.png"))
+
+
+def test_pdf_through_chromium(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    build_synthetic_store(store, n_val=40, n_train=20, runs=1, seed=8, emb_dim=8)
+    html_path, pdf_path = write_report(store, "latest", tmp_path / "r.html", pdf=True, top_errors=2)
+    assert html_path.is_file()
+    data = pdf_path.read_bytes()
+    assert pdf_path == tmp_path / "r.pdf" and data.startswith(b"%PDF") and data.count(b"/Type /Page") >= 2
