@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gallery-true.value",
             ),
         ),
-        # data quality (issue 14): the three filters, the label-quality sort, the filter's callback,
+        # data quality: the three filters, the label-quality sort, the filter's callback,
         # a flagged image's page; the cluster view is part of "gallery: confusion cell" above
         (
             "gallery: likely mislabelled by label quality (page i)",

@@ -4,7 +4,7 @@ Dash hands a callback whatever JSON the request carried. The browser sends a dro
 a number or a string and the URL's ``search`` as a string; a script can send a list, an object,
 ``NaN`` or ``true`` instead, and none of it may become a 500. Two layers answer it:
 
-- :mod:`xaidash.dashboard.guard` checks the request's shape before Dash reads it (400 when it is
+- :mod:`xaidash.dashboard.server.guard` checks the request's shape before Dash reads it (400 when it is
   not a callback request of this app);
 - here, every callback declares the kind of each argument with :func:`typed`. A value of the
   wrong *type* (one no component of the page could hold) makes the callback answer "no update"
@@ -56,6 +56,18 @@ def text(max_len: int | None = MAX_TEXT) -> Coercer:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise Invalid("a string with a lone surrogate") from None
+        return value
+
+    return coerce
+
+
+def raw_text() -> Coercer:
+    """None, or a string of any length and content, for a value whose problems the callback
+    explains to the user itself (an upload's file name) instead of ignoring the event."""
+
+    def coerce(value: object) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise Invalid(f"expected a string, got {type(value).__name__}")
         return value
 
     return coerce

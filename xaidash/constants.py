@@ -21,6 +21,9 @@ METHOD_LABELS: Final[dict[str, str]] = {
     "scorecam": "Score-CAM",
 }
 
+#: The faithfulness scores of every map, as the faithfulness tables name their columns (compute
+#: computes them in compute/methods/faithfulness.py, the store reads and averages them).
+FAITHFULNESS_SCORES: Final[tuple[str, ...]] = ("drop", "increase", "deletion_auc", "insertion_auc")
 #: Trivial baseline maps scored next to the methods (compute/methods/baselines.py): seeded random,
 #: centred Gaussian.
 BASELINES: Final[tuple[str, ...]] = ("random", "centre")

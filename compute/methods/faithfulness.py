@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaidash.compute.methods.ranks import map_ranks, upsample_maps
+from xaidash.constants import FAITHFULNESS_SCORES
 
 __all__ = [
     "BLUR_KERNEL",
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 #: The scores :func:`faithfulness` gives every map (the faithfulness tables' score columns).
-SCORES: tuple[str, ...] = ("drop", "increase", "deletion_auc", "insertion_auc")
+SCORES: tuple[str, ...] = FAITHFULNESS_SCORES
 
 #: RISE's reference insertion blur (``gkern(klen=11, nsig=5)``).
 BLUR_KERNEL = 11

@@ -36,7 +36,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
-from xaidash.constants import METHOD_RE, RUN_ID_RE, TARGET_KINDS
+from xaidash.constants import FAITHFULNESS_SCORES, METHOD_RE, RUN_ID_RE, TARGET_KINDS
 from xaidash.errors import UserError
 from xaidash.store.files import MARKER
 from xaidash.store.read.cache import RunCache
@@ -315,7 +315,7 @@ class StoreReader:
 
         Read from the faithfulness file directly (numeric columns, no cache needed).
         """
-        cols = ["method", "drop", "increase", "deletion_auc", "insertion_auc", "n"]
+        cols = ["method", *FAITHFULNESS_SCORES, "n"]
         e = self._entry(run_id)
         if e is None:
             return pd.DataFrame(columns=cols)
@@ -371,13 +371,13 @@ class StoreReader:
         if light is not None:  # the run's Arrow columns and row-group reads: no DuckDB table
             rows = self._gallery_index(e).rows_of([image_id])
             pred = light.take(pa.array(rows)).drop_columns(["ord", "x", "y", "source", "width", "height"])
-            fcols = ["image_id", "method", "drop", "increase", "deletion_auc", "insertion_auc"]
+            fcols = ["image_id", "method", *FAITHFULNESS_SCORES]
             ft = self._row_groups.get([e.file("faithfulness")]).read([image_id], fcols)
             faith_t = ft.select(fcols[1:]).sort_by("method") if ft.num_rows else None
             faith = (
                 faith_t.to_pandas()
                 if faith_t is not None
-                else pd.DataFrame(columns=["method", "drop", "increase", "deletion_auc", "insertion_auc"])
+                else pd.DataFrame(columns=["method", *FAITHFULNESS_SCORES])
             )
             return self._image(e, None, image_id, pred, faith)
         with self._run_cache.pinned(e) as (h,):

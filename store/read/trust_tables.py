@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from xaidash.constants import IMAGE_ID_RE
+from xaidash.constants import FAITHFULNESS_SCORES, IMAGE_ID_RE
 from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import RunEntry
 from xaidash.store.read.records import Params
 
 SANITY_COLUMNS = ["method", "step", "block", "spearman", "n"]
-BASELINE_COLUMNS = ["baseline", "drop", "increase", "deletion_auc", "insertion_auc", "n"]
+BASELINE_COLUMNS = ["baseline", *FAITHFULNESS_SCORES, "n"]
 ROAD_COLUMNS = ["method", "order", "fraction", "probability", "n"]
 LOCALISATION_COLUMNS = ["method", "pointing", "energy", "iou", "topk", "n"]
 

@@ -242,7 +242,7 @@ def test_upload_explains_an_image(driver: Any, real_server: LiveServer, tmp_path
 def test_density_map_hover_and_box_selection(driver: Any, server: LiveServer) -> None:
     """A map over ``max_points`` (here 50, so the 300-image store is "large") draws the density
     raster; hovering a dense cell of the invisible heatmap shows the nearest point's thumbnail,
-    and a box selection still opens every selected image in the gallery (issue 12)."""
+    and a box selection still opens every selected image in the gallery."""
     from xaidash.dashboard import figures
 
     state = server.app.server.config["XAIDASH_STATE"]

@@ -388,7 +388,7 @@ def test_large_map_shows_every_point_as_density_with_hover_and_selection(
 ) -> None:
     """Above ``max_points`` the map is a raster of every point (class mix, count) plus an
     invisible heatmap for hover, and isolated points as markers; a hovered or clicked density
-    cell resolves to its nearest point, and a box selection still covers all points (issue 12)."""
+    cell resolves to its nearest point, and a box selection still covers all points."""
     from xaidash.dashboard import figures
     from xaidash.dashboard.pages.embedding.page import event_point, point_index
 

@@ -1,4 +1,4 @@
-"""The explain page decodes an upload as compute decodes the same file (issue 12, items 7 and 8).
+"""The explain page decodes an upload as compute decodes the same file.
 
 ``decode_upload`` checks the upload (size, PNG/JPEG by its bytes, pixel count) and then hands
 the bytes to ``xaidash.compute.datasets.decoding.load_image``: a 16-bit grayscale PNG keeps its grey
@@ -102,7 +102,7 @@ def test_malformed_corpus_through_the_upload_page(tmp_path: Any) -> None:
 
 
 def test_a_thin_upload_is_refused_with_its_dimensions() -> None:
-    # compute refuses an aspect ratio its preprocessing would blow up (issue 12, item 1); so does the page
+    # compute refuses an aspect ratio its preprocessing would blow up; so does the page
     from xaidash.compute.datasets.decoding import MAX_ASPECT_RATIO
 
     raw = _png(Image.new("L", (MAX_ASPECT_RATIO * 50, 1)))

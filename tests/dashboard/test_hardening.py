@@ -1,4 +1,4 @@
-"""Issue 12, the dashboard's half: every request a browser (or a script) can send gets a clear answer.
+"""Every request a browser (or a script) can send gets a clear answer.
 
 - wrongly typed callback values answer "no update" (Dash 4: 200 with an empty response), or a
   visible message, never 500, and not by way of the last-resort error handler (item 5);

@@ -1,4 +1,4 @@
-"""The trust sections of the overview and the image page (issue 13), and their rules."""
+"""The trust sections of the overview and the image page, and their rules."""
 
 from __future__ import annotations
 

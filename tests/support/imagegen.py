@@ -167,7 +167,7 @@ def make_bright_imagefolder(
     Why: BatchNorm's running statistics start at mean 0 / variance 1 and move 10 % per step, so
     after a few steps (4 epochs of 32 images in one batch) they are far from the activations of
     such images; in eval mode the network then predicts one class for everything, although its
-    training accuracy is ~0.97. ``train`` must recalibrate them (issue 12, item 10).
+    training accuracy is ~0.97. ``train`` must recalibrate them.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)

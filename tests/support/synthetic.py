@@ -258,7 +258,7 @@ def build_synthetic_store(
                     }
                 ),
             }
-            if trust:  # the trust tables of issue 13 (tests/support/synthetic_trust.py)
+            if trust:  # the trust tables (tests/support/synthetic_trust.py)
                 from tests.support.synthetic_trust import trust_tables
 
                 tables.update(trust_tables(ids, methods, rr))

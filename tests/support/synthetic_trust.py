@@ -1,4 +1,4 @@
-"""Synthetic trust tables (issue 13) for :func:`tests.support.synthetic.build_synthetic_store`
+"""Synthetic trust tables for :func:`tests.support.synthetic.build_synthetic_store`
 with ``trust=True``: Grad-CAM-like methods decorrelate under randomisation, ``cam`` survives it
 (so the overview has a flagged method), baselines are worse than the methods except that ``cam``
 does not beat the centre, ROAD and localisation rows for every image."""

@@ -5,7 +5,7 @@ compute's ``failures`` row, with its path and a reason), or - for what is not a 
 dataset, a directory symlink loop - warned about; nothing hangs (each kind runs under its own
 timeout: pytest-timeout's SIGALRM interrupts even a blocking ``open()`` of a FIFO, as the
 commands run in-process with ``--workers 0``) and nothing is multiplied. Then peak memory of
-``compute`` over the whole corpus against a clean dataset of as many images (issue 12: within
+``compute`` over the whole corpus against a clean dataset of as many images (within
 1.2x).
 
 Tests run as root in CI: the mode-000 file of the ``permission`` kind is decoded there.

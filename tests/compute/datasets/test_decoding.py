@@ -168,7 +168,7 @@ def test_thumbnail_png() -> None:
     assert img.size == (300, 150)  # input untouched
 
 
-# --- hardening (issue 12): thin images, non-regular files, links, names ---------------------
+# --- hardening: thin images, non-regular files, links, names ---------------------
 
 
 @pytest.mark.timeout(30)

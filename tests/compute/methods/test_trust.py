@@ -1,4 +1,4 @@
-"""Known-answer tests of the trust checks (issue 13): sanity check, baselines, ROAD, localisation."""
+"""Known-answer tests of the trust checks: sanity check, baselines, ROAD, localisation."""
 
 from __future__ import annotations
 

@@ -70,7 +70,7 @@ def _tables(store: Path) -> dict[str, pd.DataFrame]:
         order = {
             "predictions": "image_id", "cams": "image_id, method, target_kind", "embeddings": "image_id",
             "neighbors": "image_id, kind, rank", "faithfulness": "image_id, method", "class_metrics": "class",
-            # the trust tables (issue 13): seeded, so Ray workers give the local numbers
+            # the trust tables: seeded, so Ray workers give the local numbers
             "sanity": "image_id, method, step", "baseline_faithfulness": "image_id, baseline",
             "road": 'image_id, method, "order", fraction',
         }
