@@ -96,14 +96,22 @@ def compute_run(data: str, store: str | Path, **options: Any) -> str:
 
 
 def write_report(
-    store: str | Path | StoreReader, run: str | None, out: str | Path, pdf: bool = False, top_errors: int = 24
+    store: str | Path | StoreReader,
+    run: str | None,
+    out: str | Path,
+    pdf: bool = False,
+    top_errors: int = 24,
+    show_paths: bool = False,
 ) -> list[Path]:
     """Write the self-contained HTML report of ``run`` (id or ``latest``) to ``out`` and, with
-    ``pdf``, ``out`` with the suffix ``.pdf`` next to it; returns the paths written
+    ``pdf``, ``out`` with the suffix ``.pdf`` next to it; returns the paths written. Paths (the
+    checkpoint, an image folder) appear by name unless ``show_paths``
     (:func:`xaidash.dashboard.report.build.write_report`)."""
     from xaidash.dashboard.report.build import write_report as _write
 
-    return _write(_reader(store), run, Path(out).expanduser(), pdf=pdf, top_errors=top_errors)
+    return _write(
+        _reader(store), run, Path(out).expanduser(), pdf=pdf, top_errors=top_errors, show_paths=show_paths
+    )
 
 
 def export_table(

@@ -45,6 +45,7 @@ from xaidash.dashboard.pages.overview.page import class_table, faithfulness_bloc
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks, quality_card
 from xaidash.dashboard.pages.overview.ranking import ranking_section
 from xaidash.dashboard.params import Filters
+from xaidash.dashboard.paths import path_label, spec_label
 from xaidash.dashboard.report.pdf import html_to_pdf
 from xaidash.dashboard.report.static_html import Renderer
 from xaidash.dashboard.state import AppState, PageContext
@@ -99,8 +100,9 @@ def _mime(data: bytes) -> str:
     return "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
 
 
-def run_header(info: RunInfo) -> Any:
-    """Model, data, device, precision and its deviation, as a key/value table."""
+def run_header(info: RunInfo, show_paths: bool = False) -> Any:
+    """Model, data, device, precision and its deviation, as a key/value table (the checkpoint and
+    the data by name unless ``show_paths``: a report travels further than the server's pages)."""
     model = info.config.get("model")
     spec = model.get("spec") or model.get("arch") if isinstance(model, dict) else None
     precision = info.precision
@@ -113,13 +115,14 @@ def run_header(info: RunInfo) -> Any:
         ("Model", f"{info.arch or '?'}" + (f" ({spec})" if spec and spec != info.arch else "")),
         (
             "Checkpoint",
-            f"{info.checkpoint_path or '—'}"
-            + (f" (sha256 {info.checkpoint_sha256[:12]}…)" if info.checkpoint_sha256 else ""),
+            path_label(info.checkpoint_path, show_paths, info.checkpoint_sha256)
+            if info.checkpoint_path
+            else "—",
         ),
         ("Target layer", info.target_layer or "—"),
         (
             "Data",
-            f"{info.dataset_spec or '?'} · {int(info.num_val or 0):,} val images, "
+            f"{spec_label(info.dataset_spec or '?', show_paths)} · {int(info.num_val or 0):,} val images, "
             f"{int(info.num_train or 0):,} train (reference) images, {int(info.num_failed or 0):,} failed",
         ),
         (
@@ -244,7 +247,9 @@ def _xaidash_css() -> str:
     return files("xaidash.assets").joinpath("xaidash.css").read_text(encoding="utf-8")
 
 
-def build_report(reader: StoreReader, run: str | None = "latest", top_errors: int = TOP_ERRORS) -> Report:
+def build_report(
+    reader: StoreReader, run: str | None = "latest", top_errors: int = TOP_ERRORS, show_paths: bool = False
+) -> Report:
     """Build the report of ``run`` (an id or ``latest``) in the store ``reader`` reads."""
     t0 = time.perf_counter()
     if not 0 <= int(top_errors) <= MAX_TOP_ERRORS:
@@ -253,7 +258,7 @@ def build_report(reader: StoreReader, run: str | None = "latest", top_errors: in
     run_id = info.run_id
     data = DashData(reader)
     ctx = PageContext(
-        AppState(data=data, selections=SelectionStore(), store_path=str(reader.path)),
+        AppState(data=data, selections=SelectionStore(), store_path=str(reader.path), show_paths=show_paths),
         Filters(run=run_id),
         info,
     )
@@ -262,7 +267,7 @@ def build_report(reader: StoreReader, run: str | None = "latest", top_errors: in
     labeled = info.labeled and h.get("accuracy") is not None
     quality = data.quality.quality_summary(run_id)
     r = Renderer()
-    parts: list[str] = [_section("run", "Run", run_header(info), r)]
+    parts: list[str] = [_section("run", "Run", run_header(info, show_paths), r)]
 
     metrics: list[Any] = [headline_cards(h, f, labeled, accuracy_without_leaks(quality))]
     if labeled:
@@ -346,7 +351,7 @@ def build_report(reader: StoreReader, run: str | None = "latest", top_errors: in
     errors, shown = errors_section(data, info, int(top_errors))
     parts.append(_section("errors", "Most confident errors", errors, r))
 
-    doc = _page(info, "".join(parts))
+    doc = _page(info, "".join(parts), show_paths)
     return Report(doc, run_id, SECTIONS, shown, time.perf_counter() - t0)
 
 
@@ -361,11 +366,12 @@ def _method_cost(info: RunInfo) -> dict[str, float]:
     return {str(k): float(v) for k, v in cost.items()} if isinstance(cost, dict) else {}
 
 
-def _page(info: RunInfo, body: str) -> str:
+def _page(info: RunInfo, body: str, show_paths: bool) -> str:
     from plotly.offline import get_plotlyjs
 
     css = theme_css(THEME)[0].decode("utf-8") + _xaidash_css() + _REPORT_CSS
-    title = f"xaidash report · {info.dataset_spec or ''} · {info.arch or ''} · run {info.run_id}"
+    spec = spec_label(info.dataset_spec or "", show_paths)
+    title = f"xaidash report · {spec} · {info.arch or ''} · run {info.run_id}"
     nav = " ".join(f'<a href="#section-{s}">{s}</a>' for s in SECTIONS)
     # </script> cannot occur inside plotly.js's source, but guard the inline copy anyway
     plotly_js = get_plotlyjs().replace("</script", "<\\/script")
@@ -385,12 +391,17 @@ def _page(info: RunInfo, body: str) -> str:
 
 
 def write_report(
-    reader: StoreReader, run: str | None, out: Path, pdf: bool = False, top_errors: int = TOP_ERRORS
+    reader: StoreReader,
+    run: str | None,
+    out: Path,
+    pdf: bool = False,
+    top_errors: int = TOP_ERRORS,
+    show_paths: bool = False,
 ) -> list[Path]:
     """Build the report and write it to ``out`` (atomically) and, with ``pdf``, print it to ``out``
     with the suffix ``.pdf``; returns the paths written. The output is checked before the work."""
     check_out(out)
-    report = build_report(reader, run, top_errors=top_errors)
+    report = build_report(reader, run, top_errors=top_errors, show_paths=show_paths)
     data = report.html.encode("utf-8")
     write_atomic(out, lambda tmp: Path(tmp).write_bytes(data))
     written = [out]

@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also print it to FILE.pdf through headless Chromium (where installed)",
     )
     parser.add_argument(
+        "--show-paths",
+        action="store_true",
+        help="print the checkpoint's and the data's full paths (default: their names only, as the "
+        "dashboard does: a report is a file that travels)",
+    )
+    parser.add_argument(
         "--errors",
         type=int,
         default=24,
@@ -43,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
 
     with open_store(args.store) as reader:
         written = write_report(
-            reader, args.run, Path(args.out).expanduser(), pdf=bool(args.pdf), top_errors=int(args.errors)
+            reader,
+            args.run,
+            Path(args.out).expanduser(),
+            pdf=bool(args.pdf),
+            top_errors=int(args.errors),
+            show_paths=bool(args.show_paths),
         )
     for path in written:
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)

@@ -32,7 +32,7 @@ def report_file(state: AppState, search: str | None) -> dict[str, Any] | None:
     resolved = state.data.resolve_run(parse_query(search).run)
     if resolved.info is None:
         return None
-    report = build_report(state.data.reader, resolved.info.run_id)
+    report = build_report(state.data.reader, resolved.info.run_id, show_paths=state.show_paths)
     return {
         "content": report.html,
         "filename": f"xaidash-report-{_SAFE.sub('_', report.run_id)}.html",

@@ -114,3 +114,26 @@ def test_unwritable_out_and_missing_chromium(
     monkeypatch.setenv("XAIDASH_CHROMIUM", str(tmp_path / "no-chromium"))
     with pytest.raises(UserError, match="--pdf needs Chromium"):
         write_report(store, "latest", tmp_path / "r.html", pdf=True, top_errors=1)
+
+
+def test_paths_by_name_unless_asked(store: Path) -> None:
+    from dataclasses import replace
+
+    from xaidash.dashboard.report.build import run_header
+    from xaidash.dashboard.report.static_html import Renderer
+
+    with open_store(store) as reader:
+        info = replace(
+            reader.run(str(reader.latest_run_id())),
+            checkpoint_path="/secret/dir/model.pt",  # type: ignore[type-var]
+            checkpoint_sha256="ab" * 32,
+            dataset_spec="imagefolder:/secret/data/pets",
+        )
+    hidden = Renderer().render(run_header(info))
+    assert (
+        "/secret" not in hidden
+        and "model.pt (sha256 abababababab)" in hidden
+        and "imagefolder:pets" in hidden
+    )
+    shown = Renderer().render(run_header(info, show_paths=True))
+    assert "/secret/dir/model.pt" in shown and "imagefolder:/secret/data/pets" in shown
