@@ -22,7 +22,7 @@ import argparse
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from xaidash.errors import UserError
 
@@ -60,6 +60,13 @@ def _reader(store: str | Path | StoreReader) -> StoreReader:
     return open_store(store) if isinstance(store, (str, Path)) else store
 
 
+class _RaisingParser(argparse.ArgumentParser):
+    """argparse that raises UserError instead of printing usage and exiting the notebook's kernel."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"compute_run: {message}")
+
+
 def compute_run(data: str, store: str | Path, **options: Any) -> str:
     """Run a model over a dataset and publish one run; returns its id.
 
@@ -71,19 +78,29 @@ def compute_run(data: str, store: str | Path, **options: Any) -> str:
     """
     from xaidash.compute.cli.compute import add_arguments
 
-    parser = argparse.ArgumentParser(prog="xaidash.compute_run", add_help=False)
+    parser = _RaisingParser(prog="xaidash.compute_run", add_help=False)
     add_arguments(parser)
-    args = parser.parse_args(["--data", str(data), "--store", str(store)])
-    known = set(vars(args)) - {"data", "store"}
-    unknown = sorted(set(options) - known)
+    # argparse has no public list of its options; _actions is the documented-by-use way to read them
+    flags = {a.dest: a for a in parser._actions if a.option_strings}
+    unknown = sorted(set(options) - (set(flags) - {"data", "store"}))
     if unknown:
-        raise UserError(
-            f"compute_run: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-        )
+        valid = ", ".join(sorted(set(flags) - {"data", "store"}))
+        raise UserError(f"compute_run: unknown option(s) {', '.join(unknown)}; valid: {valid}")
+    # The keywords become the command line they stand for, so the command's own types, choices and
+    # defaults apply (a typo'd device or a negative count fails exactly as it does in a shell).
+    argv = ["--data", str(data), "--store", str(store)]
     for name, value in options.items():
+        action = flags[name]
+        if action.nargs == 0:  # a flag: given when true
+            if value:
+                argv.append(action.option_strings[0])
+            continue
+        if value is None:
+            continue
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
-        setattr(args, name, str(value) if isinstance(value, Path) else value)
+        argv += [action.option_strings[0], str(value)]
+    args = parser.parse_args(argv)
     from xaidash.compute.pipeline.job import JobConfig, run_job
 
     result = run_job(JobConfig.from_args(args))
