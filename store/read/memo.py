@@ -1,4 +1,5 @@
-"""Memoizing queries over immutable runs: :func:`memo_run`.
+"""Memoizing queries over immutable runs: :func:`memo_run`, and :class:`RunQueries`, the base of the
+reader's per-table query objects.
 
 Published runs never change, so a query's result stays valid until the run is deleted (then the
 reader's rescan evicts it from the run cache, memo included).
@@ -11,8 +12,11 @@ import inspect
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
+import pandas as pd
+
 from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import RunEntry
+from xaidash.store.read.records import Params
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -47,3 +51,25 @@ def memo_run(fn: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], 
         return self._run_cache.memoized((fn.__name__, *values), lambda: fn(self, *args, **kwargs))
 
     return wrapper
+
+
+class RunQueries:
+    """The base of a per-table query object the reader holds (``reader.quality``, ``reader.trust``):
+    it is given what it needs of the reader instead of the reader itself.
+
+    ``entry`` looks a run up (None for unknown ids), ``df`` runs one query with bound parameters
+    as a DataFrame, and ``run_cache`` keeps the memoized answers with the run's other results.
+    """
+
+    def __init__(
+        self,
+        entry: Callable[[object], RunEntry | None],
+        df: Callable[[str, Params], pd.DataFrame],
+        run_cache: RunCache,
+    ) -> None:
+        self._lookup = entry
+        self._df = df
+        self._run_cache = run_cache
+
+    def _entry(self, run_id: object) -> RunEntry | None:
+        return self._lookup(run_id)

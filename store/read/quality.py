@@ -11,7 +11,6 @@ reader's cursors, the run cache that memoizes its answers); the reader holds one
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,36 +19,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xaidash.constants import QUALITY_FLAGS
-from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import RunEntry
 from xaidash.store.read.index import QUALITY_INDEX_COLUMNS
-from xaidash.store.read.memo import memo_run
-from xaidash.store.read.records import Params
+from xaidash.store.read.memo import RunQueries, memo_run
 
 CLUSTER_COLUMNS = ["true_class", "pred_class", "cluster", "k", "silhouette", "size",
                    "representative_ids", "method", "h", "w", "mean_map"]
 
 
 
-class QualityQueries:
-    """The data-quality queries of a reader (see the module docstring).
-
-    ``entry`` looks a run up (None for unknown ids), ``df`` runs one query with bound parameters
-    as a DataFrame, and ``run_cache`` keeps the memoized answers with the run's other results.
-    """
-
-    def __init__(
-        self,
-        entry: Callable[[object], RunEntry | None],
-        df: Callable[[str, Params], pd.DataFrame],
-        run_cache: RunCache,
-    ) -> None:
-        self._lookup = entry
-        self._df = df
-        self._run_cache = run_cache
-
-    def _entry(self, run_id: object) -> RunEntry | None:
-        return self._lookup(run_id)
+class QualityQueries(RunQueries):
+    """The data-quality queries of a reader (see the module docstring)."""
 
     def _quality_entry(self, run_id: object) -> RunEntry | None:
         e = self._entry(run_id)

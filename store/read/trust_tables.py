@@ -16,9 +16,7 @@ from collections.abc import Callable
 import pandas as pd
 
 from xaidash.constants import FAITHFULNESS_SCORES, IMAGE_ID_RE
-from xaidash.store.read.cache import RunCache
-from xaidash.store.read.catalog import RunEntry
-from xaidash.store.read.records import Params
+from xaidash.store.read.memo import RunQueries
 
 SANITY_COLUMNS = ["method", "step", "block", "spearman", "n"]
 BASELINE_COLUMNS = ["baseline", *FAITHFULNESS_SCORES, "n"]
@@ -31,18 +29,8 @@ def valid_image_id(image_id: object) -> bool:
     return isinstance(image_id, str) and bool(IMAGE_ID_RE.match(image_id))
 
 
-class TrustQueries:
+class TrustQueries(RunQueries):
     """Per-run aggregates and per-image rows of the trust tables (see the module docstring)."""
-
-    def __init__(
-        self,
-        entry: Callable[[object], RunEntry | None],
-        df: Callable[[str, Params], pd.DataFrame],
-        run_cache: RunCache,
-    ) -> None:
-        self._entry = entry
-        self._df = df
-        self._run_cache = run_cache
 
     def _query(self, run_id: str, table: str, name: str, sql: str, columns: list[str],
                params: list[object] | None = None) -> pd.DataFrame:

@@ -46,7 +46,9 @@ def test_tuned_forwards_reuse_memory_instead_of_page_faulting() -> None:
     assert tuned["again"] is True  # idempotent: a second call reports the same and changes nothing
     pages = 2 * 8 * 32 * 224 * 224 * 4 // 4096  # two activations per forward
     assert float(plain["faults"]) > pages / 2  # glibc maps (and zeroes) the output afresh each time
-    assert float(tuned["faults"]) < float(plain["faults"]) / 10  # measured: 75,272 vs 3,136
+    # measured: 75,272 vs 3,136 on a quiet machine; under a load average of 12, 6,272 or 9,408 (the
+    # tuned count comes in multiples of the quiet one), so the bound leaves room for that
+    assert float(tuned["faults"]) < float(plain["faults"]) / 5
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -11,13 +11,13 @@ properties over thousands of generated inputs: test_fuzz.py.
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import pytest
 from werkzeug.test import create_environ, run_wsgi_app
 
+from tests.support.dash_testing import CountingStream
 from tests.support.fuzzing import (
     ENDPOINT,
     callback_body,
@@ -192,23 +192,6 @@ def test_the_400_names_what_is_wrong(client: Any) -> None:
 
 
 # ---------------------------------------------------------------- request size (item 6)
-
-
-class CountingStream(io.RawIOBase):
-    """A request body of ``n`` bytes that counts how many the server read."""
-
-    def __init__(self, n: int) -> None:
-        self.left, self.read_bytes = n, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        k = min(len(buf), self.left)
-        buf[:k] = b" " * k
-        self.left -= k
-        self.read_bytes += k
-        return k
 
 
 def test_request_size_limit_sits_just_above_the_upload_limit(app: Any) -> None:

@@ -27,6 +27,7 @@ from PIL import Image
 from plotly.utils import PlotlyJSONEncoder
 from werkzeug.test import create_environ, run_wsgi_app
 
+from tests.support.dash_testing import CountingStream
 from tests.support.fuzzing import ENDPOINT, callback_body, find_key, post_values
 from xaidash import demo
 from xaidash.dashboard import paths
@@ -210,22 +211,6 @@ def test_chunked_oversized_body_gets_413_from_the_server(live: tuple[int, Path])
     assert _status(reply) == 413 and closed_after is not None and closed_after < 1.0
 
 
-class _Chunked(io.RawIOBase):
-    """A de-chunked request body of ``n`` bytes, as gunicorn or Werkzeug hand it to the app."""
-
-    def __init__(self, n: int) -> None:
-        self.left = n
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        k = min(len(buf), self.left)
-        buf[:k] = b" " * k
-        self.left -= k
-        return k
-
-
 @pytest.mark.parametrize(
     ("n", "status"), [(64 * 1024 * 1024, 413), (MAX_REQUEST_BYTES + 1, 413), (MAX_REQUEST_BYTES, 400)]
 )
@@ -233,7 +218,7 @@ def test_chunked_oversized_body_gets_413_from_the_app(app: Any, n: int, status: 
     # behind gunicorn (which de-chunks and passes the body on) the app itself refuses it
     environ = create_environ(ENDPOINT, method="POST", content_type="application/json")
     environ.pop("CONTENT_LENGTH", None)
-    environ.update({"wsgi.input": _Chunked(n), "wsgi.input_terminated": True})
+    environ.update({"wsgi.input": CountingStream(n), "wsgi.input_terminated": True})
     _, got, headers = run_wsgi_app(app.server, environ, buffered=True)
     assert got.startswith(str(status)), got
     if status == 413:

@@ -8,6 +8,7 @@ posting to nothing.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -79,3 +80,20 @@ def post_callback(
     if resp.status_code != 200:
         raise RuntimeError(f"callback {output} answered {resp.status_code}: {resp.data[:500]!r}")
     return json.loads(resp.data)
+
+
+class CountingStream(io.RawIOBase):
+    """A request body of ``n`` bytes that counts how many the server read."""
+
+    def __init__(self, n: int) -> None:
+        self.left, self.read_bytes = n, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        k = min(len(buf), self.left)
+        buf[:k] = b" " * k
+        self.left -= k
+        self.read_bytes += k
+        return k
