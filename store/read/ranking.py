@@ -1,9 +1,9 @@
 """Reader queries over the calibration and ranking tables: calibration, class_ranking,
 ranking_curves, scores (computed by the global phase, shown by the overview and the report).
 
-:class:`RankingQueries` is given what it needs of the reader (the run lookup, a query on the
-reader's cursors, the run cache that memoizes its answers), as
-:class:`~xaidash.store.read.trust_tables.TrustQueries` is; the reader holds one as
+:class:`RankingQueries` is a :class:`~xaidash.store.read.memo.RunQueries` (given the run lookup, a
+query on the reader's cursors and the run cache that memoizes its answers), as the trust and quality
+queries are; the reader holds one as
 :attr:`StoreReader.ranking <xaidash.store.read.reader.StoreReader.ranking>`. A run without these
 tables (unlabeled, or computed before they existed) has no file or an empty one: every query then
 returns an empty frame (or dict), and the overview and the report show nothing in their place.
@@ -16,27 +16,15 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from xaidash.store.read.cache import RunCache
-from xaidash.store.read.catalog import RunEntry
-from xaidash.store.read.records import Params
+from xaidash.store.read.memo import RunQueries
 
 CALIBRATION_COLUMNS = ["bins", "bin", "lower", "upper", "count", "confidence", "accuracy"]
 CLASS_RANKING_COLUMNS = ["class", "class_name", "positives", "roc_auc", "average_precision"]
 CURVE_COLUMNS = ["class", "curve", "point", "x", "y", "threshold"]
 
 
-class RankingQueries:
+class RankingQueries(RunQueries):
     """The reliability bins, per-class AUC / AP, the curves and the run-level scores of a run."""
-
-    def __init__(
-        self,
-        entry: Callable[[object], RunEntry | None],
-        df: Callable[[str, Params], pd.DataFrame],
-        run_cache: RunCache,
-    ) -> None:
-        self._entry = entry
-        self._df = df
-        self._run_cache = run_cache
 
     def _query(self, run_id: str, table: str, sql: str, columns: list[str]) -> pd.DataFrame:
         """``sql`` with ``?`` = the run's ``table`` file, memoized per run (files are immutable)."""
