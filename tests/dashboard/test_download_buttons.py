@@ -36,3 +36,15 @@ def test_buttons_on_the_pages_and_their_callbacks(client: Any, app: Any, state: 
         client, app, "gallery-download.data", {"gallery-download-button.n_clicks": "x", "url.search": ""}
     )  # no button sends that
     assert bad is None or "gallery-download" not in bad["response"]
+
+
+def test_overview_of_a_run_without_the_ranking_tables(tmp_path: Any) -> None:
+    from tests.support.synthetic import build_synthetic_store
+    from xaidash.dashboard.app import create_app, render
+
+    build_synthetic_store(tmp_path / "s", n_val=40, n_train=20, runs=1, seed=11, emb_dim=8, ranking=False)
+    state = create_app(tmp_path / "s", selections_dir=tmp_path / "sel").server.config["XAIDASH_STATE"]
+    page = json.dumps(render(state, "/", "").to_plotly_json(), default=str)
+    assert (
+        "overview-ranking" not in page and "overview-confusion" in page and "overview-report-button" in page
+    )
