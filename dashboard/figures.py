@@ -260,12 +260,13 @@ def plot_embedding(
         )
         # Plotly draws a legend item with the trace's first marker symbol: a class whose first
         # point is an error would show the error cross. The class's legend item is its own empty
-        # trace with the plain symbol, grouped with the points so a click still toggles them.
+        # trace with the plain symbol, grouped with the points so a click still toggles them. One
+        # null point: plotly.js leaves a trace with no data out of the legend.
         fig.add_trace(
             go.Scattergl(
                 _validate=False,
-                x=[],
-                y=[],
+                x=[None],
+                y=[None],
                 mode="markers",
                 name=str(name),
                 legendgroup=str(name),
@@ -442,8 +443,8 @@ def _add_density(fig: go.Figure, d: Density, class_names: Sequence[str]) -> None
             fig.add_trace(
                 go.Scattergl(
                     _validate=False,
-                    x=[],
-                    y=[],
+                    x=[None],  # plotly.js leaves a trace with no data out of the legend
+                    y=[None],
                     mode="markers",
                     name=str(name),
                     marker={"color": palette[c % len(palette)], "size": 5},

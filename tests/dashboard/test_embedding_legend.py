@@ -27,7 +27,7 @@ def test_legend_symbol_is_the_class_alone() -> None:
     legend = [t for t in fig.data if t.showlegend is not False]
     assert sorted(t.name for t in legend) == ["a", "b"]
     for t in legend:
-        assert t.marker.symbol == "circle" and t.legendgroup == t.name and len(t.x) == 0
+        assert t.marker.symbol == "circle" and t.legendgroup == t.name and list(t.x) == [None]
     points = [t for t in fig.data if t.showlegend is False and t.name in ("a", "b")]
     assert {t.legendgroup for t in points} == {"a", "b"}
     assert "x" in list(next(t for t in points if t.name == "a").marker.symbol)  # errors still crosses
