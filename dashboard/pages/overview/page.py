@@ -258,7 +258,10 @@ def layout(ctx: PageContext) -> Any:
                 ]
             )
         )
-        children.append(ranking_section(data.reader.ranking, run_id, info.class_names))
+        # built once per run (runs are immutable): three figures of up to 10 curves cost ~100 ms
+        children.append(ctx.state.derived.get(
+            ("overview-ranking", run_id),
+            lambda: ranking_section(data.reader.ranking, run_id, info.class_names)))
     children.append(quality_card(ctx, info, f, quality))
     children.append(
         card(

@@ -19,7 +19,8 @@ import plotly.graph_objects as go
 from dash import dcc, html
 
 from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, stat
-from xaidash.dashboard.theme import COLOR_PRIMARY, COLOR_WRONG, figure_template
+from xaidash.dashboard.figures import new_figure
+from xaidash.dashboard.theme import COLOR_PRIMARY, COLOR_WRONG
 from xaidash.store.read.ranking import RankingQueries
 
 PREFIX = "overview-ranking"
@@ -31,7 +32,7 @@ CURVE_TITLES = {"roc": ("false positive rate", "true positive rate"), "pr": ("re
 
 def plot_reliability(bins: pd.DataFrame) -> go.Figure:
     """Accuracy per confidence bin against the diagonal of perfect calibration; bar width = bin."""
-    fig = go.Figure()
+    fig = new_figure()
     filled = bins[bins["count"] > 0]
     centre = (filled["lower"].to_numpy(float) + filled["upper"].to_numpy(float)) / 2
     width = filled["upper"].to_numpy(float) - filled["lower"].to_numpy(float)
@@ -65,8 +66,7 @@ def plot_reliability(bins: pd.DataFrame) -> go.Figure:
         hoverinfo="skip",
     )
     fig.update_layout(
-        template=figure_template(),
-        height=320,
+                height=320,
         barmode="overlay",
         margin={"t": 30},
         xaxis={"title": "confidence (top-1 probability)", "range": [0, 1]},
@@ -90,7 +90,7 @@ def plot_curves(
     key = "roc_auc" if curve == "roc" else "average_precision"
     score_of = dict(zip(per_class["class"].astype(int), per_class[key], strict=True))
     show = worst_classes(per_class, key)
-    fig = go.Figure()
+    fig = new_figure()
     part = curves[curves["curve"] == curve]
     for c in show:
         g = part[part["class"] == c].sort_values("point")
@@ -114,8 +114,7 @@ def plot_curves(
         )
     x_title, y_title = CURVE_TITLES[curve]
     fig.update_layout(
-        template=figure_template(),
-        height=340,
+                height=340,
         margin={"t": 30},
         xaxis={"title": x_title, "range": [0, 1]},
         yaxis={"title": y_title, "range": [0, 1.02]},
