@@ -35,6 +35,7 @@ from xaidash.dashboard.pages.gallery import quality as gallery_quality
 from xaidash.dashboard.pages.image import page as image
 from xaidash.dashboard.pages.overview import page as overview
 from xaidash.dashboard.params import Filters, parse_query, qs_of, valid_run_id
+from xaidash.dashboard.report import downloads
 from xaidash.dashboard.server import guard
 from xaidash.dashboard.server.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext
@@ -298,4 +299,5 @@ def create_app(
     for module, _, _ in PAGES:
         module.register_callbacks(app, state)
     gallery_quality.register_callbacks(app, state)  # the gallery's data-quality filter
+    downloads.register_callbacks(app, state)  # "Download report" (overview), "Download" (gallery)
     return app

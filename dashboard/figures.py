@@ -245,6 +245,8 @@ def plot_embedding(
                 y=part["y"].round(4),
                 mode="markers",
                 name=str(name),
+                legendgroup=str(name),
+                showlegend=False,
                 customdata=part["image_id"],
                 marker={
                     "symbol": symbols,
@@ -254,6 +256,22 @@ def plot_embedding(
                     "color": color,
                 },
                 hovertemplate=f"{name}<extra></extra>",
+            )
+        )
+        # Plotly draws a legend item with the trace's first marker symbol: a class whose first
+        # point is an error would show the error cross. The class's legend item is its own empty
+        # trace with the plain symbol, grouped with the points so a click still toggles them. One
+        # null point: plotly.js leaves a trace with no data out of the legend.
+        fig.add_trace(
+            go.Scattergl(
+                _validate=False,
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=str(name),
+                legendgroup=str(name),
+                marker={"symbol": "circle", "size": 5, "color": color},
+                hoverinfo="skip",
             )
         )
     # Traces 0 and 1 are always the twin lines and the selected star (empty until a point is
@@ -425,8 +443,8 @@ def _add_density(fig: go.Figure, d: Density, class_names: Sequence[str]) -> None
             fig.add_trace(
                 go.Scattergl(
                     _validate=False,
-                    x=[],
-                    y=[],
+                    x=[None],  # plotly.js leaves a trace with no data out of the legend
+                    y=[None],
                     mode="markers",
                     name=str(name),
                     marker={"color": palette[c % len(palette)], "size": 5},

@@ -38,6 +38,7 @@ python=${PYTHON:-python3}
 if [ $with_tests = 1 ]; then
   .venv/bin/python -m pip install -q -e ".[test,timm,umap]"
 else
-  .venv/bin/python -m pip install -q -e ".[timm]"
+  # umap: the demo's embedding map is a UMAP (without umap-learn compute falls back to PCA, and says so)
+  .venv/bin/python -m pip install -q -e ".[timm,umap]"
 fi
 echo "setup: ready (.venv/bin/xaidash)" >&2

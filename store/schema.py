@@ -451,6 +451,72 @@ ERROR_CLUSTERS = pa.schema(
     ]
 )
 
+# ---- calibration and ranking (issue 21): computed by the global phase from the probabilities -------
+
+CALIBRATION = pa.schema(
+    [
+        _RUN_ID,
+        _f("bins", pa.int32(), "Number of equal-width confidence bins of the diagram (15).", False),
+        _f("bin", pa.int32(), "Bin index 0..bins-1.", False),
+        _f("lower", pa.float64(), "Lower edge (exclusive; bin 0 also holds 0).", False),
+        _f("upper", pa.float64(), "Upper edge (inclusive).", False),
+        _f("count", pa.int64(), "Val predictions whose top-1 confidence falls in the bin.", False),
+        _f("confidence", pa.float64(), "Mean top-1 confidence in the bin; null when empty."),
+        _f("accuracy", pa.float64(), "Share of the bin's predictions that are correct; null when empty."),
+    ]
+)
+
+CLASS_RANKING = pa.schema(
+    [
+        _RUN_ID,
+        _f("class", pa.int32(), "Class index.", False),
+        _f("class_name", pa.string(), "Class name.", False),
+        _f("positives", pa.int64(), "Val images with this label.", False),
+        _f(
+            "roc_auc",
+            pa.float64(),
+            "One-vs-rest ROC AUC of the class's probability (sklearn roc_auc_score); null when the class "
+            "has no positives or no negatives.",
+        ),
+        _f(
+            "average_precision",
+            pa.float64(),
+            "One-vs-rest average precision (sklearn average_precision_score); null without positives.",
+        ),
+    ]
+)
+
+RANKING_CURVES = pa.schema(
+    [
+        _RUN_ID,
+        _f("class", pa.int32(), "Class index.", False),
+        _f("curve", pa.string(), "'roc' (x = false positive rate, y = true positive rate) or 'pr' "
+           "(x = recall, y = precision).", False),
+        _f("point", pa.int32(), "Order along the curve.", False),
+        _f("x", pa.float64(), "FPR (roc) or recall (pr).", False),
+        _f("y", pa.float64(), "TPR (roc) or precision (pr).", False),
+        _f("threshold", pa.float64(), "Probability threshold of the point (inf at the curve's end).", False),
+    ]
+)
+
+SCORES = pa.schema(
+    [
+        _RUN_ID,
+        _f(
+            "metric",
+            pa.string(),
+            "'ece', 'mce' (over the calibration bins), 'macro_roc_auc', 'macro_average_precision' (means "
+            "over the classes where defined), 'top1_accuracy', 'top3_accuracy', 'top5_accuracy' (only "
+            "where the run has more than k classes).",
+            False,
+        ),
+        _f("value", pa.float64(), "The metric's value; null when undefined."),
+    ]
+)
+
+#: The calibration and ranking tables; a run computed before them has them empty.
+RANKING_TABLES: tuple[str, ...] = ("calibration", "class_ranking", "ranking_curves", "scores")
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -563,6 +629,15 @@ TABLES: dict[str, TableSpec] = {
             65536,
             "Errors of each confusion cell with enough of them, clustered by embedding.",
         ),
+        TableSpec("calibration", CALIBRATION, ("bin",), 65536,
+                  "Reliability diagram: top-1 confidence bins of the val predictions (labeled runs)."),
+        TableSpec("class_ranking", CLASS_RANKING, ("class",), 65536,
+                  "Per class: one-vs-rest ROC AUC and average precision of its probability."),
+        TableSpec("ranking_curves", RANKING_CURVES, ("class", "curve", "point"), 65536,
+                  "Per class: ROC and precision-recall curves, at most 201 points each (the AUCs are "
+                  "computed on the full curves)."),
+        TableSpec("scores", SCORES, ("metric",), 65536,
+                  "Run-level calibration and ranking scores: ECE, MCE, macro AUC / AP, top-k accuracy."),
     )
 }
 

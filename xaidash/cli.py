@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("xaidash.dashboard.cli", "open the dashboard over a store"),
     "demo": ("xaidash.demo", "train, compute and serve a small real example, offline"),
     "runs": ("xaidash.store.cli", "list, show, delete and clean up runs in a store"),
+    "report": ("xaidash.dashboard.report.cli", "write a run's self-contained HTML report (and PDF)"),
+    "export": ("xaidash.dashboard.report.export_cli", "export a run's rows (csv, parquet, jsonl), overlays"),
 }
 
 

@@ -89,6 +89,10 @@ def project_2d(
     small for a non-linear method (fewer than 16 rows: PCA) or ``method`` is None (default).
     Raises UserError for an unknown method and when ``umap`` is asked for but not installed.
     """
+    if method is None and not umap_available():
+        # the default map is UMAP: a silent PCA would pass for it (the demo once did)
+        log.warning("projection: umap-learn is not installed, so the map is a PCA projection "
+                    "(pip install 'xaidash[umap]' for the UMAP map, or pass --projection pca)")
     method = method or default_projection()
     if method not in PROJECTIONS:
         raise choices_error("projection", method, PROJECTIONS)

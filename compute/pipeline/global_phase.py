@@ -5,7 +5,8 @@ counterfactuals (:mod:`xaidash.compute.analysis.neighbors`), the 2-D projection
 (:mod:`xaidash.compute.analysis.projection`), the metrics and the confusion matrix
 (:mod:`xaidash.compute.analysis.metrics`), the data-quality tables
 (:mod:`xaidash.compute.pipeline.quality_phase`:
-label issues, leaks, outliers, error clusters), and the runs row. It returns the run's global
+label issues, leaks, outliers, error clusters), calibration and ranking
+(:mod:`xaidash.compute.pipeline.ranking_phase`), and the runs row. It returns the run's global
 tables, which the job hands to ``Staging.publish``; the embeddings table is written here, once,
 complete (vectors and projection), and the staged per-chunk vectors are only its input.
 """
@@ -27,7 +28,8 @@ from xaidash.compute.analysis.metrics import classification_report, confusion_lo
 from xaidash.compute.analysis.neighbors import find_neighbors
 from xaidash.compute.analysis.projection import project_2d
 from xaidash.compute.pipeline.plan import JobPlan
-from xaidash.compute.pipeline.quality_phase import QualityOptions, quality_tables
+from xaidash.compute.pipeline.quality_phase import QualityOptions, quality_tables, read_probabilities
+from xaidash.compute.pipeline.ranking_phase import ranking_tables
 from xaidash.compute.pipeline.timing import Timer
 from xaidash.store import Staging
 from xaidash.store.builder import table
@@ -131,6 +133,11 @@ def global_phase(plan: JobPlan, staging: Staging, timer: Timer, timings: dict[st
                                    lookalike_quantile=plan.cfg.lookalike_quantile,
                                    outlier_quantile=plan.cfg.outlier_quantile,
                                    cluster_min_errors=plan.cfg.cluster_min_errors)))
+
+    with timer.stage("ranking"):  # reliability diagram, ROC / PR per class, top-k
+        if labels_known and st.val_ids:
+            probs = read_probabilities(staging, st.val_ids)
+            tables.update(ranking_tables(np.array(st.labels, np.int64), probs, plan.class_names))
 
     dim = st.vectors.shape[1] if len(st.emb_ids) else 0
     max_ch = plan.cfg.scorecam_max_channels

@@ -45,6 +45,7 @@ from xaidash.store.read.headline import HEADLINE, HEADLINE_SQL, headline_out
 from xaidash.store.read.index import GalleryIndex, RowGroupIndexes
 from xaidash.store.read.memo import memo_run
 from xaidash.store.read.quality import QualityQueries
+from xaidash.store.read.ranking import RankingQueries
 from xaidash.store.read.records import GalleryQuery, ImageDetail, Map, Params, RunDiff, RunInfo
 from xaidash.store.read.run_diff import CONFUSION_DIFF_SQL, metric_deltas, prediction_flips
 from xaidash.store.read.trust_tables import TrustQueries, valid_image_id
@@ -88,6 +89,8 @@ class StoreReader:
         self.quality = QualityQueries(self._entry, self._df, self._run_cache)
         #: the trust-check queries (sanity, baselines, ROAD, localisation)
         self.trust = TrustQueries(self._entry, self._df, self._run_cache)
+        #: the calibration and ranking queries (reliability bins, ROC / PR per class, ECE, top-k)
+        self.ranking = RankingQueries(self._entry, self._df, self._run_cache)
         self._row_groups = RowGroupIndexes()
         self._views_dirty = True
         try:

@@ -78,6 +78,10 @@ GLOBAL_TABLES = (
     "error_clusters",
     "duplicates",
     "quality_rules",
+    "calibration",
+    "class_ranking",
+    "ranking_curves",
+    "scores",
 )
 #: Staged tables that are global-phase input only: publish() takes each one complete, with these
 #: columns, and writes it instead of compacting the staged parts.

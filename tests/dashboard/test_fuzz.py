@@ -46,6 +46,10 @@ FEWER: dict[str, int] = {
     # not callbacks: the request envelope and the image routes
     "request-shape": 1000,
     "routes": 1000,
+    # each example with a click builds the whole run report (seconds on 2 cores)
+    "overview-report-download.data": 20,
+    # each example with a click writes the CSV of every matching row
+    "gallery-download.data": 300,
 }
 _FORCED = os.environ.get("XAIDASH_FUZZ_EXAMPLES")
 
@@ -163,6 +167,8 @@ def strategies(ids: Ids) -> dict[str, Strategy]:
         "nav-collapse.is_open": st.booleans(),
         "overview-confusion.clickData": _event(confusion_point),
         "overview-norm.value": st.sampled_from(["norm", "count"]),
+        "overview-report-button.n_clicks": st.integers(0, 5),
+        "gallery-download-button.n_clicks": st.integers(0, 5),
         "gallery-true.value": cls,
         "gallery-pred.value": cls,
         "gallery-outcome.value": st.sampled_from(OUTCOMES),
@@ -210,6 +216,8 @@ TARGETS: list[tuple[str, str]] = [
     ("url.search", "compare-a.value"),
     ("explain-result.children", "explain-upload.contents"),
     ("url.search", "image-cmap.value"),
+    ("overview-report-download.data", "overview-report-button.n_clicks"),
+    ("gallery-download.data", "gallery-download-button.n_clicks"),
 ]
 #: dash-bootstrap-templates' theme-changer toggle (server side, pattern-matching); Dash gives
 #: the global callbacks to the first app of a process only, so it is fuzzed when present

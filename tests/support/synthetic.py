@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from tests.support import synthetic_quality
 from xaidash.compute.analysis.metrics import cam_disagreement
+from xaidash.compute.pipeline.ranking_phase import ranking_tables
 from xaidash.constants import METHODS
 from xaidash.store.builder import list_array, staged_schema
 from xaidash.store.write.writer import Store
@@ -106,11 +107,13 @@ def build_synthetic_store(
     n_neighbors: int = 5,
     durable: bool = False,
     trust: bool = False,
+    ranking: bool = True,
 ) -> list[str]:
     """Write ``runs`` synthetic runs into the store at ``path``; return their run ids (oldest first).
 
     ``durable=False`` skips fsyncs (a synthetic store is cheap to rebuild). ``trust=True`` adds
-    the trust tables (sanity, baselines, ROAD, localisation).
+    the trust tables (sanity, baselines, ROAD, localisation); ``ranking=False`` leaves out the
+    calibration and ranking tables, like a run computed before they existed.
     """
     store = Store.create(path, durable=durable)
     rng = np.random.default_rng(seed)
@@ -424,6 +427,7 @@ def build_synthetic_store(
                 "confusion": confusion,
                 "failures": failures,
                 **quality,
+                **(ranking_tables(val_label, probs_all, names) if ranking and n_val else {}),
             },
         )
         run_ids.append(run_id)

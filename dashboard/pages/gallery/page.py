@@ -44,6 +44,7 @@ from xaidash.dashboard.params import (
     parse_query,
     to_query,
 )
+from xaidash.dashboard.report.buttons import gallery_button
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.dashboard.url_sync import controls_to_url
 from xaidash.store import GalleryQuery
@@ -268,6 +269,7 @@ def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) 
                 [html.Span(f"{total:,} images", className="fw-semibold me-2", id=f"{PREFIX}-count"), *chips],
                 className="d-flex flex-wrap align-items-center",
             ),
+            gallery_button(total),
             dbc.Pagination(
                 id=f"{PREFIX}-pagination",
                 max_value=pages,

@@ -27,8 +27,10 @@ from xaidash.dashboard.components import (
 from xaidash.dashboard.data import most_faithful
 from xaidash.dashboard.pages.overview import trust as overview_trust
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks, quality_card
+from xaidash.dashboard.pages.overview.ranking import ranking_section
 from xaidash.dashboard.params import MAX_CLASS, Filters, changed_query, gallery_href, parse_query
 from xaidash.dashboard.paths import spec_label
+from xaidash.dashboard.report.buttons import report_button
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.dashboard.url_sync import controls_to_url
 
@@ -193,7 +195,8 @@ def layout(ctx: PageContext) -> Any:
     quality = ctx.data.quality.quality_summary(run_id)
     children: list[Any] = [
         warning_alert(ctx.warning),
-        run_summary(info, ctx.state.show_paths),
+        html.Div([run_summary(info, ctx.state.show_paths), report_button()],
+                 className="d-flex justify-content-between align-items-start gap-2 flex-wrap"),
         headline_cards(h, f, labeled, accuracy_without_leaks(quality)),
     ]
     if info.scorecam_note:
@@ -255,6 +258,10 @@ def layout(ctx: PageContext) -> Any:
                 ]
             )
         )
+        # built once per run (runs are immutable): three figures of up to 10 curves cost ~100 ms
+        children.append(ctx.state.derived.get(
+            ("overview-ranking", run_id),
+            lambda: ranking_section(data.reader.ranking, run_id, info.class_names)))
     children.append(quality_card(ctx, info, f, quality))
     children.append(
         card(

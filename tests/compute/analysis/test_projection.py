@@ -44,3 +44,20 @@ def test_tiny_inputs_and_errors() -> None:
     with pytest.raises(UserError, match="valid projections"):
         project_2d(_data(), "mds")
     assert default_projection() in ("umap", "pca")
+
+
+def test_default_without_umap_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default map falls back to PCA without umap-learn, with a warning (not silently)."""
+    import xaidash.compute.analysis.projection as projection
+
+    monkeypatch.setattr(projection, "umap_available", lambda: False)
+    x = np.random.default_rng(0).random((40, 8)).astype(np.float32)
+    with caplog.at_level("WARNING", logger=projection.__name__):
+        _, used = project_2d(x, None)
+    assert used == "pca" and "umap-learn is not installed" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=projection.__name__):
+        project_2d(x, "pca")  # asked for: nothing to announce
+    assert "umap-learn" not in caplog.text

@@ -130,6 +130,17 @@ def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Pa
     assert conf["count"].sum() == 10
     assert run["accuracy"] == pytest.approx(rep.accuracy)
 
+    # calibration and ranking, from the stored probabilities (2 classes: only top-1)
+    from sklearn.metrics import roc_auc_score
+
+    scores = dict(_q(store, "SELECT metric, value FROM scores WHERE run_id = ?", rid).values.tolist())
+    assert scores["top1_accuracy"] == pytest.approx(rep.accuracy) and "top3_accuracy" not in scores
+    assert 0 <= scores["ece"] <= scores["mce"] + 1e-12
+    cr = _q(store, "SELECT * FROM class_ranking WHERE run_id = ? ORDER BY class", rid)
+    assert cr.roc_auc[1] == pytest.approx(roc_auc_score(pred.label == 1, probs[:, 1]), abs=1e-9)
+    cal = _q(store, "SELECT * FROM calibration WHERE run_id = ?", rid)
+    assert len(cal) == 15 and cal["count"].sum() == 10
+
     fa = _q(store, "SELECT * FROM faithfulness WHERE run_id = ?", rid)
     assert len(fa) == 40 and set(fa.method) == {"cam", "gradcam", "gradcampp", "scorecam"}
     assert fa[["drop", "deletion_auc", "insertion_auc"]].notna().all().all()
