@@ -51,7 +51,7 @@ from xaidash.errors import UserError
 
 if TYPE_CHECKING:
     from xaidash.compute.datasets.sources import Dataset, Item
-    from xaidash.compute.model.architectures import Preprocessing
+    from xaidash.compute.model.preprocessing import Preprocessing
 
 DEFAULT_TOPK = 20.0
 MASK_DIR = "masks"

@@ -46,25 +46,22 @@ for a model trained from scratch, and it keeps inputs comparable across architec
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xaidash.compute.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from xaidash.constants import ARCHITECTURES
 from xaidash.errors import UserError, choices_error
 
 if TYPE_CHECKING:  # torch is heavy; keep ``import compute.models`` cheap for type users
     import torch
-    from PIL import Image
     from torchvision.models import WeightsEnum
 
 logger = logging.getLogger(__name__)
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 SMALL_STEM_MAX_INPUT = 64
 
 TARGET_LAYERS: dict[str, str] = {
@@ -91,48 +88,6 @@ FINAL_LINEAR: dict[str, str] = {
 }
 
 LITE0_PREPROCESSING = ("lite0", 224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How an RGB image becomes the network input: resize shorter side, center crop, normalize."""
-
-    input_size: int
-    resize: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
-        """The torchvision transform; ``train=True`` adds random horizontal flip and a small
-        rotation (±10°) after cropping - the augmentation of seed 003."""
-        from torchvision import transforms as T
-
-        steps: list[Callable[..., object]] = [
-            T.Resize(self.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-            T.CenterCrop(self.input_size),
-        ]
-        if train:
-            steps += [T.RandomHorizontalFlip(), T.RandomRotation(10)]
-        steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        composed: Callable[[Image.Image], torch.Tensor] = T.Compose(steps)  # torchvision is untyped
-        return composed
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain types, for checkpoints and JSON."""
-        return {"input_size": self.input_size, "resize": self.resize,
-                "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Preprocessing:
-        """Inverse of :meth:`to_dict`."""
-        mean, std = d["mean"], d["std"]
-        input_size, resize = d["input_size"], d["resize"]
-        if not (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple))
-                and isinstance(input_size, int) and isinstance(resize, int) and len(mean) == len(std) == 3):
-            raise ValueError(f"not a preprocessing record: {d!r}")
-        m0, m1, m2 = (float(x) for x in mean)
-        s0, s1, s2 = (float(x) for x in std)
-        return cls(input_size, resize, (m0, m1, m2), (s0, s1, s2))
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xaidash.compute.model.architectures import (
-    ModelParts,
-    Preprocessing,
-    build_model,
-    check_arch,
-    imagenet_class_names,
-)
+from xaidash.compute.model.architectures import ModelParts, build_model, check_arch, imagenet_class_names
+from xaidash.compute.model.preprocessing import Preprocessing
 from xaidash.errors import UserError
 
 if TYPE_CHECKING:

@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from xaidash.compute.methods.cams import CamEngine
-from xaidash.compute.model.architectures import Preprocessing
 from xaidash.compute.model.checkpoint import sha256_file
 from xaidash.compute.model.loading import for_inference, load_model
+from xaidash.compute.model.preprocessing import Preprocessing
 from xaidash.constants import METHODS
 from xaidash.errors import UserError, choices_error
 
