@@ -91,13 +91,10 @@ class GroundTruth:
 
 
 def to_input_grid(mask: np.ndarray, pre: Preprocessing) -> Tensor:
-    """An original-size object mask through the image's resize + centre crop (nearest): ``[S, S]`` bool."""
+    """An original-size object mask through the image's resize (+ centre crop), nearest: ``[S, S]`` bool."""
     from PIL import Image
-    from torchvision import transforms as T
 
-    t = T.Compose([T.Resize(pre.resize, interpolation=T.InterpolationMode.NEAREST),
-                   T.CenterCrop(pre.input_size)])
-    out = t(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
+    out = pre.geometry(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), nearest=True)
     return torch.from_numpy(np.asarray(out) > 0)
 
 

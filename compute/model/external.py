@@ -23,6 +23,7 @@ explain page feeds the network what the run did.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
@@ -30,7 +31,7 @@ import importlib.util
 import json
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ from xaidash.errors import UserError
 logger = logging.getLogger(__name__)
 
 KINDS = ("python", "timm", "hf")
+#: seed of the parameters no weights file sets (:func:`seeded_init`)
+INIT_SEED = 0
 #: key names shown when weights do not fit
 SHOWN_KEYS = 3
 
@@ -195,6 +198,9 @@ def build(ref: Mapping[str, Any], dataset_classes: Sequence[str] | None = None) 
         if isinstance(weights, str) and weights != "imagenet":
             load_fitting(model, weights, spec)
             files["weights"] = sha256_file(weights)
+        elif weights is None and kind == "timm":
+            logger.warning("%s without --weights: its weights are a seeded random initialisation, so the "
+                           "maps explain an untrained network (give --weights PATH or imagenet)", spec)
     if isinstance(recorded, Mapping):
         pre = Preprocessing.from_dict(recorded)  # what the run used, whatever the library says today
     model.eval()
@@ -204,6 +210,16 @@ def build(ref: Mapping[str, Any], dataset_classes: Sequence[str] | None = None) 
         "weights": "imagenet" if weights == "imagenet" else None, "preprocessing": pre.to_dict()}
     logger.info("%s: %d classes; preprocessing: %s", spec, len(classes), pre.describe())
     return ExternalModel(model, classes, pre, out_ref, identity)
+
+
+@contextlib.contextmanager
+def seeded_init() -> Iterator[None]:
+    """Build under a fixed seed (and give the caller's RNG state back): parameters the weights do
+    not set - a head sized to the classes, a model used untrained - are the same in the job, in
+    its shards and on the explain page."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        yield
 
 
 def _triple(v: object) -> tuple[float, float, float] | None:
@@ -255,7 +271,8 @@ def _build_python(target: str, args: Mapping[str, Any]) -> tuple[nn.Module, str 
         raise UserError(f"{where}:{func_name} is a {type(func).__name__}, not a function returning an "
                         "nn.Module")
     try:
-        model = func(**args)
+        with seeded_init():
+            model = func(**args)
     except Exception as exc:
         raise UserError(f"{where}:{func_name}() failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
@@ -286,8 +303,9 @@ def _build_timm(name: str, classes: tuple[str, ...] | None, args: Mapping[str, A
 
         classes = tuple(imagenet_class_names())
     try:
-        model: nn.Module = timm.create_model(name, pretrained=pretrained == "imagenet",
-                                             num_classes=len(classes), **args)
+        with seeded_init():
+            model: nn.Module = timm.create_model(name, pretrained=pretrained == "imagenet",
+                                                 num_classes=len(classes), **args)
     except TypeError as exc:
         raise UserError(f"timm:{name} does not take --model-args {dict(args)}: {exc}") from None
     except Exception as exc:  # offline without the weights in timm's cache, a bad argument value

@@ -32,17 +32,21 @@ and CAM applies only when the logits equal ``head(GAP(A))`` on the probe.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from xaidash.errors import UserError
+
+if TYPE_CHECKING:
+    from xaidash.compute.model.architectures import ModelParts
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +113,56 @@ class TargetLayer:
     linear_head: str | None
     reason: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: whose input the embeddings are: ``head`` for models a user brings; None = ``GAP(A)``, which
+    #: the built-in architectures have always stored (the head's input for most of them)
+    embedding_layer: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """What the run records (``config_json["model"]["target"]``)."""
         return {"name": self.name, "layout": self.layout.to_dict(), "map": [self.channels, self.height,
                                                                              self.width],
-                "head": self.head, "linear_head": self.linear_head, "reason": self.reason}
+                "head": self.head, "linear_head": self.linear_head, "embedding_layer": self.embedding_layer,
+                "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TargetLayer:
+        """Inverse of :meth:`to_dict`."""
+        k, h, w = (int(v) for v in d["map"])
+        return cls(str(d["name"]), MapLayout.from_dict(d.get("layout")), k, h, w,
+                   _opt(d.get("head")), _opt(d.get("linear_head")), reason=str(d.get("reason", "")),
+                   embedding_layer=_opt(d.get("embedding_layer")))
+
+
+def _opt(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def target_for(parts: ModelParts, num_classes: int, named: str | None) -> TargetLayer:
+    """The run's target layer for a built model.
+
+    Built-in architectures keep their table (default layer, the linear head CAM uses there, and
+    ``GAP(A)`` embeddings), with the layer checked by the probe; any other model gets the layer
+    :func:`discover` finds or checks, CAM where the probe shows ``logits = head(GAP(A))`` and
+    the head's input as embeddings.
+    """
+    if parts.target_layer:
+        name = named or parts.target_layer
+        found = discover(parts.model, parts.preprocessing.input_size, num_classes, named=name,
+                         what=parts.arch or "the model")
+        linear = parts.linear_head if name == parts.target_layer else None
+        why = "the architecture's default layer" if named is None else "named with --target-layer"
+        cam = ("CAM applies: GAP + one linear head" if linear else
+               "CAM not applicable: the head is not GAP + one linear layer on this layer")
+        chosen = dataclasses.replace(found, linear_head=linear, reason=f"{why}; {cam}", embedding_layer=None)
+    else:
+        found = discover(parts.model, parts.preprocessing.input_size, num_classes, named=named,
+                         what=parts.arch or "the model")
+        chosen = dataclasses.replace(found, embedding_layer=found.head)
+    logger.info("target layer %s (%s; A = %dx%dx%d): %s", chosen.name, chosen.layout.describe(),
+                chosen.channels, chosen.height, chosen.width, chosen.reason)
+    for note in chosen.notes:
+        logger.warning("%s", note)
+    return chosen
 
 
 def output_tensor(output: object) -> Tensor | None:
@@ -370,7 +418,7 @@ def _discover(model: nn.Module, input_size: int, num_classes: int, named: str | 
         name, s = max(cands, key=lambda c: c[1].order)
         found = _classify(s.shape, model, x.shape[0])
         assert found is not None
-        reason = f"the last module with a {found[0].describe()} output before the head"
+        reason = f"the last module whose output is a map ({found[0].kind}) on the way to the head"
         if found[0].kind == "tokens":
             name, reason = _token_layer(model, seen, name, x, found[0], s.shape, end)
             found = _classify(seen[name].shape, model, x.shape[0])
@@ -381,9 +429,6 @@ def _discover(model: nn.Module, input_size: int, num_classes: int, named: str | 
     target = TargetLayer(name, layout, k, h, w, head, head if ok else None,
                          reason=f"{reason}; CAM {'applies' if ok else 'not applicable'}: {why}",
                          notes=tuple(notes))
-    logger.info("target layer %s (%s; A = %dx%dx%d): %s", name, layout.describe(), k, h, w, target.reason)
-    for n in notes:
-        logger.warning("%s", n)
     return target
 
 

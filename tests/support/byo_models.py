@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xaidash.compute.model.layers import TargetLayer
 
 #: kwargs of the tiny timm models (the issue's ViT: img_size=64, patch_size=8, depth=2)
 TIMM_VIT_ARGS: dict[str, Any] = {"img_size": 64, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
@@ -74,3 +77,52 @@ def hf_vit_folder(folder: Path, labels: tuple[str, ...] = ("a", "b", "c"), image
     ViTForImageClassification(cfg).eval().save_pretrained(folder)
     ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
     return folder
+
+
+def literal_maps(model: nn.Module, target: TargetLayer, x: Tensor, c: Tensor) -> dict[str, Tensor]:
+    """Grad-CAM and Grad-CAM++ (Eq. 19) from the formulas, channel by channel in float64."""
+    store: dict[str, Tensor] = {}
+    layer = model.get_submodule(target.name)
+    handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o[0] if isinstance(o, tuple)
+                                                                           else o))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    raw = store["a"]
+    (graw,) = torch.autograd.grad(logits.gather(1, c[:, None]).sum(), raw)
+    lay = target.layout
+
+    def as_map(t: Tensor) -> Tensor:
+        t = t.detach().double()
+        if lay.kind == "nhwc":
+            return t.permute(0, 3, 1, 2)
+        if lay.kind == "tokens":
+            assert lay.grid is not None
+            gh, gw = lay.grid
+            b, _, k = t.shape
+            out = torch.empty(b, k, gh, gw, dtype=torch.float64)
+            for i in range(gh):
+                for j in range(gw):
+                    out[:, :, i, j] = t[:, lay.prefix_tokens + i * gw + j, :]
+            return out
+        return t
+
+    a, g = as_map(raw), as_map(graw)
+
+    def norm(m: Tensor) -> Tensor:
+        lo = m.amin(dim=(1, 2), keepdim=True)
+        span = m.amax(dim=(1, 2), keepdim=True) - lo
+        return torch.where(span > 0, (m - lo) / torch.where(span > 0, span, 1), torch.zeros_like(m))
+
+    gc = torch.zeros(a.shape[0], a.shape[2], a.shape[3], dtype=torch.float64)
+    pp = torch.zeros_like(gc)
+    for k in range(a.shape[1]):
+        w = g[:, k].mean(dim=(1, 2))
+        gc += w[:, None, None] * a[:, k]
+        gk = g[:, k]
+        denom = 2 * gk**2 + a[:, k].sum(dim=(1, 2))[:, None, None] * gk**3
+        alpha = torch.where((gk != 0) & (denom != 0), gk**2 / torch.where(denom != 0, denom, 1), 0)
+        wpp = (alpha * F.relu(gk)).sum(dim=(1, 2))
+        pp += wpp[:, None, None] * a[:, k]
+    return {"gradcam": norm(F.relu(gc)), "gradcampp": norm(F.relu(pp))}
