@@ -5,7 +5,7 @@ it loads with ``torch.load(weights_only=True)`` - no arbitrary code runs when op
 
     format            "xaidash-checkpoint"   (what tells our files from any other .pt)
     version           1
-    arch              e.g. "resnet18"
+    arch              e.g. "resnet18", or "timm:NAME" (train_args["model_args"]: its JSON kwargs)
     classes           ["cat", "dog", "horse"]
     preprocessing     {"input_size", "resize", "mean", "std"}
     small_input_stem  bool (ResNet CIFAR-style stem)
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -205,8 +206,10 @@ def model_from_checkpoint(ckpt: Checkpoint) -> ModelParts:
 
     from xaidash.compute.model.architectures import load_weights_into
 
+    args = ckpt.train_args.get("model_args")
     parts = build_model(ckpt.arch, len(ckpt.classes), "none", ckpt.preprocessing.input_size,
-                        small_input_stem=ckpt.small_input_stem)
+                        small_input_stem=ckpt.small_input_stem,
+                        model_args=json.loads(args) if isinstance(args, str) and args else None)
     load_weights_into(parts.model, ckpt.state_dict, ckpt.arch, ckpt.path or "checkpoint")
     parts.model.eval()
     return dataclasses.replace(parts, preprocessing=ckpt.preprocessing)

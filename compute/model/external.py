@@ -23,7 +23,6 @@ explain page feeds the network what the run did.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import importlib
@@ -31,7 +30,7 @@ import importlib.util
 import json
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xaidash.compute.model.architectures import read_state_dict
+from xaidash.compute.model.architectures import build_timm, load_fitting, seeded_init
 from xaidash.compute.model.checkpoint import sha256_file
 from xaidash.compute.model.preprocessing import (
     Preprocessing,
@@ -52,10 +51,6 @@ from xaidash.errors import UserError
 logger = logging.getLogger(__name__)
 
 KINDS = ("python", "timm", "hf")
-#: seed of the parameters no weights file sets (:func:`seeded_init`)
-INIT_SEED = 0
-#: key names shown when weights do not fit
-SHOWN_KEYS = 3
 
 
 def is_external(spec: str | None) -> bool:
@@ -185,7 +180,7 @@ def build(ref: Mapping[str, Any], dataset_classes: Sequence[str] | None = None) 
         if classes is None and dataset_classes is not None:
             classes = tuple(dataset_classes)
         if kind == "timm":
-            model, classes = _build_timm(rest, classes, args, weights if weights == "imagenet" else None)
+            model, classes = build_timm(rest, classes, args, weights if weights == "imagenet" else None)
             pre = timm_preprocessing(model, size if isinstance(size, int) else None, mean, std)
         else:
             model, file = _build_python(rest, args)
@@ -203,23 +198,19 @@ def build(ref: Mapping[str, Any], dataset_classes: Sequence[str] | None = None) 
                            "maps explain an untrained network (give --weights PATH or imagenet)", spec)
     if isinstance(recorded, Mapping):
         pre = Preprocessing.from_dict(recorded)  # what the run used, whatever the library says today
+    before = ref.get("files")
+    if isinstance(before, Mapping) and dict(before) != files:
+        changed = sorted(k for k in set(before) | set(files) if before.get(k) != files.get(k))
+        raise UserError(f"{spec}: {', '.join(changed)} changed since the run (sha256 differs); the maps "
+                        "would not be the run's - recompute, or restore the files")
     model.eval()
-    out_ref: dict[str, object] = {**dict(ref), "classes": list(classes), "preprocessing": pre.to_dict()}
+    out_ref: dict[str, object] = {**dict(ref), "classes": list(classes), "preprocessing": pre.to_dict(),
+                                  "files": files}
     identity: dict[str, object] = {
         "external": spec, "files": files, "classes": list(classes), "model_args": args,
         "weights": "imagenet" if weights == "imagenet" else None, "preprocessing": pre.to_dict()}
     logger.info("%s: %d classes; preprocessing: %s", spec, len(classes), pre.describe())
     return ExternalModel(model, classes, pre, out_ref, identity)
-
-
-@contextlib.contextmanager
-def seeded_init() -> Iterator[None]:
-    """Build under a fixed seed (and give the caller's RNG state back): parameters the weights do
-    not set - a head sized to the classes, a model used untrained - are the same in the job, in
-    its shards and on the explain page."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(INIT_SEED)
-        yield
 
 
 def _triple(v: object) -> tuple[float, float, float] | None:
@@ -280,40 +271,6 @@ def _build_python(target: str, args: Mapping[str, Any]) -> tuple[nn.Module, str 
     return model, file
 
 
-def _import_timm() -> Any:
-    try:
-        import timm
-    except ImportError:
-        raise UserError("timm: models need timm (pip install 'xaidash[timm]')") from None
-    return timm
-
-
-def _build_timm(name: str, classes: tuple[str, ...] | None, args: Mapping[str, Any],
-                pretrained: str | None) -> tuple[nn.Module, tuple[str, ...]]:
-    timm = _import_timm()
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"; close matches: {', '.join(close)}" if close else "; list them with timm.list_models()"
-        raise UserError(f"unknown timm model {name!r}{hint}")
-    if classes is None:
-        if pretrained != "imagenet":
-            raise UserError(f"timm:{name}: give --classes a,b,c or --classes-file FILE (the head is sized "
-                            "to them)")
-        from xaidash.compute.model.architectures import imagenet_class_names
-
-        classes = tuple(imagenet_class_names())
-    try:
-        with seeded_init():
-            model: nn.Module = timm.create_model(name, pretrained=pretrained == "imagenet",
-                                                 num_classes=len(classes), **args)
-    except TypeError as exc:
-        raise UserError(f"timm:{name} does not take --model-args {dict(args)}: {exc}") from None
-    except Exception as exc:  # offline without the weights in timm's cache, a bad argument value
-        raise UserError(f"timm:{name}: cannot create the model ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
-    return model, classes
-
-
 def _build_hf(folder: str, classes: tuple[str, ...] | None
               ) -> tuple[nn.Module, tuple[str, ...], Preprocessing, dict[str, str]]:
     try:
@@ -348,39 +305,3 @@ def _build_hf(folder: str, classes: tuple[str, ...] | None
     return HFClassifier(hf), classes, hf_preprocessing(str(path)), files
 
 
-def load_fitting(model: nn.Module, weights: str, spec: str) -> None:
-    """Load a state_dict strictly; UserError naming the first few keys that do not fit."""
-    sd, _ = read_state_dict(weights)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    extra = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} (model: {tuple(v.shape)})" for k, v in own.items()
-              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    problems = []
-    for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shapes)):
-        if keys:
-            more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
-            problems.append(f"{len(keys)} {what}: {', '.join(keys[:SHOWN_KEYS])}{more}")
-    if problems:
-        raise UserError(f"weights {weights} do not fit {spec}: {'; '.join(problems)}")
-    model.load_state_dict(sd)
-
-
-def timm_classifier_name(model: nn.Module) -> str:
-    """The dotted name of a timm model's classifier (from its pretrained config; ``head`` and
-    ``head.fc`` are the common ones)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    name = cfg.get("classifier") if isinstance(cfg, Mapping) else None
-    if isinstance(name, str):
-        try:
-            model.get_submodule(name)
-            return name
-        except AttributeError:
-            pass
-    for cand in ("head.fc", "head", "fc", "classifier"):
-        try:
-            model.get_submodule(cand)
-            return cand
-        except AttributeError:
-            continue
-    raise UserError("cannot tell which module of this timm model is its classifier")

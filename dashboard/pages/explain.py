@@ -125,11 +125,12 @@ def layout(ctx: PageContext) -> Any:
     """Upload area + result container (the work happens in the callback)."""
     info = ctx.info
     ref = model_ref_of(info)
-    model_desc = (
-        f"{info.arch or '?'} · checkpoint {ref.get('checkpoint') or ref.get('weights') or '?'}"
-        if ref
-        else "this run records no model reference"
-    )
+    if not ref:
+        model_desc = "this run records no model reference"
+    elif ref.get("external"):  # a model the user brought: the spec says it all
+        model_desc = f"{ref['external']}" + (f" · weights {ref['weights']}" if ref.get("weights") else "")
+    else:
+        model_desc = f"{info.arch or '?'} · checkpoint {ref.get('checkpoint') or ref.get('weights') or '?'}"
     upload = dcc.Upload(
         id=f"{PREFIX}-upload",
         children=html.Div(
