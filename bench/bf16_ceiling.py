@@ -10,7 +10,7 @@ It measures, interleaved round by round (best of ``--rounds``):
 * the peak of the matrix units: a square GEMM (``--gemm`` side) in fp32 and in bf16, GFLOP/s;
 * the masked-forward model exactly as a run uses it (ResNet-18, random weights, ``--size`` px, a
   batch of ``--batch`` channels-last inputs): fp32 on the model itself, bf16 under autocast on
-  :func:`xaidash.compute.pipeline.chunk.masked_forward_model` (BatchNorm folded, channels-last weights).
+  :func:`xaidash.compute.pipeline.precision.masked_forward_model` (BatchNorm folded, channels-last weights).
   Its GFLOP/s count 2 FLOPs per multiply-add of every convolution and linear layer (forward hooks
   count them; pooling, ReLU and additions are not counted).
 
@@ -34,8 +34,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xaidash.compute.pipeline.chunk import masked_forward_model
-from xaidash.compute.pipeline.hostmem import tune_host_allocator
+from xaidash.compute.hostmem import tune_host_allocator
+from xaidash.compute.pipeline.precision import masked_forward_model
 
 
 def get_args_parser() -> argparse.ArgumentParser:

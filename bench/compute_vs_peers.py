@@ -60,9 +60,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.methods.cams import CamEngine
-from xaidash.compute.pipeline.chunk import masked_forward_model
-from xaidash.compute.pipeline.hostmem import tune_host_allocator
+from xaidash.compute.pipeline.precision import masked_forward_model
 
 GRADIENT = ("cam", "gradcam", "gradcampp")
 ROW_A = "(a) xaidash pred+emb+CAM+GradCAM+GradCAM++"
@@ -103,7 +103,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="comma-separated: default (torch.compile as is), freezing (Inductor freezing)")
     p.add_argument("--allocator", default="tuned", choices=("tuned", "plain"),
                    help="tuned (default): glibc's thresholds raised as `xaidash compute` does "
-                   "(compute/pipeline/hostmem.py), for every contender; plain: glibc's defaults")
+                   "(compute/hostmem.py), for every contender; plain: glibc's defaults")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     return p
 

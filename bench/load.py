@@ -10,7 +10,12 @@ rendered", or an image whose bytes differ from an earlier answer to the same URL
 
     python bench/load.py                                  # both servers, 32 clients x 1,000
     python bench/load.py --server gunicorn --clients 8 --requests 200
-    python bench/load.py --store DIR --server serve
+    python bench/load.py --store DIR --server serve --cold
+
+``serve`` is ``xaidash serve`` (waitress; the report names the server from its ``Server``
+header), ``dev`` is ``xaidash serve --dev`` (Dash's development server). ``--cold`` counts from a
+freshly started server (its caches empty, each page's first render included); by default one
+warm-up render per page is not counted.
 
 The clients run on the same machine as the server and share its CPUs, so the latencies are an
 upper bound on what the server alone would give. gunicorn runs as documented in
@@ -183,7 +188,8 @@ def client(port: int, plan: Plan, n: int, seed: int, results: Results, start: th
     conn.close()
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> str:
+    """Wait until the server answers; its ``Server`` header."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -191,8 +197,9 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0)
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/_dash-dependencies")
-            if conn.getresponse().status == 200:
-                return
+            resp = conn.getresponse()
+            if resp.status == 200:
+                return resp.getheader("Server") or "?"
         except OSError:
             pass
         time.sleep(0.3)
@@ -203,9 +210,10 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0)
 def server(kind: str, store: Path, port: int, workers: int, threads: int) -> Iterator[str]:
     """Run ``xaidash serve`` or gunicorn on ``port``; yields its description."""
     env = {**os.environ, "XAIDASH_STORE": str(store)}
-    if kind == "serve":
+    if kind in ("serve", "dev"):
         cmd = [str(BIN / "xaidash"), "serve", "--store", str(store), "--port", str(port)]
-        desc = "xaidash serve (werkzeug development server, threaded)"
+        cmd += ["--dev"] if kind == "dev" else []
+        desc = "xaidash serve" + (" --dev" if kind == "dev" else "")
     else:
         cmd = [str(BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}", "--timeout", "120"]
         cmd += ["--threads", str(threads)] if threads > 1 else []
@@ -214,8 +222,8 @@ def server(kind: str, store: Path, port: int, workers: int, threads: int) -> Ite
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"xaidash-load-{kind}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        wait_ready(port, proc)
-        yield desc
+        name = wait_ready(port, proc)
+        yield f"{desc} (Server: {name})"
     finally:
         proc.terminate()
         try:
@@ -268,12 +276,13 @@ def run_load(kind: str, store: Path, args: argparse.Namespace) -> tuple[str, int
         deps = json.loads(conn.getresponse().read())
         conn.close()
         plan = Plan(store, deps)
-        # warm-up, not counted: each page once (the first render of a page builds its caches)
-        warm = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
-        rng = random.Random(-1)
-        for _ in range(2 * len(PAGES)):
-            one(warm, Request("page", "POST", "/_dash-update-component", plan.page_body(rng)))
-        warm.close()
+        if not args.cold:
+            # warm-up, not counted: each page once (the first render of a page builds its caches)
+            warm = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
+            rng = random.Random(-1)
+            for _ in range(2 * len(PAGES)):
+                one(warm, Request("page", "POST", "/_dash-update-component", plan.page_body(rng)))
+            warm.close()
         res = Results()
         start = threading.Barrier(args.clients + 1)
         threads = [
@@ -289,7 +298,12 @@ def run_load(kind: str, store: Path, args: argparse.Namespace) -> tuple[str, int
         wall = time.perf_counter() - t0
     n_err = sum(len(v) for v in res.errors.values())
     text = report(
-        desc, f"{store.name} ({len(plan.images)} images sampled)", args.clients, args.requests, wall, res
+        desc + (", cold" if args.cold else ", warm"),
+        f"{store.name} ({len(plan.images)} images sampled)",
+        args.clients,
+        args.requests,
+        wall,
+        res,
     )
     return text, n_err
 
@@ -299,7 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", type=Path, default=ROOT / "bench" / "out" / "store-load")
     ap.add_argument("--n-val", type=int, default=5_000, help="images per run when building the store")
     ap.add_argument("--n-train", type=int, default=5_000)
-    ap.add_argument("--server", choices=("serve", "gunicorn", "both"), default="both")
+    ap.add_argument(
+        "--server",
+        choices=("serve", "dev", "gunicorn", "both", "all"),
+        default="both",
+        help="both: serve and gunicorn; all: serve, dev and gunicorn",
+    )
+    ap.add_argument("--cold", action="store_true", help="no warm-up: count from a fresh server")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--requests", type=int, default=1_000, help="requests per client")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
@@ -308,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not (args.store / "runs").is_dir() or not any((args.store / "runs").iterdir()):
         build_store(args.store, args.n_val, args.n_train)
-    kinds = ("serve", "gunicorn") if args.server == "both" else (args.server,)
+    groups = {"both": ("serve", "gunicorn"), "all": ("serve", "dev", "gunicorn")}
+    kinds = groups.get(args.server, (args.server,))
     errors = 0
     for kind in kinds:
         text, n_err = run_load(kind, args.store, args)

@@ -27,8 +27,9 @@ from xaidash.dashboard import guard, theme
 from xaidash.dashboard.components import no_runs_alert, run_label
 from xaidash.dashboard.data import DashData, ResolvedRun, SelectionStore
 from xaidash.dashboard.inputs import URL_PART, anything, record, text, typed
-from xaidash.dashboard.pages import embedding, explain
+from xaidash.dashboard.pages import explain
 from xaidash.dashboard.pages.compare import page as compare
+from xaidash.dashboard.pages.embedding import page as embedding
 from xaidash.dashboard.pages.gallery import page as gallery
 from xaidash.dashboard.pages.gallery import quality as gallery_quality
 from xaidash.dashboard.pages.image import page as image
@@ -36,6 +37,7 @@ from xaidash.dashboard.pages.overview import page as overview
 from xaidash.dashboard.params import Filters, parse_query, qs_of, valid_run_id
 from xaidash.dashboard.routes import register_routes
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 from xaidash.store import open_store
 
 if TYPE_CHECKING:
@@ -133,7 +135,7 @@ def run_options(state: AppState) -> list[dict[str, str]]:
     runs = state.data.runs()
     out = []
     for rec in runs.to_dict("records") if len(runs) else []:
-        out.append({"label": run_label(rec), "value": str(rec["run_id"])})
+        out.append({"label": run_label(rec, state.show_paths), "value": str(rec["run_id"])})
     return out
 
 
@@ -154,7 +156,7 @@ def render_page(state: AppState, pathname: str | None, filters: Filters, resolve
             id="page-not-found",
         )
     if resolved.info is None:
-        return no_runs_alert(state.store_path)
+        return no_runs_alert(state.store_label)
     ctx = PageContext(state, replace(filters, run=resolved.info.run_id), resolved.info, resolved.warning)
     return safe_render(layout, ctx)
 
@@ -190,16 +192,23 @@ def callback_failed(exc: Exception) -> None:
 
 
 def create_app(
-    store_path: str | Path, reader: StoreReader | None = None, selections_dir: str | Path | None = None
+    store_path: str | Path,
+    reader: StoreReader | None = None,
+    selections_dir: str | Path | None = None,
+    show_paths: bool = False,
 ) -> dash.Dash:
     """Build the dashboard over the store at ``store_path``.
 
-    ``reader`` may be passed to share one; otherwise ``open_store`` is called.
+    ``reader`` may be passed to share one; otherwise ``open_store`` is called. Pages name the
+    store, checkpoints and image folders without their absolute paths unless ``show_paths``.
     """
     if reader is None:
         reader = open_store(store_path)
     state = AppState(
-        data=DashData(reader), selections=SelectionStore(selections_dir), store_path=str(store_path)
+        data=DashData(reader),
+        selections=SelectionStore(selections_dir),
+        store_path=str(store_path),
+        show_paths=show_paths,
     )
     # The latest run's light columns and gallery index are read in the background (Arrow and
     # numpy only, ~1 s at 1M images), so the first gallery or image page does not wait for them.
@@ -231,7 +240,8 @@ def create_app(
                 className="xd-main",
             ),
             html.Footer(
-                html.Small(f"store: {store_path}", className="text-muted"), className="container-fluid py-3"
+                html.Small(f"store: {state.store_label}", className="text-muted", id="footer-store"),
+                className="container-fluid py-3",
             ),
         ]
     )
@@ -264,20 +274,15 @@ def create_app(
         hrefs = [path + run_q for path, _ in NAV_ITEMS]
         return (content, run_options(state), resolved.run_id, {"path": pathname, "search": search}, *hrefs)
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input("nav-run", "value"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @typed(text(), URL_PART)
-    def pick_run(run_id: str | None, search: str | None) -> Any:
+    def pick_run(search: str | None, _trigger: object, run_id: str | None) -> str | None:
         """Switching run keeps the page but resets page-specific selections."""
         if valid_run_id(run_id) is None or run_id == state.data.resolve_run(parse_query(search).run).run_id:
-            return no_update
+            return None
         qs = qs_of(search)
         keep = {k: v[0] for k, v in qs.items() if k in ("cmap", "alpha", "color", "norm", "method", "sort")}
         return "?" + urlencode({"run": run_id, **keep})
+
+    controls_to_url(app, [("nav-run", "value", text())], pick_run)
 
     @app.callback(
         Output("nav-collapse", "is_open"),

@@ -23,10 +23,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)",
     )
     parser.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker threads of the server (default 8; for more cores run gunicorn workers, "
+        "see docs/DASHBOARD.md)",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="Dash's development server instead of waitress (debugging on this machine only)",
+    )
+    parser.add_argument(
+        "--show-paths",
+        action="store_true",
+        help="show the full paths of the store, checkpoints and image folders in the pages "
+        "(by default only their names: anyone who opens the dashboard sees them)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the development server (see docs/DASHBOARD.md for gunicorn in production)."""
+    """Serve the dashboard on waitress, or Dash's development server with ``--dev``."""
     from xaidash.errors import UserError
 
     store = Path(args.store).expanduser()
@@ -36,11 +55,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if not 0 < int(args.port) < 65536:
         raise UserError(f"--port {args.port} is not a valid port (1-65535)")
+    if args.threads is not None and not 1 <= args.threads <= 256:
+        raise UserError(f"--threads {args.threads} is not in 1-256")
+    from xaidash.dashboard import serving
     from xaidash.dashboard.app import create_app
 
-    app = create_app(store)
+    app = create_app(store, show_paths=args.show_paths)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this host can browse the store", args.host)
+        if args.show_paths:
+            log.warning("--show-paths: every page shows the server's paths to whoever opens it")
     log.info("xaidash dashboard on http://%s:%d/ (store %s) - Ctrl+C to stop", args.host, args.port, store)
-    app.run(host=args.host, port=int(args.port), debug=False)
+    serving.serve(app, args.host, int(args.port), dev=args.dev, threads=args.threads or serving.THREADS)
     return 0

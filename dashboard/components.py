@@ -16,6 +16,7 @@ from dash.development.base_component import Component
 from xaidash.constants import METHOD_LABELS, METHODS
 from xaidash.dashboard.overlays import COLORMAPS, colormap_css_gradient
 from xaidash.dashboard.params import Filters
+from xaidash.dashboard.paths import spec_label
 from xaidash.dashboard.routes import image_url, overlay_url
 
 if TYPE_CHECKING:
@@ -30,13 +31,14 @@ def run_methods(info: RunInfo) -> list[str]:
     return [m for m in METHODS if m in (info.methods or METHODS)]
 
 
-def run_label(rec: Record) -> str:
+def run_label(rec: Record, show_paths: bool = False) -> str:
     """A human label for a row of the runs table: date, model, dataset, accuracy."""
     created = rec.get("created")
     when = created.strftime("%Y-%m-%d %H:%M") if isinstance(created, datetime) else str(created)[:16]
     acc = rec.get("accuracy")
     acc_s = f" · acc {100 * acc:.1f}%" if acc is not None and acc == acc else ""
-    return f"{when} · {rec.get('arch') or '?'} · {rec.get('dataset_spec') or ''}{acc_s}"
+    spec = spec_label(str(rec.get("dataset_spec") or ""), show_paths)
+    return f"{when} · {rec.get('arch') or '?'} · {spec}{acc_s}"
 
 
 def empty_state(title: str, body: str | list[Any], color: str = "info", icon: str = "i") -> dbc.Alert:
@@ -49,7 +51,7 @@ def empty_state(title: str, body: str | list[Any], color: str = "info", icon: st
 
 
 def no_runs_alert(store_path: str) -> dbc.Alert:
-    """Shown on every page when the store has no runs."""
+    """Shown on every page when the store has no runs (``store_path`` as the page may show it)."""
     return empty_state(
         "This store has no runs yet",
         [

@@ -27,7 +27,7 @@ import pandas as pd
 
 from xaidash.constants import IMAGE_ID_RE, METHODS
 from xaidash.dashboard.params import SELECTION_RE
-from xaidash.store.read.trust_tables import TrustReader
+from xaidash.store.read.trust_tables import TrustQueries
 
 if TYPE_CHECKING:
     from xaidash.store import GalleryQuery, ImageDetail, RunDiff, RunInfo, StoreReader
@@ -129,7 +129,7 @@ class DashData:
         self._pending: dict[tuple[str, str], threading.Event] = {}
         self._pending_lock = threading.Lock()
         #: the trust tables (sanity, baselines, ROAD, localisation: store/read/trust_tables.py)
-        self.trust = TrustReader(reader)
+        self.trust: TrustQueries = reader.trust
 
     # ---- runs -------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:
@@ -194,7 +194,7 @@ class DashData:
     @property
     def quality(self) -> QualityQueries:
         """The data-quality queries (label issues, leaks, outliers, error clusters; memoised)."""
-        return self.reader
+        return self.reader.quality
 
     # ---- pages and images -------------------------------------------------------------------
     def gallery(self, run_id: str, q: GalleryQuery) -> tuple[pd.DataFrame, int]:

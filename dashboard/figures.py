@@ -21,8 +21,10 @@ MAX_ANNOTATED_CLASSES = 20
 MAX_MAP_POINTS = 20_000
 
 
-def _template() -> str:
-    return figure_template()
+def new_figure(*args: object, **kwargs: object) -> go.Figure:
+    """``go.Figure(...)`` in the theme's template (registered first, then taken as the default)."""
+    figure_template()
+    return go.Figure(*args, **kwargs)
 
 
 def _resolved_template() -> object:
@@ -30,15 +32,14 @@ def _resolved_template() -> object:
     a template name)."""
     import plotly.io as pio
 
-    return pio.templates[_template()]
+    return pio.templates[figure_template()]
 
 
 def empty_figure(message: str, height: int = 300) -> go.Figure:
     """A blank figure carrying a centred message (used instead of an error or an empty axis)."""
-    fig = go.Figure()
+    fig = new_figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_layout(
-        template=_template(),
         height=height,
         xaxis={"visible": False},
         yaxis={"visible": False},
@@ -79,7 +80,7 @@ def plot_confusion(confusion: pd.DataFrame, class_names: Sequence[str], normaliz
             [(f"{v:.2f}" if normalize else f"{int(v)}") if counts[i, j] else "" for j, v in enumerate(r)]
             for i, r in enumerate(shown)
         ]
-    fig = go.Figure(
+    fig = new_figure(
         go.Heatmap(
             z=shown,
             x=names,
@@ -100,7 +101,6 @@ def plot_confusion(confusion: pd.DataFrame, class_names: Sequence[str], normaliz
     )
     side = max(360, min(720, 60 + 32 * n))
     fig.update_layout(
-        template=_template(),
         height=side,
         xaxis={"title": "predicted class", "tickangle": -45 if n > 6 else 0, "constrain": "domain"},
         yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x", "constrain": "domain"},
@@ -116,7 +116,7 @@ def plot_confidence_histogram(hist: pd.DataFrame) -> go.Figure:
     """
     if hist is None or len(hist) == 0:
         return empty_figure("No labeled predictions")
-    fig = go.Figure()
+    fig = new_figure()
     for correct, name, color in ((True, "correct", COLOR_CORRECT), (False, "wrong", COLOR_WRONG)):
         part = hist[hist["correct"] == correct]
         if len(part) == 0:
@@ -133,7 +133,6 @@ def plot_confidence_histogram(hist: pd.DataFrame) -> go.Figure:
             hovertemplate=f"{name}<br>confidence %{{x:.2f}}<br>%{{y}} images<extra></extra>",
         )
     fig.update_layout(
-        template=_template(),
         barmode="overlay",
         height=300,
         xaxis={"title": "confidence (probability of the predicted class)", "range": [0, 1]},
@@ -157,7 +156,7 @@ def plot_topk(topk: Sequence[tuple[int, str, float]], true_class: int | None = N
         colors[-1] = COLOR_WRONG
     elif true_class is None:
         colors[-1] = "#3498db"
-    fig = go.Figure(
+    fig = new_figure(
         go.Bar(
             x=probs,
             y=names,
@@ -169,7 +168,6 @@ def plot_topk(topk: Sequence[tuple[int, str, float]], true_class: int | None = N
         )
     )
     fig.update_layout(
-        template=_template(),
         height=60 + 34 * len(rows),
         xaxis={"range": [0, 1], "tickformat": ".0%", "title": None},
         yaxis={"title": None, "automargin": True},
@@ -472,7 +470,7 @@ def plot_confusion_delta(delta: pd.DataFrame, class_names: Sequence[str]) -> go.
     goodness = np.where(np.eye(n, dtype=bool), m, -m)
     names = [str(c) for c in class_names]
     text = [[f"{int(v):+d}" if v else "" for v in r] for r in m]
-    fig = go.Figure(
+    fig = new_figure(
         go.Heatmap(
             z=goodness,
             x=names,
@@ -494,7 +492,6 @@ def plot_confusion_delta(delta: pd.DataFrame, class_names: Sequence[str]) -> go.
         )
     )
     fig.update_layout(
-        template=_template(),
         height=max(360, min(720, 60 + 32 * n)),
         xaxis={"title": "predicted class", "tickangle": -45 if n > 6 else 0, "constrain": "domain"},
         yaxis={"title": "true class", "autorange": "reversed", "scaleanchor": "x", "constrain": "domain"},
@@ -509,11 +506,10 @@ def plot_class_f1_delta(metrics_a: pd.DataFrame, metrics_b: pd.DataFrame) -> go.
     m = metrics_a[["class", "class_name", "f1"]].merge(
         metrics_b[["class", "f1"]], on="class", suffixes=("_a", "_b"), how="outer"
     )
-    fig = go.Figure()
+    fig = new_figure()
     fig.add_bar(x=m["class_name"], y=m["f1_a"], name="run A", marker_color="#95a5a6")
     fig.add_bar(x=m["class_name"], y=m["f1_b"], name="run B", marker_color="#3498db")
     fig.update_layout(
-        template=_template(),
         barmode="group",
         height=300,
         yaxis={"title": "F1", "range": [0, 1]},

@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from xaidash.constants import METHOD_LABELS, METHODS
-from xaidash.dashboard.figures import _template, empty_figure
+from xaidash.dashboard.figures import empty_figure, new_figure
+from xaidash.dashboard.theme import figure_template
 from xaidash.dashboard.trust_verdicts import PASS_CORRELATION
 
 #: One colour per method, the same in every trust figure.
@@ -25,7 +26,7 @@ def plot_sanity_curves(curves: pd.DataFrame) -> go.Figure:
         return empty_figure("No sanity check in this run")
     steps = curves.drop_duplicates("step").sort_values("step")
     ticks = ["trained", *[f"+{b}" for b in steps["block"]]]
-    fig = go.Figure()
+    fig = new_figure()
     for m in _ordered(curves["method"]):
         g = curves[curves["method"] == m].sort_values("step")
         fig.add_scatter(
@@ -36,7 +37,7 @@ def plot_sanity_curves(curves: pd.DataFrame) -> go.Figure:
     fig.add_hline(y=PASS_CORRELATION, line_dash="dash", line_color="#7b8a8b",
                   annotation_text=f"pass below {PASS_CORRELATION}", annotation_position="top right")
     fig.update_layout(
-        template=_template(), height=320, margin={"t": 30},
+        height=320, margin={"t": 30},
         xaxis={"title": "blocks re-initialised (cumulative, from the head down)",
                "tickvals": list(range(len(ticks))), "ticktext": ticks},
         yaxis={"title": "mean Spearman ρ with the trained map", "range": [-1.05, 1.05]},
@@ -51,6 +52,7 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
         return empty_figure("No ROAD scores in this run")
     # short: the two titles share a half-width card (the caption under it spells them out)
     titles = ("MoRF, most relevant first (↓ better)", "LeRF, least relevant first (↑ better)")
+    figure_template()  # the default template of the subplots figure
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, shared_yaxes=True)  # one scale for both
     for col, order in ((1, "morf"), (2, "lerf")):
         part = summary[summary["order"] == order]
@@ -66,7 +68,7 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
             )
         fig.update_xaxes(title_text="pixels removed (%)", row=1, col=col)
     fig.update_yaxes(title_text="probability of the predicted class", row=1, col=1)
-    fig.update_layout(template=_template(), height=330, margin={"t": 50},
+    fig.update_layout(height=330, margin={"t": 50},
                       legend={"orientation": "h", "y": -0.25, "x": 0})
     fig.update_annotations(font_size=12)
     return fig

@@ -1,4 +1,5 @@
-"""The HTTP boundary in front of Dash: a request-size limit and the shape of callback requests.
+"""The HTTP boundary in front of Dash: a request-size limit, the shape of callback requests and
+a 404 for unknown assets.
 
 Dash trusts the body of ``POST /_dash-update-component``: a JSON ``null``, an array, a missing
 ``outputs`` or one input too few is a ``KeyError`` or ``TypeError`` deep inside Dash, i.e. a 500.
@@ -6,6 +7,10 @@ Dash trusts the body of ``POST /_dash-update-component``: a JSON ``null``, an ar
 of this app's server-side callbacks - its outputs, inputs and states, in the declared order,
 and ``changedPropIds`` among its inputs - and answers 400 with the reason otherwise. What the
 values *are* is each callback's business (:mod:`xaidash.dashboard.inputs`).
+
+Dash answers an unknown file under ``/_dash-component-suites/`` (a package it does not serve, a
+path not in the package, ``..``) by raising ``DependencyException``; :func:`install` maps it to
+404, the answer for a file that is not there.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import dash
+from dash.exceptions import DependencyException
 from flask import Flask, Response, request
 
 from xaidash.dashboard.pages.explain import MAX_UPLOAD_BYTES
@@ -25,8 +31,9 @@ log = logging.getLogger(__name__)
 #: Flask's ``MAX_CONTENT_LENGTH``: the largest request body. The largest legitimate one is an
 #: upload of MAX_UPLOAD_BYTES sent as a base64 data URL (4 bytes per 3) inside the callback's
 #: JSON; 256 KiB more covers the data-URL header, the file name, the URL and the JSON around
-#: them. Werkzeug compares it with ``Content-Length`` before reading the body (413), and stops
-#: a chunked body at the limit, so an oversized POST costs no memory.
+#: them. Werkzeug compares it with ``Content-Length`` before reading the body (413); a chunked
+#: body, which has no length, it cuts at the limit, and :func:`body_over_limit` says whether
+#: more was sent. Either way an oversized POST costs no memory.
 MAX_REQUEST_BYTES = (MAX_UPLOAD_BYTES + 2) // 3 * 4 + 256 * 1024
 
 WILDCARDS = ("MATCH", "ALL", "ALLSMALLER")
@@ -140,16 +147,47 @@ def callback_problem(app: dash.Dash, body: object) -> str | None:
     return None
 
 
+def body_over_limit(data: bytes, limit: int) -> bool:
+    """True when the request body went past ``limit``: Werkzeug returns the first ``limit``
+    bytes of a body without ``Content-Length`` (chunked) instead of refusing it, so one more
+    byte is asked of the server's (de-chunked) input."""
+    if request.content_length is not None or len(data) < limit:
+        return False
+    try:
+        return bool(request.environ["wsgi.input"].read(1))
+    except (OSError, ValueError):  # the client went away: nothing more was sent
+        return False
+
+
+def error_reply(status: int, message: str, close: bool = False) -> Response:
+    """A complete JSON error reply; ``close`` when the rest of the body was not read, so the
+    connection cannot carry another request."""
+    resp = Response(json.dumps({"error": message}), status=status, mimetype="application/json")
+    if close:
+        resp.headers["Connection"] = "close"
+    return resp
+
+
 def install(app: dash.Dash) -> None:
-    """Set the request-size limit and check every callback request before Dash reads it."""
+    """Set the request-size limit, check every callback request before Dash reads it, and answer
+    unknown assets 404."""
     server: Flask = app.server
     server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     endpoint = app.config.routes_pathname_prefix + "_dash-update-component"
+
+    @server.errorhandler(DependencyException)
+    def unknown_asset(exc: DependencyException) -> Response:
+        log.info("no such asset: %s", request.path[:200])
+        return Response("Not Found", status=404, mimetype="text/plain")
 
     @server.before_request
     def check_callback_request() -> Response | None:
         if request.path != endpoint or request.method != "POST":
             return None
+        limit = int(server.config["MAX_CONTENT_LENGTH"])
+        if body_over_limit(request.get_data(cache=True), limit):
+            log.info("refused a chunked callback request over %d bytes", limit)
+            return error_reply(413, f"the request body is over the limit of {limit:,} bytes", close=True)
         try:
             body = request.get_json(silent=True)  # cached: Dash's own get_json does not parse again
         except RecursionError:  # nested deeper than Python's parser goes
@@ -158,8 +196,4 @@ def install(app: dash.Dash) -> None:
         if problem is None:
             return None
         log.info("refused a callback request: %s", problem)
-        return Response(
-            json.dumps({"error": f"not a callback request of this app: {problem}"}),
-            status=400,
-            mimetype="application/json",
-        )
+        return error_reply(400, f"not a callback request of this app: {problem}")

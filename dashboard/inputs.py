@@ -61,6 +61,18 @@ def text(max_len: int | None = MAX_TEXT) -> Coercer:
     return coerce
 
 
+def raw_text() -> Coercer:
+    """None, or a string of any length and content, for a value whose problems the callback
+    explains to the user itself (an upload's file name) instead of ignoring the event."""
+
+    def coerce(value: object) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise Invalid(f"expected a string, got {type(value).__name__}")
+        return value
+
+    return coerce
+
+
 def integer() -> Coercer:
     """None, or an integer (a JSON number with no fraction; ``true``/``false`` are not numbers)."""
 

@@ -226,6 +226,16 @@ def to_query(f: Filters, keys: tuple[str, ...] | None = None) -> str:
     return "?" + urlencode(out, safe=",") if out else ""
 
 
+def changed_query(old: Filters, candidate: Filters, keys: tuple[str, ...] | None = None) -> str | None:
+    """``candidate``'s query string, validated as a typed URL is; None when it equals ``old``'s.
+
+    Control values go through the same ranges and allow-lists as a hand-typed query string, and
+    an unchanged URL is reported as None so that the page is not rendered again.
+    """
+    new = to_query(parse_query(to_query(candidate, keys)), keys)
+    return None if new == to_query(old, keys) else new
+
+
 GALLERY_KEYS = (
     "run",
     "true",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from xaidash.dashboard.data import DashData, DerivedCache, SelectionStore
 from xaidash.dashboard.params import Filters
+from xaidash.dashboard.paths import path_label
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo
@@ -21,6 +22,13 @@ class AppState:
     store_path: str
     #: figures and indexes built from store data (per app: two apps may show two stores)
     derived: DerivedCache = field(default_factory=DerivedCache)
+    #: pages show full server paths (``xaidash serve --show-paths``) instead of names
+    show_paths: bool = False
+
+    @property
+    def store_label(self) -> str:
+        """The store as pages name it (see :mod:`xaidash.dashboard.paths`)."""
+        return path_label(self.store_path, self.show_paths)
 
 
 @dataclass(frozen=True)

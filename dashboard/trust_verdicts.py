@@ -21,14 +21,23 @@ from __future__ import annotations
 
 import pandas as pd
 
+from xaidash.constants import METHODS
 from xaidash.dashboard.data import FAITHFULNESS_DIRECTIONS
 
 PASS_CORRELATION = 0.3
 
 
+def in_method_order(df: pd.DataFrame) -> pd.DataFrame:
+    """``df``'s rows sorted by their ``method`` column in :data:`METHODS` order (unknown ones last),
+    so that every trust table lists the methods as the CAM grid does."""
+    order = {m: i for i, m in enumerate(METHODS)}
+    rank = df["method"].map(lambda m: order.get(m, len(order)))
+    return df.assign(_o=rank).sort_values("_o").drop(columns="_o")
+
+
 def sanity_verdicts(curves: pd.DataFrame) -> pd.DataFrame:
     """Per method: ``passes`` (bool), ``verdict`` (sentence), ``first_block`` (or None) and
-    ``last`` (mean correlation at the last step), from ``TrustReader.sanity_curves``."""
+    ``last`` (mean correlation at the last step), from ``TrustQueries.sanity_curves``."""
     rows = []
     for method, g in curves.groupby("method", sort=False):
         g = g.sort_values("step")
@@ -44,7 +53,7 @@ def sanity_verdicts(curves: pd.DataFrame) -> pd.DataFrame:
 
 def baseline_margins(methods: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, baseline): the signed margin on each metric, ``better`` / ``worse``
-    counts and ``beats``; from ``faithfulness_summary`` and ``TrustReader.baseline_summary``."""
+    counts and ``beats``; from ``faithfulness_summary`` and ``TrustQueries.baseline_summary``."""
     cols = ["method", "baseline", *FAITHFULNESS_DIRECTIONS, "better", "worse", "beats"]
     rows = []
     for _, m in methods.iterrows():
@@ -67,7 +76,7 @@ def baseline_margins(methods: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataF
 
 def road_scores(summary: pd.DataFrame) -> pd.DataFrame:
     """Per method: ``morf`` and ``lerf`` (mean over fractions of the mean probability) and
-    ``gap`` = lerf - morf, from ``TrustReader.road_summary``."""
+    ``gap`` = lerf - morf, from ``TrustQueries.road_summary``."""
     if summary.empty:
         return pd.DataFrame(columns=["method", "morf", "lerf", "gap"])
     wide = summary.pivot_table(index="method", columns="order", values="probability", aggfunc="mean",

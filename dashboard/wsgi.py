@@ -1,6 +1,7 @@
 """WSGI entry point for production serving: ``gunicorn 'xaidash.dashboard.wsgi:server'``.
 
-The store directory comes from the ``XAIDASH_STORE`` environment variable.
+The store directory comes from the ``XAIDASH_STORE`` environment variable; ``XAIDASH_SHOW_PATHS=1``
+shows full server paths in the pages, as ``xaidash serve --show-paths`` does.
 """
 
 from __future__ import annotations
@@ -15,5 +16,5 @@ if not _store:
         "set XAIDASH_STORE to the store directory, e.g. XAIDASH_STORE=/data/store gunicorn ..."
     )
 
-app = create_app(_store)
+app = create_app(_store, show_paths=os.environ.get("XAIDASH_SHOW_PATHS") == "1")
 server = app.server

@@ -29,6 +29,12 @@ MARKER = ".xaidash-store"
 MANIFEST = "manifest.json"
 #: ``format`` of the marker and of every manifest.
 FORMAT = "xaidash-store"
+#: The store's folder of published runs (``runs/<run_id>/``), and of the images shared per dataset
+#: fingerprint (``images/<fingerprint>/part-*.parquet``): what both the writer and the reader find.
+RUNS_DIR = "runs"
+IMAGES_DIR = "images"
+#: The images part files of one fingerprint, in that fingerprint's folder (sorted = oldest first).
+IMAGE_PARTS = "part-*.parquet"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -44,6 +50,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
     """The manifest of a run directory, or None when it is missing/corrupt (not a run)."""
     return read_json(run_dir / MANIFEST)
+
+
+def image_parts(store: Path, fingerprint: str) -> list[Path]:
+    """The images part files of a dataset fingerprint in the store at ``store``, oldest first."""
+    d = store / IMAGES_DIR / fingerprint
+    return sorted(d.glob(IMAGE_PARTS)) if d.is_dir() else []
 
 
 def fsync_dir(path: Path) -> None:

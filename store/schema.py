@@ -130,6 +130,22 @@ PREDICTIONS = pa.schema(
     ]
 )
 
+#: The predictions columns of the reader's per-run cache rows, in file order: all but ``run_id``
+#: (``probabilities`` is kept in memory for small heads only; big heads read it per image).
+CACHED_PREDICTION_COLUMNS: tuple[str, ...] = tuple(n for n in PREDICTIONS.names if n != "run_id")
+#: The predictions columns a gallery page shows.
+GALLERY_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "label",
+    "label_name",
+    "pred",
+    "pred_name",
+    "confidence",
+    "correct",
+    "loss",
+    "cam_disagreement",
+)
+
 CAMS = pa.schema(
     [
         _RUN_ID,
@@ -222,7 +238,7 @@ FAILURES = pa.schema(
     ]
 )
 
-# ---- "can I trust these maps?" (issue 13): sanity checks, baselines, ROAD, localisation ----------
+# ---- "can I trust these maps?": sanity checks, baselines, ROAD, localisation ----------------------
 
 SANITY = pa.schema(
     [

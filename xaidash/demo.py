@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=8050, help="port of the dashboard (default: %(default)s)")
     parser.add_argument(
+        "--dev", action="store_true", help="serve with Dash's development server instead of waitress"
+    )
+    parser.add_argument(
         "--data-root", default=None, help="where Fashion-MNIST lives if not in the Debian package"
     )
     parser.add_argument(
@@ -189,5 +192,10 @@ def run(args: argparse.Namespace) -> int:
     if args.no_serve:
         print(f"store ready: {store}\nopen it with: xaidash serve --store {store}")
         return 0
-    _cli(["serve", "--store", str(store), "--host", args.host, "--port", str(args.port)])
+    _cli(serve_argv(store, args.host, args.port, args.dev))
     return 0
+
+
+def serve_argv(store: Path, host: str, port: int, dev: bool = False) -> list[str]:
+    """The demo's last step: ``xaidash serve`` over its store, on waitress unless ``dev``."""
+    return ["serve", "--store", str(store), "--host", host, "--port", str(port), *(["--dev"] if dev else [])]

@@ -1,21 +1,15 @@
 """Command-line arguments shared by ``xaidash train`` and ``xaidash compute``.
 
 Light imports only (argparse/stdlib): this module is imported when ``xaidash --help`` builds
-its parser. torch is imported inside :func:`resolve_device`.
+its parser.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from xaidash.errors import UserError
-
-if TYPE_CHECKING:
-    import torch
-
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+from xaidash.compute.device import device_name
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -70,34 +64,7 @@ def add_loader_arguments(parser: argparse.ArgumentParser, batch_size: int, worke
                    help=f"image decoding worker processes (default {default}; 0 = in the main process)")
 
 
-def device_name(text: str) -> str:
-    """argparse type: auto | cpu | cuda | cuda:N."""
-    name = text.strip().lower()
-    if name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit()):
-        return name
-    raise argparse.ArgumentTypeError(f"invalid device {text!r}; valid devices: auto, cpu, cuda, cuda:N")
-
-
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """``--device auto|cpu|cuda|cuda:N`` (auto = cuda when available, else cpu)."""
     parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda[:N]",
                         help="where to run: auto (cuda if available), cpu, cuda or cuda:N (default: auto)")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``--device``; UserError when cuda is asked for but unavailable."""
-    import torch
-
-    try:
-        name = device_name(name)
-    except argparse.ArgumentTypeError as exc:
-        raise UserError(str(exc)) from None
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA GPU is available to PyTorch here; use --device cpu")
-        index = int(name[5:]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return torch.device(name)

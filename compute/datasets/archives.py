@@ -1,6 +1,7 @@
 """The datasets that come as archive files: Fashion-MNIST (idx files) and CIFAR-10 (python
-pickle batches). Found under the data roots of :mod:`xaidash.compute.datasets.sources` (``--data-root``,
-``$XAIDASH_DATA``, Debian's copy of Fashion-MNIST, ``~/.cache/xaidash``), or downloaded through
+pickle batches). Found under the data roots (:func:`~xaidash.compute.datasets.base.data_roots`:
+``--data-root``, ``$XAIDASH_DATA``, then Debian's copy of Fashion-MNIST, then
+``~/.cache/xaidash``), or downloaded through
 torchvision into the first root when missing (needs internet). Pixels stay lazy: each split's
 array is read once, on the first image asked for.
 """
@@ -18,20 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from xaidash.compute.datasets.sources import (
-    CIFAR10_CLASSES,
-    FASHION_MNIST_CLASSES,
-    SPLITS,
+from xaidash.compute.datasets.base import (
     ArrayDataset,
     Dataset,
     Item,
-    _data_roots,
-    _select_classes,
+    data_roots,
     image_id_for,
+    select_classes,
 )
+from xaidash.constants import SPLITS
 from xaidash.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
 
 #: Debian's dataset-fashion-mnist package (module-level so tests can point it elsewhere).
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -111,8 +118,8 @@ def _download_fashion(root: Path) -> Path:
 
 
 def open_fashion(spec: str, rest: str, data_root: str | None) -> Dataset:
-    picked = _select_classes(FASHION_MNIST_CLASSES, rest, "fashion-mnist")
-    roots = _data_roots(data_root)
+    picked = select_classes(FASHION_MNIST_CLASSES, rest, "fashion-mnist")
+    roots = data_roots(data_root)
     search = [*roots[:-1], DEBIAN_FASHION_MNIST_DIR, *roots[-1:]]
     d = _find_fashion_dir(search)
     if d is None:
@@ -181,8 +188,8 @@ def _download_cifar(root: Path) -> Path:
 
 
 def open_cifar10(spec: str, rest: str, data_root: str | None) -> Dataset:
-    picked = _select_classes(CIFAR10_CLASSES, rest, "cifar10")
-    roots = _data_roots(data_root)
+    picked = select_classes(CIFAR10_CLASSES, rest, "cifar10")
+    roots = data_roots(data_root)
     d = _find_cifar_dir(roots) or _download_cifar(roots[0])
     mtime = max((d / n).stat().st_mtime for names in _CIFAR_BATCHES.values() for n in names)
 

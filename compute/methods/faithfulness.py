@@ -12,12 +12,12 @@ input size:
 * **Increase in Confidence** (same section): ``1[O > Y]`` per image; its mean × 100 is the paper's %.
 * **Deletion / Insertion AUC** (Petsiuk et al. 2018, RISE, https://arxiv.org/abs/1806.07421):
   pixels are ordered by decreasing ``S`` (ties broken by row-major pixel index, which makes the
-  curve deterministic); at step ``i = 0..steps`` the first ``k_i = floor(i·n/steps)`` pixels of
-  the order (all channels of a pixel together) are removed - set to the dataset mean, 0 in
-  normalized space - for deletion, or restored into a blurred copy of the image for insertion.
-  The score is the class-``c`` probability; the AUC is the trapezoid rule over the fraction of
-  pixels ``k_i/n`` in ``[0, 1]`` (``steps + 1`` points). Deletion: lower is better; insertion:
-  higher is better.
+  curve deterministic; :mod:`~xaidash.compute.methods.ranks`); at step ``i = 0..steps`` the
+  first ``k_i = floor(i·n/steps)`` pixels of the order (all channels of a pixel together) are
+  removed - set to the dataset mean, 0 in normalized space - for deletion, or restored into a
+  blurred copy of the image for insertion. The score is the class-``c`` probability; the AUC is
+  the trapezoid rule over the fraction of pixels ``k_i/n`` in ``[0, 1]`` (``steps + 1``
+  points). Deletion: lower is better; insertion: higher is better.
 
 The insertion start image follows RISE's reference evaluation: a Gaussian blur with an 11×11
 kernel and ``σ = 5`` pixels applied to the normalized tensor with zero padding (so borders blend
@@ -36,32 +36,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xaidash.compute.methods.ranks import map_ranks, upsample_maps
+
 __all__ = [
     "BLUR_KERNEL",
     "BLUR_SIGMA",
+    "SCORES",
     "average_drop_increase",
     "class_probabilities",
     "deletion_insertion",
     "faithfulness",
     "gaussian_blur",
-    "upsample_maps",
 ]
+
+#: The scores :func:`faithfulness` gives every map (the faithfulness tables' score columns).
+SCORES: tuple[str, ...] = ("drop", "increase", "deletion_auc", "insertion_auc")
 
 #: RISE's reference insertion blur (``gkern(klen=11, nsig=5)``).
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
-
-
-def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """``[B, h, w]`` maps -> ``[B, 1, H, W]`` by bilinear interpolation (``align_corners=False``).
-
-    Bilinear weights are convex, so maps in ``[0, 1]`` stay in ``[0, 1]``; an identity resize
-    (``h, w == H, W``) returns the map unchanged.
-    """
-    m = maps.unsqueeze(1).float()
-    if tuple(m.shape[-2:]) == tuple(size):
-        return m
-    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
 def gaussian_blur(x: Tensor, kernel_size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
@@ -141,18 +134,6 @@ def _step_counts(n: int, steps: int) -> Tensor:
     return torch.div(torch.arange(steps + 1, dtype=torch.long) * n, steps, rounding_mode="floor")
 
 
-def _ranks(saliency: Tensor) -> Tensor:
-    """Position of every pixel in the order of decreasing saliency: ``[B, n]`` long.
-
-    ``torch.sort(stable=True, descending=True)`` keeps equal values in index order, so ties are
-    broken by row-major pixel index - deterministic on every device.
-    """
-    order = torch.sort(saliency, dim=1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return ranks
-
-
 def _curves(
     model: nn.Module,
     x: Tensor,
@@ -169,8 +150,7 @@ def _curves(
     ks = _step_counts(n, steps).to(x.device)
     names = list(maps)
     m = len(names)
-    # Ranks of all methods: [M, B, n].
-    ranks = torch.stack([_ranks(upsample_maps(maps[k].to(x.device), (hgt, wid)).flatten(1)) for k in names])
+    ranks = map_ranks(maps, (hgt, wid), x.device)  # [M, B, n]
 
     # End points do not depend on the map: p(x), p(all mean) and p(blur) once per image.
     ends = torch.cat([torch.zeros_like(x), insertion_baseline])
@@ -296,6 +276,5 @@ def faithfulness(
     out: dict[str, dict[str, Tensor]] = {}
     for j, name in enumerate(names):
         drop, inc = _drop_increase(y, o[j])
-        out[name] = {"drop": drop, "increase": inc, "deletion_auc": aucs[name][0],
-                     "insertion_auc": aucs[name][1]}
+        out[name] = dict(zip(SCORES, (drop, inc, aucs[name][0], aucs[name][1]), strict=True))
     return out

@@ -35,6 +35,7 @@ to point with) has null scores.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ import torch
 from torch import Tensor
 
 from xaidash.compute.datasets.decoding import ImageLoadError, image_size, load_image
-from xaidash.compute.methods.faithfulness import _ranks, upsample_maps
+from xaidash.compute.datasets.sources import Dataset, FileDataset, Item
+from xaidash.compute.methods.ranks import pixel_ranks, upsample_maps
 from xaidash.errors import UserError
 
 if TYPE_CHECKING:
@@ -90,6 +92,19 @@ class GroundTruth:
         return None
 
 
+def ground_truth_digest(gt: GroundTruth | None) -> str | None:
+    """A stable digest of the ground truth (part of the job key: other masks, other results)."""
+    if gt is None:
+        return None
+    h = hashlib.sha1()
+    for iid, p in sorted(gt.masks.items()):
+        st = p.stat()
+        h.update(f"{iid}:{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for iid, boxes in sorted(gt.boxes.items()):
+        h.update(f"{iid}:{np.round(np.array(boxes), 3).tolist()}\n".encode())
+    return h.hexdigest()
+
+
 def to_input_grid(mask: np.ndarray, pre: Preprocessing) -> Tensor:
     """An original-size object mask through the image's resize (+ centre crop), nearest: ``[S, S]`` bool."""
     from PIL import Image
@@ -110,8 +125,6 @@ def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None, val: 
         mdir = Path(masks).expanduser()
         if not mdir.is_dir():
             raise UserError(f"--masks folder not found: {mdir}")
-        from xaidash.compute.datasets.sources import FileDataset
-
         files = isinstance(dataset, FileDataset)
         gt = _find_masks(mdir, dataset, val, lambda it: _mask_names(it, files))
         if gt is None:
@@ -125,8 +138,6 @@ def open_ground_truth(dataset: Dataset, data_spec: str, boxes: str | None, val: 
     mdir = root / MASK_DIR / "val"
     if not mdir.is_dir():
         return None
-    from xaidash.compute.datasets.sources import FileDataset
-
     assert isinstance(dataset, FileDataset)
 
     def under_val(it: Item) -> list[Path]:
@@ -154,8 +165,6 @@ def _find_masks(mdir: Path, dataset: Dataset, val: list[Item],
                 names: Callable[[Item], list[Path]]) -> GroundTruth | None:
     """The masks of ``val`` under ``mdir`` (the first of ``names(item)`` that exists), each
     checked to have its image's size."""
-    from xaidash.compute.datasets.sources import FileDataset
-
     masks: dict[str, Path] = {}
     owner: dict[Path, str] = {}
     for it in val:
@@ -185,8 +194,6 @@ def _read_boxes(path: Path, dataset: Dataset, val: list[Item]) -> GroundTruth:
     if not path.is_file():
         raise UserError(f"--boxes file not found: {path}")
     keys: dict[str, str] = {}
-    from xaidash.compute.datasets.sources import FileDataset
-
     for it in val:
         keys[it.source] = it.image_id
         if "/" in it.source:
@@ -254,7 +261,7 @@ def localisation_scores(maps: Tensor, objects: Tensor, topk: float = DEFAULT_TOP
     energy = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)),
                          torch.full_like(total, float("nan")))
     k = max(1, math.ceil(topk / 100.0 * s.shape[1]))
-    top = _ranks(s) < k
+    top = pixel_ranks(s) < k
     inter = (top & o).sum(dim=1).float()
     union = (top | o).sum(dim=1).float()
     iou = inter / union.clamp_min(1)

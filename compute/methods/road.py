@@ -6,7 +6,7 @@ imputation** instead, so most-relevant-first (MoRF) and least-relevant-first (Le
 methods consistently. Per (image, method) and removal fraction ``f`` (default 10/30/50/70/90 %):
 
 * MoRF removes the ``floor(f·n)`` pixels of highest map value (the map bilinearly upsampled to
-  the input, ties by row-major index: the order of :mod:`xaidash.compute.methods.faithfulness`), LeRF
+  the input, ties by row-major index: the order of :mod:`xaidash.compute.methods.ranks`), LeRF
   the ``floor(f·n)`` of lowest; the score is the class-``c`` softmax probability of the imputed
   image (``c`` = the predicted class). MoRF: lower is better; LeRF: higher is better.
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xaidash.compute.methods.faithfulness import _ranks, upsample_maps
+from xaidash.compute.methods.ranks import map_ranks
 from xaidash.constants import ROAD_ORDERS
 
 ROAD_NOISE = 0.01
@@ -213,7 +213,7 @@ def road(model: nn.Module, x: Tensor, maps: Mapping[str, Tensor], targets: Tenso
     names = list(maps)
     if not names or b == 0 or not fractions:
         return {}
-    ranks = torch.stack([_ranks(upsample_maps(maps[k].to(x.device), (hgt, wid)).flatten(1)) for k in names])
+    ranks = map_ranks(maps, (hgt, wid), x.device)  # [M, B, n]
     counts = torch.tensor([int(np.floor(f * n)) for f in fractions], device=x.device)
     noise = torch.stack([image_noise(i, (c, hgt, wid)) for i in ids]).to(x.device)
     nf, no = len(fractions), len(ROAD_ORDERS)

@@ -36,6 +36,8 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from xaidash.compute.datasets.sources import Item, subsample
+
 log = logging.getLogger(__name__)
 
 #: Seed of the first randomisation step (step k uses SANITY_SEED + k).
@@ -43,6 +45,13 @@ SANITY_SEED = 20181021
 #: Seed of the stratified sample of validation images (distinct from the calibration sample's).
 SANITY_SAMPLE_SEED = 13
 DEFAULT_SANITY_IMAGES = 64
+
+
+def sanity_sample(val: Sequence[Item], n: int) -> frozenset[str]:
+    """The ids of the stratified, seeded sanity sample (``n`` = 0: none)."""
+    if n <= 0:
+        return frozenset()
+    return frozenset(it.image_id for it in subsample(list(val), n, seed=SANITY_SAMPLE_SEED))
 
 
 def _seq(prefix: str, indices: Sequence[int]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from xaidash.compute.datasets.sources import Dataset
+from xaidash.compute.device import configure_device
 from xaidash.compute.model import checkpoint as ckpt_mod
 from xaidash.compute.model.architectures import ModelParts
 from xaidash.compute.model.external import build as build_external
@@ -111,9 +112,7 @@ def load_model(model_ref: Mapping[str, object]) -> LoadedModel:
 def for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """Eval mode on ``device`` with no parameter gradients (CAMs differentiate activations only);
     channels_last on CUDA, where cuDNN's convolutions are faster in it (same numbers); and fp32
-    that is fp32 on this device (TF32 off, :func:`xaidash.compute.pipeline.precision.configure_device`)."""
-    from xaidash.compute.pipeline.precision import configure_device
-
+    that is fp32 on this device (TF32 off, :func:`xaidash.compute.device.configure_device`)."""
     configure_device(device)
     model = model.eval().to(device)
     for p in model.parameters():

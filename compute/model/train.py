@@ -37,9 +37,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from xaidash.compute.cli.args import resolve_device
 from xaidash.compute.datasets.imageset import Batch, ImageSet, Sample, Transform, collate
 from xaidash.compute.datasets.sources import Dataset, ImageLoadError, Item, open_dataset, subsample
+from xaidash.compute.device import resolve_device
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.model.architectures import (
     build_model,
     check_arch,
@@ -56,7 +57,6 @@ from xaidash.compute.model.checkpoint import (
     save_checkpoint,
 )
 from xaidash.compute.model.external import parse_model_args
-from xaidash.compute.pipeline.hostmem import tune_host_allocator
 from xaidash.errors import UserError
 
 logger = logging.getLogger(__name__)

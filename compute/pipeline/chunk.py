@@ -19,40 +19,28 @@ import dataclasses
 import itertools
 import logging
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from xaidash.compute.analysis.metrics import cam_disagreement
 from xaidash.compute.datasets.imageset import Batch, ImageSet, Sample, collate, input_hashes
 from xaidash.compute.datasets.sources import Item
-from xaidash.compute.methods.cams import CamEngine, ForwardResult, folded_copy
+from xaidash.compute.methods.cams import CamEngine, ForwardResult
+from xaidash.compute.methods.faithfulness import SCORES, faithfulness
+from xaidash.compute.pipeline.plan import Chunk, JobPlan
+from xaidash.compute.pipeline.precision import forward_only_precision, masked_batch_size, masked_forward_model
+from xaidash.compute.pipeline.timing import Timer
 from xaidash.compute.pipeline.trust_step import TrustWork
 from xaidash.constants import GRADIENT_METHODS
 from xaidash.store.builder import TableBuilder
 
-if TYPE_CHECKING:
-    from xaidash.compute.pipeline.plan import JobPlan
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A deterministic unit of work: ``index`` is global (val chunks first, then train)."""
-
-    index: int
-    chunk_id: str
-    split: str
-    items: tuple[Item, ...]
 
 
 @dataclass
@@ -71,109 +59,6 @@ class ChunkOutput:
     method_seconds: dict[str, float] = field(default_factory=dict)
     #: images each trust part covered (sanity, baselines, road, localisation: compute/pipeline/trust_step.py)
     trust_images: dict[str, int] = field(default_factory=dict)
-
-
-def forward_only_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """Autocast for the forward-only stages in ``precision`` (a no-op for fp32).
-
-    Predictions, embeddings, CAM, Grad-CAM and Grad-CAM++ come from one fp32 forward and
-    backward and stay fp32 always: they are cheap, and exactness is the product's promise.
-    ``--precision bf16`` governs only the bulk that costs: Score-CAM's masked forwards (512 per
-    image for a ResNet-18) and the faithfulness forwards. Every bf16 run measures what that
-    costs in deviation (:mod:`xaidash.compute.pipeline.precision`).
-    """
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[object, ...], nn.Module]] = (
-    weakref.WeakKeyDictionary())
-
-
-def _weights_state(model: nn.Module) -> tuple[object, ...] | None:
-    """Which tensors the model holds, where their memory is, their dtype and device, and how often
-    each was changed in place (torch bumps ``_version`` on in-place writes through autograd-visible
-    views; a write through ``.data`` or an in-place ``.to()`` is caught by the storage pointer or
-    dtype only when they change). None when a tensor tracks no version (made under
-    ``torch.inference_mode``): such a model is not cached."""
-    tensors = (*model.parameters(), *model.buffers())
-    if any(t.is_inference() for t in tensors):
-        return None
-    return tuple((id(t), t.data_ptr(), t.dtype, t.device, t._version) for t in tensors)
-
-
-def masked_forward_model(model: nn.Module, precision: str) -> nn.Module:
-    """The model the forward-only bulk runs on: ``model`` itself in fp32 (exact, same numbers as
-    the gradient pass); in bf16 a BatchNorm-folded channels-last copy (:func:`folded_copy`),
-    whose deviation from fp32 is part of what the run's calibration measures.
-
-    The copy is made once per model and weights (about 0.1 s for ResNet-18; every val chunk,
-    the calibration and the speed-up hint ask for it): a model whose weights were changed or
-    replaced since (the sanity check's cascade re-initialises one copy step by step) gets a
-    new copy."""
-    if precision != "bf16":
-        return model
-    state = _weights_state(model)
-    hit = _FOLDED.get(model)
-    if state is not None and hit is not None and hit[0] == state:
-        return hit[1]
-    copy_ = folded_copy(model)
-    if state is not None:
-        _FOLDED[model] = (state, copy_)
-    return copy_
-
-
-#: Share of the free GPU memory the masked-forward batches may take (the rest: the model, the
-#: allocator's fragmentation, the faithfulness curves next to them).
-GPU_MEMORY_SHARE = 0.5
-MAX_MASKED_BATCH = 4096
-
-
-def masked_batch_size(plan: JobPlan, x: torch.Tensor) -> int:
-    """Images per masked forward (Score-CAM, faithfulness).
-
-    On CPU the batch only needs to amortise per-call overhead: ``max(--batch-size, 32)`` (32 was
-    the fastest of 16/32/64 for ResNet-18 at 224 px on the 2-core dev CPU; larger batches fall out
-    of its cache: 15.8 vs 15.9 ms/img fp32, 6.0 vs 6.5 bf16 folded). On CUDA
-    it is chosen from the free memory: one masked forward of a single image is measured (peak
-    bytes above the current allocation) and the batch takes ``GPU_MEMORY_SHARE`` of what is free.
-    """
-    floor = max(plan.cfg.batch_size, 32)
-    if plan.device.type != "cuda":
-        return floor
-    free, _ = torch.cuda.mem_get_info(plan.device)
-    torch.cuda.synchronize(plan.device)
-    base = torch.cuda.memory_allocated(plan.device)
-    torch.cuda.reset_peak_memory_stats(plan.device)
-    with torch.inference_mode(), forward_only_precision(plan.cfg.precision, plan.device):
-        plan.model(x[:1])
-    per_image = max(1, torch.cuda.max_memory_allocated(plan.device) - base)
-    return int(max(floor, min(MAX_MASKED_BATCH, GPU_MEMORY_SHARE * free // per_image)))
-
-
-class Timer:
-    """Wall-clock seconds per stage (accumulates when a stage runs more than once)."""
-
-    def __init__(self, cuda: torch.device | None = None) -> None:
-        self.seconds: dict[str, float] = {}
-        #: kernels are asynchronous: on CUDA a stage ends with a synchronize, otherwise its GPU
-        #: time would be billed to whichever later stage first waits for it
-        self.cuda = cuda
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.cuda is not None:
-                torch.cuda.synchronize(self.cuda)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-    def add(self, seconds: dict[str, float]) -> None:
-        for k, v in seconds.items():
-            self.seconds[k] = self.seconds.get(k, 0.0) + v
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,8 +284,6 @@ class _ChunkWork:
             self._true_maps(engine, x, res, ids, labels, pred_np)
 
         if cfg.faithfulness and maps:
-            from xaidash.compute.methods.faithfulness import faithfulness
-
             with self.timer.stage("val_faithfulness"), self.autocast():
                 # the base probability Y is the confidence already computed: saves a forward
                 fa = faithfulness(self.masked_model, x, maps, pred.to(plan.device),
@@ -409,7 +292,7 @@ class _ChunkWork:
             for m, vals in fa.items():
                 self.tables["faithfulness"].add(image_id=ids, method=[m] * len(ids), **{
                     key: vals[key].float().cpu().tolist()
-                    for key in ("drop", "increase", "deletion_auc", "insertion_auc")})
+                    for key in SCORES})
 
         self.trust.val_batch(x, items, sizes, maps, pred, conf, self.masked_batch(x))
         disagreement = cam_disagreement([mp.detach().cpu().numpy() for mp in maps.values()])

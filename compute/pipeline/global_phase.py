@@ -26,9 +26,9 @@ import torch
 from xaidash.compute.analysis.metrics import classification_report, confusion_long
 from xaidash.compute.analysis.neighbors import find_neighbors
 from xaidash.compute.analysis.projection import project_2d
-from xaidash.compute.pipeline.chunk import Timer
 from xaidash.compute.pipeline.plan import JobPlan
 from xaidash.compute.pipeline.quality_phase import quality_tables
+from xaidash.compute.pipeline.timing import Timer
 from xaidash.store import Staging
 from xaidash.store.builder import table
 

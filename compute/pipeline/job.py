@@ -21,14 +21,12 @@ and only then runs the global phase and publishes; a shard that loses that race 
 published run (exit 0). ``--finalize`` runs the global phase on demand. A job key is published
 at most once (``--new-run`` asks for another run with the next free key suffix).
 
-Precision: fp32 by default everywhere. ``--precision bf16`` wraps the network forwards in
-``torch.autocast(bfloat16)``; maps are computed from fp32 copies of activations/gradients
-(CamEngine casts), but the activations themselves carry bf16 rounding (8-bit mantissa).
-Measured (CPU autocast, the Fashion-MNIST resnet18 at 32 px, 32 val images): predictions
-identical, probabilities within 0.014, CAM / Grad-CAM / Grad-CAM++ maps within 0.047 max (0.005
-mean) of fp32, Score-CAM (top-64 channels) within 0.24 max (0.018 mean) because the channel
-selection itself moves — 2.3x faster. That is outside a "same map" tolerance, so bf16 stays
-opt-in and is recorded in the run's config (and job key).
+Precision (:mod:`~xaidash.compute.pipeline.precision`): predictions, embeddings and the gradient
+trio (CAM, Grad-CAM, Grad-CAM++, from one forward + backward) are always fp32, with TF32 off on
+CUDA. ``--precision bf16`` applies only to the forward-only bulk, which is where the time goes:
+Score-CAM's masked forwards and the faithfulness forwards (those of the baselines and ROAD's too),
+run under bf16 autocast on a BatchNorm-folded channels-last copy of the model. A bf16 run measures
+its own deviation from fp32 on a calibration sample and records it in ``runs.precision_json``.
 """
 
 from __future__ import annotations
@@ -45,16 +43,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from xaidash.compute.pipeline.chunk import Chunk, ChunkOutput, Timer, compute_chunk, decode_chunks
+from xaidash.compute.pipeline.chunk import ChunkOutput, compute_chunk, decode_chunks
 from xaidash.compute.pipeline.config import JobConfig, validate
 from xaidash.compute.pipeline.global_phase import global_phase
-from xaidash.compute.pipeline.plan import JobPlan, make_plan
+from xaidash.compute.pipeline.plan import Chunk, JobPlan, make_plan
 from xaidash.compute.pipeline.precision import (
     bf16_hardware,
     bf16_speedup,
     calibration_items,
     measure_deviation,
 )
+from xaidash.compute.pipeline.timing import Timer
 from xaidash.errors import UserError
 from xaidash.store import Staging, Store
 from xaidash.store.write.writer import AlreadyPublished, read_manifest
@@ -209,21 +208,23 @@ def _per_image_phase(plan: JobPlan, store: Store, staging: Staging, chunks: Sequ
     missing_thumbs = frozenset(it.image_id for c in chunks for it in c.items) - store.thumbnail_ids(
         plan.fingerprint)
     written = 0
+
+    def take(out: ChunkOutput) -> None:
+        """One computed chunk, from this process or a Ray worker: measured, then staged."""
+        nonlocal written
+        measured.add(out)
+        stage_chunk(staging, out)
+        written += 1
+        if fail_after and written >= fail_after:
+            raise RuntimeError(f"simulated crash after {written} chunk(s) ({FAIL_AFTER_ENV})")
+
     if plan.cfg.ray is not None and chunks:
         from xaidash.compute.pipeline.ray_runner import RayOptions, run_on_ray
-
-        def on_chunk(out: ChunkOutput) -> None:
-            nonlocal written
-            measured.add(out)
-            stage_chunk(staging, out)
-            written += 1
-            if fail_after and written >= fail_after:
-                raise RuntimeError(f"simulated crash after {written} chunk(s) ({FAIL_AFTER_ENV})")
 
         opts = RayOptions(plan.cfg.ray, plan.cfg.ray_workers, plan.cfg.gpus_per_worker,
                           plan.cfg.threads_per_worker)
         t0 = time.perf_counter()
-        report = run_on_ray(plan, chunks, missing_thumbs, opts, on_chunk)
+        report = run_on_ray(plan, chunks, missing_thumbs, opts, take)
         # Ray's start-up (joining or starting the cluster, the actors loading the model) is its
         # own stage, so per_image_ray compares with the local loop's per_image_* stages
         measured.timer.add({"ray_startup": report.startup_s,
@@ -239,14 +240,9 @@ def _per_image_phase(plan: JobPlan, store: Store, staging: Staging, chunks: Sequ
         try:
             with measured.timer.stage(f"per_image_{split}"):
                 for chunk, batches in decode_chunks(plan, todo, missing_thumbs):
-                    out = compute_chunk(plan, chunk, missing_thumbs, batches,
-                                        calibrate=split == "val" and not measured.method_seconds,
-                                        progress=bar.update)
-                    measured.add(out)
-                    stage_chunk(staging, out)
-                    written += 1
-                    if fail_after and written >= fail_after:
-                        raise RuntimeError(f"simulated crash after {written} chunk(s) ({FAIL_AFTER_ENV})")
+                    take(compute_chunk(plan, chunk, missing_thumbs, batches,
+                                       calibrate=split == "val" and not measured.method_seconds,
+                                       progress=bar.update))
         finally:
             bar.close()
     return written

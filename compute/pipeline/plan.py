@@ -20,18 +20,17 @@ from dataclasses import dataclass
 
 import torch
 
-from xaidash.compute.cli.args import resolve_device
 from xaidash.compute.datasets.sources import Dataset, Item, open_dataset, subsample
+from xaidash.compute.device import configure_device, resolve_device
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.methods.cams import CamEngine
-from xaidash.compute.methods.localisation import GroundTruth, open_ground_truth
+from xaidash.compute.methods.localisation import GroundTruth, ground_truth_digest, open_ground_truth
+from xaidash.compute.methods.sanity import sanity_sample
 from xaidash.compute.model.architectures import ModelParts
 from xaidash.compute.model.checkpoint import check_classes
 from xaidash.compute.model.layers import TargetLayer, target_for
 from xaidash.compute.model.loading import LoadedModel, for_inference, load_model, resolve_model_ref
-from xaidash.compute.pipeline.chunk import Chunk
 from xaidash.compute.pipeline.config import JobConfig, parse_shard, validate
-from xaidash.compute.pipeline.hostmem import tune_host_allocator
-from xaidash.compute.pipeline.trust_step import ground_truth_digest, sanity_sample
 from xaidash.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,6 +42,16 @@ ROAD_SAMPLE_SEED = 22
 #: 2: bf16 applies to the forward-only stages only (the gradient forward is always fp32).
 #: 3: the trust tables (sanity, baseline_faithfulness, road, localisation).
 JOB_FORMAT = 3
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A deterministic unit of work: ``index`` is global (val chunks first, then train)."""
+
+    index: int
+    chunk_id: str
+    split: str
+    items: tuple[Item, ...]
 
 
 @dataclass(frozen=True)
@@ -133,8 +142,6 @@ class JobPlan:
 
     def precision_record(self) -> dict[str, object]:
         """What ``runs.precision_json`` says besides the measured deviation."""
-        from xaidash.compute.pipeline.precision import configure_device
-
         stages = ["scorecam", "faithfulness"] if self.cfg.precision == "bf16" else []
         return {"precision": self.cfg.precision, "bf16_stages": stages, **configure_device(self.device)}
 

@@ -27,19 +27,17 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from xaidash.compute.datasets.sources import FileDataset, ImageLoadError
+from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.model.loading import for_inference
-from xaidash.compute.pipeline.chunk import Chunk, ChunkOutput, compute_chunk
-from xaidash.compute.pipeline.hostmem import tune_host_allocator
+from xaidash.compute.pipeline.chunk import ChunkOutput, compute_chunk
+from xaidash.compute.pipeline.plan import Chunk, JobPlan
 from xaidash.errors import UserError
-
-if TYPE_CHECKING:
-    from xaidash.compute.pipeline.plan import JobPlan
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,22 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
+from xaidash.compute.methods.baselines import baseline_maps
+from xaidash.compute.methods.faithfulness import SCORES, faithfulness
+from xaidash.compute.methods.localisation import localisation_scores, pointing_radius, to_input_grid
+from xaidash.compute.methods.road import road
+from xaidash.compute.methods.sanity import randomisation_blocks, sanity_rows
+from xaidash.compute.pipeline.plan import JobPlan
+from xaidash.compute.pipeline.precision import masked_batch_size, masked_forward_model
+from xaidash.compute.pipeline.timing import Timer
 from xaidash.store.builder import TableBuilder
 
 if TYPE_CHECKING:
     from xaidash.compute.datasets.sources import Item
-    from xaidash.compute.pipeline.chunk import Timer
-    from xaidash.compute.pipeline.plan import JobPlan
 
 TRUST_TABLES = ("sanity", "baseline_faithfulness", "road", "localisation")
-_SCORES = ("drop", "increase", "deletion_auc", "insertion_auc")
 
 
 def _nan_to_none(values: Sequence[float]) -> list[float | None]:
@@ -90,9 +94,6 @@ class TrustWork:
     # -- the parts ------------------------------------------------------------------------------
     def _baselines(self, x: torch.Tensor, ids: list[str], maps: Mapping[str, torch.Tensor],
                    pred: torch.Tensor, conf: torch.Tensor, batch_size: int) -> None:
-        from xaidash.compute.methods.baselines import baseline_maps
-        from xaidash.compute.methods.faithfulness import faithfulness
-
         _, h, w = next(iter(maps.values())).shape
         with self.timer.stage("val_baselines"), self.autocast():
             base = baseline_maps(ids, h, w, self.plan.device)
@@ -100,13 +101,11 @@ class TrustWork:
                               batch_size=batch_size, base_probs=conf.to(self.plan.device))
         for b, vals in fa.items():
             self.tables["baseline_faithfulness"].add(image_id=ids, baseline=[b] * len(ids), **{
-                k: vals[k].float().cpu().tolist() for k in _SCORES})
+                k: vals[k].float().cpu().tolist() for k in SCORES})
         self._count("baselines", len(ids))
 
     def _road(self, x: torch.Tensor, ids: list[str], maps: Mapping[str, torch.Tensor], pred: torch.Tensor,
               sel: list[int], batch_size: int) -> None:
-        from xaidash.compute.methods.road import road
-
         fractions = self.plan.cfg.road_fractions
         idx = torch.tensor(sel, device=x.device)
         sub_ids = [ids[i] for i in sel]
@@ -125,8 +124,6 @@ class TrustWork:
 
     def _localisation(self, ids: list[str], maps: Mapping[str, torch.Tensor],
                       sizes: Sequence[tuple[int, int]], sel: list[int]) -> None:
-        from xaidash.compute.methods.localisation import localisation_scores, pointing_radius, to_input_grid
-
         gt = self.plan.ground_truth
         assert gt is not None
         topk = self.plan.cfg.localisation_topk
@@ -158,8 +155,6 @@ class TrustWork:
         """The sanity check of the chunk's sampled images (call after the CAM engine is closed)."""
         if not self._sanity:
             return
-        from xaidash.compute.methods.sanity import randomisation_blocks, sanity_rows
-
         plan = self.plan
         x = torch.cat([s[0] for s in self._sanity])
         targets = torch.cat([s[1] for s in self._sanity])
@@ -179,7 +174,6 @@ class TrustWork:
         precision on the model it would use there, as in the run."""
         plan = self.plan
 
-        from xaidash.compute.pipeline.chunk import masked_batch_size, masked_forward_model
 
         batch: list[int] = []  # the masked batch, measured once (on CUDA it costs a forward)
 
@@ -209,30 +203,3 @@ class TrustWork:
     def tables_out(self) -> dict[str, object]:
         """The non-empty trust tables of the chunk."""
         return {n: b.table() for n, b in self.tables.items() if b.num_rows}
-
-
-def sanity_sample(val: Sequence[Item], n: int) -> frozenset[str]:
-    """The ids of the stratified, seeded sanity sample (``n`` = 0: none)."""
-    from xaidash.compute.datasets.sources import subsample
-    from xaidash.compute.methods.sanity import SANITY_SAMPLE_SEED
-
-    if n <= 0:
-        return frozenset()
-    return frozenset(it.image_id for it in subsample(list(val), n, seed=SANITY_SAMPLE_SEED))
-
-
-def ground_truth_digest(gt: object) -> str | None:
-    """A stable digest of the ground truth (part of the job key: other masks, other results)."""
-    import hashlib
-
-    from xaidash.compute.methods.localisation import GroundTruth
-
-    if not isinstance(gt, GroundTruth):
-        return None
-    h = hashlib.sha1()
-    for iid, p in sorted(gt.masks.items()):
-        st = p.stat()
-        h.update(f"{iid}:{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    for iid, boxes in sorted(gt.boxes.items()):
-        h.update(f"{iid}:{np.round(np.array(boxes), 3).tolist()}\n".encode())
-    return h.hexdigest()

@@ -32,6 +32,7 @@ from xaidash.dashboard.components import (
     warning_alert,
 )
 from xaidash.dashboard.params import Filters, parse_query
+from xaidash.dashboard.paths import path_label, redact
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.errors import UserError
 
@@ -44,11 +45,34 @@ PREFIX = "explain"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # ~ a 7,000 x 5,700 photo; anything larger is refused before decoding
 ALLOWED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG"}  # MPO: JPEGs from some cameras
+#: the longest upload file name: common file systems allow 255 bytes, a browser sends no longer
+MAX_FILENAME_CHARS = 255
 SHOW_SIZE = 224
 
 
 class UploadError(ValueError):
     """An upload we refuse; the message is shown to the user as is."""
+
+
+def upload_name(filename: str | None) -> str | None:
+    """The upload's file name as the page may print it, or :class:`UploadError` saying why not.
+
+    The browser sends the name the user's file system gave the file; a script can send a name of
+    any length, or one that is not valid Unicode (a lone surrogate), which no page can show.
+    """
+    if filename is None:
+        return None
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise UploadError(
+            f"The file name is {len(filename):,} characters long, over the limit of {MAX_FILENAME_CHARS}; "
+            "rename the file and upload it again."
+        )
+    try:
+        filename.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UploadError("The file name is not valid text (it cannot be encoded as UTF-8); rename the file "
+                          "and upload it again.") from None
+    return filename
 
 
 def decode_upload(contents: str | None, filename: str | None = None) -> Image.Image:
@@ -121,16 +145,46 @@ def model_ref_of(info: RunInfo) -> dict[str, Any] | None:
     return ref if isinstance(ref, dict) else None
 
 
+def model_files(ref: dict[str, Any]) -> list[str]:
+    """The server paths a model reference names (its checkpoint and weights files)."""
+    return [str(ref[k]) for k in ("checkpoint", "weights") if isinstance(ref.get(k), str) and ref[k]]
+
+
+def checkpoint_label(ref: dict[str, Any], show_paths: bool) -> str:
+    """The model file as the page names it: the checkpoint (with its sha256 prefix) or the weights."""
+    if ref.get("checkpoint"):
+        sha = ref.get("sha256")
+        return path_label(str(ref["checkpoint"]), show_paths, sha if isinstance(sha, str) else None)
+    if ref.get("weights"):
+        return path_label(str(ref["weights"]), show_paths)
+    return "?"
+
+
+def external_label(ref: dict[str, Any], show_paths: bool) -> str:
+    """``timm:NAME``, ``hf:DIR``, ``python:FILE.py:FUNC`` or ``python:pkg.mod:FUNC``, with the weights."""
+    kind, _, rest = str(ref["external"]).partition(":")
+    if kind == "hf":
+        shown = path_label(rest, show_paths)
+    elif kind == "python" and ".py:" in rest:
+        file, _, func = rest.rpartition(":")
+        shown = f"{path_label(file, show_paths)}:{func}"
+    else:
+        shown = rest
+    weights = ref.get("weights")
+    extra = f" · weights {path_label(str(weights), show_paths)}" if weights and weights != "imagenet" else ""
+    return f"{kind}:{shown}{extra}"
+
+
 def layout(ctx: PageContext) -> Any:
     """Upload area + result container (the work happens in the callback)."""
     info = ctx.info
     ref = model_ref_of(info)
     if not ref:
         model_desc = "this run records no model reference"
-    elif ref.get("external"):  # a model the user brought: the spec says it all
-        model_desc = f"{ref['external']}" + (f" · weights {ref['weights']}" if ref.get("weights") else "")
+    elif ref.get("external"):  # a model the user brought: its spec, paths shown as the page does
+        model_desc = external_label(ref, ctx.state.show_paths)
     else:
-        model_desc = f"{info.arch or '?'} · checkpoint {ref.get('checkpoint') or ref.get('weights') or '?'}"
+        model_desc = f"{info.arch or '?'} · checkpoint {checkpoint_label(ref, ctx.state.show_paths)}"
     upload = dcc.Upload(
         id=f"{PREFIX}-upload",
         children=html.Div(
@@ -188,7 +242,7 @@ def render_explanation(state: AppState, info: RunInfo, image: Image.Image, filen
         return empty_state(
             "The model of this run is not available",
             [
-                html.P(str(exc)),
+                html.P(redact(str(exc), model_files(ref), state.show_paths)),
                 html.P(
                     "Restore the checkpoint file at that path (unchanged), or compute a new run "
                     "and pick it in the navbar.",
@@ -273,23 +327,26 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         State("url", "search"),
         prevent_initial_call=True,
     )
-    @inputs.typed(inputs.text(max_len=None), inputs.text(), inputs.URL_PART)
+    @inputs.typed(inputs.text(max_len=None), inputs.raw_text(), inputs.URL_PART)
     def on_upload(contents: str | None, filename: str | None, search: str | None) -> Any:
         if not contents:
             return no_update
         info = state.data.resolve_run(parse_query(search).run).info
         if info is None:
-            return no_runs_alert(state.store_path)
+            return no_runs_alert(state.store_label)
         try:
-            image = decode_upload(contents, filename)
+            name = upload_name(filename)
+            image = decode_upload(contents, name)
         except UploadError as exc:
             return dbc.Alert(str(exc), color="danger", id=f"{PREFIX}-error")
         try:
-            return render_explanation(state, info, image, filename)
+            return render_explanation(state, info, image, name)
         except Exception as exc:
             log.exception("explaining an uploaded image failed")
+            ref = model_ref_of(info)
+            why = redact(f"{type(exc).__name__}: {exc}", model_files(ref) if ref else [], state.show_paths)
             return dbc.Alert(
-                f"Explaining the image failed: {type(exc).__name__}: {exc}",
+                f"Explaining the image failed: {why}",
                 color="danger",
                 id=f"{PREFIX}-error",
             )

@@ -1,2 +1,2 @@
-"""The reader side of the store: run discovery, the per-run cache and indexes, and the typed queries
-the dashboard asks (DuckDB, values bound as parameters, read-only)."""
+"""The reader side of the store: ``open_store`` -> ``StoreReader`` and the caches, indexes and
+per-table queries behind it (read-only; what the dashboard uses)."""

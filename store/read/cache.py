@@ -8,26 +8,19 @@ then evicts it). One :class:`RunCache` per reader, sharing the reader's lock.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import inspect
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+from typing import TypeVar, cast
 
-import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from xaidash.constants import METHOD_RE
 from xaidash.store.read.catalog import RunEntry
 from xaidash.store.read.index import GalleryIndex
+from xaidash.store.read.light import light_table, light_table_sql
 from xaidash.store.read.records import RunDiff
 
 #: Heads up to this many classes keep probabilities in the in-memory cache (ImageNet: read on demand).
@@ -36,7 +29,6 @@ MAX_CACHED_CLASSES = 100
 MEMO_SIZE = 256
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 
 def _copy(value: T) -> T:
@@ -147,7 +139,7 @@ class RunCache:
             if ingest is not None and light is not None:
                 ingest(f'cache."l_{h}"', light)
             else:
-                self._create_light_sql(e, h, methods, small_head)
+                self._execute(*light_table_sql(e, f'cache."l_{h}"', methods, small_head, self._image_glob(e)))
             self._execute(f'DROP TABLE IF EXISTS cache."f_{h}"', None)
             self._execute(
                 f'CREATE TABLE cache."f_{h}" AS SELECT image_id, method, "drop", increase, deletion_auc, '
@@ -157,48 +149,6 @@ class RunCache:
             self.cached[e.run_id] = h
             self.trim(keep=e.run_id)
             return h
-
-    def _create_light_sql(self, e: RunEntry, h: str, methods: list[str], small_head: bool) -> None:
-        """``cache.l_<h>`` by a SQL join of the files (any row order, duplicate ids)."""
-        faith_cols = ", ".join(
-            f'max(insertion_auc - deletion_auc) FILTER (WHERE method = ?) AS "faith_{m}"' for m in methods
-        )
-        probs = "p.probabilities" if small_head else "NULL::FLOAT[] AS probabilities"
-        glob = self._image_glob(e)
-        img_cte = (
-            "SELECT image_id, any_value(source) AS source, any_value(width) AS width, "
-            "any_value(height) AS height FROM read_parquet(?) WHERE split = 'val' GROUP BY image_id"
-            if glob
-            else "SELECT NULL::VARCHAR AS image_id, NULL::VARCHAR AS source, NULL::INTEGER AS width, "
-            "NULL::INTEGER AS height WHERE false"
-        )
-        f_cte = (
-            f"SELECT image_id, {faith_cols} FROM read_parquet(?) GROUP BY image_id"
-            if methods
-            else "SELECT NULL::VARCHAR AS image_id WHERE false"
-        )
-        params: list[object] = [str(e.file("embeddings"))]
-        if glob:
-            params.append(glob)
-        if methods:
-            params += [*methods, str(e.file("faithfulness"))]
-        params.append(str(e.file("predictions")))
-        self._execute(
-            f"""
-            CREATE TABLE cache."l_{h}" AS
-            WITH xy AS (SELECT image_id, x, y FROM read_parquet(?) WHERE split = 'val'),
-                 i AS ({img_cte}),
-                 f AS ({f_cte})
-            SELECT row_number() OVER (ORDER BY p.image_id) AS ord,
-                   p.image_id, p.split, p.label, p.label_name, p.pred, p.pred_name, p.confidence,
-                   {probs}, p.correct, p.loss, p.runner_up, p.cam_disagreement,
-                   xy.x, xy.y, i.source, i.width, i.height, f.* EXCLUDE (image_id)
-            FROM read_parquet(?) p
-            LEFT JOIN xy USING (image_id) LEFT JOIN i USING (image_id) LEFT JOIN f USING (image_id)
-            ORDER BY p.image_id
-            """,
-            params,
-        )
 
     @contextlib.contextmanager
     def pinned(self, *entries: RunEntry) -> Iterator[list[str]]:
@@ -268,291 +218,3 @@ class RunCache:
             while len(self.memo) > MEMO_SIZE:
                 self.memo.popitem(last=False)
         return _copy(value)
-
-
-def _sorted_unique(ids: pa.Array) -> bool:
-    """True when string ids are strictly increasing (the files are written sorted by image_id)."""
-    if len(ids) < 2:
-        return True
-    return bool(pc.all(pc.less(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py())
-
-
-def aligned_rows(ids: pa.Array, other_ids: pa.Array, n: int) -> npt.NDArray[np.int64]:
-    """Row of each of ``ids`` in ``other_ids`` (-1 where absent): a no-op when they are equal."""
-    if len(other_ids) == n and (n == 0 or bool(pc.all(pc.equal(ids, other_ids)).as_py())):
-        return np.arange(n, dtype=np.int64)
-    at: npt.NDArray[np.int64] = (
-        pc.index_in(ids, value_set=other_ids).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    )
-    return at
-
-
-def _take(col: pa.Array, at: npt.NDArray[np.int64], type_: pa.DataType) -> pa.Array:
-    """``col[at]`` with nulls where ``at`` is -1, cast to ``type_``."""
-    if len(col) == 0:
-        return pa.nulls(len(at), type_)
-    idx = pa.array(at, mask=at < 0)
-    return col.cast(type_).take(idx)
-
-
-def _bounds_match(path: Path, ids: pa.Array, start: int, per_id: int) -> bool:
-    """True when every row group of ``path`` from row ``start`` on begins and ends with the
-    image ids that rows ``(row - start) // per_id`` of the sorted, unique ``ids`` have, by the
-    file's own min/max statistics (no id column is decoded).
-
-    Both files come sorted by image_id from the same publish, so equal row counts plus equal
-    ids at every row-group boundary (every 4,096 or 16,384 rows) is how the fast path checks
-    that the rows line up; anything else (a group without statistics, a shifted boundary)
-    falls back to reading the ids.
-    """
-    md = pq.ParquetFile(path).metadata
-    col = md.schema.to_arrow_schema().get_field_index("image_id")
-    if col < 0:
-        return False
-    row = 0
-    firsts, lasts, want_first, want_last = [], [], [], []
-    for rg in range(md.num_row_groups):
-        g = md.row_group(rg)
-        lo, hi = row, row + g.num_rows
-        row = hi
-        if hi <= start or g.num_rows == 0:
-            continue
-        st = g.column(col).statistics
-        if st is None or not st.has_min_max:
-            return False
-        if lo >= start:  # a group straddling the start holds rows before it: only its end counts
-            firsts.append(str(st.min))
-            want_first.append((lo - start) // per_id)
-        lasts.append(str(st.max))
-        want_last.append((hi - 1 - start) // per_id)
-    if not lasts:
-        return len(ids) == 0
-    if max(want_last) >= len(ids):
-        return False
-    got = ids.take(pa.array(want_first + want_last)).to_pylist()
-    return bool(got == firsts + lasts)
-
-
-def light_table(e: RunEntry, methods: Sequence[str]) -> pa.Table | None:
-    """The rows of ``cache.l_<h>`` built with Arrow (no SQL join), or None when the files are not
-    laid out as the writer lays them out (then the SQL join builds the table).
-
-    Every run file is sorted by image_id (predictions; embeddings by split then image_id;
-    faithfulness by image_id then method), so the light columns line up row for row with the
-    predictions: one columnar read per file and no join. Left out (null), because they are
-    read per image when needed: probabilities (the image page reads one row group) and the
-    image metadata (``source``, ``width``, ``height``: the dataset's image parts, hundreds of
-    small-row-group files at 1M images, read through the row-group index). At 1M images this
-    is ~0.6 s where the SQL join took ~10 s.
-    """
-    pcols = [
-        "image_id",
-        "split",
-        "label",
-        "label_name",
-        "pred",
-        "pred_name",
-        "confidence",
-        "correct",
-        "loss",
-        "runner_up",
-        "cam_disagreement",
-    ]
-    # names and splits are a few distinct strings: decoded as dictionaries, not 1M Python-free copies
-    names = ["split", "label_name", "pred_name"]
-    pred = pq.read_table(e.file("predictions"), columns=pcols, read_dictionary=names).select(pcols)
-    pred = pred.cast(
-        pa.schema([pa.field(f.name, pa.string() if f.name in names else f.type) for f in pred.schema])
-    )
-    ids = pred.column("image_id").combine_chunks()
-    if not _sorted_unique(ids):
-        return None
-    n = len(ids)
-    out = pred.add_column(0, "ord", pa.array(np.arange(1, n + 1, dtype=np.int64)))
-    out = out.add_column(
-        out.schema.get_field_index("correct"), "probabilities", pa.nulls(n, pa.list_(pa.float32()))
-    )
-    # embeddings: sorted by split then image_id, so the val rows are one run of rows; their ids
-    # are checked by row-group statistics, not decoded (decoding them was ~40 % of the time)
-    ef = e.file("embeddings")
-    split = pq.read_table(ef, columns=["split"], read_dictionary=["split"]).column("split").combine_chunks()
-    is_val = pc.equal(split.dictionary, "val").to_numpy(zero_copy_only=False)
-    val_rows: npt.NDArray[np.intp] = (
-        np.flatnonzero(is_val[split.indices.to_numpy(zero_copy_only=False)])
-        if len(split)
-        else np.zeros(0, np.intp)
-    )
-    v0 = int(val_rows[0]) if len(val_rows) else len(split)
-    xy = None
-    if len(val_rows) == n and (n == 0 or int(val_rows[-1]) == v0 + n - 1) and _bounds_match(ef, ids, v0, 1):
-        xy = pq.read_table(ef, columns=["x", "y"]).slice(v0, n)
-        at = np.arange(n, dtype=np.int64)
-    if xy is None:
-        emb = pq.read_table(ef, columns=["image_id", "split", "x", "y"], filters=[("split", "=", "val")])
-        at = aligned_rows(ids, emb.column("image_id").combine_chunks(), n)
-        xy = emb
-    for c in ("x", "y"):
-        out = out.append_column(c, _take(xy.column(c).combine_chunks(), at, pa.float32()))
-    out = out.append_column("source", pa.nulls(n, pa.string()))
-    out = out.append_column("width", pa.nulls(n, pa.int32()))
-    out = out.append_column("height", pa.nulls(n, pa.int32()))
-    if methods:
-        ff = e.file("faithfulness")
-        cols = ["method", "deletion_auc", "insertion_auc"]
-        f = pq.read_table(ff, columns=cols, read_dictionary=["method"])
-        codes = f.column("method").combine_chunks()
-        dictionary = codes.dictionary.to_pylist()
-        index = codes.indices.to_numpy(zero_copy_only=False)
-        k = len(dictionary)
-        # sorted by (image_id, method): k rows per image, methods in the same order each time
-        regular = (
-            k > 0
-            and len(index) == n * k
-            and bool(np.all(index.reshape(n, k) == np.sort(index[:k])))
-            and _bounds_match(ff, ids, 0, k)
-        )
-        if not regular:  # read the ids and line the rows up by them
-            f = pq.read_table(ff, columns=["image_id", *cols], read_dictionary=["method"])
-        score_all = pc.subtract(f.column("insertion_auc"), f.column("deletion_auc")).combine_chunks()
-        for m in methods:
-            if m not in dictionary:
-                out = out.append_column(f"faith_{m}", pa.nulls(n, pa.float32()))
-                continue
-            mi = dictionary.index(m)
-            if regular:
-                col = int(np.flatnonzero(np.sort(index[:k]) == mi)[0])
-                score = score_all.take(pa.array(np.arange(n, dtype=np.int64) * k + col))
-                out = out.append_column(f"faith_{m}", score.cast(pa.float32()))
-                continue
-            keep = pa.array(index == mi)
-            fids = f.column("image_id").filter(keep).combine_chunks()
-            if not _sorted_unique(fids):
-                return None  # two rows of one (image, method): the SQL's max() decides
-            score = score_all.filter(keep)
-            out = out.append_column(f"faith_{m}", _take(score, aligned_rows(ids, fids, n), pa.float32()))
-    return out
-
-
-def prediction_flips(file_a: Path, file_b: Path) -> pd.DataFrame:
-    """Images whose prediction or correctness changed from run a to run b, matched by image_id:
-    image_id, label, label_name (b's, else a's), pred_a, pred_b, conf_a, conf_b and change
-    ('fixed' wrong -> right, 'broke' right -> wrong, else 'changed'), by change then image_id.
-
-    Both files are read column-wise and compared in numpy: the predictions of runs over the
-    same data are sorted by the same ids, so they line up without a join (~0.1 s at 1M images,
-    where joining the two runs' cache tables first had to build them, seconds per run).
-    """
-    cols = ["image_id", "label", "label_name", "pred", "confidence", "correct"]
-    ta, tb = (pq.read_table(f, columns=cols).select(cols).combine_chunks() for f in (file_a, file_b))
-    at = aligned_rows(
-        ta.column("image_id").chunk(0) if ta.num_rows else pa.array([], pa.string()),
-        tb.column("image_id").chunk(0) if tb.num_rows else pa.array([], pa.string()),
-        ta.num_rows,
-    )
-    both = at >= 0
-    bt = tb.take(pa.array(np.where(both, at, 0))) if tb.num_rows else None
-    if bt is None or not both.any():
-        empty = {
-            "image_id": pa.string(),
-            "label": pa.int32(),
-            "label_name": pa.string(),
-            "pred_a": pa.int32(),
-            "pred_b": pa.int32(),
-            "conf_a": pa.float32(),
-            "conf_b": pa.float32(),
-            "change": pa.string(),
-        }
-        out: pd.DataFrame = pa.table({k: pa.array([], t) for k, t in empty.items()}).to_pandas()
-        return out
-
-    def correct(t: pa.Table) -> npt.NDArray[np.int8]:
-        c: npt.NDArray[np.int8] = t.column("correct").cast(pa.int8()).fill_null(-1).to_numpy().astype(np.int8)
-        return c
-
-    pred_a, pred_b = (t.column("pred").to_numpy() for t in (ta, bt))
-    ca, cb = correct(ta), correct(bt)
-    rows = np.flatnonzero(both & ((pred_a != pred_b) | (ca != cb)))
-    change = np.where(
-        (ca[rows] == 0) & (cb[rows] == 1),
-        "fixed",
-        np.where((ca[rows] == 1) & (cb[rows] == 0), "broke", "changed"),
-    )
-    ra, rb = ta.take(pa.array(rows)), bt.take(pa.array(rows))
-    flips = pa.table(
-        {
-            "image_id": ra.column("image_id"),
-            "label": pc.coalesce(rb.column("label"), ra.column("label")),
-            "label_name": pc.coalesce(rb.column("label_name"), ra.column("label_name")),
-            "pred_a": ra.column("pred"),
-            "pred_b": rb.column("pred"),
-            "conf_a": ra.column("confidence"),
-            "conf_b": rb.column("confidence"),
-            "change": pa.array(change, pa.string()),
-        }
-    ).sort_by([("change", "ascending"), ("image_id", "ascending")])
-    df: pd.DataFrame = flips.to_pandas()
-    return df
-
-
-#: the headline numbers of a run, in display order
-HEADLINE = (
-    "n",
-    "accuracy",
-    "macro_precision",
-    "macro_recall",
-    "macro_f1",
-    "weighted_f1",
-    "errors",
-    "failed",
-)
-
-
-def headline_out(t: pa.Table, e: RunEntry) -> dict[str, float | int | None]:
-    """The headline numbers of a run from its headline row (None where unknown)."""
-    row: dict[str, Any] = t.to_pylist()[0]
-    tables = (e.manifest or {}).get("tables", {})
-    row["failed"] = int(tables.get("failures", {}).get("rows", e.row.get("num_failed") or 0))
-    out: dict[str, float | int | None] = {}
-    for k in HEADLINE:
-        v = row.get(k)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            out[k] = None
-        elif k in ("n", "errors", "failed"):
-            out[k] = int(v)
-        else:
-            out[k] = float(v)
-    if out["accuracy"] is None:
-        out["errors"] = None  # unlabeled: "errors" is unknown, not zero
-    return out
-
-
-class Memoizing(Protocol):
-    """What :func:`memo_run` needs of the object whose methods it memoizes (the reader)."""
-
-    _run_cache: RunCache
-
-    def _entry(self, run_id: object) -> RunEntry | None: ...
-
-
-S = TypeVar("S", bound=Memoizing)
-
-
-def memo_run(fn: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
-    """Memoize a query over an immutable run (keyed by method name and bound arguments).
-
-    The first argument after ``self`` is the run id. Published runs never change, so a result
-    stays valid until the run is deleted (then the rescan drops it). Unknown/invalid run ids are
-    not memoized.
-    """
-    sig = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        bound = sig.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        values = list(bound.arguments.values())[1:]
-        if self._entry(values[0]) is None:
-            return fn(self, *args, **kwargs)
-        return self._run_cache.memoized((fn.__name__, *values), lambda: fn(self, *args, **kwargs))
-
-    return wrapper

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from xaidash.constants import FINGERPRINT_RE, RUN_ID_RE
-from xaidash.store.files import MANIFEST, read_manifest
+from xaidash.store.files import IMAGE_PARTS, IMAGES_DIR, MANIFEST, RUNS_DIR, image_parts, read_manifest
 from xaidash.store.schema import RUN_TABLES, RUNS, SCHEMA_VERSION, TABLES
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Catalog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.runs_dir = path / "runs"
+        self.runs_dir = path / RUNS_DIR
         self.entries: dict[str, RunEntry] = {}
         self.runs_df = pd.DataFrame()  # readable runs, newest first
         self.runs_table: pa.Table = RUNS.empty_table()
@@ -180,13 +180,12 @@ class Catalog:
         fp = e.row.get("dataset_fingerprint")
         if not fp or not FINGERPRINT_RE.match(fp):
             return []
-        d = self.path / "images" / fp
-        return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+        return image_parts(self.path, fp)
 
     def image_glob(self, e: RunEntry) -> str | None:
         """A ``read_parquet`` glob of the run's images parts, None when there are none."""
         parts = self.image_parts(e)
-        return str(parts[0].parent / "part-*.parquet") if parts else None
+        return str(parts[0].parent / IMAGE_PARTS) if parts else None
 
 
 def _duck_type_schema(schema: pa.Schema) -> pa.Schema:
@@ -244,9 +243,9 @@ def build_views(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         if name != "runs":
             files = [str(e.file(name)) for e in catalog.readable if e.file(name).is_file()]
             _view_of_files(con, name, files, TABLES[name].schema)
-    parts = sorted((catalog.path / "images").glob("*/part-*.parquet"))
+    parts = sorted((catalog.path / IMAGES_DIR).glob(f"*/{IMAGE_PARTS}"))
     if parts:
-        glob = _sql_str(str(catalog.path / "images" / "*" / "part-*.parquet"))
+        glob = _sql_str(str(catalog.path / IMAGES_DIR / "*" / IMAGE_PARTS))
         con.execute(
             f"CREATE OR REPLACE VIEW images AS SELECT * FROM read_parquet({glob}, union_by_name = true)"
         )

@@ -3,6 +3,8 @@ numpy) and :class:`RowGroupIndex` (which Parquet row groups can hold an image_id
 
 Both are built once per immutable file set and kept by the reader: the gallery index per run in
 its run cache (:mod:`xaidash.store.read.cache`), row-group indexes in :class:`RowGroupIndexes`.
+The run's ``quality`` rows (:data:`QUALITY_INDEX_COLUMNS`) are lined up with the gallery rows by
+:func:`align_quality`, so the gallery filters and sorts by data-quality flags too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,20 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from xaidash.constants import QUALITY_FLAGS
+from xaidash.store.read.align import aligned_rows
 from xaidash.store.read.records import GalleryQuery
+from xaidash.store.schema import GALLERY_COLUMNS
 
-#: the predictions columns a gallery page shows (plus its ``sort_value``)
-GALLERY_COLUMNS = (
-    "image_id",
-    "label",
-    "label_name",
-    "pred",
-    "pred_name",
-    "confidence",
-    "correct",
-    "loss",
-    "cam_disagreement",
-)
+#: the quality columns the gallery index filters and sorts by
+QUALITY_INDEX_COLUMNS = ["image_id", "label_quality", *QUALITY_FLAGS]
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
@@ -43,6 +39,24 @@ def _column(t: pa.Table, name: str, type_: pa.DataType, null: object) -> npt.NDA
     """A column cast to ``type_`` as numpy, nulls replaced by ``null``."""
     values: npt.NDArray[np.generic] = t.column(name).cast(type_).fill_null(null).to_numpy()
     return values
+
+
+def align_quality(
+    ids: pa.Array, quality: pa.Table
+) -> tuple[npt.NDArray[np.float64], dict[str, npt.NDArray[np.bool_]]]:
+    """The label-quality sort key (NaN when absent) and the flag masks, row by row of ``ids``."""
+    n = len(ids)
+    at = aligned_rows(ids, quality.column("image_id").combine_chunks(), n)
+    present = at >= 0
+    take = np.where(present, at, 0)
+
+    def col(name: str, null: object, type_: pa.DataType) -> npt.NDArray[Any]:
+        values: npt.NDArray[Any] = quality.column(name).cast(type_).fill_null(null).to_numpy()
+        return values[take] if len(values) else np.zeros(n, values.dtype)
+
+    key = np.where(present, col("label_quality", np.nan, pa.float64()), np.nan).astype(np.float64)
+    flags = {f: present & col(f, False, pa.bool_()).astype(bool) for f in QUALITY_FLAGS}
+    return key, flags
 
 
 @dataclass
@@ -80,7 +94,7 @@ class GalleryIndex:
     @classmethod
     def from_table(cls, t: pa.Table, methods: Sequence[str], quality: pa.Table | None = None) -> GalleryIndex:
         """The index of a run's cached rows: :data:`GALLERY_COLUMNS` plus ``faith_<method>``, and
-        the run's ``quality`` rows (:func:`xaidash.store.read.quality.quality_rows`) when it has them."""
+        the run's ``quality`` rows (:data:`QUALITY_INDEX_COLUMNS`) when it has them."""
 
         def num(name: str) -> Floats:
             return _column(t, name, pa.float64(), np.nan).astype(np.float64, copy=False)
@@ -90,8 +104,6 @@ class GalleryIndex:
         keys["none"] = np.full(t.num_rows, np.nan)
         flags: dict[str, npt.NDArray[np.bool_]] = {}
         if quality is not None:
-            from xaidash.store.read.quality import align_quality
-
             keys["label_quality"], flags = align_quality(t.column("image_id").combine_chunks(), quality)
         else:
             keys["label_quality"] = keys["none"]

@@ -1,64 +1,55 @@
 """Reader queries over a run's data-quality tables (``quality``, ``error_clusters``).
 
-A mixin of :class:`xaidash.store.read.reader.StoreReader` (the reader module is kept under the
-700-line limit): label issues, leaks, outliers and error clusters of one run, accuracy without
-the leaked images, and the cross-run overlap the Compare page shows. Runs published before these
-tables existed have no ``quality.parquet``: every query answers "nothing" (``has_quality`` False,
-empty frames), so the pages show what they showed before.
+Label issues, leaks, outliers and error clusters of one run, accuracy without the leaked images,
+and the cross-run overlap the Compare page shows. A run without ``quality.parquet`` answers
+"nothing": ``has_quality`` False, empty frames, so the pages show only what the other tables give.
+
+:class:`QualityQueries` is given what it needs of the reader (the run lookup, a query on the
+reader's cursors, the run cache that memoizes its answers); the reader holds one as
+:attr:`StoreReader.quality <xaidash.store.read.reader.StoreReader.quality>`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xaidash.constants import QUALITY_FLAGS
-from xaidash.store.read.cache import RunCache, aligned_rows, memo_run
+from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import RunEntry
+from xaidash.store.read.index import QUALITY_INDEX_COLUMNS
+from xaidash.store.read.memo import memo_run
+from xaidash.store.read.records import Params
 
-#: the quality columns the gallery index filters and sorts by
-QUALITY_INDEX_COLUMNS = ["image_id", "label_quality", *QUALITY_FLAGS]
 CLUSTER_COLUMNS = ["true_class", "pred_class", "cluster", "k", "silhouette", "size",
                    "representative_ids", "method", "h", "w", "mean_map"]
 
 
-def align_quality(
-    ids: pa.Array, quality: pa.Table
-) -> tuple[npt.NDArray[np.float64], dict[str, npt.NDArray[np.bool_]]]:
-    """The label-quality sort key (NaN when absent) and the flag masks, row by row of ``ids``."""
-    n = len(ids)
-    at = aligned_rows(ids, quality.column("image_id").combine_chunks(), n)
-    present = at >= 0
-    take = np.where(present, at, 0)
-
-    def col(name: str, null: object, type_: pa.DataType) -> npt.NDArray[Any]:
-        values: npt.NDArray[Any] = quality.column(name).cast(type_).fill_null(null).to_numpy()
-        return values[take] if len(values) else np.zeros(n, values.dtype)
-
-    key = np.where(present, col("label_quality", np.nan, pa.float64()), np.nan).astype(np.float64)
-    flags = {f: present & col(f, False, pa.bool_()).astype(bool) for f in QUALITY_FLAGS}
-    return key, flags
-
-
-Params = Sequence[object] | Mapping[str, object] | None
-
 
 class QualityQueries:
-    """The data-quality queries of the reader (see the module docstring)."""
+    """The data-quality queries of a reader (see the module docstring).
 
-    _run_cache: RunCache
+    ``entry`` looks a run up (None for unknown ids), ``df`` runs one query with bound parameters
+    as a DataFrame, and ``run_cache`` keeps the memoized answers with the run's other results.
+    """
 
-    def _entry(self, run_id: object) -> RunEntry | None:  # pragma: no cover - StoreReader's
-        raise NotImplementedError
+    def __init__(
+        self,
+        entry: Callable[[object], RunEntry | None],
+        df: Callable[[str, Params], pd.DataFrame],
+        run_cache: RunCache,
+    ) -> None:
+        self._lookup = entry
+        self._df = df
+        self._run_cache = run_cache
 
-    def _df(self, query: str, params: Params = None) -> pd.DataFrame:  # pragma: no cover
-        raise NotImplementedError
+    def _entry(self, run_id: object) -> RunEntry | None:
+        return self._lookup(run_id)
 
     def _quality_entry(self, run_id: object) -> RunEntry | None:
         e = self._entry(run_id)

@@ -12,11 +12,13 @@ Speed with many runs: per-run queries read that run's own files directly
 (``read_parquet(?)`` with ``runs/<id>/<table>.parquet``), so their cost does not grow with the
 number of runs. The rooms behind the queries: the run list (:mod:`xaidash.store.read.catalog`; new or
 deleted runs are noticed by the mtime of ``runs/`` on every call, or :meth:`StoreReader.refresh`),
-the per-run cache of light columns and memoized results (:mod:`xaidash.store.read.cache`), and the
-gallery and row-group indexes (:mod:`xaidash.store.read.index`): files are sorted by image_id in small
-row groups, so a point lookup decodes one row group. The cross-run views (``predictions``,
-``cams``, ... for :meth:`StoreReader.sql`) are rebuilt lazily, on the first ``sql()`` after a
-change. Parquet footers are cached (``parquet_metadata_cache``).
+the per-run cache of light columns (:mod:`xaidash.store.read.light`) and memoized results
+(:mod:`xaidash.store.read.cache`, :mod:`xaidash.store.read.memo`), and the gallery and row-group
+indexes (:mod:`xaidash.store.read.index`): files are sorted by image_id in small row groups, so a
+point lookup decodes one row group. The data-quality queries are :attr:`StoreReader.quality`.
+The cross-run views (``predictions``, ``cams``, ... for :meth:`StoreReader.sql`) are rebuilt
+lazily, on the first ``sql()`` after a change. Parquet footers are cached
+(``parquet_metadata_cache``).
 """
 
 from __future__ import annotations
@@ -34,26 +36,29 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 
-from xaidash.constants import IMAGE_ID_RE, METHOD_RE, RUN_ID_RE, TARGET_KINDS
+from xaidash.constants import METHOD_RE, RUN_ID_RE, TARGET_KINDS
 from xaidash.errors import UserError
 from xaidash.store.files import MARKER
-from xaidash.store.read.cache import HEADLINE, RunCache, headline_out, memo_run, prediction_flips
+from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import Catalog, RunEntry, build_views
-from xaidash.store.read.index import GALLERY_COLUMNS, GalleryIndex, RowGroupIndexes
+from xaidash.store.read.headline import HEADLINE, HEADLINE_SQL, headline_out
+from xaidash.store.read.index import GalleryIndex, RowGroupIndexes
+from xaidash.store.read.memo import memo_run
 from xaidash.store.read.quality import QualityQueries
-from xaidash.store.read.records import GalleryQuery, ImageDetail, Map, RunDiff, RunInfo
-from xaidash.store.schema import RUNS
+from xaidash.store.read.records import GalleryQuery, ImageDetail, Map, Params, RunDiff, RunInfo
+from xaidash.store.read.run_diff import CONFUSION_DIFF_SQL, metric_deltas, prediction_flips
+from xaidash.store.read.trust_tables import TrustQueries, valid_image_id
+from xaidash.store.schema import GALLERY_COLUMNS, RUNS
 
 __all__ = ["GalleryQuery", "ImageDetail", "RunDiff", "RunInfo", "StoreReader", "open_store"]
 
 TOPK = 5
 
-Params = Sequence[object] | Mapping[str, object] | None
 #: train image ids, their labels (int64, -1 when unknown) and vectors (float32 [N, K])
 TrainEmbeddings = tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 
-class StoreReader(QualityQueries):
+class StoreReader:
     """Typed, read-only queries over a store (what the dashboard uses).
 
     ``cache_runs`` is how many runs keep their in-memory query cache (see
@@ -79,6 +84,10 @@ class StoreReader(QualityQueries):
             cache_runs,
             ingest=self._ingest,
         )
+        #: the data-quality queries (label issues, leaks, outliers, error clusters)
+        self.quality = QualityQueries(self._entry, self._df, self._run_cache)
+        #: the trust-check queries (sanity, baselines, ROAD, localisation)
+        self.trust = TrustQueries(self._entry, self._df, self._run_cache)
         self._row_groups = RowGroupIndexes()
         self._views_dirty = True
         try:
@@ -194,10 +203,6 @@ class StoreReader(QualityQueries):
         parts = self._catalog.image_parts(e)
         return self._row_groups.get(parts).read(ids, columns) if parts else None
 
-    @staticmethod
-    def _valid_image_id(image_id: object) -> bool:
-        return isinstance(image_id, str) and bool(IMAGE_ID_RE.match(image_id))
-
     def warm(self, run_id: str) -> None:
         """Build a run's in-memory cache now (e.g. in the background when the dashboard starts)."""
         e = self._entry(run_id)
@@ -255,32 +260,13 @@ class StoreReader(QualityQueries):
     # ---------------------------------------------------------------- metrics
     @memo_run
     def headline(self, run_id: str) -> dict[str, float | int | None]:
-        """n, accuracy, macro_precision, macro_recall, macro_f1, weighted_f1, errors, failed.
-
-        Read from the predictions' ``correct`` column and the class metrics directly (two
-        columns' worth of Parquet), so a page needing only the headline (compare) does not
-        build the run's cache.
-        """
+        """n, accuracy, macro_precision, macro_recall, macro_f1, weighted_f1, errors, failed
+        (see :mod:`xaidash.store.read.headline`)."""
         e = self._entry(run_id)
         if e is None:
             return dict.fromkeys(HEADLINE)
-        return headline_out(self._headline_row(e), e)
-
-    def _headline_row(self, e: RunEntry) -> pa.Table:
-        return self._arrow(
-            """
-            SELECT p.*, m.*
-            FROM (SELECT count(*) AS n,
-                         avg(CASE WHEN correct THEN 1.0 ELSE 0.0 END) FILTER (WHERE correct IS NOT NULL)
-                           AS accuracy,
-                         count(*) FILTER (WHERE correct = false) AS errors
-                  FROM read_parquet(?)) p,
-                 (SELECT avg(precision) AS macro_precision, avg(recall) AS macro_recall, avg(f1) AS macro_f1,
-                         sum(f1 * support) / nullif(sum(support), 0) AS weighted_f1
-                  FROM read_parquet(?)) m
-            """,
-            [str(e.file("predictions")), str(e.file("class_metrics"))],
-        )
+        row = self._arrow(HEADLINE_SQL, [str(e.file("predictions")), str(e.file("class_metrics"))])
+        return headline_out(row, e)
 
     @memo_run
     def class_metrics(self, run_id: str) -> pd.DataFrame:
@@ -363,24 +349,20 @@ class StoreReader(QualityQueries):
             g = self._run_cache.galleries.get(e.run_id)
             if g is None and light is not None:  # from the Arrow columns: no DuckDB table needed
                 g = self._run_cache.galleries[e.run_id] = GalleryIndex.from_table(
-                    light, methods, self.quality_rows(e))
+                    light, methods, self.quality.quality_rows(e))
             if g is None:
                 h = self._run_cache.tables(e)
-                methods = [m for m in e.methods if METHOD_RE.match(m)]
-                faith = "".join(f', "faith_{m}"' for m in methods)
-                t = self._arrow(
-                    "SELECT image_id, label, label_name, pred, pred_name, confidence, correct, loss, "
-                    f'cam_disagreement{faith} FROM cache."l_{h}" ORDER BY ord'
-                )
+                cols = ", ".join([*GALLERY_COLUMNS, *(f'"faith_{m}"' for m in methods)])
+                t = self._arrow(f'SELECT {cols} FROM cache."l_{h}" ORDER BY ord')
                 g = self._run_cache.galleries[e.run_id] = GalleryIndex.from_table(
-                    t, methods, self.quality_rows(e))
+                    t, methods, self.quality.quality_rows(e))
             return g
 
     # ---------------------------------------------------------------- one image
     def image(self, run_id: str, image_id: str) -> ImageDetail | None:
         """Prediction, top-k, all maps, faithfulness and metadata of one image; None if absent."""
         e = self._entry(run_id)
-        if e is None or not self._valid_image_id(image_id):
+        if e is None or not valid_image_id(image_id):
             return None
         light = self._run_cache.light_rows(e)
         if light is not None:  # the run's Arrow columns and row-group reads: no DuckDB table
@@ -479,7 +461,7 @@ class StoreReader(QualityQueries):
         One read of the run's cams file (row groups pruned by image_id), for gallery pages.
         """
         e = self._entry(run_id)
-        ids = [i for i in image_ids if self._valid_image_id(i)]
+        ids = [i for i in image_ids if valid_image_id(i)]
         ms = {m for m in methods if isinstance(m, str) and METHOD_RE.match(m)}
         if e is None or not ids or not ms or target_kind not in TARGET_KINDS:
             return {}
@@ -493,7 +475,7 @@ class StoreReader(QualityQueries):
     def thumbnails(self, run_id: str, image_ids: Sequence[str]) -> dict[str, bytes]:
         """Thumbnails of many images at once: image_id -> bytes (images without one are absent)."""
         e = self._entry(run_id)
-        ids = [i for i in image_ids if self._valid_image_id(i)]
+        ids = [i for i in image_ids if valid_image_id(i)]
         if e is None or not ids:
             return {}
         t = self._image_rows(e, ids, ["image_id", "thumbnail"])
@@ -513,7 +495,7 @@ class StoreReader(QualityQueries):
         """kind, rank, neighbor_id, neighbor_class, neighbor_class_name, similarity (twins first)."""
         cols = ["kind", "rank", "neighbor_id", "neighbor_class", "neighbor_class_name", "similarity"]
         e = self._entry(run_id)
-        if e is None or not self._valid_image_id(image_id):
+        if e is None or not valid_image_id(image_id):
             return pd.DataFrame(columns=cols)
         df = self._df(
             "SELECT kind, rank, neighbor_id, neighbor_class, similarity FROM read_parquet(?) "
@@ -606,24 +588,8 @@ class StoreReader(QualityQueries):
         ea, eb = self._entry(run_a), self._entry(run_b)
         if ea is None or eb is None:
             return RunDiff.empty()
-        ha, hb = self.headline(ea.run_id), self.headline(eb.run_id)
-        rows = []
-        for k in ha:
-            a, b = ha[k], hb[k]
-            rows.append({"metric": k, "a": a, "b": b, "delta": None if a is None or b is None else b - a})
-        metrics = pd.DataFrame(rows)
-        conf = self._df(
-            """
-            SELECT coalesce(a.true_class, b.true_class) AS true_class,
-                   coalesce(a.pred_class, b.pred_class) AS pred_class,
-                   coalesce(a."count", 0) AS a, coalesce(b."count", 0) AS b,
-                   coalesce(b."count", 0) - coalesce(a."count", 0) AS delta
-            FROM read_parquet(?) a FULL OUTER JOIN read_parquet(?) b
-              ON a.true_class = b.true_class AND a.pred_class = b.pred_class
-            ORDER BY true_class, pred_class
-            """,
-            [str(ea.file("confusion")), str(eb.file("confusion"))],
-        )
+        metrics = metric_deltas(self.headline(ea.run_id), self.headline(eb.run_id))
+        conf = self._df(CONFUSION_DIFF_SQL, [str(ea.file("confusion")), str(eb.file("confusion"))])
         flips = prediction_flips(ea.file("predictions"), eb.file("predictions"))
         return RunDiff(metrics, conf, flips)
 
@@ -631,7 +597,7 @@ class StoreReader(QualityQueries):
         """This image's prediction in every run over the same dataset fingerprint, oldest first."""
         cols = ["run_id", "created", "pred", "pred_name", "confidence", "correct"]
         e = self._entry(run_id)
-        if e is None or not self._valid_image_id(image_id):
+        if e is None or not valid_image_id(image_id):
             return pd.DataFrame(columns=cols)
         fp = e.row.get("dataset_fingerprint")
         same = [x for x in self._catalog.readable if x.row.get("dataset_fingerprint") == fp]
@@ -649,6 +615,35 @@ class StoreReader(QualityQueries):
     def failures(self, run_id: str) -> pd.DataFrame:
         """image_id, split, source, reason of images that could not be loaded."""
         return self._file_df(run_id, "failures", ["image_id", "split", "source", "reason"], "image_id")
+
+    # ---------------------------------------------------------------- data quality (self.quality)
+    def quality_rows(self, e: RunEntry) -> pa.Table | None:
+        """:meth:`QualityQueries.quality_rows <xaidash.store.read.quality.QualityQueries.quality_rows>`."""
+        return self.quality.quality_rows(e)
+
+    def has_quality(self, run_id: str) -> bool:
+        """True when the run has a non-empty quality table."""
+        return self.quality.has_quality(run_id)
+
+    def quality_summary(self, run_id: str) -> dict[str, Any]:
+        """Counts of the run's flags and the accuracy without leaked images ({} without a table)."""
+        return self.quality.quality_summary(run_id)
+
+    def quality_by_class(self, run_id: str) -> pd.DataFrame:
+        """Per true class with any flag: class, class_name, images, mislabelled, leaks, outliers."""
+        return self.quality.quality_by_class(run_id)
+
+    def image_quality(self, run_id: str, image_id: str) -> dict[str, Any] | None:
+        """The quality row of one val image (None when the run has none or no such image)."""
+        return self.quality.image_quality(run_id, image_id)
+
+    def error_clusters(self, run_id: str, true_class: int, pred_class: int) -> pd.DataFrame:
+        """The clusters of one confusion cell, one row per (cluster, method), by cluster."""
+        return self.quality.error_clusters(run_id, true_class, pred_class)
+
+    def quality_overlap(self, run_a: str, run_b: str) -> pd.DataFrame:
+        """Per flag: images flagged in a, in b, in both (empty when either has no quality table)."""
+        return self.quality.quality_overlap(run_a, run_b)
 
     # ---------------------------------------------------------------- escape hatch
     def sql(self, query: str, params: Params = None) -> pd.DataFrame:

@@ -8,7 +8,7 @@ URL parser, type hints - does not load the query engine.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,9 @@ import pandas as pd
 
 from xaidash.constants import METHOD_RE, OUTCOMES, QUALITY_FLAGS, SORTS
 from xaidash.errors import UserError
+
+#: the bound parameters of one query: positional (``?``) or named (``$name``)
+Params = Sequence[object] | Mapping[str, object] | None
 
 #: The largest gallery page a query may ask for.
 MAX_PAGE_SIZE = 1000

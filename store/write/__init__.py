@@ -1,1 +1,2 @@
-"""The writer side of the store: creating a store, one job's staging area and its atomic publish."""
+"""The writer side of the store: ``Store`` (layout, runs, shared images, gc) and ``Staging`` (a
+compute job's chunks and its atomic publish)."""

@@ -1,8 +1,9 @@
 """One compute job being written: :class:`Staging` (chunks, the publish lock, publish, compaction).
 
-Obtained from :meth:`xaidash.store.write.writer.Store.staging`. Its directory,
-``_staging/<sha1(job_key)[:20]>/``, is invisible to readers (see :mod:`xaidash.store.write.writer` for
-the whole layout)::
+Obtained from :meth:`xaidash.store.write.writer.Store.staging`; it needs only the store's layout
+(:class:`~xaidash.store.write.layout.StoreLayout`). Its directory,
+``_staging/<sha1(job_key)[:20]>/``, is invisible to readers (see :mod:`xaidash.store.write.layout`
+for the whole layout)::
 
     .lock  owner.json              flock held by the live writer(s) (shared by shards); pid, host
     owners/<owner>.lock .json      one per concurrent writer (shard-I-of-N), held exclusively
@@ -44,7 +45,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,9 +56,8 @@ from xaidash.store import files
 from xaidash.store.builder import conform, staged_schema
 from xaidash.store.files import FORMAT, MANIFEST, FileLock
 from xaidash.store.schema import RUN_TABLES, RUNS, SCHEMA_VERSION, TABLES
-
-if TYPE_CHECKING:
-    from xaidash.store.write.writer import Store
+from xaidash.store.write import images
+from xaidash.store.write.layout import StoreLayout
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Staging:
     process. Concurrent writers must write disjoint chunks (shards of the same plan).
     """
 
-    def __init__(self, store: Store, job_key: str, owner: str | None = None) -> None:
+    def __init__(self, store: StoreLayout, job_key: str, owner: str | None = None) -> None:
         if owner is not None and not _owner_re.match(owner):
             raise ValueError(f"invalid staging owner {owner!r}: must match {_owner_re.pattern}")
         self.store = store
@@ -425,7 +425,7 @@ class Staging:
         fingerprint = str(run.get("dataset_fingerprint") or "")
         for part in self._parts("images"):
             if fingerprint:
-                self.store.add_images(fingerprint, pq.read_table(part))
+                images.add_images(self.store, fingerprint, pq.read_table(part))
 
         # The manifest is written last: a run directory without it is not a run.
         files.atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode(), self.store.durable)

@@ -1,21 +1,9 @@
 """Writer side of the results store: :class:`Store` (create/open, runs, delete, gc, images).
 
 A compute job writes through :meth:`Store.staging`, which returns a
-:class:`~xaidash.store.write.staging.Staging` (chunks, publish); file names, atomic writes and locks are
-in :mod:`xaidash.store.files`. Layout (the only place besides :mod:`xaidash.store.read.reader` that
-knows it)::
-
-    STORE/
-      .xaidash-store                 marker: this directory is a store (format + schema version)
-      runs/<run_id>/                 one published, immutable run
-        manifest.json                written last; a run without it does not exist
-        runs.parquet predictions.parquet cams.parquet embeddings.parquet neighbors.parquet
-        class_metrics.parquet confusion.parquet faithfulness.parquet failures.parquet
-      images/<dataset_fingerprint>/  thumbnails + metadata, shared by every run over that data
-        part-<ns>-<pid>.parquet      appended atomically, deduplicated by image_id
-        .lock                        flock serializing appends
-      _staging/<sha1(job_key)[:20]>/ a job being written; invisible to readers (see staging.py)
-      _trash/                        runs being deleted (rename first, then rmtree)
+:class:`~xaidash.store.write.staging.Staging` (chunks, publish); the directory layout is
+:mod:`xaidash.store.write.layout`, the shared images :mod:`xaidash.store.write.images`, file names,
+atomic writes and locks :mod:`xaidash.store.files`.
 
 Garbage collection (``Store.gc``): a staging directory whose ``.lock`` no process holds (neither
 exclusively nor shared) belongs to dead writers. It is removed when its last activity is older
@@ -39,14 +27,14 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from xaidash.constants import FINGERPRINT_RE, RUN_ID_RE
 from xaidash.errors import UserError
 from xaidash.store import files
 from xaidash.store.builder import conform
-from xaidash.store.files import FORMAT, MANIFEST, MARKER, FileLock, blocking_lock, read_manifest
-from xaidash.store.schema import SCHEMA_VERSION, TABLES
+from xaidash.store.files import FORMAT, MANIFEST, MARKER, FileLock, read_manifest
+from xaidash.store.schema import SCHEMA_VERSION
+from xaidash.store.write import images
+from xaidash.store.write.layout import StoreLayout, validate_fingerprint, validate_run_id
 from xaidash.store.write.staging import (
     CHUNK_TABLES,
     GLOBAL_TABLES,
@@ -82,44 +70,8 @@ log = logging.getLogger(__name__)
 OTHER_HOST_GRACE_S = 3600.0
 
 
-def validate_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is a well-formed run id, else raise UserError."""
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
-        raise UserError(f"invalid run id {run_id!r}: run ids match {RUN_ID_RE.pattern}")
-    return run_id
-
-
-def validate_fingerprint(fp: str) -> str:
-    """Return ``fp`` if it can be used as a directory name, else raise UserError."""
-    if not isinstance(fp, str) or not FINGERPRINT_RE.match(fp):
-        raise UserError(f"invalid dataset fingerprint {fp!r}: must match {FINGERPRINT_RE.pattern}")
-    return fp
-
-
-class Store:
+class Store(StoreLayout):
     """A results store directory, writer side. Create with :meth:`create` or :meth:`open`."""
-
-    def __init__(self, path: Path, durable: bool = True) -> None:
-        self.path = path
-        #: fsync files before renaming them (survive power loss, not only process death).
-        self.durable = durable
-
-    # layout
-    @property
-    def runs_dir(self) -> Path:
-        return self.path / "runs"
-
-    @property
-    def images_dir(self) -> Path:
-        return self.path / "images"
-
-    @property
-    def staging_dir(self) -> Path:
-        return self.path / "_staging"
-
-    @property
-    def trash_dir(self) -> Path:
-        return self.path / "_trash"
 
     @classmethod
     def create(cls, path: str | Path, durable: bool = True) -> Store:
@@ -165,26 +117,6 @@ class Store:
         return cls.create(p, durable)
 
     # runs
-    def run_dirs(self) -> list[Path]:
-        """Directories of published runs (manifest present), sorted by name."""
-        if not self.runs_dir.is_dir():
-            return []
-        return sorted(
-            d for d in self.runs_dir.iterdir() if not d.name.startswith(".") and (d / MANIFEST).is_file()
-        )
-
-    def published_job(self, job_key: str) -> str | None:
-        """run_id under which ``job_key`` was published, or None.
-
-        Scans manifests (a few ms for hundreds of runs); the manifests are the single source of
-        truth, so deleting a run also frees its job key.
-        """
-        for d in self.run_dirs():
-            m = read_manifest(d)
-            if m is not None and m.get("job_key") == job_key:
-                return str(m.get("run_id", d.name))
-        return None
-
     def staging(self, job_key: str, owner: str | None = None) -> Staging:
         """A (possibly resumed) staging area for ``job_key``, invisible to readers.
 
@@ -215,48 +147,13 @@ class Store:
         shutil.rmtree(dst, ignore_errors=True)
 
     # images (shared per dataset fingerprint)
-    def _image_parts(self, fp: str) -> list[Path]:
-        d = self.images_dir / fp
-        return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
-
     def thumbnail_ids(self, dataset_fingerprint: str) -> set[str]:
         """image_ids that already have an images row for this dataset fingerprint."""
-        validate_fingerprint(dataset_fingerprint)
-        ids: set[str] = set()
-        for part in self._image_parts(dataset_fingerprint):
-            col = pq.read_table(part, columns=["image_id"]).column("image_id")
-            ids.update(col.to_pylist())
-        return ids
+        return images.thumbnail_ids(self, dataset_fingerprint)
 
     def add_images(self, dataset_fingerprint: str, table: pa.Table) -> None:
-        """Append images rows (thumbnails) for a dataset, skipping image_ids already stored.
-
-        Serialized per fingerprint with a flock so two concurrent jobs over the same data never
-        store an image twice; each append is one atomically renamed, image_id-sorted part file.
-        """
-        fp = validate_fingerprint(dataset_fingerprint)
-        d = self.images_dir / fp
-        d.mkdir(parents=True, exist_ok=True)
-        with blocking_lock(d / ".lock"):
-            existing = self.thumbnail_ids(fp)
-            t = conform(
-                table.drop_columns([c for c in ("dataset_fingerprint",) if c in table.column_names]),
-                TABLES["images"].schema,
-                "images",
-                fill={"dataset_fingerprint": fp},
-            )
-            ids = t.column("image_id").to_pylist()
-            keep: list[int] = []
-            seen = set(existing)
-            for i, image_id in enumerate(ids):
-                if image_id not in seen:
-                    seen.add(image_id)
-                    keep.append(i)
-            if not keep:
-                return
-            t = t.take(pa.array(keep, type=pa.int64())).sort_by("image_id")
-            part = d / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
-            files.write_parquet_atomic(part, t, TABLES["images"].row_group_size, self.durable)
+        """Append images rows for a dataset, skipping stored image_ids (:func:`images.add_images`)."""
+        images.add_images(self, dataset_fingerprint, table)
 
     # garbage collection
     def gc(self, grace_s: float = 0.0, keep_resumable: bool = False, dry_run: bool = False) -> list[str]:

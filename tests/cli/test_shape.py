@@ -22,28 +22,27 @@ MAX_MODULES_PER_FOLDER = 15
 
 # importer prefix -> the prefixes it may import (besides itself). The first matching prefix wins,
 # so the specific rows come before the general ones.
+_BASE = ("xaidash.constants", "xaidash.errors")
+_COMPUTE_BASE = (*_BASE, "xaidash.compute.device", "xaidash.compute.hostmem")
 ALLOWED: list[tuple[str, tuple[str, ...]]] = [
     ("xaidash.constants", ()),
     ("xaidash.errors", ()),
     ("xaidash.cli", ("xaidash.errors",)),  # sub-commands are imported by name at run time
-    ("xaidash.store", ("xaidash.constants", "xaidash.errors")),
-    ("xaidash.compute.datasets", ("xaidash.constants", "xaidash.errors", "xaidash.store")),
-    ("xaidash.compute.model", ("xaidash.constants", "xaidash.errors", "xaidash.compute.device",
-                               "xaidash.compute.datasets", "xaidash.store")),
-    ("xaidash.compute.methods", ("xaidash.constants", "xaidash.errors", "xaidash.compute.device",
-                                 "xaidash.compute.datasets", "xaidash.compute.model")),
-    ("xaidash.compute.analysis", ("xaidash.constants", "xaidash.errors", "xaidash.compute.datasets",
-                                  "xaidash.store")),
-    ("xaidash.compute.pipeline", ("xaidash.constants", "xaidash.errors", "xaidash.compute.device",
-                                  "xaidash.compute.datasets", "xaidash.compute.model",
+    ("xaidash.store", _BASE),
+    ("xaidash.compute.device", _BASE),
+    ("xaidash.compute.hostmem", ()),
+    ("xaidash.compute.datasets", (*_BASE, "xaidash.store")),
+    ("xaidash.compute.model", (*_COMPUTE_BASE, "xaidash.compute.datasets", "xaidash.store")),
+    ("xaidash.compute.methods", (*_COMPUTE_BASE, "xaidash.compute.datasets", "xaidash.compute.model")),
+    ("xaidash.compute.analysis", (*_BASE, "xaidash.compute.datasets", "xaidash.store")),
+    ("xaidash.compute.pipeline", (*_COMPUTE_BASE, "xaidash.compute.datasets", "xaidash.compute.model",
                                   "xaidash.compute.methods", "xaidash.compute.analysis", "xaidash.store")),
-    ("xaidash.compute.cli", ("xaidash.constants", "xaidash.errors", "xaidash.compute")),
-    ("xaidash.compute.device", ("xaidash.constants", "xaidash.errors")),
+    ("xaidash.compute.cli", (*_BASE, "xaidash.compute")),
     # the explain page is the one page that runs a model, through compute's one-image path
-    ("xaidash.dashboard.pages.explain", ("xaidash.constants", "xaidash.errors", "xaidash.store",
-                                         "xaidash.dashboard", "xaidash.compute.pipeline.single_image",
+    ("xaidash.dashboard.pages.explain", (*_BASE, "xaidash.store", "xaidash.dashboard",
+                                         "xaidash.compute.pipeline.single_image",
                                          "xaidash.compute.datasets.decoding")),
-    ("xaidash.dashboard", ("xaidash.constants", "xaidash.errors", "xaidash.store", "xaidash.assets")),
+    ("xaidash.dashboard", (*_BASE, "xaidash.store", "xaidash.assets")),
     ("xaidash.demo", ("xaidash",)),
 ]
 

@@ -20,7 +20,8 @@ from tests.support.dash_testing import post_callback
 from xaidash.dashboard import figures
 from xaidash.dashboard.app import create_app, is_soft_change, render
 from xaidash.dashboard.data import SelectionStore, most_faithful
-from xaidash.dashboard.pages import embedding, explain
+from xaidash.dashboard.pages import explain
+from xaidash.dashboard.pages.embedding import page as embedding
 from xaidash.dashboard.pages.gallery import page as gallery
 from xaidash.dashboard.pages.overview import page as overview
 from xaidash.dashboard.params import Filters, gallery_href, parse_query, to_query
@@ -389,7 +390,7 @@ def test_large_map_shows_every_point_as_density_with_hover_and_selection(
     invisible heatmap for hover, and isolated points as markers; a hovered or clicked density
     cell resolves to its nearest point, and a box selection still covers all points (issue 12)."""
     from xaidash.dashboard import figures
-    from xaidash.dashboard.pages.embedding import event_point, point_index
+    from xaidash.dashboard.pages.embedding.page import event_point, point_index
 
     run = latest(state)
     info = state.data.run(run)

@@ -807,13 +807,15 @@ def test_create_while_another_process_is_creating_the_store(tmp_path: Path) -> N
 
 def test_arrow_built_cache_and_diff_match_the_sql_definitions(synth: tuple[Path, list[str]]) -> None:
     """The run cache built from Arrow columns (no join) holds what the SQL join built, and the
-    numpy diff lists exactly the flips the SQL join of the two runs lists (issue 12, cold start)."""
+    numpy diff lists exactly the flips the SQL join of the two runs lists (cold start)."""
+    from xaidash.store.read.light import light_table_sql
+
     path, run_ids = synth
     with open_store(path) as r:
         e = r._entry(run_ids[-1])
         assert e is not None
         h_arrow = r._run_cache.tables(e)
-        r._run_cache._create_light_sql(e, "sqlcopy", list(e.methods), True)
+        r._exec(*light_table_sql(e, 'cache."l_sqlcopy"', list(e.methods), True, r._catalog.image_glob(e)))
         drop = ["probabilities", "source", "width", "height"]  # read per image on the Arrow path
         a = r._df(f'SELECT * EXCLUDE ({", ".join(drop)}) FROM cache."l_{h_arrow}" ORDER BY ord')
         b = r._df(f'SELECT * EXCLUDE ({", ".join(drop)}) FROM cache."l_sqlcopy" ORDER BY ord')

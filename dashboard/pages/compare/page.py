@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import dash
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import dcc, html
 
 from xaidash.constants import METHODS
 from xaidash.dashboard import figures, inputs
@@ -29,8 +29,9 @@ from xaidash.dashboard.components import (
     warning_alert,
 )
 from xaidash.dashboard.pages.compare.quality import overlap_card
-from xaidash.dashboard.params import CHANGES, MAX_PAGE, Filters, image_href, parse_query, to_query
+from xaidash.dashboard.params import CHANGES, MAX_PAGE, Filters, changed_query, image_href, parse_query
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo
@@ -181,7 +182,8 @@ def layout(ctx: PageContext) -> Any:
     run_b = info_b.run_id
     f = replace(ctx.filters, a=run_a, b=run_b)
     options = [
-        {"label": run_label(rec), "value": str(rec["run_id"])} for rec in comparable.to_dict("records")
+        {"label": run_label(rec, ctx.state.show_paths), "value": str(rec["run_id"])}
+        for rec in comparable.to_dict("records")
     ]
     pickers = dbc.Row(
         [
@@ -331,39 +333,27 @@ def layout(ctx: PageContext) -> Any:
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
     """Pickers, group and pagination -> URL."""
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input(f"{PREFIX}-a", "value"),
-        Input(f"{PREFIX}-b", "value"),
-        Input(f"{PREFIX}-method", "value"),
-        Input(f"{PREFIX}-change", "value"),
-        Input(f"{PREFIX}-pagination", "active_page"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @inputs.typed(*[inputs.text()] * 4, inputs.integer(), inputs.URL_PART)  # a, b, method, change, page
     def update(
+        search: str | None,
+        trigger: object,
         a: str | None,
         b: str | None,
         method: str | None,
         change: str | None,
         active: int | None,
-        search: str | None,
-    ) -> Any:
+    ) -> str | None:
         f = parse_query(search)
-        page = active - 1 if ctx.triggered_id == f"{PREFIX}-pagination" and active else 0
-        new = parse_query(
-            to_query(
-                replace(
-                    f,
-                    a=a,
-                    b=b,
-                    method=method or f.method,
-                    change=change or f.change,
-                    page=min(max(0, page), MAX_PAGE),
-                ),
-                KEYS,
-            )
+        page = active - 1 if trigger == f"{PREFIX}-pagination" and active else 0
+        candidate = replace(
+            f,
+            a=a,
+            b=b,
+            method=method or f.method,
+            change=change or f.change,
+            page=min(max(0, page), MAX_PAGE),
         )
-        old = to_query(f, KEYS)
-        return no_update if to_query(new, KEYS) == old else to_query(new, KEYS)
+        return changed_query(f, candidate, KEYS)
+
+    controls = [(f"{PREFIX}-{name}", "value", inputs.text()) for name in ("a", "b", "method", "change")]
+    controls.append((f"{PREFIX}-pagination", "active_page", inputs.integer()))
+    controls_to_url(app, controls, update)

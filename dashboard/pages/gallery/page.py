@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import dash
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import dcc, html
 
 from xaidash.constants import OUTCOMES, SORTS
 from xaidash.dashboard import inputs
@@ -39,11 +39,13 @@ from xaidash.dashboard.params import (
     PAGE_SIZES,
     SORT_LABELS,
     Filters,
+    changed_query,
     image_href,
     parse_query,
     to_query,
 )
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 from xaidash.store import GalleryQuery
 
 if TYPE_CHECKING:
@@ -367,49 +369,26 @@ def controls_to_search(
     )
     if trigger in (f"{PREFIX}-cmap", f"{PREFIX}-alpha"):
         candidate = replace(candidate, page=f.page)  # display changes keep the page
-    new = to_query(parse_query(to_query(candidate, GALLERY_KEYS)), GALLERY_KEYS)
-    old = to_query(f, GALLERY_KEYS)
-    return None if new == old else new
+    return changed_query(f, candidate, GALLERY_KEYS)
 
 
-#: what each control of the panel sends, in the order of the callback's inputs, then the URL
+#: each control of the panel, in the order of :func:`controls_to_search`'s values
 CONTROLS = (
-    inputs.integer(),  # true class
-    inputs.integer(),  # predicted class
-    inputs.text(),  # outcome
-    inputs.number_pair(),  # confidence range
-    inputs.text(),  # sort
-    inputs.str_list(),  # descending checklist
-    inputs.text(),  # method
-    inputs.integer(),  # rows per page
-    inputs.text(),  # colormap
-    inputs.number(),  # opacity
-    inputs.integer(),  # pagination's active page
-    inputs.URL_PART,
+    (f"{PREFIX}-true", "value", inputs.integer()),
+    (f"{PREFIX}-pred", "value", inputs.integer()),
+    (f"{PREFIX}-outcome", "value", inputs.text()),
+    (f"{PREFIX}-conf", "value", inputs.number_pair()),
+    (f"{PREFIX}-sort", "value", inputs.text()),
+    (f"{PREFIX}-desc", "value", inputs.str_list()),  # the "descending" checklist
+    (f"{PREFIX}-method", "value", inputs.text()),
+    (f"{PREFIX}-size", "value", inputs.integer()),  # rows per page
+    (f"{PREFIX}-cmap", "value", inputs.text()),
+    (f"{PREFIX}-alpha", "value", inputs.number()),
+    (f"{PREFIX}-pagination", "active_page", inputs.integer()),
 )
 
 
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
     """Every control writes the URL; the router re-renders from it."""
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input(f"{PREFIX}-true", "value"),
-        Input(f"{PREFIX}-pred", "value"),
-        Input(f"{PREFIX}-outcome", "value"),
-        Input(f"{PREFIX}-conf", "value"),
-        Input(f"{PREFIX}-sort", "value"),
-        Input(f"{PREFIX}-desc", "value"),
-        Input(f"{PREFIX}-method", "value"),
-        Input(f"{PREFIX}-size", "value"),
-        Input(f"{PREFIX}-cmap", "value"),
-        Input(f"{PREFIX}-alpha", "value"),
-        Input(f"{PREFIX}-pagination", "active_page"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @inputs.typed(*CONTROLS)
-    def update_url(*args: Any) -> Any:
-        *values, search = args
-        new = controls_to_search(search, ctx.triggered_id, *values)
-        return no_update if new is None else new
+    controls_to_url(app, CONTROLS, controls_to_search)

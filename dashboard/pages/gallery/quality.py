@@ -2,8 +2,8 @@
 confusion cell (true and predicted class set), the cell's error clusters.
 
 Both read the run's ``quality`` and ``error_clusters`` tables (computed in the global phase, see
-:mod:`xaidash.compute.pipeline.quality_phase`); a run without them shows neither, as before. The filter is
-its own callback writing ``flag=`` into the URL, like every other gallery control.
+:mod:`xaidash.compute.pipeline.quality_phase`); a run without them shows neither. The filter
+writes ``flag=`` into the URL, like every other gallery control.
 """
 
 from __future__ import annotations
@@ -16,14 +16,22 @@ import dash
 import dash_bootstrap_components as dbc
 import numpy as np
 import pandas as pd
-from dash import Input, Output, State, dcc, html, no_update
+from dash import dcc, html
 
 from xaidash.constants import QUALITY_FLAGS
 from xaidash.dashboard import inputs
 from xaidash.dashboard.components import card, method_label, thumb_img
 from xaidash.dashboard.overlays import render_heatmap
-from xaidash.dashboard.params import FLAG_LABELS, GALLERY_KEYS, Filters, image_href, parse_query, to_query
+from xaidash.dashboard.params import (
+    FLAG_LABELS,
+    GALLERY_KEYS,
+    Filters,
+    changed_query,
+    image_href,
+    parse_query,
+)
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 from xaidash.store import RunInfo
 
 PREFIX = "gallery"
@@ -152,20 +160,13 @@ def cluster_panel(ctx: PageContext, info: RunInfo) -> Any:
 def flag_to_search(flag: str | None, search: str | None) -> str | None:
     """The new query string for a changed quality filter (page 0), None when unchanged."""
     f = parse_query(search)
-    new = to_query(parse_query(to_query(replace(f, flag=flag, page=0), GALLERY_KEYS)), GALLERY_KEYS)
-    return None if new == to_query(f, GALLERY_KEYS) else new
+    return changed_query(f, replace(f, flag=flag, page=0), GALLERY_KEYS)
 
 
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
     """The quality filter writes the URL; the router re-renders from it."""
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input(f"{PREFIX}-flag", "value"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @inputs.typed(inputs.text(), inputs.URL_PART)
-    def update_flag(flag: str | None, search: str | None) -> Any:
-        new = flag_to_search(flag, search)
-        return no_update if new is None else new
+    def update_flag(search: str | None, _trigger: object, flag: str | None) -> str | None:
+        return flag_to_search(flag, search)
+
+    controls_to_url(app, [(f"{PREFIX}-flag", "value", inputs.text())], update_flag)

@@ -15,7 +15,7 @@ from typing import Any
 import dash
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, State, dcc, html, no_update
+from dash import dcc, html
 
 from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
@@ -35,8 +35,9 @@ from xaidash.dashboard.components import (
 )
 from xaidash.dashboard.pages.image import trust as image_trust
 from xaidash.dashboard.pages.image.quality import quality_block
-from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query
+from xaidash.dashboard.params import Filters, changed_query, gallery_href, image_href, parse_query
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 from xaidash.store import RunInfo
 
 PREFIX = "image"
@@ -316,19 +317,10 @@ def layout(ctx: PageContext) -> Any:
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
     """Colormap / opacity -> URL."""
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input(f"{PREFIX}-cmap", "value"),
-        Input(f"{PREFIX}-alpha", "value"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @inputs.typed(inputs.text(), inputs.number(), inputs.URL_PART)
-    def display(cmap: str | None, alpha: float | None, search: str | None) -> Any:
+    def display(search: str | None, _trigger: object, cmap: str | None, alpha: float | None) -> str | None:
         f = parse_query(search)
-        new = parse_query(
-            to_query(replace(f, cmap=cmap or f.cmap, alpha=alpha if alpha is not None else f.alpha))
-        )
-        if (new.cmap, new.alpha) == (f.cmap, f.alpha):
-            return no_update
-        return to_query(new)
+        new = replace(f, cmap=cmap or f.cmap, alpha=alpha if alpha is not None else f.alpha)
+        return changed_query(f, new)
+
+    controls = [(f"{PREFIX}-cmap", "value", inputs.text()), (f"{PREFIX}-alpha", "value", inputs.number())]
+    controls_to_url(app, controls, display)

@@ -1,8 +1,7 @@
 """The image page's data-quality block: likely label error, leak (the pair side by side), outlier.
 
 Reads the run's ``quality`` row of the image (:meth:`xaidash.store.read.quality.QualityQueries.
-image_quality`); a run without that table, or an image without any flag, shows nothing, so the
-page stays what it was.
+image_quality`); a run without that table, or an image without any flag, shows nothing.
 """
 
 from __future__ import annotations

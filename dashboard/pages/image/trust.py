@@ -11,8 +11,8 @@ from dash import dcc, html
 
 from xaidash.dashboard import figures_trust
 from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, method_label
-from xaidash.dashboard.pages.overview.trust import _in_method_order, pointing_rule
-from xaidash.dashboard.trust_verdicts import road_scores
+from xaidash.dashboard.pages.overview.trust import pointing_rule
+from xaidash.dashboard.trust_verdicts import in_method_order, road_scores
 
 if TYPE_CHECKING:
     from xaidash.dashboard.state import PageContext
@@ -21,7 +21,7 @@ PREFIX = "image"
 
 
 def road_card(rows: pd.DataFrame) -> Any:
-    scores = _in_method_order(road_scores(rows.assign(n=1)))
+    scores = in_method_order(road_scores(rows.assign(n=1)))
     return card(
         "ROAD on this image",
         [
@@ -42,7 +42,7 @@ def localisation_card(rows: pd.DataFrame, rule: str = "inside the object") -> An
     return card(
         "Localisation on this image",
         [df_table(
-            _in_method_order(rows),
+            in_method_order(rows),
             [("method", "Method"), ("pointing", "Max on the object?"), ("energy", "Energy inside ↑"),
              ("iou", f"IoU top {k} % ↑")],
             formats={"method": lambda v, r: method_label(v),

@@ -27,8 +27,10 @@ from xaidash.dashboard.components import (
 from xaidash.dashboard.data import most_faithful
 from xaidash.dashboard.pages.overview import trust as overview_trust
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks, quality_card
-from xaidash.dashboard.params import MAX_CLASS, Filters, gallery_href, parse_query, to_query
+from xaidash.dashboard.params import MAX_CLASS, Filters, changed_query, gallery_href, parse_query
+from xaidash.dashboard.paths import spec_label
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo
@@ -64,10 +66,10 @@ def headline_cards(h: dict[str, Any], f: Filters, labeled: bool, without_leaks: 
     return dbc.Row([dbc.Col(c, xs=6, md=4, lg=True, className="mb-3") for c in cards], className="g-3")
 
 
-def run_summary(info: RunInfo) -> html.Div:
+def run_summary(info: RunInfo, show_paths: bool = False) -> html.Div:
     """One line describing the run: dataset, model, methods, device, date."""
     parts: list[str | Component] = [
-        html.Span(info.dataset_spec or "dataset", className="fw-semibold"),
+        html.Span(spec_label(info.dataset_spec or "dataset", show_paths), className="fw-semibold"),
         f" · model {info.arch or '?'}",
         f" · layer {info.target_layer or '?'}",
         f" · methods {', '.join(method_label(m) for m in info.methods)}",
@@ -191,7 +193,7 @@ def layout(ctx: PageContext) -> Any:
     quality = ctx.data.quality.quality_summary(run_id)
     children: list[Any] = [
         warning_alert(ctx.warning),
-        run_summary(info),
+        run_summary(info, ctx.state.show_paths),
         headline_cards(h, f, labeled, accuracy_without_leaks(quality)),
     ]
     if info.scorecam_note:
@@ -319,16 +321,8 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         target = confusion_click_target(click, search, info.class_names if info else [])
         return no_update if target is None else target
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input(f"{PREFIX}-norm", "value"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @inputs.typed(inputs.text(), inputs.URL_PART)
-    def toggle_norm(value: str | None, search: str | None) -> Any:
+    def toggle_norm(search: str | None, _trigger: object, value: str | None) -> str | None:
         f = parse_query(search)
-        norm = value == "norm"
-        if norm == f.norm:
-            return no_update
-        return to_query(replace(f, norm=norm))
+        return changed_query(f, replace(f, norm=value == "norm"))
+
+    controls_to_url(app, [(f"{PREFIX}-norm", "value", inputs.text())], toggle_norm)

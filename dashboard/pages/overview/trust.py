@@ -1,8 +1,8 @@
 """Overview sections "Can I trust these maps?": sanity check, baselines, ROAD, localisation.
 
 Hooked into :mod:`xaidash.dashboard.pages.overview.page`. Each section appears only when its table
-has rows: a run computed without them (or before they existed) shows the overview as before,
-and a dataset without masks shows no localisation section and no note that it is missing.
+has rows: a run computed without those checks shows no trust section, and a dataset without
+masks shows no localisation section and no note that it is missing.
 The rules behind the verdicts are in :mod:`xaidash.dashboard.trust_verdicts`.
 """
 
@@ -17,7 +17,13 @@ from dash import dcc, html
 from xaidash.constants import BASELINE_LABELS, BASELINES, METHODS
 from xaidash.dashboard import figures_trust
 from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, method_label
-from xaidash.dashboard.trust_verdicts import PASS_CORRELATION, baseline_margins, road_scores, sanity_verdicts
+from xaidash.dashboard.trust_verdicts import (
+    PASS_CORRELATION,
+    baseline_margins,
+    in_method_order,
+    road_scores,
+    sanity_verdicts,
+)
 
 if TYPE_CHECKING:
     from xaidash.dashboard.state import PageContext
@@ -31,12 +37,6 @@ PART_LABELS = {"sanity": "Sanity check (per sampled image, all steps and methods
                "localisation": "Localisation (all methods)"}
 
 
-def _in_method_order(df: pd.DataFrame) -> pd.DataFrame:
-    order = {m: i for i, m in enumerate(METHODS)}
-    rank = df["method"].map(lambda m: order.get(m, len(order)))
-    return df.assign(_o=rank).sort_values("_o").drop(columns="_o")
-
-
 def _flag(ok: bool, yes: str, no: str) -> dbc.Badge:
     return dbc.Badge(yes, color="success", className="me-1") if ok else dbc.Badge(no, color="danger",
                                                                                   className="me-1")
@@ -44,7 +44,7 @@ def _flag(ok: bool, yes: str, no: str) -> dbc.Badge:
 
 def sanity_section(curves: pd.DataFrame) -> Any:
     """The curves of mean correlation against randomised depth and one verdict per method."""
-    verdicts = _in_method_order(sanity_verdicts(curves))
+    verdicts = in_method_order(sanity_verdicts(curves))
     n = int(curves["n"].max()) if len(curves) else 0
     items = [html.Li([_flag(bool(r["passes"]), "passes", "flagged"), html.B(method_label(r["method"])), " ",
                       r["verdict"]], id=f"{PREFIX}-sanity-{r['method']}")
@@ -128,7 +128,7 @@ def baselines_section(summary: pd.DataFrame, baselines: pd.DataFrame) -> Any:
 
 def road_section(summary: pd.DataFrame) -> Any:
     """ROAD curves per method and the mean MoRF / LeRF scores."""
-    scores = _in_method_order(road_scores(summary))
+    scores = in_method_order(road_scores(summary))
     best = scores.sort_values("gap", ascending=False)["method"].iloc[0] if len(scores) else None
     table = df_table(
         scores,
@@ -161,7 +161,7 @@ def road_section(summary: pd.DataFrame) -> Any:
 
 def pointing_rule(info: RunInfo) -> str:
     """What counts as a pointing-game hit in this run: within the recorded tolerance (pixels of a
-    224-px input) of the object, or inside it (runs before the option: no tolerance)."""
+    224-px input) of the object, or inside it (a run that recorded no tolerance)."""
     tol = info.config.get("pointing_tolerance")
     if isinstance(tol, (int, float)) and tol > 0:
         return f"within {float(tol):g} px (of a 224-px input) of the object"
@@ -173,7 +173,7 @@ def localisation_section(summary: pd.DataFrame, rule: str = "inside the object")
     topk = summary["topk"].dropna()
     k = f"{float(topk.iloc[0]):g}" if len(topk) else "k"
     table = df_table(
-        _in_method_order(summary),
+        in_method_order(summary),
         [("method", "Method"), ("pointing", "Pointing game ↑"), ("energy", "Energy-based pointing ↑"),
          ("iou", f"IoU of the top {k} % ↑"), ("n", "Images")],
         formats={"method": lambda v, r: method_label(v), "pointing": lambda v, r: fmt_pct(v),

@@ -24,10 +24,9 @@ from tests.support.imagegen import (
     make_unlabeled_folder,
     write_corrupt_image,
 )
-from xaidash.compute.datasets import archives
-from xaidash.compute.datasets import sources as data_mod
+from xaidash.compute.datasets import archives, base
+from xaidash.compute.datasets.archives import FASHION_MNIST_CLASSES
 from xaidash.compute.datasets.sources import (
-    FASHION_MNIST_CLASSES,
     ImageLoadError,
     Item,
     open_dataset,
@@ -42,7 +41,7 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 def _isolated_roots(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Never read or write the user's cache / env-configured data in tests.
     monkeypatch.delenv("XAIDASH_DATA", raising=False)
-    monkeypatch.setattr(data_mod, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(base, "DEFAULT_CACHE_DIR", tmp_path / "cache")
 
 
 @contextlib.contextmanager

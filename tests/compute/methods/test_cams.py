@@ -431,7 +431,7 @@ def test_the_bulk_model_is_made_once_per_model_and_only_for_bf16() -> None:
     import gc
     import weakref
 
-    from xaidash.compute.pipeline.chunk import masked_forward_model
+    from xaidash.compute.pipeline.precision import masked_forward_model
 
     model, other = _seeded(_BnNet), _seeded(_BnNet, seed=1)
     assert masked_forward_model(model, "fp32") is model  # fp32: the model itself, exact

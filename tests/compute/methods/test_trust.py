@@ -282,14 +282,14 @@ def test_road_fractions_parse() -> None:
 
 
 def test_road_imputation_stays_fp32_under_a_bf16_autocast() -> None:
-    from xaidash.compute.methods.faithfulness import _ranks
+    from xaidash.compute.methods.ranks import pixel_ranks
     from xaidash.compute.methods.road import image_noise
 
     rng = np.random.default_rng(1)
     img = torch.from_numpy(rng.standard_normal((1, 3, 10, 10)).astype(np.float32))
     smap = torch.rand(1, 10, 10, generator=torch.Generator().manual_seed(2))
     iid = "00000000000000aa"
-    morf = (_ranks(smap.flatten(1)) < 60).view(1, 1, 10, 10)  # the 60 % most relevant pixels
+    morf = (pixel_ranks(smap.flatten(1)) < 60).view(1, 1, 10, 10)  # the 60 % most relevant pixels
     expect = impute(img, morf, image_noise(iid, (3, 10, 10))[None])
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(300, 2)).eval()
     seen: list[torch.Tensor] = []

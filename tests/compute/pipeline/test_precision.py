@@ -16,11 +16,12 @@ import torch
 from tests.support.imagegen import make_imagefolder
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.datasets.imageset import ImageSet, collate
+from xaidash.compute.device import configure_device
 from xaidash.compute.methods.cams import CamEngine, folded_copy
 from xaidash.compute.pipeline import job as job_mod
 from xaidash.compute.pipeline.job import JobConfig, run_job
 from xaidash.compute.pipeline.plan import make_plan
-from xaidash.compute.pipeline.precision import calibration_items, configure_device
+from xaidash.compute.pipeline.precision import calibration_items
 from xaidash.store import open_store
 
 
@@ -170,11 +171,11 @@ def test_overview_and_image_page_show_the_deviation(runs: dict[str, Path], tmp_p
 
 def test_masked_batch_follows_free_gpu_memory(data: tuple[Path, Path], tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from xaidash.compute.pipeline import chunk
+    from xaidash.compute.pipeline import precision
 
     plan = make_plan(_cfg(data, tmp_path / "s"))
     x = torch.zeros(4, 3, SIZE, SIZE)
-    assert chunk.masked_batch_size(plan, x) == 32  # CPU: max(--batch-size, 32)
+    assert precision.masked_batch_size(plan, x) == 32  # CPU: max(--batch-size, 32)
     gpu = dataclasses.replace(plan, device=torch.device("cuda"))
     used = {"now": 0}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (8_000_000_000, 16_000_000_000))
@@ -182,7 +183,7 @@ def test_masked_batch_follows_free_gpu_memory(data: tuple[Path, Path], tmp_path:
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda dev: used.update(now=0))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: 0)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: 10_000_000)  # 10 MB per image
-    monkeypatch.setattr(chunk, "forward_only_precision", lambda p, d: contextlib.nullcontext())
-    assert chunk.masked_batch_size(gpu, x) == 400  # half of 8 GB free / 10 MB
+    monkeypatch.setattr(precision, "forward_only_precision", lambda p, d: contextlib.nullcontext())
+    assert precision.masked_batch_size(gpu, x) == 400  # half of 8 GB free / 10 MB
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: 100)
-    assert chunk.masked_batch_size(gpu, x) == chunk.MAX_MASKED_BATCH
+    assert precision.masked_batch_size(gpu, x) == precision.MAX_MASKED_BATCH

@@ -26,15 +26,26 @@ from xaidash.dashboard.components import (
     thumb_img,
     warning_alert,
 )
-from xaidash.dashboard.params import Filters, gallery_href, image_href, parse_query, to_query, valid_image_id
-from xaidash.dashboard.points import PointIndex
+from xaidash.dashboard.pages.embedding.points import PointIndex
+from xaidash.dashboard.params import (
+    Filters,
+    changed_query,
+    gallery_href,
+    image_href,
+    parse_query,
+    to_query,
+    valid_image_id,
+)
 from xaidash.dashboard.routes import overlay_url
 from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.url_sync import controls_to_url
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo
 
 PREFIX = "embedding"
+#: what this page keeps in the URL (a pinned point is shareable)
+URL_KEYS = ("run", "color", "train", "id", "cmap", "alpha")
 MAX_INLINE = 20
 
 
@@ -362,8 +373,7 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         patch["data"][1]["y"] = sy
         # The URL keeps the pinned point (shareable), written without a re-render of the page:
         # the router ignores changes that only touch "id" on this page (see app.SOFT_KEYS).
-        keys = ("run", "color", "train", "id", "cmap", "alpha")
-        return selected_panel(state, run, pid, f, twins), patch, to_query(f, keys)
+        return selected_panel(state, run, pid, f, twins), patch, to_query(f, URL_KEYS)
 
     @app.callback(
         Output(f"{PREFIX}-selection", "children"),
@@ -399,21 +409,14 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
             ]
         )
 
-    @app.callback(
-        Output("url", "search", allow_duplicate=True),
-        Input(f"{PREFIX}-color", "value"),
-        Input(f"{PREFIX}-train", "value"),
-        State("url", "search"),
-        prevent_initial_call=True,
-    )
-    @inputs.typed(inputs.text(), inputs.str_list(), inputs.URL_PART)
-    def on_controls(color: str | None, train: list[str] | None, search: str | None) -> Any:
+    def on_controls(
+        search: str | None, _trigger: object, color: str | None, train: list[str] | None
+    ) -> str | None:
         f = parse_query(search)
-        keys = ("run", "color", "train", "id", "cmap", "alpha")
-        new = parse_query(to_query(replace(f, color=color or "true", train=bool(train)), keys))
-        if (new.color, new.train) == (f.color, f.train):
-            return no_update
-        return to_query(new, keys)
+        return changed_query(f, replace(f, color=color or "true", train=bool(train)), URL_KEYS)
+
+    controls = [(f"{PREFIX}-color", "value", inputs.text()), (f"{PREFIX}-train", "value", inputs.str_list())]
+    controls_to_url(app, controls, on_controls)
 
 
 def _customdata_id(point: dict[str, Any]) -> str | None:

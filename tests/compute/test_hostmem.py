@@ -1,5 +1,5 @@
 """The compute processes' allocator setting: large activations reuse heap memory instead of
-page-faulting fresh mmap pages on every forward (compute/pipeline/hostmem.py)."""
+page-faulting fresh mmap pages on every forward (compute/hostmem.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 # threshold (32 MiB), like a CPU masked batch's.
 CHILD = """
 import json, resource, sys, torch
-from xaidash.compute.pipeline.hostmem import tune_host_allocator
+from xaidash.compute.hostmem import tune_host_allocator
 state = tune_host_allocator() if sys.argv[1] == "tune" else None
 torch.set_num_threads(1)
 conv = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),

@@ -1,0 +1,1 @@
+"""The embedding map page and its point index (nearest point, id -> row) in numpy."""
