@@ -244,6 +244,7 @@ def _build_python(target: str, args: Mapping[str, Any]) -> tuple[nn.Module, str 
             except Exception as exc:
                 del sys.modules[name]
                 raise UserError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+            _pickle_by_value(module)
     else:
         try:
             module = importlib.import_module(where)
@@ -269,6 +270,16 @@ def _build_python(target: str, args: Mapping[str, Any]) -> tuple[nn.Module, str 
     if not isinstance(model, nn.Module):
         raise UserError(f"{where}:{func_name}() returned a {type(model).__name__}, not a torch.nn.Module")
     return model, file
+
+
+def _pickle_by_value(module: object) -> None:
+    """Ray ships the plan with cloudpickle, which would pickle the model's classes by reference
+    to a module its workers cannot import (it exists only in this process): by value instead."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return
+    cloudpickle.register_pickle_by_value(module)
 
 
 def _build_hf(folder: str, classes: tuple[str, ...] | None

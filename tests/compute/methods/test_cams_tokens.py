@@ -156,3 +156,18 @@ def test_map_layout_round_trip() -> None:
     a = lay.to_map(t)
     assert a.shape == (2, 3, 4, 4) and a[0, :, 0, 1].tolist() == t[0, 2].tolist()
     assert MapLayout.from_dict(lay.to_dict()) == lay and MapLayout.from_dict(None) == MapLayout()
+
+
+def test_sanity_cascade_of_brought_models_names_their_blocks(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    from xaidash.compute.methods.sanity import randomisation_blocks
+
+    def labels(model: nn.Module) -> list[str]:
+        return [label for label, _ in randomisation_blocks(model, "timm:any")]
+
+    assert labels(byo_models.timm_vit()) == ["head", "norm", "blocks.1", "blocks.0", "patch_embed"]
+    assert labels(byo_models.timm_swin()) == ["head", "norm", "layers.1", "layers.0", "patch_embed"]
+    assert labels(byo_models.tiny_cnn()) == ["classifier", "body"]
+    hf = [n.replace("encoder.layer.", "layers.") for n in labels(_hf_vit(tmp_path_factory))]
+    assert hf == ["hf.classifier", "hf.vit.layernorm", "hf.vit.layers.1", "hf.vit.layers.0",
+                  "hf.vit.embeddings"]
