@@ -102,21 +102,25 @@ def peer_rows(args: argparse.Namespace, device: torch.device) -> tuple[dict[str,
         result = t[:, model.num_prefix_tokens:, :].reshape(t.size(0), gh, gw, t.size(2))
         return result.transpose(2, 3).transpose(1, 2)
 
+    def grads(on: bool) -> None:
+        for p in model.parameters():
+            p.requires_grad_(on)
+
     def ours() -> None:
+        grads(False)  # as the job leaves them (for_inference): only A is differentiated
         with CamEngine(model, target.name, target.linear_head, layout=target.layout,
                        embedding_layer=target.head) as eng:
             for xb in batches:
                 eng.forward(xb, ("gradcam", "gradcampp")).logits.softmax(1)
 
     def pgc() -> None:
+        grads(True)  # pytorch-grad-cam gets its gradients through the parameters' graph
         for cls in (GradCAM, GradCAMPlusPlus):
             with cls(model=model, target_layers=[layer], reshape_transform=reshape_transform) as cam:
                 for xb in batches:
                     cam(input_tensor=xb, targets=None)
         model.zero_grad(set_to_none=True)
 
-    for p in model.parameters():  # as the job leaves them (for_inference); pytorch-grad-cam
-        p.requires_grad_(False)   # differentiates its input, so it needs no parameter gradients
     times = timed_rounds({ROW_OURS: ours, ROW_PGC: pgc}, device, args.repeats)
     n = xs.shape[0]
     return {k: n / min(t) for k, t in times.items()}, paired(times, ROW_OURS, ROW_PGC)
