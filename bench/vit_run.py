@@ -47,6 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vit_tiny_patch16_224", help="timm ViT (default vit_tiny_patch16_224)")
     p.add_argument("--images", type=int, default=16, help="val images of the compute run (default 16)")
     p.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    p.add_argument("--sanity-images", type=int, default=2,
+                   help="images of the sanity cascade (default 2: 15 steps of every map each for ViT-Tiny)")
     p.add_argument("--gradient-images", type=int, default=32, help="images of the peer rows (default 32)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds of the peer rows (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -66,7 +68,7 @@ def compute_run(args: argparse.Namespace, work: Path) -> dict[str, float]:
     data = make_imagefolder(work / "data", ("left", "right"), n_train=per_class, n_val=per_class, size=224)
     cfg = JobConfig(data=f"imagefolder:{data}", store=str(work / "store"), model=f"timm:{args.model}",
                     classes=("left", "right"), device=args.device, batch_size=args.batch, workers=0,
-                    projection="pca", sanity_images=4, road_images=4)
+                    projection="pca", sanity_images=args.sanity_images, road_images=4)
     t0 = time.perf_counter()
     res = run_job(cfg)
     wall = time.perf_counter() - t0
