@@ -20,14 +20,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     add_loader_arguments(parser, batch_size=64, workers=2)
 
-    model = parser.add_argument_group("model (a checkpoint, or plain weights)")
+    model = parser.add_argument_group("model (a checkpoint, a built-in architecture, or your own; README "
+                                      "'Bring your own model')")
     model.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by `xaidash train`")
-    model.add_argument("--model", metavar="ARCH",
-                       help="architecture, with --weights (instead of --checkpoint)")
+    model.add_argument("--model", metavar="SPEC",
+                       help="instead of --checkpoint: a built-in architecture (with --weights), "
+                            "python:FILE.py:FUNC or python:pkg.mod:FUNC (FUNC() returns an nn.Module giving "
+                            "logits), timm:NAME, or hf:DIR (a save_pretrained folder)")
     model.add_argument("--weights", metavar="imagenet|PATH",
-                       help="'imagenet' (the pretrained 1000-class model) or a torchvision state_dict file")
+                       help="'imagenet' (pretrained: built-in and timm: models) or a state_dict file")
     model.add_argument("--classes", metavar="a,b,c",
-                       help="class names of a --weights state_dict (default: the dataset's classes)")
+                       help="class names in output order, where the model does not carry them "
+                            "(default: the dataset's classes; must match them)")
+    model.add_argument("--classes-file", metavar="FILE",
+                       help="class names, one a line (instead of --classes)")
+    model.add_argument("--input-size", type=int, default=None, metavar="N",
+                       help="python: models: resize to an N x N square, no crop (default 224); timm: models: "
+                            "overrides timm's eval transform")
+    model.add_argument("--mean", metavar="r,g,b", help="python:/timm: models: normalisation mean "
+                                                       "(default ImageNet's; timm: the model's)")
+    model.add_argument("--std", metavar="r,g,b", help="python:/timm: models: normalisation std")
+    model.add_argument("--model-args", metavar="JSON",
+                       help="python:/timm: models: keyword arguments of FUNC / timm.create_model, as a JSON "
+                            "object, e.g. '{\"img_size\": 64}'")
 
     parser.add_argument("--store", required=True, metavar="DIR",
                         help="results store directory (created if missing)")
@@ -37,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="targets to explain: the predicted class, and also the true class of "
                              "wrong predictions with 'pred,true' (default pred)")
     parser.add_argument("--target-layer", default=None, metavar="NAME",
-                        help="dotted module name of the CAM layer (default: the model's last conv block)")
+                        help="dotted module name of the CAM layer (default: the model's last conv block; "
+                             "found for your own models: the last spatial map, a ViT's last block, a Swin's "
+                             "last stage - the run records which and why)")
     parser.add_argument("--calibration-images", type=int, default=16, metavar="N",
                         help="bf16 runs: images (stratified) whose Score-CAM and faithfulness are also "
                              "computed in fp32, to measure and record the deviation (default 16)")

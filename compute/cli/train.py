@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     # No argparse choices= here: the model layer raises a UserError listing the valid names,
     # the same one-line message as every other bad input.
-    g.add_argument("--model", required=True, metavar="ARCH", help=f"architecture: {', '.join(ARCHITECTURES)}")
+    g.add_argument("--model", required=True, metavar="ARCH",
+                   help=f"architecture: {', '.join(ARCHITECTURES)}, or timm:NAME (any timm model)")
+    g.add_argument("--model-args", metavar="JSON", default=None,
+                   help="timm:NAME: keyword arguments of timm.create_model as a JSON object, e.g. "
+                        "'{\"img_size\": 64, \"depth\": 2}'")
     g.add_argument("--weights", default="none", metavar="imagenet|none|PATH",
                    help="initial weights: imagenet (pretrained; efficientnet_lite0 works offline), none "
                         "(from scratch, default), or a state_dict / checkpoint file of the same architecture")
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, model=args.model, out=args.out, weights=args.weights, data_root=args.data_root,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, freeze_backbone=args.freeze_backbone,
         input_size=args.input_size, seed=args.seed, workers=args.workers, device=args.device,
-        limit_train=args.limit_train, limit_val=args.limit_val,
+        limit_train=args.limit_train, limit_val=args.limit_val, model_args=args.model_args,
     )
     result = train(cfg)
     out = sys.stdout

@@ -13,6 +13,11 @@ tensor of class indices. :class:`CamEngine` owns the hook (a context manager tha
 it in ``finally``) and runs *one* forward and *one* backward pass per batch for all gradient
 methods. The backward pass stops at ``A`` - the network's parameters are never differentiated.
 
+Any layer whose output can be made into ``[B, K, h, w]`` is a target: a transformer's tokens or a
+Swin's channels-last map pass through a :class:`~xaidash.compute.model.layers.MapLayout` (prefix
+tokens dropped, patch grid restored, channels first). That only re-indexes the tensor, so the
+gradient is mapped the same way and every formula below reads ``A`` and ``g`` unchanged.
+
 Where we deliberately differ from torch-cam and pytorch-grad-cam is documented per class below
 and in ``docs/METHODS.md``.
 """
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xaidash.compute.model.layers import MapLayout, output_tensor, replace_output
 from xaidash.constants import GRADIENT_METHODS, METHODS, TARGET_KINDS
 from xaidash.errors import UserError, choices_error
 
@@ -355,8 +361,10 @@ class ForwardResult:
     """Everything one :meth:`CamEngine.forward` produces for a batch."""
 
     logits: Tensor  # [B, C] fp32
-    activations: Tensor  # [B, K, h, w] detached
-    embedding: Tensor  # [B, K] global average pool of the activations
+    activations: Tensor  # [B, K, h, w] detached (after the layer's MapLayout)
+    #: [B, K] global average pool of the activations, or [B, D] the head's input when the engine
+    #: was given ``embedding_layer``
+    embedding: Tensor
     # (method, target_kind) -> [B, h, w] in [0, 1]; "cam" absent when not applicable.
     maps: dict[tuple[str, str], Tensor] = field(default_factory=dict)
     targets: dict[str, Tensor] = field(default_factory=dict)  # target_kind -> [B]
@@ -380,7 +388,8 @@ class CamEngine:
             res = engine.forward(x, ("cam", "gradcam", "gradcampp"), true_labels=y)
             sc = engine.scorecam(x, res.activations, res.targets["pred"])
 
-    One forward pass gives logits, activations ``A`` and the embedding ``GAP(A)``; one backward
+    One forward pass gives logits, activations ``A`` and the embedding (``GAP(A)``, or the input
+    of ``embedding_layer`` - the classification head - when one is given); one backward
     pass of ``Σ_b logit_{b, c_b}`` gives ``∂logit_c/∂A`` for every image at once (exact per image
     because, in eval mode, images in a batch do not interact). The forward runs under
     ``torch.no_grad()`` and the hook switches gradient recording on only *after* ``A``: ``A`` is
@@ -389,11 +398,17 @@ class CamEngine:
     ``.grad`` stays ``None``) and their ``requires_grad`` flags are left untouched.
     """
 
-    def __init__(self, model: nn.Module, target_layer: str, linear_head: str | None) -> None:
+    def __init__(self, model: nn.Module, target_layer: str, linear_head: str | None, *,
+                 layout: MapLayout | None = None, embedding_layer: str | None = None) -> None:
         self.model = model
         self.target_layer = target_layer
         self.linear_head = linear_head
+        self.layout = layout or MapLayout()
+        self.embedding_layer = embedding_layer
         self._layer = _submodule(model, target_layer)
+        self._embedding_module = _submodule(model, embedding_layer) if embedding_layer else None
+        self._pre_handle: torch.utils.hooks.RemovableHandle | None = None
+        self._head_input: Tensor | None = None
         self._fc: nn.Linear | None = None
         if linear_head is not None:
             fc = _submodule(model, linear_head)
@@ -410,6 +425,8 @@ class CamEngine:
     # -- hook lifecycle -------------------------------------------------------------------
     def __enter__(self) -> CamEngine:
         self._handle = self._layer.register_forward_hook(self._hook)
+        if self._embedding_module is not None:
+            self._pre_handle = self._embedding_module.register_forward_pre_hook(self._embedding_hook)
         return self
 
     def __exit__(
@@ -425,21 +442,31 @@ class CamEngine:
         try:
             if self._handle is not None:
                 self._handle.remove()
+            if self._pre_handle is not None:
+                self._pre_handle.remove()
         finally:
             self._handle = None
+            self._pre_handle = None
             self._mode = None
             self._captured = None
+            self._head_input = None
 
-    def _hook(self, module: nn.Module, inputs: tuple[object, ...], output: object) -> Tensor | None:
+    def _embedding_hook(self, module: nn.Module, inputs: tuple[object, ...]) -> None:
+        if self._mode is not None and inputs and isinstance(inputs[0], Tensor):
+            self._head_input = inputs[0].detach()
+
+    def _hook(self, module: nn.Module, inputs: tuple[object, ...], output: object) -> object:
         if self._mode is None:
             # Score-CAM / faithfulness forwards run with the hook attached but inactive.
             return None
-        if not isinstance(output, Tensor) or output.dim() != 4:
+        tensor = output_tensor(output)
+        expect = 3 if self.layout.kind == "tokens" else 4
+        if tensor is None or tensor.dim() != expect:
             raise UserError(
-                f"target layer {self.target_layer!r} must output a [B, K, h, w] tensor, "
-                f"got {type(output).__name__}{tuple(output.shape) if isinstance(output, Tensor) else ''}"
+                f"target layer {self.target_layer!r} must output a {self.layout.kind} tensor of {expect} "
+                f"dimensions, got {type(output).__name__}{tuple(tensor.shape) if tensor is not None else ''}"
             )
-        leaf = output.detach()
+        leaf = tensor.detach()
         if self._mode == "grad":
             # Record autograd from here on only: the rest of the forward (the head) builds a
             # graph whose only leaf needing a gradient is A. The enclosing no_grad() restores
@@ -449,7 +476,7 @@ class CamEngine:
         self._captured = leaf
         # Hand the network a copy: an in-place op after the target layer (e.g. DenseNet's
         # F.relu(inplace=True)) must neither corrupt A nor modify a leaf that requires grad.
-        return leaf.clone()
+        return replace_output(output, leaf.clone())
 
     # -- the gradient methods ---------------------------------------------------------------
     @property
@@ -483,27 +510,36 @@ class CamEngine:
         x = x.to(self._device)
 
         self._captured = None
+        self._head_input = None
         self._mode = "grad" if want_grad else "capture"
         try:
             with torch.no_grad():
                 logits = self.model(x)
-            # set by the hook during the forward (mypy narrowed it to None above)
+            # set by the hooks during the forward (mypy narrowed them to None above)
             acts = cast("Tensor | None", self._captured)
+            head_input = cast("Tensor | None", self._head_input)
         finally:
             self._mode = None
             self._captured = None
+            self._head_input = None
         if acts is None:
             raise RuntimeError(f"target layer {self.target_layer!r} was not called during the forward pass")
         if not isinstance(logits, Tensor) or logits.dim() != 2:
             raise RuntimeError("the model must return logits [B, C]")
 
-        a = acts.detach().float()
-        embedding = a.mean(dim=(2, 3))
+        a = self.layout.to_map(acts.detach()).float()
+        pooled = a.mean(dim=(2, 3))
+        if self._embedding_module is not None:
+            if head_input is None:
+                raise RuntimeError(f"embedding layer {self.embedding_layer!r} was not called in the forward")
+            embedding = head_input.flatten(1).float()
+        else:
+            embedding = pooled
         targets = {"pred": logits.detach().argmax(dim=1)}
         if true_labels is not None:
             targets["true"] = true_labels.to(device=logits.device, dtype=torch.long)
 
-        do_cam = "cam" in methods and self._cam_ok(embedding, logits.detach())
+        do_cam = "cam" in methods and self._cam_ok(pooled, logits.detach())
         grads: dict[str, Tensor] = {}
         if want_grad:
             kinds = list(targets)
@@ -511,7 +547,7 @@ class CamEngine:
                 score = logits.gather(1, targets[kind].unsqueeze(1)).sum()
                 # Per-image exact: Σ_b logit_{b,c_b} only depends on image b through row b.
                 (g,) = torch.autograd.grad(score, acts, retain_graph=i < len(kinds) - 1)
-                grads[kind] = g.float()
+                grads[kind] = self.layout.to_map(g).float()
 
         maps: dict[tuple[str, str], Tensor] = {}
         for kind, tgt in targets.items():

@@ -52,7 +52,8 @@ from xaidash.compute.methods.ranks import pixel_ranks, upsample_maps
 from xaidash.errors import UserError
 
 if TYPE_CHECKING:
-    from xaidash.compute.model.architectures import Preprocessing
+    from xaidash.compute.datasets.sources import Dataset, Item
+    from xaidash.compute.model.preprocessing import Preprocessing
 
 DEFAULT_TOPK = 20.0
 MASK_DIR = "masks"
@@ -105,13 +106,10 @@ def ground_truth_digest(gt: GroundTruth | None) -> str | None:
 
 
 def to_input_grid(mask: np.ndarray, pre: Preprocessing) -> Tensor:
-    """An original-size object mask through the image's resize + centre crop (nearest): ``[S, S]`` bool."""
+    """An original-size object mask through the image's resize (+ centre crop), nearest: ``[S, S]`` bool."""
     from PIL import Image
-    from torchvision import transforms as T
 
-    t = T.Compose([T.Resize(pre.resize, interpolation=T.InterpolationMode.NEAREST),
-                   T.CenterCrop(pre.input_size)])
-    out = t(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
+    out = pre.geometry(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), nearest=True)
     return torch.from_numpy(np.asarray(out) > 0)
 
 

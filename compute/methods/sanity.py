@@ -3,7 +3,8 @@ https://arxiv.org/abs/1810.03292), cascading from the head down.
 
 On a stratified sample of validation images (``--sanity-images N``, chosen in the plan), the
 weights of the trained network are re-initialised one block further at each step (ResNet: fc,
-layer4, layer3, layer2, layer1, stem; :data:`RANDOMISATION_BLOCKS` for the other architectures)
+layer4, layer3, layer2, layer1, stem; :data:`RANDOMISATION_BLOCKS` for the other built-in
+architectures, :func:`generic_blocks` - top-level children, transformer blocks - for any other model)
 and all the run's maps are recomputed on the randomised network for the *same* target class
 (the trained model's prediction). Per (image, method, step) the Spearman rank correlation of the
 randomised map with the trained map is stored. A map that depends on the learned weights
@@ -86,12 +87,50 @@ RANDOMISATION_BLOCKS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 
 
 def randomisation_blocks(model: nn.Module, arch: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """The cascade for ``arch``; for an unknown architecture, its top-level children that hold
-    parameters, last first."""
+    """The cascade for ``arch``; for any other model, its own blocks from the head down
+    (:func:`generic_blocks`)."""
     if arch in RANDOMISATION_BLOCKS:
         return RANDOMISATION_BLOCKS[arch]
-    names = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
-    return tuple((n, (n,)) for n in reversed(names))
+    return generic_blocks(model)
+
+
+def _is_stack(module: nn.Module) -> bool:
+    """A ModuleList/Sequential of two or more blocks of one class (transformer blocks, CNN stages)."""
+    kids = list(module.children())
+    return isinstance(module, (nn.ModuleList, nn.Sequential)) and len(kids) >= 2 \
+        and len({type(k) for k in kids}) == 1
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def generic_blocks(model: nn.Module) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A model's blocks, last first: its top-level children that hold parameters, where a stack
+    of blocks of one class (``blocks``, ``layers``, ``stages``) is split into its blocks, and a
+    child that holds such a stack (a Hugging Face ``vit`` wrapping embeddings, encoder and norm)
+    is opened to reach it. A timm ViT gives head, norm, blocks.N ... blocks.0, patch_embed; a
+    HF ViT hf.classifier, hf.vit.layernorm, hf.vit.layers.N ... hf.vit.embeddings."""
+
+    def holds_stack(module: nn.Module) -> bool:
+        return any(_is_stack(m) for m in module.modules())
+
+    out: list[str] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if not _has_params(child):
+                continue
+            if _is_stack(child):
+                out.extend(f"{full}.{n}" for n, k in child.named_children() if _has_params(k))
+            elif holds_stack(child):
+                walk(child, full + ".")
+            else:
+                out.append(full)
+
+    walk(model, "")
+    return tuple((n, (n,)) for n in reversed(out))
 
 
 def _reinit_module(module: nn.Module, seed: int) -> None:

@@ -45,26 +45,26 @@ for a model trained from scratch, and it keeps inputs comparable across architec
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from xaidash.compute.model.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from xaidash.constants import ARCHITECTURES
 from xaidash.errors import UserError, choices_error
 
 if TYPE_CHECKING:  # torch is heavy; keep ``import compute.models`` cheap for type users
     import torch
-    from PIL import Image
     from torchvision.models import WeightsEnum
 
 logger = logging.getLogger(__name__)
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 SMALL_STEM_MAX_INPUT = 64
 
 TARGET_LAYERS: dict[str, str] = {
@@ -94,48 +94,6 @@ LITE0_PREPROCESSING = ("lite0", 224, 256, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """How an RGB image becomes the network input: resize shorter side, center crop, normalize."""
-
-    input_size: int
-    resize: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def transform(self, train: bool = False) -> Callable[[Image.Image], torch.Tensor]:
-        """The torchvision transform; ``train=True`` adds random horizontal flip and a small
-        rotation (±10°) after cropping - the augmentation of seed 003."""
-        from torchvision import transforms as T
-
-        steps: list[Callable[..., object]] = [
-            T.Resize(self.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-            T.CenterCrop(self.input_size),
-        ]
-        if train:
-            steps += [T.RandomHorizontalFlip(), T.RandomRotation(10)]
-        steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        composed: Callable[[Image.Image], torch.Tensor] = T.Compose(steps)  # torchvision is untyped
-        return composed
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain types, for checkpoints and JSON."""
-        return {"input_size": self.input_size, "resize": self.resize,
-                "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Preprocessing:
-        """Inverse of :meth:`to_dict`."""
-        mean, std = d["mean"], d["std"]
-        input_size, resize = d["input_size"], d["resize"]
-        if not (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple))
-                and isinstance(input_size, int) and isinstance(resize, int) and len(mean) == len(std) == 3):
-            raise ValueError(f"not a preprocessing record: {d!r}")
-        m0, m1, m2 = (float(x) for x in mean)
-        s0, s1, s2 = (float(x) for x in std)
-        return cls(input_size, resize, (m0, m1, m2), (s0, s1, s2))
-
-
-@dataclass(frozen=True)
 class ModelParts:
     """A built model and what the rest of compute needs to know about it."""
 
@@ -147,8 +105,16 @@ class ModelParts:
     small_input_stem: bool = False
 
 
+def is_timm(arch: str) -> bool:
+    """``timm:NAME``: any timm architecture (built by :func:`build_timm`)."""
+    return arch.startswith("timm:")
+
+
 def check_arch(arch: str) -> str:
-    """``arch`` if known, else UserError listing the valid architectures."""
+    """``arch`` if known (a built-in name, or ``timm:NAME`` whose name timm checks when it builds),
+    else UserError listing the valid architectures."""
+    if is_timm(arch) and len(arch) > len("timm:"):
+        return arch
     if arch not in ARCHITECTURES:
         raise choices_error("model", arch, ARCHITECTURES)
     return arch
@@ -325,6 +291,9 @@ def load_weights_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], arch:
     With ``reinit_head`` a shape mismatch confined to the final linear layer is allowed (it
     stays freshly initialized): fine-tuning a 1000-class model into a 3-class one.
     """
+    if is_timm(arch):
+        fit_state_dict(model, sd, source, arch, timm_classifier_name(model) if reinit_head else None)
+        return
     own = model.state_dict()
     head = FINAL_LINEAR[arch] + "."
     skip: set[str] = set()
@@ -368,7 +337,8 @@ def default_preprocessing(arch: str, weights: str, input_size: int | None) -> Pr
 
 
 def build_model(arch: str, num_classes: int, weights: str = "none", input_size: int | None = None,
-                *, small_input_stem: bool | None = None, reinit_head: bool = False) -> ModelParts:
+                *, small_input_stem: bool | None = None, reinit_head: bool = False,
+                model_args: Mapping[str, Any] | None = None) -> ModelParts:
     """Build ``arch`` with a ``num_classes`` head (see module docstring).
 
     ``weights``: "none" | "imagenet" | path to a state_dict / xaidash checkpoint. With
@@ -376,10 +346,14 @@ def build_model(arch: str, num_classes: int, weights: str = "none", input_size: 
     replaced. ``small_input_stem`` (ResNets) defaults to ``input_size <= 64`` without ImageNet
     weights, or to what a weights file's ``conv1`` shape says. ``reinit_head`` lets a weights
     file with another number of classes initialize everything but the final linear layer.
+    ``timm:NAME`` builds that timm model (``model_args``: ``timm.create_model``'s keyword
+    arguments) with timm's eval transform, its target layer left to the probe.
     """
     check_arch(arch)
     if num_classes < 1:
         raise UserError(f"need at least one class, got {num_classes}")
+    if is_timm(arch):
+        return _timm_parts(arch, num_classes, weights or "none", input_size, reinit_head, model_args or {})
     weights = weights or "none"
     sd: dict[str, torch.Tensor] | None = None
     ckpt: dict[str, object] | None = None
@@ -424,12 +398,138 @@ def build_model(arch: str, num_classes: int, weights: str = "none", input_size: 
     return ModelParts(model, TARGET_LAYERS[arch], LINEAR_HEADS[arch], pre, arch, bool(small_input_stem))
 
 
+def head_module(parts: ModelParts) -> str:
+    """The module trained when the backbone is frozen (the classifier of a timm model)."""
+    return HEAD_MODULES.get(parts.arch) or timm_classifier_name(parts.model)
+
+
 def freeze_backbone(parts: ModelParts) -> list[str]:
     """Freeze every parameter except the classification head; returns the trainable names."""
-    head = HEAD_MODULES[parts.arch] + "."
+    head = head_module(parts) + "."
     trainable = []
     for name, p in parts.model.named_parameters():
         p.requires_grad = name.startswith(head)
         if p.requires_grad:
             trainable.append(name)
     return trainable
+
+
+# ---------------------------------------------------------------------------------------------
+# timm models a user brings (``timm:NAME``; compute/model/external.py), also trained by ``train``
+
+#: seed of the parameters no weights file sets (:func:`seeded_init`)
+INIT_SEED = 0
+#: key names shown when weights do not fit
+SHOWN_KEYS = 3
+
+
+@contextlib.contextmanager
+def seeded_init() -> Iterator[None]:
+    """Build under a fixed seed (and give the caller's RNG state back): parameters the weights do
+    not set - a head sized to the classes, a model used untrained - are the same in the job, in
+    its shards and on the explain page."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        yield
+
+
+def _import_timm() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise UserError("timm: models need timm (pip install 'xaidash[timm]')") from None
+    return timm
+
+
+def build_timm(name: str, classes: tuple[str, ...] | None, args: Mapping[str, Any],
+               pretrained: str | None) -> tuple[torch.nn.Module, tuple[str, ...]]:
+    """``timm.create_model(name, num_classes=len(classes), **args)`` under :func:`seeded_init`;
+    ``pretrained="imagenet"``: timm's pretrained weights (its cache, or a download), the head
+    re-sized to the classes (the 1000 ImageNet names when none are given)."""
+    timm = _import_timm()
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; close matches: {', '.join(close)}" if close else "; list them with timm.list_models()"
+        raise UserError(f"unknown timm model {name!r}{hint}")
+    if classes is None:
+        if pretrained != "imagenet":
+            raise UserError(f"timm:{name}: give --classes a,b,c or --classes-file FILE (the head is sized "
+                            "to them)")
+        classes = tuple(imagenet_class_names())
+    try:
+        with seeded_init():
+            model: torch.nn.Module = timm.create_model(name, pretrained=pretrained == "imagenet",
+                                                       num_classes=len(classes), **args)
+    except TypeError as exc:
+        raise UserError(f"timm:{name} does not take --model-args {dict(args)}: {exc}") from None
+    except Exception as exc:  # offline without the weights in timm's cache, a bad argument value
+        raise UserError(f"timm:{name}: cannot create the model ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    return model, classes
+
+
+def load_fitting(model: torch.nn.Module, weights: str, spec: str, reinit_head: str | None = None) -> None:
+    """Load the state_dict file ``weights`` with :func:`fit_state_dict`."""
+    sd, _ = read_state_dict(weights)
+    fit_state_dict(model, sd, weights, spec, reinit_head)
+
+
+def fit_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], weights: str, spec: str,
+                   reinit_head: str | None = None) -> None:
+    """Load a state_dict strictly; UserError naming the first few keys that do not fit. With
+    ``reinit_head`` (a module name) a shape mismatch confined to that module is allowed, which
+    then keeps its fresh initialisation (fine-tuning into another number of classes)."""
+    own = model.state_dict()
+    skip = {k for k, v in own.items() if reinit_head and k.startswith(reinit_head + ".") and k in sd
+            and tuple(sd[k].shape) != tuple(v.shape)}
+    sd = {k: v for k, v in sd.items() if k not in skip}
+    missing = [k for k in own if k not in sd and k not in skip]
+    extra = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} (model: {tuple(v.shape)})" for k, v in own.items()
+              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", shapes)):
+        if keys:
+            more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+            problems.append(f"{len(keys)} {what}: {', '.join(keys[:SHOWN_KEYS])}{more}")
+    if problems:
+        raise UserError(f"weights {weights} do not fit {spec}: {'; '.join(problems)}")
+    model.load_state_dict(sd, strict=not skip)
+    if skip:
+        logger.info("weights %s: head %s re-initialized for the new number of classes", weights, reinit_head)
+
+
+def timm_classifier_name(model: torch.nn.Module) -> str:
+    """The dotted name of a timm model's classifier (from its pretrained config; ``head`` and
+    ``head.fc`` are the common ones)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("classifier") if isinstance(cfg, Mapping) else None
+    if isinstance(name, str):
+        try:
+            model.get_submodule(name)
+            return name
+        except AttributeError:
+            pass
+    for cand in ("head.fc", "head", "fc", "classifier"):
+        try:
+            model.get_submodule(cand)
+            return cand
+        except AttributeError:
+            continue
+    raise UserError("cannot tell which module of this timm model is its classifier")
+
+
+def _timm_parts(arch: str, num_classes: int, weights: str, input_size: int | None, reinit_head: bool,
+                model_args: Mapping[str, Any]) -> ModelParts:
+    from xaidash.compute.model.preprocessing import timm_preprocessing
+
+    names = tuple(str(i) for i in range(num_classes))
+    pretrained = "imagenet" if weights == "imagenet" else None
+    model, _ = build_timm(arch[len("timm:"):], names, model_args, pretrained)
+    if weights not in ("none", "imagenet"):
+        load_fitting(model, weights, arch, timm_classifier_name(model) if reinit_head else None)
+    pre = timm_preprocessing(model, input_size, None, None)
+    model.eval()
+    return ModelParts(model, "", None, pre, arch, False)

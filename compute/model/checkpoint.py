@@ -5,7 +5,7 @@ it loads with ``torch.load(weights_only=True)`` - no arbitrary code runs when op
 
     format            "xaidash-checkpoint"   (what tells our files from any other .pt)
     version           1
-    arch              e.g. "resnet18"
+    arch              e.g. "resnet18", or "timm:NAME" (train_args["model_args"]: its JSON kwargs)
     classes           ["cat", "dog", "horse"]
     preprocessing     {"input_size", "resize", "mean", "std"}
     small_input_stem  bool (ResNet CIFAR-style stem)
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -31,13 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xaidash.compute.model.architectures import (
-    ModelParts,
-    Preprocessing,
-    build_model,
-    check_arch,
-    imagenet_class_names,
-)
+from xaidash.compute.model.architectures import ModelParts, build_model, check_arch, imagenet_class_names
+from xaidash.compute.model.preprocessing import Preprocessing
 from xaidash.errors import UserError
 
 if TYPE_CHECKING:
@@ -210,8 +206,10 @@ def model_from_checkpoint(ckpt: Checkpoint) -> ModelParts:
 
     from xaidash.compute.model.architectures import load_weights_into
 
+    args = ckpt.train_args.get("model_args")
     parts = build_model(ckpt.arch, len(ckpt.classes), "none", ckpt.preprocessing.input_size,
-                        small_input_stem=ckpt.small_input_stem)
+                        small_input_stem=ckpt.small_input_stem,
+                        model_args=json.loads(args) if isinstance(args, str) and args else None)
     load_weights_into(parts.model, ckpt.state_dict, ckpt.arch, ckpt.path or "checkpoint")
     parts.model.eval()
     return dataclasses.replace(parts, preprocessing=ckpt.preprocessing)

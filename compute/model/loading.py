@@ -3,7 +3,9 @@
 A run records its model as a *model reference* (``config_json["model"]``):
 
 * ``{"checkpoint": "/abs/path.pt", "sha256": "..."}`` for a checkpoint written by ``train``, or
-* ``{"arch": "resnet18", "weights": "imagenet" | "/abs/state_dict.pt", "classes": [...]}``,
+* ``{"arch": "resnet18", "weights": "imagenet" | "/abs/state_dict.pt", "classes": [...]}``, or
+* ``{"external": "timm:NAME" | "hf:DIR" | "python:...", ...}`` for a model a user brings
+  (:mod:`xaidash.compute.model.external`),
 
 plus ``target_layer`` (and the run's Score-CAM cap) added by the job. :func:`resolve_model_ref`
 turns the CLI's options into such a reference (absolute paths, files checked), :func:`load_model`
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +25,8 @@ from xaidash.compute.datasets.sources import Dataset
 from xaidash.compute.device import configure_device
 from xaidash.compute.model import checkpoint as ckpt_mod
 from xaidash.compute.model.architectures import ModelParts
+from xaidash.compute.model.external import build as build_external
+from xaidash.compute.model.external import is_external, make_ref
 from xaidash.errors import UserError
 
 
@@ -42,9 +47,15 @@ class LoadedModel:
 
 def resolve_model_ref(
     checkpoint: str | None, model: str | None, weights: str | None, classes: tuple[str, ...] | None,
-    dataset: Dataset,
+    dataset: Dataset, options: Mapping[str, Any] | None = None,
 ) -> dict[str, object]:
-    """The model reference for ``--checkpoint CKPT`` or ``--model ARCH --weights imagenet|PATH``."""
+    """The model reference for ``--checkpoint CKPT``, ``--model ARCH --weights imagenet|PATH`` or
+    ``--model python:|timm:|hf:...`` (``options``: its input size, mean, std and model arguments)."""
+    if is_external(model):
+        assert model is not None
+        if classes is None and not model.startswith("hf:") and dataset.classes is not None:
+            classes = tuple(dataset.classes)  # the head is sized to the dataset's classes
+        return make_ref(model, weights, classes, **dict(options or {}))
     if checkpoint:
         path = Path(checkpoint).expanduser().absolute()
         if not path.is_file():
@@ -75,6 +86,12 @@ def load_model(model_ref: Mapping[str, object]) -> LoadedModel:
         ref: dict[str, object] = {"checkpoint": path, "sha256": sha}
         identity: dict[str, object] = {"checkpoint_sha256": sha}
         ckpt_path: str | None = path
+    elif model_ref.get("external"):
+        ext = build_external(model_ref)
+        spec = str(model_ref["external"])
+        parts = ModelParts(ext.model, "", None, ext.preprocessing, arch=spec)
+        return LoadedModel(parts=parts, arch=spec, classes=ext.classes, model_ref=ext.ref,
+                           identity=ext.identity, checkpoint_path=None, checkpoint_sha256=None)
     elif model_ref.get("arch"):
         weights: str = str(model_ref.get("weights") or "imagenet")
         classes = model_ref.get("classes")

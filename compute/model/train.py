@@ -42,11 +42,12 @@ from xaidash.compute.datasets.sources import Dataset, ImageLoadError, Item, open
 from xaidash.compute.device import resolve_device
 from xaidash.compute.hostmem import tune_host_allocator
 from xaidash.compute.model.architectures import (
-    HEAD_MODULES,
     build_model,
     check_arch,
     freeze_backbone,
     get_module,
+    head_module,
+    is_timm,
 )
 from xaidash.compute.model.checkpoint import (
     Checkpoint,
@@ -55,6 +56,7 @@ from xaidash.compute.model.checkpoint import (
     now_iso,
     save_checkpoint,
 )
+from xaidash.compute.model.external import parse_model_args
 from xaidash.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class TrainConfig:
     workers: int | None = None
     device: str = "auto"
     limit_train: int | None = None
+    #: timm:NAME models: timm.create_model's keyword arguments, as JSON
+    model_args: str | None = None
     limit_val: int | None = None
 
 
@@ -182,14 +186,14 @@ def _trained_batchnorm(model: torch.nn.Module) -> list[torch.nn.modules.batchnor
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
 
 
-def _set_train_mode(model: torch.nn.Module, arch: str, frozen: bool) -> None:
+def _set_train_mode(model: torch.nn.Module, head: str, frozen: bool) -> None:
     """train() mode; with a frozen backbone keep its BatchNorm statistics fixed too (eval),
     otherwise "frozen" layers would still drift through their running mean/var."""
     if not frozen:
         model.train()
         return
     model.eval()
-    get_module(model, HEAD_MODULES[arch]).train()
+    get_module(model, head).train()
 
 
 def _metrics(labels: np.ndarray, preds: np.ndarray, classes: list[str]) -> tuple[dict[str, Any], str]:
@@ -240,13 +244,16 @@ def train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     input_size = cfg.input_size
-    if input_size is None and cfg.weights == "none":
-        input_size = max(16, ds.natural_size())  # scratch: the images' own resolution
-    parts = build_model(cfg.model, len(ds.classes), cfg.weights, input_size, reinit_head=True)
+    if input_size is None and cfg.weights == "none" and not is_timm(cfg.model):
+        # scratch: the images' own resolution (a timm model takes the size it was built for)
+        input_size = max(16, ds.natural_size())
+    parts = build_model(cfg.model, len(ds.classes), cfg.weights, input_size, reinit_head=True,
+                        model_args=parse_model_args(cfg.model_args))
     model = parts.model.to(device)
+    head = head_module(parts)
     if cfg.freeze_backbone:
         trainable = freeze_backbone(parts)
-        logger.info("frozen backbone: training %d tensors of %s", len(trainable), HEAD_MODULES[cfg.model])
+        logger.info("frozen backbone: training %d tensors of %s", len(trainable), head)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -267,7 +274,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     skipped: dict[str, str] = {}
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.epochs + 1):
-        _set_train_mode(model, cfg.model, cfg.freeze_backbone)
+        _set_train_mode(model, head, cfg.freeze_backbone)
         seen, correct, loss_sum = 0, 0, 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", file=sys.stderr)
         for batch in bar:
@@ -298,7 +305,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     entry["train_acc"], f", val acc {entry['val_acc']:.3f}" if "val_acc" in entry else "")
 
     del bar, train_loader  # training is over: its persistent workers go before the next loader's start
-    _set_train_mode(model, cfg.model, cfg.freeze_backbone)
+    _set_train_mode(model, head, cfg.freeze_backbone)
     bn_layers = _trained_batchnorm(model)
     recal_loader = _loader(ds, train_items, pre.transform(train=False), cfg, False, workers, pin)
     recalibrated = recalibrate_batchnorm(model, recal_loader, train_items, device, skipped, bn_layers)

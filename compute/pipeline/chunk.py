@@ -132,7 +132,7 @@ def compute_chunk(
         batches = loader(plan, chunk.items, [list(range(s, min(s + bs, n))) for s in range(0, n, bs)],
                          thumbnails)
     work = _ChunkWork(plan, chunk)
-    with CamEngine(plan.model, plan.target_layer, plan.linear_head) as engine:
+    with plan.cam_engine() as engine:
         for batch in batches:
             work.add_failures(batch.failed)
             if batch.x is not None:

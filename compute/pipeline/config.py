@@ -37,6 +37,13 @@ class JobConfig:
     model: str | None = None
     weights: str | None = None
     classes: tuple[str, ...] | None = None
+    #: models a user brings (compute/model/external.py): class names one a line, input side,
+    #: normalisation "r,g,b" and the constructor's keyword arguments as JSON
+    classes_file: str | None = None
+    input_size: int | None = None
+    mean: str | None = None
+    std: str | None = None
+    model_args: str | None = None
     data_root: str | None = None
     methods: tuple[str, ...] = METHODS
     explain: tuple[str, ...] = ("pred",)
@@ -105,6 +112,8 @@ class JobConfig:
             base,
             checkpoint=text("checkpoint"), model=text("model"), weights=text("weights"),
             classes=None if classes is None else split_list(classes),
+            classes_file=text("classes_file"), input_size=count("input_size"), mean=text("mean"),
+            std=text("std"), model_args=text("model_args"),
             data_root=text("data_root"),
             methods=METHODS if a.get("methods") is None else split_list(a["methods"]),
             explain=split_list(a.get("explain") or "pred"),
@@ -138,6 +147,16 @@ class JobConfig:
             cluster_min_errors=number("cluster_min_errors", base.cluster_min_errors),
         )
 
+    def model_options(self) -> dict[str, object]:
+        """``--input-size/--mean/--std/--model-args`` parsed, for a model a user brings."""
+        from xaidash.compute.model.external import parse_model_args
+        from xaidash.compute.model.preprocessing import parse_triple
+
+        return {"input_size": self.input_size,
+                "mean": parse_triple(self.mean, "--mean") if self.mean else None,
+                "std": parse_triple(self.std, "--std") if self.std else None,
+                "model_args": parse_model_args(self.model_args)}
+
     def result_args(self) -> dict[str, object]:
         """The arguments that change the published results (job key and recorded config);
         device, batch size, workers and shard do not."""
@@ -166,6 +185,29 @@ class JobConfig:
             "outlier_quantile": self.outlier_quantile,
             "cluster_min_errors": self.cluster_min_errors,
         }
+
+
+def _validate_model_options(cfg: JobConfig) -> JobConfig:
+    """The options of a model a user brings: where they apply, and parseable (the class names of
+    ``--classes-file`` are read here)."""
+    from xaidash.compute.model.external import is_external, read_classes_file
+
+    kind = (cfg.model or "").split(":", 1)[0] if is_external(cfg.model) else ""
+    given = [o for o, v in (("--input-size", cfg.input_size), ("--mean", cfg.mean), ("--std", cfg.std))
+             if v is not None]
+    if given and kind not in ("python", "timm"):
+        raise UserError(f"{', '.join(given)} set the preprocessing of python: and timm: models; "
+                        "built-in models and checkpoints bring their own, hf: models their image processor")
+    if cfg.model_args is not None and kind not in ("python", "timm"):
+        raise UserError("--model-args are the constructor arguments of a python: or timm: model")
+    if cfg.input_size is not None and cfg.input_size < 8:
+        raise UserError(f"--input-size must be at least 8, got {cfg.input_size}")
+    cfg.model_options()  # UserError for a bad --mean, --std or --model-args
+    if cfg.classes_file is not None:
+        if cfg.classes is not None:
+            raise UserError("give --classes or --classes-file, not both")
+        cfg = dataclasses.replace(cfg, classes=read_classes_file(cfg.classes_file))
+    return cfg
 
 
 def split_list(value: object) -> tuple[str, ...]:
@@ -283,5 +325,6 @@ def validate(cfg: JobConfig) -> JobConfig:
         raise UserError("give either --checkpoint or --model/--weights, not both")
     if not cfg.checkpoint and not cfg.model:
         raise UserError("no model: give --checkpoint CKPT, or --model ARCH --weights imagenet|PATH")
+    cfg = _validate_model_options(cfg)
     fractions = tuple(sorted(set(cfg.road_fractions)))
     return dataclasses.replace(cfg, methods=methods, explain=explain, road_fractions=fractions)

@@ -23,10 +23,12 @@ import torch
 from xaidash.compute.datasets.sources import Dataset, Item, open_dataset, subsample
 from xaidash.compute.device import configure_device, resolve_device
 from xaidash.compute.hostmem import tune_host_allocator
+from xaidash.compute.methods.cams import CamEngine
 from xaidash.compute.methods.localisation import GroundTruth, ground_truth_digest, open_ground_truth
 from xaidash.compute.methods.sanity import sanity_sample
-from xaidash.compute.model.architectures import ModelParts, get_module
+from xaidash.compute.model.architectures import ModelParts
 from xaidash.compute.model.checkpoint import check_classes
+from xaidash.compute.model.layers import TargetLayer, target_for
 from xaidash.compute.model.loading import LoadedModel, for_inference, load_model, resolve_model_ref
 from xaidash.compute.pipeline.config import JobConfig, parse_shard, validate
 from xaidash.errors import UserError
@@ -65,6 +67,8 @@ class JobPlan:
     model: torch.nn.Module  #: the network ready for inference on ``device``
     target_layer: str
     linear_head: str | None  #: None: CAM is not applicable at ``target_layer``
+    #: the layer, how its output becomes the map, whose input the embeddings are, and why
+    target: TargetLayer
     val_items: tuple[Item, ...]
     train_items: tuple[Item, ...]
     chunks: tuple[Chunk, ...]
@@ -132,6 +136,7 @@ class JobPlan:
                    job_key=self.job_key)
         # the Score-CAM cap keeps the explain page's maps like the run's
         cfg["model"] = {**self.loaded.model_ref, "target_layer": self.target_layer,
+                        "target": self.target.to_dict(), "preprocessing": self.parts.preprocessing.to_dict(),
                         "scorecam_max_channels": self.cfg.scorecam_max_channels}
         return json.dumps(cfg, sort_keys=True, default=str)
 
@@ -139,6 +144,11 @@ class JobPlan:
         """What ``runs.precision_json`` says besides the measured deviation."""
         stages = ["scorecam", "faithfulness"] if self.cfg.precision == "bf16" else []
         return {"precision": self.cfg.precision, "bf16_stages": stages, **configure_device(self.device)}
+
+    def cam_engine(self, model: torch.nn.Module | None = None) -> CamEngine:
+        """The CAM engine on the run's target layer (of ``model``: a randomised copy, say)."""
+        return CamEngine(self.model if model is None else model, self.target_layer, self.linear_head,
+                         layout=self.target.layout, embedding_layer=self.target.embedding_layer)
 
     def with_job_key(self, job_key: str) -> JobPlan:
         return dataclasses.replace(self, job_key=job_key)
@@ -150,13 +160,14 @@ def make_plan(cfg: JobConfig) -> JobPlan:
     cfg = validate(cfg)
     device = resolve_device(cfg.device)
     dataset = open_dataset(cfg.data, cfg.data_root)
-    loaded = load_model(resolve_model_ref(cfg.checkpoint, cfg.model, cfg.weights, cfg.classes, dataset))
+    loaded = load_model(resolve_model_ref(cfg.checkpoint, cfg.model, cfg.weights, cfg.classes, dataset,
+                                          cfg.model_options()))
     check_classes(loaded.classes, dataset)
     parts = loaded.parts
-    target_layer = cfg.target_layer or parts.target_layer
-    get_module(parts.model, target_layer)  # UserError listing the valid names
-    # CAM needs GAP + one linear layer on *this* layer; another layer makes it inapplicable
-    linear_head = parts.linear_head if target_layer == parts.target_layer else None
+    # found or checked by one probe forward (UserError naming the nearest layers); CAM needs
+    # GAP + one linear layer on *this* layer
+    target = target_for(parts, len(loaded.classes), cfg.target_layer)
+    target_layer, linear_head = target.name, target.linear_head
     if "cam" in cfg.methods and linear_head is None:
         log.warning("cam is not applicable to %s at layer %s (needs global average pooling + one "
                     "linear layer after it); the run will not have CAM maps", parts.arch, target_layer)
@@ -180,7 +191,7 @@ def make_plan(cfg: JobConfig) -> JobPlan:
                 else frozenset(it.image_id for it in subsample(val, cfg.road_images, seed=ROAD_SAMPLE_SEED)))
     plan = JobPlan(
         cfg=cfg, shard=parse_shard(cfg.shard), device=device, dataset=dataset, fingerprint=fingerprint,
-        loaded=loaded, model=for_inference(parts.model, device), target_layer=target_layer,
+        loaded=loaded, model=for_inference(parts.model, device), target_layer=target_layer, target=target,
         linear_head=linear_head, val_items=tuple(val), train_items=tuple(train), chunks=tuple(chunks),
         job_key="", sanity_ids=sanity_sample(val, cfg.sanity_images), road_ids=road_ids,
         ground_truth=ground_truth,

@@ -28,7 +28,7 @@ from torch import nn
 
 from xaidash.compute.datasets.imageset import ImageSet, collate
 from xaidash.compute.datasets.sources import Item, subsample
-from xaidash.compute.methods.cams import CamEngine, folded_copy
+from xaidash.compute.methods.cams import folded_copy
 from xaidash.compute.methods.faithfulness import SCORES, faithfulness
 from xaidash.compute.pipeline.plan import JobPlan
 
@@ -160,7 +160,7 @@ def measure_deviation(plan: JobPlan, items: Sequence[Item]) -> Deviation | None:
     bs = masked_batch_size(plan, x)
     # what each precision's run uses for its forward-only bulk, built before the engine hooks
     bulk = {p: masked_forward_model(plan.model, p) for p in ("fp32", "bf16")}
-    with CamEngine(plan.model, plan.target_layer, plan.linear_head) as engine:
+    with plan.cam_engine() as engine:
         res = engine.forward(x, [m for m in plan.methods if m != "scorecam"])
         pred = res.targets["pred"]
         maps: dict[str, dict[str, torch.Tensor]] = {}

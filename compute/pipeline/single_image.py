@@ -7,6 +7,9 @@ uploads an image. ``model_ref`` is ``json.loads(runs.config_json)["model"]`` as 
 * ``{"checkpoint": "/abs/path.pt", "sha256": "...", "target_layer": "layer4"}``, or
 * ``{"arch": "resnet18", "weights": "imagenet" | "/abs/state_dict.pt", "classes": [...],
   "target_layer": "layer4"}``;
+* ``{"external": "timm:NAME" | "hf:DIR" | "python:...", ...}`` (a model a user brought);
+* ``"target"``: the run's target layer, its map layout and embedding layer (runs before it
+  record only ``target_layer``, and the layer is probed again);
 * optionally ``"scorecam_max_channels"``: the run's Score-CAM cap, applied here too.
 
 Models are built once per model_ref and cached (with a lock per model: the CAM hooks of one
@@ -29,9 +32,10 @@ import torch
 from PIL import Image
 
 from xaidash.compute.methods.cams import CamEngine
-from xaidash.compute.model.architectures import Preprocessing
 from xaidash.compute.model.checkpoint import sha256_file
+from xaidash.compute.model.layers import TargetLayer, target_for
 from xaidash.compute.model.loading import for_inference, load_model
+from xaidash.compute.model.preprocessing import Preprocessing
 from xaidash.constants import METHODS
 from xaidash.errors import UserError, choices_error
 
@@ -56,8 +60,7 @@ class Explanation:
 class _Cached:
     model: torch.nn.Module
     classes: list[str]
-    target_layer: str
-    linear_head: str | None
+    target: TargetLayer
     preprocessing: Preprocessing
     device: torch.device
     lock: threading.Lock
@@ -82,18 +85,22 @@ def _verify(model_ref: Mapping[str, object]) -> None:
             )
         return
     weights = model_ref.get("weights")
-    if weights and weights != "imagenet" and not Path(str(weights)).is_file():
+    if weights and weights != "imagenet" and not Path(str(weights)).exists():
         raise UserError(f"the run's weights file {weights} no longer exists; cannot explain new images")
 
 
 def _load(model_ref: Mapping[str, object]) -> _Cached:
     loaded = load_model(model_ref)
     parts = loaded.parts
-    target_layer = str(model_ref.get("target_layer") or parts.target_layer)
-    linear_head = parts.linear_head if target_layer == parts.target_layer else None
+    recorded = model_ref.get("target")
+    if isinstance(recorded, Mapping):
+        target = TargetLayer.from_dict(recorded)
+    else:
+        named = model_ref.get("target_layer")
+        target = target_for(parts, len(loaded.classes), str(named) if named else None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return _Cached(for_inference(parts.model, device), list(loaded.classes), target_layer, linear_head,
-                   parts.preprocessing, device, threading.Lock())
+    return _Cached(for_inference(parts.model, device), list(loaded.classes), target, parts.preprocessing,
+                   device, threading.Lock())
 
 
 def get_model(model_ref: Mapping[str, object]) -> _Cached:
@@ -117,12 +124,8 @@ def clear_cache() -> None:
 
 
 def _network_view(img: Image.Image, prep: Preprocessing) -> Image.Image:
-    """The image as the network sees it: shorter side to ``resize``, center crop ``input_size``."""
-    from torchvision.transforms import functional as TF
-
-    resized = TF.resize(img, prep.resize, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    cropped: Image.Image = TF.center_crop(resized, [prep.input_size, prep.input_size])  # untyped library
-    return cropped
+    """The image as the network sees it (resized and cropped as the preprocessing does)."""
+    return prep.geometry(img)
 
 
 def explain_image(
@@ -158,7 +161,9 @@ def explain_image(
     shown = _network_view(rgb, cached.preprocessing)
     notes: dict[str, str] = {}
     maps: dict[str, np.ndarray] = {}
-    with cached.lock, CamEngine(cached.model, cached.target_layer, cached.linear_head) as engine:
+    t = cached.target
+    with cached.lock, CamEngine(cached.model, t.name, t.linear_head, layout=t.layout,
+                                embedding_layer=t.embedding_layer) as engine:
         x = x.to(cached.device)
         res = engine.forward(x, [m for m in methods if m != "scorecam"])
         probs = res.logits.softmax(dim=1)[0]

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from xaidash.compute.methods.baselines import baseline_maps
-from xaidash.compute.methods.cams import CamEngine
 from xaidash.compute.methods.faithfulness import SCORES, faithfulness
 from xaidash.compute.methods.localisation import localisation_scores, pointing_radius, to_input_grid
 from xaidash.compute.methods.road import road
@@ -184,7 +183,7 @@ class TrustWork:
             # the masked forwards run on this step's model as the run's do on the trained one (bf16:
             # the folded copy, made before the engine hooks the model; fp32: the model itself)
             bulk = masked_forward_model(model, plan.cfg.precision) if "scorecam" in plan.methods else model
-            with CamEngine(model, plan.target_layer, plan.linear_head) as engine:
+            with plan.cam_engine(model) as engine:
                 res = engine.forward(x, plan.methods, true_labels=targets)
                 for m in plan.methods:
                     if (m, "true") in res.maps:

@@ -162,15 +162,31 @@ def checkpoint_label(ref: dict[str, Any], show_paths: bool) -> str:
     return "?"
 
 
+def external_label(ref: dict[str, Any], show_paths: bool) -> str:
+    """``timm:NAME``, ``hf:DIR``, ``python:FILE.py:FUNC`` or ``python:pkg.mod:FUNC``, with the weights."""
+    kind, _, rest = str(ref["external"]).partition(":")
+    if kind == "hf":
+        shown = path_label(rest, show_paths)
+    elif kind == "python" and ".py:" in rest:
+        file, _, func = rest.rpartition(":")
+        shown = f"{path_label(file, show_paths)}:{func}"
+    else:
+        shown = rest
+    weights = ref.get("weights")
+    extra = f" · weights {path_label(str(weights), show_paths)}" if weights and weights != "imagenet" else ""
+    return f"{kind}:{shown}{extra}"
+
+
 def layout(ctx: PageContext) -> Any:
     """Upload area + result container (the work happens in the callback)."""
     info = ctx.info
     ref = model_ref_of(info)
-    model_desc = (
-        f"{info.arch or '?'} · checkpoint {checkpoint_label(ref, ctx.state.show_paths)}"
-        if ref
-        else "this run records no model reference"
-    )
+    if not ref:
+        model_desc = "this run records no model reference"
+    elif ref.get("external"):  # a model the user brought: its spec, paths shown as the page does
+        model_desc = external_label(ref, ctx.state.show_paths)
+    else:
+        model_desc = f"{info.arch or '?'} · checkpoint {checkpoint_label(ref, ctx.state.show_paths)}"
     upload = dcc.Upload(
         id=f"{PREFIX}-upload",
         children=html.Div(

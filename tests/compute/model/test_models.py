@@ -13,7 +13,6 @@ from tests.support.imagegen import make_imagefolder
 from xaidash.compute.datasets.sources import open_dataset
 from xaidash.compute.model.architectures import (
     ARCHITECTURES,
-    Preprocessing,
     build_model,
     freeze_backbone,
     get_module,
@@ -27,6 +26,7 @@ from xaidash.compute.model.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from xaidash.compute.model.preprocessing import Preprocessing
 from xaidash.errors import UserError
 
 
