@@ -73,6 +73,21 @@ def _check_run(store: Path, data: Path, layout: str) -> dict[str, object]:
     return dict(ref)
 
 
+def _dashboard_renders(store: Path) -> None:
+    """Every page of the dashboard renders the brought model's run (no error alert in any)."""
+    from plotly.utils import PlotlyJSONEncoder
+
+    from xaidash.dashboard.app import PAGES, create_app, render_page
+    from xaidash.dashboard.params import Filters
+
+    state = create_app(store).server.config["XAIDASH_STATE"]
+    resolved = state.data.resolve_run(None)
+    assert resolved.info is not None
+    for _, path, _ in PAGES:
+        page = json.dumps(render_page(state, path, Filters(), resolved), cls=PlotlyJSONEncoder)
+        assert "could not be rendered" not in page, path
+
+
 def test_custom_cnn_python_file(data: dict[int, Path], tmp_path: Path) -> None:
     store = tmp_path / "s"
     _compute(store, data[32], "--model", f"python:{HERE}:tiny_cnn", "--input-size", "32")
@@ -92,6 +107,7 @@ def test_timm_vit(data: dict[int, Path], tmp_path: Path) -> None:
     assert target["name"] == "blocks.1.norm1" and target["linear_head"] is None  # type: ignore[index]
     assert target["layout"] == {"kind": "tokens", "prefix_tokens": 1, "grid": [8, 8]}  # type: ignore[index]
     assert ref["preprocessing"]["library"] == "timm"  # type: ignore[index]
+    _dashboard_renders(store)
 
 
 def test_timm_swin(data: dict[int, Path], tmp_path: Path) -> None:
@@ -120,6 +136,7 @@ def test_hf_vit_and_explain_page(data: dict[int, Path], tmp_path: Path) -> None:
     assert set(ex.maps) == {"gradcam", "gradcampp", "scorecam"} and "not applicable" in ex.notes["cam"]
     assert ex.maps["gradcam"].shape == (4, 4) and ex.image.size == (32, 32)
     assert ex.embedding.shape == (32,)  # the class token the classifier reads
+    _dashboard_renders(store)
 
 
 # --------------------------------------------------------------------------------------------
