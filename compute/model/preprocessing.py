@@ -149,8 +149,11 @@ def hf_image_processor(folder: str) -> Any:
     """``AutoImageProcessor.from_pretrained(folder)`` offline; UserError when there is none."""
     from transformers import AutoImageProcessor
 
+    # Any: transformers' own annotation of from_pretrained changes between releases (typed in some,
+    # untyped in others), and a type: ignore that one release needs fails another as unused.
+    processor: Any = AutoImageProcessor
     try:
-        return AutoImageProcessor.from_pretrained(folder, local_files_only=True)  # type: ignore[no-untyped-call]
+        return processor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise UserError(f"hf:{folder} has no usable image processor (preprocessor_config.json): "
                         f"{str(exc).splitlines()[0][:200]}; save it with processor.save_pretrained(DIR)"
