@@ -4,15 +4,13 @@ browser's network log shows no request outside ``file://`` and ``data:``."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.browser import CHROMEDRIVER, CHROMIUM, SHOTS, wait_for
+from tests.support.browser import SHOTS, headless_chromium, wait_for
 from tests.support.synthetic import build_synthetic_store
 from xaidash.api import write_report
 
@@ -22,31 +20,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def logging_driver() -> Iterator[Any]:
     """Chromium with its DevTools network events in the performance log (every request it makes)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-    ):
-        opts.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="xaidash-chrome-")
-    opts.add_argument(f"--user-data-dir={profile}")
-    opts.binary_location = CHROMIUM
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    drv.set_page_load_timeout(60)
-    yield drv
-    drv.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with headless_chromium("1400,1000", network_log=True) as drv:
+        yield drv
 
 
 def _requested(drv: Any) -> list[str]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import shutil
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,34 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
 selenium = pytest.importorskip("selenium")
 
 from selenium.webdriver.common.by import By  # noqa: E402
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run")
+
+
+@contextmanager
+def headless_chromium(window: str = "1500,1100", *, network_log: bool = False) -> Iterator[Any]:
+    """A headless Chromium in a throw-away profile; ``network_log`` keeps DevTools' network events
+    in the performance log (every request the page makes)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    for flag in (*CHROMIUM_FLAGS, f"--window-size={window}"):
+        opts.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="xaidash-chrome-")
+    opts.add_argument(f"--user-data-dir={profile}")
+    opts.binary_location = CHROMIUM
+    if network_log:
+        opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv.set_page_load_timeout(60)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _free_port() -> int:
