@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
     import pandas as pd
+    from torch.utils.data import Dataset
 
     from xaidash.store import RunInfo, StoreReader
 
@@ -67,7 +68,7 @@ class _RaisingParser(argparse.ArgumentParser):
         raise UserError(f"compute_run: {message}")
 
 
-def compute_run(data: str, store: str | Path, **options: Any) -> str:
+def compute_run(data: str | Dataset[Any], store: str | Path, **options: Any) -> str:
     """Run a model over a dataset and publish one run; returns its id.
 
     Takes the options of ``xaidash compute`` with underscores for dashes (``checkpoint=``,
@@ -75,8 +76,16 @@ def compute_run(data: str, store: str | Path, **options: Any) -> str:
     ``projection="pca"``, ...); a list is accepted where the CLI takes a comma-separated one. An
     unknown option is a UserError naming the valid ones. An identical run already in the store is
     reused, as on the command line.
+
+    In memory: ``model=`` may be an ``nn.Module`` (saved whole under the store's ``inputs/`` and
+    run as ``module:FILE``, so the dashboard's explain page can rebuild it), and ``data=`` a torch
+    ``Dataset`` of ``(image, label)`` pairs with ``train_data=`` its optional training set (written
+    once as an image folder under ``inputs/``; :mod:`xaidash.compute.datasets.in_memory`). Class
+    names come from ``classes=`` or the dataset's ``.classes``, in label order.
     """
     from xaidash.compute.cli.compute import add_arguments
+
+    data, options = _materialise(data, Path(store), dict(options))
 
     parser = _RaisingParser(prog="xaidash.compute_run", add_help=False)
     add_arguments(parser)
@@ -160,6 +169,35 @@ def export_overlays(
     from xaidash.dashboard.report.overlays import export_overlays as _export
 
     return _export(_reader(store), run, Path(out_dir).expanduser(), methods, filters=filters)
+
+
+def _materialise(data: str | Dataset[Any], store: Path, options: dict[str, Any]
+                 ) -> tuple[str, dict[str, Any]]:
+    """In-memory model and datasets -> the files and SPECs the command line would name."""
+    import torch
+
+    from xaidash.store import Store
+
+    train = options.pop("train_data", None)
+    in_memory = isinstance(options.get("model"), torch.nn.Module) or not isinstance(data, str)
+    # the job's own checks of the store folder, before anything is written into it
+    inputs = Store.create(store).inputs_dir if in_memory else store
+    if isinstance(options.get("model"), torch.nn.Module):
+        from xaidash.compute.model.external import save_module
+
+        options["model"] = f"module:{save_module(options['model'], inputs / 'models')}"
+    if isinstance(data, str):
+        if train is not None:
+            raise UserError("compute_run: train_data= goes with an in-memory data= Dataset; a SPEC "
+                            "names its training split itself (imagefolder:DIR/train)")
+        return data, options
+    from xaidash.compute.datasets.in_memory import dataset_classes, write_imagefolder
+
+    classes = options.get("classes")
+    names = dataset_classes(data, classes.split(",") if isinstance(classes, str) else classes)
+    folder = write_imagefolder(data, train, names, inputs / "datasets")
+    options["classes"] = list(names)
+    return f"imagefolder:{folder}", options
 
 
 class Run:

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model", metavar="SPEC",
                        help="instead of --checkpoint: a built-in architecture (with --weights), "
                             "python:FILE.py:FUNC or python:pkg.mod:FUNC (FUNC() returns an nn.Module giving "
-                            "logits), timm:NAME, or hf:DIR (a save_pretrained folder)")
+                            "logits), module:FILE (an nn.Module saved whole with torch.save), timm:NAME, "
+                            "or hf:DIR (a save_pretrained folder)")
     model.add_argument("--weights", metavar="imagenet|PATH",
                        help="'imagenet' (pretrained: built-in and timm: models) or a state_dict file")
     model.add_argument("--classes", metavar="a,b,c",

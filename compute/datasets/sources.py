@@ -4,8 +4,10 @@ SPECs (see README.md, "Data SPEC"):
 
 - ``imagefolder:DIR`` - ``DIR/train/<class>/*`` and ``DIR/val/<class>/*``. A DIR that holds
   class folders directly is a validation-only dataset. Class names are the sorted folder
-  names of the val split; train must have the same classes. Files are found recursively in
-  each class folder, by image extension; hidden files and folders are ignored. Directory
+  names of the val split (a ``DIR/classes.txt``, one name per line, orders them as a model's
+  head does instead, and must name exactly the class folders); train must have the same
+  classes. Files are found recursively in each class folder, by image extension; hidden files
+  and folders are ignored. Directory
   symlinks are followed, but each real directory is scanned once per split: a link to a folder
   above it (a loop) or to one already scanned is skipped with a warning. Entries named like
   images that are not regular files (FIFOs, sockets, devices, broken links) stay items, which
@@ -250,13 +252,13 @@ def _open_imagefolder(spec: str, rest: str) -> Dataset:
         split_dirs = {"val": root}  # class folders directly: a validation-only dataset
 
     class_dirs = {s: _class_dirs(d) for s, d in split_dirs.items()}
-    val_classes = list(class_dirs["val"])
+    val_classes = _class_order(root, list(class_dirs["val"]))
     if not val_classes:
         vdir = split_dirs["val"]
         raise UserError(f"no class folders in {vdir} (expected {vdir}/<class>/<image>)")
     if "train" in split_dirs:
         train_classes = list(class_dirs["train"])
-        if train_classes != val_classes:
+        if sorted(train_classes) != sorted(val_classes):
             only_train = sorted(set(train_classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(train_classes))
             raise UserError(
@@ -283,6 +285,18 @@ def _open_imagefolder(spec: str, rest: str) -> Dataset:
                 pairs.append((Item(image_id_for("imagefolder", split, key), split, label, source), f))
         entries[split] = pairs
     return FileDataset(spec, "imagefolder", list(val_classes), entries)
+
+
+def _class_order(root: Path, folders: list[str]) -> list[str]:
+    """The class names in label order: ``root/classes.txt`` when there is one, else sorted folders."""
+    listing = root / "classes.txt"
+    if not listing.is_file():
+        return folders
+    names = [ln.strip() for ln in listing.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if sorted(names) != sorted(folders) or len(set(names)) != len(names):
+        raise UserError(f"{listing} must list each class folder once (folders: {', '.join(folders)}; "
+                        f"listed: {', '.join(names)}); fix it or delete it to order the classes by name")
+    return names
 
 
 def _open_folder(spec: str, rest: str) -> Dataset:

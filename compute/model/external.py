@@ -1,4 +1,5 @@
-"""Models a user brings: ``python:FILE.py:FUNC``, ``python:pkg.mod:FUNC``, ``timm:NAME``, ``hf:DIR``.
+"""Models a user brings: ``python:FILE.py:FUNC``, ``python:pkg.mod:FUNC``, ``module:FILE``, ``timm:NAME``,
+``hf:DIR``.
 
 Each builds an ``nn.Module`` that maps a normalised ``[B, 3, S, S]`` batch to logits, its class
 names and its :class:`~xaidash.compute.model.preprocessing.Preprocessing`:
@@ -6,6 +7,10 @@ names and its :class:`~xaidash.compute.model.preprocessing.Preprocessing`:
 * ``python:``: ``FUNC(**model_args)`` must return an ``nn.Module`` giving logits; ``--weights
   PATH`` (a state_dict) is optional. Preprocessing: resize to ``--input-size`` square, no crop,
   normalise with ``--mean/--std`` (ImageNet's by default).
+* ``module:FILE``: a whole ``nn.Module`` saved with ``torch.save(model, FILE)`` (what many
+  training scripts write, and what :func:`save_module` writes for a model handed to
+  ``xaidash.compute_run`` in memory). Loading unpickles it, which runs code from the file: give
+  only files you trust. ``--weights PATH`` and preprocessing as for ``python:``.
 * ``timm:NAME``: ``timm.create_model(NAME, num_classes=len(classes), **model_args)``, weights from
   ``--weights PATH`` (a state_dict) or ``imagenet`` (timm's pretrained weights: its cache, or a
   download). Preprocessing: timm's own eval transform for the model, unless overridden.
@@ -29,6 +34,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,11 +56,11 @@ from xaidash.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("python", "timm", "hf")
+KINDS = ("python", "module", "timm", "hf")
 
 
 def is_external(spec: str | None) -> bool:
-    """``spec`` names a model a user brings (``python:``, ``timm:``, ``hf:``)."""
+    """``spec`` names a model a user brings (``python:``, ``module:``, ``timm:``, ``hf:``)."""
     return bool(spec) and str(spec).split(":", 1)[0] in KINDS and ":" in str(spec)
 
 
@@ -62,8 +68,8 @@ def split_spec(spec: str) -> tuple[str, str]:
     """``"timm:vit_tiny"`` -> ``("timm", "vit_tiny")``; UserError for an empty name."""
     kind, _, rest = spec.partition(":")
     if kind not in KINDS or not rest:
-        raise UserError(f"--model {spec!r}: expected python:FILE.py:FUNC, python:pkg.mod:FUNC, timm:NAME "
-                        "or hf:DIR")
+        raise UserError(f"--model {spec!r}: expected python:FILE.py:FUNC, python:pkg.mod:FUNC, module:FILE, "
+                        "timm:NAME or hf:DIR")
     return kind, rest
 
 
@@ -142,6 +148,8 @@ def make_ref(spec: str, weights: str | None, classes: Sequence[str] | None, *, i
         if not sep or not func:
             raise UserError(f"--model {spec!r}: give the function too, python:FILE.py:FUNC")
         spec = f"python:{_absolute(file, 'model file')}:{func}"
+    elif kind == "module":
+        spec = f"module:{_absolute(rest, 'model file')}"
     elif kind == "hf":
         spec = f"hf:{_absolute(rest, 'model folder')}"
         if weights:
@@ -183,9 +191,13 @@ def build(ref: Mapping[str, Any], dataset_classes: Sequence[str] | None = None) 
             model, classes = build_timm(rest, classes, args, weights if weights == "imagenet" else None)
             pre = timm_preprocessing(model, size if isinstance(size, int) else None, mean, std)
         else:
-            model, file = _build_python(rest, args)
-            if file:
-                files["source"] = sha256_file(file)
+            if kind == "module":
+                model = load_module(rest)
+                files["module"] = module_digest(model)
+            else:
+                model, file = _build_python(rest, args)
+                if file:
+                    files["source"] = sha256_file(file)
             if classes is None:
                 raise UserError(f"{spec}: the model's class names are unknown (unlabeled data); give "
                                 "--classes a,b,c or --classes-file FILE")
@@ -270,6 +282,61 @@ def _build_python(target: str, args: Mapping[str, Any]) -> tuple[nn.Module, str 
     if not isinstance(model, nn.Module):
         raise UserError(f"{where}:{func_name}() returned a {type(model).__name__}, not a torch.nn.Module")
     return model, file
+
+
+def load_module(path: str) -> nn.Module:
+    """The ``nn.Module`` that ``torch.save(model, path)`` wrote (``module:FILE``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"model file {p} does not exist")
+    try:
+        # a whole module is a pickle of its class, so torch's weights_only loader refuses it by design
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UserError(f"cannot load {p} as a module saved with torch.save(model, FILE): "
+                        f"{type(exc).__name__}: {exc} (its classes must be importable here)") from None
+    if isinstance(obj, Mapping):
+        raise UserError(f"{p} holds a state_dict, not a whole module: give the code that builds the model, "
+                        f"--model python:FILE.py:FUNC --weights {p}")
+    if not isinstance(obj, nn.Module):
+        raise UserError(f"{p} holds a {type(obj).__name__}, not a torch.nn.Module")
+    return obj
+
+
+def module_digest(model: nn.Module) -> str:
+    """What identifies a whole module: its class, its structure (``repr``) and its state_dict.
+
+    Not the file's bytes: cloudpickle gives each class defined in a notebook a random tracking id,
+    so re-running the cell that defines the class writes different bytes for the same model.
+    """
+    h = hashlib.sha256(f"{type(model).__qualname__}\n{model!r}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"\n{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_module(model: nn.Module, folder: Path) -> Path:
+    """Write ``model`` whole to ``folder/<module_digest>.pt`` for ``module:FILE``; returns the path.
+
+    cloudpickle, not pickle: a class defined in a notebook (``__main__``) is stored by value, so a
+    later process (the dashboard's explain page, a Ray worker) can load the file; importable
+    classes stay references to their modules. The same model lands on the same file name.
+    """
+    import cloudpickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{module_digest(model)}.pt"
+    if out.is_file():
+        return out
+    tmp = folder / f".{os.getpid()}.pt.tmp"
+    try:
+        torch.save(model, tmp, pickle_module=cloudpickle)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def _pickle_by_value(module: object) -> None:

@@ -195,8 +195,8 @@ def _validate_model_options(cfg: JobConfig) -> JobConfig:
     kind = (cfg.model or "").split(":", 1)[0] if is_external(cfg.model) else ""
     given = [o for o, v in (("--input-size", cfg.input_size), ("--mean", cfg.mean), ("--std", cfg.std))
              if v is not None]
-    if given and kind not in ("python", "timm"):
-        raise UserError(f"{', '.join(given)} set the preprocessing of python: and timm: models; "
+    if given and kind not in ("python", "module", "timm"):
+        raise UserError(f"{', '.join(given)} set the preprocessing of python:, module: and timm: models; "
                         "built-in models and checkpoints bring their own, hf: models their image processor")
     if cfg.model_args is not None and kind not in ("python", "timm"):
         raise UserError("--model-args are the constructor arguments of a python: or timm: model")

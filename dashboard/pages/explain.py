@@ -163,9 +163,10 @@ def checkpoint_label(ref: dict[str, Any], show_paths: bool) -> str:
 
 
 def external_label(ref: dict[str, Any], show_paths: bool) -> str:
-    """``timm:NAME``, ``hf:DIR``, ``python:FILE.py:FUNC`` or ``python:pkg.mod:FUNC``, with the weights."""
+    """``timm:NAME``, ``hf:DIR``, ``module:FILE``, ``python:FILE.py:FUNC`` or ``python:pkg.mod:FUNC``, with
+    the weights."""
     kind, _, rest = str(ref["external"]).partition(":")
-    if kind == "hf":
+    if kind in ("hf", "module"):
         shown = path_label(rest, show_paths)
     elif kind == "python" and ".py:" in rest:
         file, _, func = rest.rpartition(":")

@@ -68,6 +68,12 @@ class StoreLayout:
     def trash_dir(self) -> Path:
         return self.path / "_trash"
 
+    @property
+    def inputs_dir(self) -> Path:
+        """Models and datasets handed to ``xaidash.compute_run`` in memory, written as files so
+        that the run can be recomputed and its model rebuilt by the explain page."""
+        return self.path / "inputs"
+
     def image_parts(self, fp: str) -> list[Path]:
         """The images part files of a dataset fingerprint, oldest first."""
         return files.image_parts(self.path, fp)

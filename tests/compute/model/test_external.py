@@ -97,6 +97,46 @@ def test_custom_cnn_python_file(data: dict[int, Path], tmp_path: Path) -> None:
                                     "std": [0.229, 0.224, 0.225], "crop": False}
 
 
+def test_whole_module_file_and_explain_page(data: dict[int, Path], tmp_path: Path) -> None:
+    """``module:FILE`` (torch.save(model, FILE)): the maps equal the formulas, the explain page
+    rebuilds it, and a changed file is refused on rebuild."""
+    from PIL import Image
+
+    from xaidash.compute.model.external import build
+    from xaidash.compute.pipeline.single_image import explain_image
+    from xaidash.errors import UserError
+
+    file = tmp_path / "whole.pt"
+    torch.save(byo_models.tiny_cnn(), file)
+    store = tmp_path / "s"
+    _compute(store, data[32], "--model", f"module:{file}", "--input-size", "32")
+    ref = _check_run(store, data[32], "nchw")
+    assert ref["external"] == f"module:{file}" and ref["target"]["name"] == "body"  # type: ignore[index]
+    ex = explain_image(ref, Image.open(next((data[32] / "val" / "a").iterdir())))
+    assert ex.maps["gradcam"].shape == (16, 16)
+    other = byo_models.tiny_cnn()
+    torch.nn.init.zeros_(other.classifier.weight)
+    torch.save(other, file)
+    with pytest.raises(UserError, match="module changed since the run"):
+        build(ref)
+
+
+def test_classes_file_orders_an_image_folder(tmp_path: Path) -> None:
+    from xaidash.compute.datasets.sources import open_dataset
+    from xaidash.errors import UserError
+
+    root = make_imagefolder(tmp_path / "d", ("a", "b", "c"), n_train=1, n_val=1, size=16)
+    assert open_dataset(f"imagefolder:{root}").classes == ["a", "b", "c"]
+    (root / "classes.txt").write_text("c\na\nb\n")
+    ds = open_dataset(f"imagefolder:{root}")
+    assert ds.classes == ["c", "a", "b"]
+    labels = {it.source.split("/")[1]: it.label for it in ds.items("val")}
+    assert labels == {"c": 0, "a": 1, "b": 2}
+    (root / "classes.txt").write_text("a\nb\n")
+    with pytest.raises(UserError, match="must list each class folder once"):
+        open_dataset(f"imagefolder:{root}")
+
+
 def test_timm_vit(data: dict[int, Path], tmp_path: Path) -> None:
     pytest.importorskip("timm")
     store = tmp_path / "s"
