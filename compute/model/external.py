@@ -39,6 +39,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -339,14 +340,23 @@ def save_module(model: nn.Module, folder: Path) -> Path:
     return out
 
 
-def _pickle_by_value(module: object) -> None:
-    """Ray ships the plan with cloudpickle, which would pickle the model's classes by reference
-    to a module its workers cannot import (it exists only in this process): by value instead."""
-    try:
-        import cloudpickle
-    except ImportError:
-        return
+#: the modules imported from the users' model files (``python:FILE.py:FUNC``) in this process
+_FILE_MODULES: list[ModuleType] = []
+
+
+def _pickle_by_value(module: ModuleType) -> None:
+    """A model's classes would be pickled by reference to a module that exists only in this
+    process (workers cannot import it): cloudpickle is told to pickle them by value instead."""
+    import cloudpickle
+
     cloudpickle.register_pickle_by_value(module)
+    _FILE_MODULES.append(module)
+
+
+def file_modules() -> tuple[ModuleType, ...]:
+    """The modules of the users' model files imported here, for a pickler with its own registry of
+    modules pickled by value (Ray ships the plan with its vendored copy of cloudpickle)."""
+    return tuple(_FILE_MODULES)
 
 
 def _build_hf(folder: str, classes: tuple[str, ...] | None

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from xaidash.compute.datasets.sources import FileDataset, ImageLoadError
 from xaidash.compute.hostmem import tune_host_allocator
+from xaidash.compute.model.external import file_modules
 from xaidash.compute.model.loading import for_inference
 from xaidash.compute.pipeline.chunk import ChunkOutput, compute_chunk
 from xaidash.compute.pipeline.plan import Chunk, JobPlan
@@ -198,6 +199,10 @@ def run_on_ray(plan: JobPlan, chunks: Sequence[Chunk], thumbnails: frozenset[str
     shipped = plan
     if plan.device.type != "cpu":
         shipped = dataclasses.replace(plan, model=copy.deepcopy(plan.model).cpu())
+    from ray import cloudpickle as ray_pickle
+
+    for module in file_modules():  # Ray's vendored cloudpickle keeps its own by-value registry
+        ray_pickle.register_pickle_by_value(module)
     plan_ref = ray.put(shipped)
     kill_hook = os.environ.get(KILL_WORKER_ENV)
     actors = [actor_cls.options(num_cpus=threads, num_gpus=per_gpu).remote(i, plan_ref, threads, kill_hook)

@@ -9,6 +9,7 @@ and a worker that cannot read the dataset (one clear error, nothing published).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -152,6 +153,28 @@ def test_worker_without_the_dataset_is_one_clear_error(ray_local: None, data: tu
                                   lambda out: None)
     finally:
         moved.rename(folder)
+
+
+def test_brought_model_from_a_file_runs_on_ray(ray_local: None, data: tuple[Path, Path],
+                                               tmp_path: Path) -> None:
+    """``--model python:FILE.py:FUNC``: the file is a module only the driver has imported (under a
+    synthetic name), so its classes travel by value; the Ray run equals the single-process one."""
+    from tests.support import byo_models
+
+    folder, _ = data
+    src = tmp_path / "user_net.py"  # a copy: not importable by name anywhere
+    src.write_text(Path(byo_models.__file__).read_text())
+    brought = {"checkpoint": None, "model": f"python:{src}:tiny_cnn", "input_size": SIZE,
+               "model_args": json.dumps({"classes": len(CLASSES)}),
+               "methods": ("cam", "gradcam", "gradcampp"), "explain": ("pred",), "sanity_images": 2}
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    ckpt = Path("unused")
+    assert run_job(dataclasses.replace(_cfg(folder, ckpt, local), **brought)).published  # type: ignore[arg-type]
+    res = run_job(dataclasses.replace(_cfg(folder, ckpt, on_ray, ray="local", ray_workers=2),
+                                      **brought))  # type: ignore[arg-type]
+    assert res.published
+    _assert_same_run(local, on_ray)
+    assert len(_cluster(on_ray)["workers"]) == 2  # type: ignore[arg-type]
 
 
 _DRIVER = """
