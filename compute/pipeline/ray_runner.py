@@ -202,7 +202,7 @@ def run_on_ray(plan: JobPlan, chunks: Sequence[Chunk], thumbnails: frozenset[str
     from ray import cloudpickle as ray_pickle
 
     for module in file_modules():  # Ray's vendored cloudpickle keeps its own by-value registry
-        ray_pickle.register_pickle_by_value(module)
+        ray_pickle.register_pickle_by_value(module)  # type: ignore[no-untyped-call]
     plan_ref = ray.put(shipped)
     kill_hook = os.environ.get(KILL_WORKER_ENV)
     actors = [actor_cls.options(num_cpus=threads, num_gpus=per_gpu).remote(i, plan_ref, threads, kill_hook)
