@@ -38,7 +38,8 @@ def run_label(rec: Record, show_paths: bool = False) -> str:
     acc = rec.get("accuracy")
     acc_s = f" · acc {100 * acc:.1f}%" if acc is not None and acc == acc else ""
     spec = spec_label(str(rec.get("dataset_spec") or ""), show_paths)
-    return f"{when} · {rec.get('arch') or '?'} · {spec}{acc_s}"
+    model = spec_label(str(rec.get("arch") or "?"), show_paths)  # python:/abs/net.py:f -> python:net.py:f
+    return f"{when} · {model} · {spec}{acc_s}"
 
 
 def empty_state(title: str, body: str | list[Any], color: str = "info", icon: str = "i") -> dbc.Alert:

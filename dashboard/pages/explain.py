@@ -32,7 +32,7 @@ from xaidash.dashboard.components import (
     warning_alert,
 )
 from xaidash.dashboard.params import Filters, parse_query
-from xaidash.dashboard.paths import path_label, redact
+from xaidash.dashboard.paths import path_label, redact, spec_label
 from xaidash.dashboard.state import AppState, PageContext
 from xaidash.errors import UserError
 
@@ -187,7 +187,8 @@ def layout(ctx: PageContext) -> Any:
     elif ref.get("external"):  # a model the user brought: its spec, paths shown as the page does
         model_desc = external_label(ref, ctx.state.show_paths)
     else:
-        model_desc = f"{info.arch or '?'} · checkpoint {checkpoint_label(ref, ctx.state.show_paths)}"
+        model_desc = (f"{spec_label(info.arch or '?', ctx.state.show_paths)} · checkpoint "
+                      f"{checkpoint_label(ref, ctx.state.show_paths)}")
     upload = dcc.Upload(
         id=f"{PREFIX}-upload",
         children=html.Div(
@@ -210,9 +211,8 @@ def layout(ctx: PageContext) -> Any:
                     html.P(["Model: ", html.Span(model_desc, className="text-muted")], className="small"),
                     upload,
                     html.P(
-                        "Runs the model on this machine: top-3 classes, the four maps for the predicted "
-                        "class, "
-                        "and the most similar training images (twins).",
+                        "Runs the model on this machine: top-3 classes, the run's maps for the predicted "
+                        "class, and the most similar training images (twins).",
                         className="small text-muted mt-2 mb-0",
                     ),
                 ],
@@ -265,6 +265,9 @@ def render_explanation(state: AppState, info: RunInfo, image: Image.Image, filen
         else:
             body = html.Div(exp.notes.get(m, "not computed"), className="xd-cam-missing text-muted small p-2")
         note = exp.notes.get(m) if m in exp.maps else None
+        if note is None and m in exp.maps and not exp.maps[m].any():
+            # a constant map is all zeros after normalisation: say so, a flat overlay looks broken
+            note = "all zero: no positive evidence for this class at the target layer"
         cams.append(
             dbc.Col(
                 html.Div(

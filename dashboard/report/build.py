@@ -112,7 +112,8 @@ def run_header(info: RunInfo, show_paths: bool = False) -> Any:
     rows: list[tuple[str, Any]] = [
         ("Run", info.run_id),
         ("Created", info.created.strftime("%Y-%m-%d %H:%M UTC")),
-        ("Model", f"{info.arch or '?'}" + (f" ({spec})" if spec and spec != info.arch else "")),
+        ("Model", spec_label(info.arch or "?", show_paths)
+         + (f" ({spec_label(str(spec), show_paths)})" if spec and spec != info.arch else "")),
         (
             "Checkpoint",
             path_label(info.checkpoint_path, show_paths, info.checkpoint_sha256)
@@ -371,7 +372,7 @@ def _page(info: RunInfo, body: str, show_paths: bool) -> str:
 
     css = theme_css(THEME)[0].decode("utf-8") + _xaidash_css() + _REPORT_CSS
     spec = spec_label(info.dataset_spec or "", show_paths)
-    title = f"xaidash report · {spec} · {info.arch or ''} · run {info.run_id}"
+    title = f"xaidash report · {spec} · {spec_label(info.arch or '', show_paths)} · run {info.run_id}"
     nav = " ".join(f'<a href="#section-{s}">{s}</a>' for s in SECTIONS)
     # </script> cannot occur inside plotly.js's source, but guard the inline copy anyway
     plotly_js = get_plotlyjs().replace("</script", "<\\/script")

@@ -239,6 +239,48 @@ def test_upload_explains_an_image(driver: Any, real_server: LiveServer, tmp_path
     driver.save_screenshot(str(SHOTS / "explain_refused.png"))
 
 
+@pytest.fixture(scope="module")
+def vit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A run of a model the user brought: a tiny seeded timm ViT, ``--model python:FILE.py:FUNC``."""
+    pytest.importorskip("timm")
+    from tests.support import byo_models
+    from tests.support.imagegen import make_imagefolder
+    from xaidash.cli import main
+
+    root = tmp_path_factory.mktemp("vit")
+    folder = make_imagefolder(root / "data", ("a", "b", "c"), n_train=2, n_val=2, size=64)
+    store = root / "store"
+    rc = main(["compute", "--data", f"imagefolder:{folder}", "--store", str(store), "--model",
+               f"python:{byo_models.__file__}:timm_vit", "--input-size", "64", "--device", "cpu",
+               "--workers", "0", "--batch-size", "4", "--faithfulness-steps", "2", "--projection", "pca",
+               "--twins", "1", "--sanity-images", "0", "--road-fractions", "none",
+               "--scorecam-max-channels", "4"])
+    assert rc == 0
+    srv = LiveServer(store, root / "sel")
+    yield srv
+    srv.close()
+
+
+def test_upload_explains_an_image_with_a_brought_vit(driver: Any, vit_server: LiveServer,
+                                                      tmp_path: Path) -> None:
+    from PIL import Image
+
+    img = tmp_path / "upload.png"
+    Image.new("RGB", (50, 70), (30, 200, 30)).save(img)
+    open_page(driver, vit_server.url + "/explain", "#explain-upload")
+    _upload(driver, img)
+    wait_for(lambda: css(driver, "#explain-output"), "the explanation", timeout=120)
+    assert "Top-3 classes" in driver.page_source
+    # the run's maps on the ViT's tokens: Grad-CAM, Grad-CAM++, Score-CAM (no CAM: no GAP + linear head)
+    shown = [e.text for e in css(driver, "#explain-output .fw-semibold.small")]
+    assert {"Grad-CAM", "Grad-CAM++", "Score-CAM"} <= set(shown) and "CAM" not in shown, shown
+    assert len(css(driver, "#explain-output .xd-cam-large")) == 3
+    wait_for(lambda: css(driver, "#explain-output .js-plotly-plot .bars path"), "the top-3 bars")
+    assert "all zero: no positive evidence" in driver.page_source  # this seed's Grad-CAM++ is constant
+    assert "byo_models.py" in driver.page_source and "/work/" not in driver.page_source  # no server paths
+    check_page(driver, "explain_upload_vit")
+
+
 def test_density_map_hover_and_box_selection(driver: Any, server: LiveServer) -> None:
     """A map over ``max_points`` (here 50, so the 300-image store is "large") draws the density
     raster; hovering a dense cell of the invisible heatmap shows the nearest point's thumbnail,

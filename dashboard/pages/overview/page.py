@@ -72,7 +72,7 @@ def run_summary(info: RunInfo, show_paths: bool = False) -> html.Div:
     """One line describing the run: dataset, model, methods, device, date."""
     parts: list[str | Component] = [
         html.Span(spec_label(info.dataset_spec or "dataset", show_paths), className="fw-semibold"),
-        f" · model {info.arch or '?'}",
+        f" · model {spec_label(info.arch or '?', show_paths)}",
         f" · layer {info.target_layer or '?'}",
         f" · methods {', '.join(method_label(m) for m in info.methods)}",
         f" · {info.device or ''}",
