@@ -217,15 +217,20 @@ def _upload(driver: Any, path: Path) -> None:
     field.send_keys(str(path))
 
 
-def test_upload_explains_an_image(driver: Any, real_server: LiveServer, tmp_path: Path) -> None:
+def _explain_upload(driver: Any, server: LiveServer, path: Path, size: tuple[int, int],
+                    colour: tuple[int, int, int]) -> None:
+    """Upload a plain image of ``size`` and ``colour`` to the explain page; wait for the result."""
     from PIL import Image
 
-    img = tmp_path / "upload.png"
-    Image.new("RGB", (40, 30), (200, 30, 30)).save(img)
-    open_page(driver, real_server.url + "/explain", "#explain-upload")
-    _upload(driver, img)
+    Image.new("RGB", size, colour).save(path)
+    open_page(driver, server.url + "/explain", "#explain-upload")
+    _upload(driver, path)
     wait_for(lambda: css(driver, "#explain-output"), "the explanation", timeout=120)
     assert "Top-3 classes" in driver.page_source
+
+
+def test_upload_explains_an_image(driver: Any, real_server: LiveServer, tmp_path: Path) -> None:
+    _explain_upload(driver, real_server, tmp_path / "upload.png", (40, 30), (200, 30, 30))
     assert len(css(driver, "#explain-output .xd-cam-large")) >= 3  # CAM, Grad-CAM, Grad-CAM++ (+ Score-CAM)
     assert css(driver, "#explain-output .xd-neighbor"), "twins from the train embeddings"
     check_page(driver, "explain_upload")
@@ -263,14 +268,7 @@ def vit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]
 
 def test_upload_explains_an_image_with_a_brought_vit(driver: Any, vit_server: LiveServer,
                                                       tmp_path: Path) -> None:
-    from PIL import Image
-
-    img = tmp_path / "upload.png"
-    Image.new("RGB", (50, 70), (30, 200, 30)).save(img)
-    open_page(driver, vit_server.url + "/explain", "#explain-upload")
-    _upload(driver, img)
-    wait_for(lambda: css(driver, "#explain-output"), "the explanation", timeout=120)
-    assert "Top-3 classes" in driver.page_source
+    _explain_upload(driver, vit_server, tmp_path / "upload.png", (50, 70), (30, 200, 30))
     # the run's maps on the ViT's tokens: Grad-CAM, Grad-CAM++, Score-CAM (no CAM: no GAP + linear head)
     shown = [e.text for e in css(driver, "#explain-output .fw-semibold.small")]
     assert {"Grad-CAM", "Grad-CAM++", "Score-CAM"} <= set(shown) and "CAM" not in shown, shown
