@@ -30,7 +30,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F

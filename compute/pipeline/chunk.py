@@ -9,7 +9,8 @@ unchanged, and only the process that owns the staging area writes what it return
 Per val batch: one forward + one backward (:class:`~xaidash.compute.methods.cams.CamEngine`) gives the
 predictions, embeddings and every method but Score-CAM (CAM, Grad-CAM, Grad-CAM++, LayerCAM,
 XGradCAM, HiResCAM, EigenCAM; target = predicted class, and the true class of wrong predictions
-with ``--explain pred,true``); Score-CAM and the faithfulness metrics follow. Per train batch: embeddings and Grad-CAM (target pred), so twins can show theirs.
+with ``--explain pred,true``); Score-CAM and the faithfulness metrics follow. Per train batch:
+embeddings and Grad-CAM (target pred), so twins can show theirs.
 """
 
 from __future__ import annotations
