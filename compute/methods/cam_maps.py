@@ -296,7 +296,7 @@ class EigenCAM(BaseCAM):
     (``Σ_ij (M v_1)_ij = (1^\top M) v_1``). For a ReLU layer (``A >= 0``) that makes ``M v_1 >= 0``
     everywhere (Perron-Frobenius), so the ReLU changes nothing; on a signed layer (tokens) the
     ReLU keeps the side that agrees with the mean. A sum of exactly 0 (e.g. ``A = 0``) keeps the
-    routine's sign. The SVD runs in the activations' dtype (fp32).
+    routine's sign. Computed in the activations' dtype (fp32).
 
     pytorch-grad-cam 1.5's ``EigenCAM`` (``get_2d_projection``) differs on both counts: it
     *centres* each channel over the pixels before the SVD (``M - mean_ij M``; its comment says the
@@ -311,8 +311,18 @@ class EigenCAM(BaseCAM):
         a = inp.activations
         b, k, h, w = a.shape
         m = a.reshape(b, k, h * w).transpose(1, 2)  # [B, hw, K]
-        u, s, _ = torch.linalg.svd(m, full_matrices=False)
-        proj = u[:, :, 0] * s[:, :1]  # M v_1 = σ_1 u_1, [B, hw]
+        # The top singular pair from the symmetric eigenproblem of the smaller Gram matrix
+        # (hw x hw for a CNN's 7x7 x 512, K x K for many tokens): 8x faster than a batched SVD
+        # on the 2-core CPU (32 ResNet-18 maps: 24 vs 195 ms), and no less accurate for the top
+        # vector (its error scales with λ1 / (λ1 - λ2) = σ1² / ((σ1 - σ2)(σ1 + σ2)), as the SVD's
+        # with σ1 / (σ1 - σ2)).
+        if h * w <= k:
+            vals, vecs = torch.linalg.eigh(m @ m.transpose(1, 2))  # ascending eigenvalues
+            sigma = vals[:, -1:].clamp(min=0).sqrt()
+            proj = vecs[:, :, -1] * sigma  # σ_1 u_1 = M v_1, [B, hw]
+        else:
+            _, vecs = torch.linalg.eigh(m.transpose(1, 2) @ m)
+            proj = (m @ vecs[:, :, -1:]).squeeze(-1)  # M v_1
         sign = torch.where(proj.sum(dim=1, keepdim=True) < 0, -1.0, 1.0).to(proj.dtype)
         return (proj * sign).reshape(b, h, w)
 
