@@ -138,7 +138,7 @@ def literal_maps(model: nn.Module, target: TargetLayer, x: Tensor, c: Tensor) ->
         wx = torch.where(s != 0, (a[:, k] * g[:, k]).sum(dim=(1, 2)) / torch.where(s != 0, s, 1), 0)
         xg += wx[:, None, None] * a[:, k]
     mat = a.flatten(2).transpose(1, 2)  # [B, hw, K]
-    vals, vecs = torch.linalg.eigh(mat.transpose(1, 2) @ mat)
+    _, vecs = torch.linalg.eigh(mat.transpose(1, 2) @ mat)
     proj = (mat @ vecs[:, :, -1:]).squeeze(-1)
     proj = torch.where(proj.sum(1, keepdim=True) < 0, -proj, proj).reshape(gc.shape)
     out.update(layercam=norm(F.relu(lc)), hirescam=norm(F.relu(hr)), xgradcam=norm(F.relu(xg)),
