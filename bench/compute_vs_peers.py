@@ -17,6 +17,11 @@ layer ``layer4``) for everybody. Rows:
 (b) torch-cam: ``CAM``, ``GradCAM``, ``GradCAMpp`` run one after another (each its own forward);
 (c) pytorch-grad-cam: ``GradCAM`` + ``GradCAMPlusPlus``;
 (d) a plain forward pass under ``torch.inference_mode()`` (the floor);
+(e) xaidash: (a) plus LayerCAM + XGradCAM + HiResCAM + EigenCAM ("trio-plus-four"), still one
+    ``CamEngine.forward`` per batch (one forward, one backward to ``layer4``, one batched SVD);
+(f) each new method alone, xaidash (``CamEngine.forward(x, (m,))``: predictions + that map) against
+    pytorch-grad-cam's class of the same name (``cam(x, None)``: the predicted class; it also
+    upsamples every map to the input size, as it always does);
 
 and Score-CAM (512 masked forwards per image, so fewer images): xaidash in fp32, xaidash in bf16
 (``torch.autocast(device_type, dtype=torch.bfloat16)`` around ``CamEngine.scorecam`` only: the
@@ -24,7 +29,8 @@ masked forwards; the activations and targets come from the fp32 forward), torch-
 pytorch-grad-cam (their defaults, fp32). The bf16 row reports max |Δmap| against xaidash's fp32
 maps of the same images.
 
-Targets: (a)/(d) >= 0.95, Score-CAM fp32 / faster peer >= 1.2, Score-CAM bf16 / faster peer >= 3.
+Targets: (a)/(d) >= 0.95, (e)/(d) >= 0.9 (issue 22), Score-CAM fp32 / faster peer >= 1.2, Score-CAM
+bf16 / faster peer >= 3. ``--no-new-methods`` leaves out rows (e) and (f).
 
 The gradient rows get a warm-up run, then the best of ``--repeats`` timed runs, interleaved.
 The Score-CAM rows get one warm-up forward at their masked batch size each, then the best of
@@ -65,6 +71,10 @@ from xaidash.compute.methods.cams import CamEngine
 from xaidash.compute.pipeline.precision import masked_forward_model
 
 GRADIENT = ("cam", "gradcam", "gradcampp")
+#: issue 22's methods and pytorch-grad-cam's class for each
+NEW_METHODS = {"layercam": "LayerCAM", "xgradcam": "XGradCAM", "hirescam": "HiResCAM", "eigencam": "EigenCAM"}
+EXTENDED = (*GRADIENT, *NEW_METHODS)
+ROW_E = "(e) xaidash trio+LayerCAM+XGradCAM+HiResCAM+EigenCAM"
 ROW_A = "(a) xaidash pred+emb+CAM+GradCAM+GradCAM++"
 ROW_D = "(d) plain forward (inference_mode)"
 ROW_B = "(b) torch-cam CAM+GradCAM+GradCAMpp"
@@ -73,7 +83,15 @@ SC_FP32 = "xaidash Score-CAM fp32"
 SC_BF16 = "xaidash Score-CAM bf16 (masked forwards)"
 SC_TC = "torch-cam ScoreCAM"
 SC_PGC = "pytorch-grad-cam ScoreCAM"
-TARGETS = {"trio": 0.95, "scorecam_fp32": 1.2, "scorecam_bf16": 3.0}
+TARGETS = {"trio": 0.95, "extended": 0.9, "scorecam_fp32": 1.2, "scorecam_bf16": 3.0}
+
+
+def row_alone(method: str) -> str:
+    return f"(f) xaidash {NEW_METHODS[method]} alone"
+
+
+def row_pgc(method: str) -> str:
+    return f"(f) pytorch-grad-cam {NEW_METHODS[method]}"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -93,6 +111,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5,
                    help="timed runs per gradient row, interleaved; the best is kept (default 5)")
     p.add_argument("--no-scorecam", action="store_true", help="skip the Score-CAM rows")
+    p.add_argument("--no-new-methods", action="store_true",
+                   help="skip rows (e) and (f): issue 22's LayerCAM, XGradCAM, HiResCAM, EigenCAM")
     p.add_argument("--no-peer-scorecam", action="store_true", help="time only xaidash's Score-CAM")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 Score-CAM row")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile on the masked forwards")
@@ -166,7 +186,7 @@ def describe(device: torch.device) -> str:
 
 
 def gradient_rows(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device,
-                  repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+                  repeats: int, new_methods: bool = True) -> tuple[dict[str, float], dict[str, list[float]]]:
     def plain() -> None:
         with torch.inference_mode():
             for xb in batches:
@@ -179,6 +199,8 @@ def gradient_rows(model: torch.nn.Module, batches: list[torch.Tensor], device: t
                 res.logits.softmax(1)
 
     fns: dict[str, Callable[[], object]] = {ROW_A: ours, ROW_D: plain}
+    if new_methods:
+        fns.update(new_method_rows(model, batches))
     try:
         from torchcam.methods import CAM as TcCAM
         from torchcam.methods import GradCAM as TcGradCAM
@@ -215,6 +237,36 @@ def gradient_rows(model: torch.nn.Module, batches: list[torch.Tensor], device: t
     n = sum(len(xb) for xb in batches)
     times = timed_rounds(fns, device, repeats)
     return {k: n / min(t) for k, t in times.items()}, times
+
+
+def new_method_rows(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """Rows (e) and (f): the extended one-pass set, and each new method alone against its peer."""
+    def engine_run(methods: tuple[str, ...]) -> Callable[[], object]:
+        def run() -> None:
+            with CamEngine(model, "layer4", "fc") as eng:
+                for xb in batches:
+                    eng.forward(xb, methods).logits.softmax(1)
+        return run
+
+    fns: dict[str, Callable[[], object]] = {ROW_E: engine_run(EXTENDED)}
+    try:
+        import pytorch_grad_cam as pgc
+    except ImportError:
+        print("pytorch-grad-cam is not installed: the peer rows (f) skipped")
+        pgc = None
+    def peer_run(cls: Any) -> Callable[[], object]:
+        def run() -> None:
+            cam = cls(model, [model.layer4])
+            for xb in batches:
+                cam(xb, None)  # targets=None: the predicted class
+            model.zero_grad(set_to_none=True)
+        return run
+
+    for m, cls_name in NEW_METHODS.items():
+        fns[row_alone(m)] = engine_run((m,))
+        if pgc is not None:
+            fns[row_pgc(m)] = peer_run(getattr(pgc, cls_name))
+    return fns
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,7 +555,7 @@ def main(args: argparse.Namespace) -> int:
     sc_stats: dict[str, Any] = {}
     if not args.compile_only:
         rows, grad_times = gradient_rows(model, list(x_all[:args.images].split(args.batch)), device,
-                                         args.repeats)
+                                         args.repeats, new_methods=not args.no_new_methods)
         if not args.no_scorecam:
             sc, sc_stats = scorecam_rows(model, x_all[:args.scorecam_images], device, args)
     compiled: list[dict[str, Any]] = []
@@ -529,6 +581,20 @@ def main(args: argparse.Namespace) -> int:
         ratios["trio_vs_plain_paired"] = paired(grad_times, ROW_A, ROW_D)
         print(f"(a)/(d) = {a / d:.2f}   gradient trio vs a plain forward {verdict(a / d, TARGETS['trio'])}; "
               f"median of per-round ratios {ratios['trio_vs_plain_paired']:.2f}")
+        if ROW_E in rows:
+            e = rows[ROW_E]
+            ratios["extended_vs_plain"] = e / d
+            ratios["extended_vs_plain_paired"] = paired(grad_times, ROW_E, ROW_D)
+            print(f"(e)/(d) = {e / d:.2f}   trio-plus-four vs a plain forward "
+                  f"{verdict(e / d, TARGETS['extended'])}; median of per-round ratios "
+                  f"{ratios['extended_vs_plain_paired']:.2f}; (e)/(a) = {e / a:.2f}")
+            for m in NEW_METHODS:
+                if row_pgc(m) in rows:
+                    r = rows[row_alone(m)] / rows[row_pgc(m)]
+                    ratios[f"{m}_vs_pgc"] = r
+                    ratios[f"{m}_vs_pgc_paired"] = paired(grad_times, row_alone(m), row_pgc(m))
+                    print(f"{NEW_METHODS[m]}: xaidash alone / pytorch-grad-cam = {r:.2f}; median of "
+                          f"per-round ratios {ratios[f'{m}_vs_pgc_paired']:.2f}")
         if ROW_B in rows:
             ratios["trio_vs_torchcam"] = a / rows[ROW_B]
             print(f"(a)/(b) = {a / rows[ROW_B]:.2f}   (target >= 2.5)")

@@ -47,7 +47,8 @@ _IMAGE_ID = _f(
     False,
 )
 _SPLIT = _f("split", pa.string(), "'train' or 'val'.", False)
-_METHOD = _f("method", pa.string(), "CAM method: 'cam', 'gradcam', 'gradcampp' or 'scorecam'.", False)
+_METHOD = _f("method", pa.string(), "CAM method: 'cam', 'gradcam', 'gradcampp', 'scorecam', 'layercam', "
+             "'xgradcam', 'hirescam' or 'eigencam' (constants.METHODS).", False)
 
 RUNS = pa.schema(
     [

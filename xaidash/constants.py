@@ -10,15 +10,25 @@ from __future__ import annotations
 import re
 from typing import Final
 
-#: The four class-activation-map methods, in canonical (display and storage) order.
-METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp", "scorecam")
-#: The methods that come from the shared forward + backward pass (Score-CAM is forward-only).
-GRADIENT_METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp")
+#: The class-activation-map methods, in canonical (display and storage) order: the classic four,
+#: then the four of issue 22 (compute/methods/cam_maps.py; docs/METHODS.md).
+METHODS: Final[tuple[str, ...]] = (
+    "cam", "gradcam", "gradcampp", "scorecam", "layercam", "xgradcam", "hirescam", "eigencam")
+#: The methods that come from the shared forward + backward pass (Score-CAM is the one with extra
+#: forwards). CAM and EigenCAM need only the forward; the others the one backward too.
+GRADIENT_METHODS: Final[tuple[str, ...]] = (
+    "cam", "gradcam", "gradcampp", "layercam", "xgradcam", "hirescam", "eigencam")
+#: The dashboard's default display set (a run computes all of METHODS unless told otherwise).
+CLASSIC_METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp", "scorecam")
 METHOD_LABELS: Final[dict[str, str]] = {
     "cam": "CAM",
     "gradcam": "Grad-CAM",
     "gradcampp": "Grad-CAM++",
     "scorecam": "Score-CAM",
+    "layercam": "LayerCAM",
+    "xgradcam": "XGrad-CAM",
+    "hirescam": "HiResCAM",
+    "eigencam": "Eigen-CAM",
 }
 
 #: The faithfulness scores of every map, as the faithfulness tables name their columns (compute

@@ -4,7 +4,8 @@ The demo uses the four upper-body Fashion-MNIST classes (T-shirt/top, Pullover, 
 They are the classes a classifier confuses most on that dataset (Shirt is the worst class of
 every published Fashion-MNIST baseline), so even a tiny model leaves real errors to explain.
 A ResNet-18 with the small-input stem is trained on a stratified subset, then one compute with
-all four methods writes a run into ``<workdir>/store`` and the dashboard is served over it.
+every method (``constants.METHODS``) writes a run into ``<workdir>/store`` and the dashboard is served
+over it.
 
 Running the demo again reuses the checkpoint and adds a run. Sizes are chosen so the whole
 demo, training and Score-CAM included, finishes within a few minutes on a 2-core CPU.
@@ -17,6 +18,7 @@ import logging
 import time
 from pathlib import Path
 
+from xaidash.constants import METHODS
 from xaidash.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     trained = time.perf_counter()
 
     scorecam = ["--scorecam-max-channels", str(args.scorecam_channels)] if args.scorecam_channels > 0 else []
-    log.info("demo: computing predictions, four CAMs, twins and faithfulness into %s", store)
+    log.info("demo: computing predictions, %d CAMs, twins and faithfulness into %s", len(METHODS), store)
     _cli(
         [
             "compute",
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             "--limit-train",
             str(args.twin_pool),
             "--methods",
-            "cam,gradcam,gradcampp,scorecam",
+            ",".join(METHODS),
             "--explain",
             "pred,true",
             "--faithfulness-steps",

@@ -1,25 +1,27 @@
-"""Class-activation maps: CAM, Grad-CAM, Grad-CAM++ and Score-CAM, exactly as in the papers.
+"""Class-activation maps: the engine's one pass (CAM, Grad-CAM, Grad-CAM++, LayerCAM, XGradCAM,
+HiResCAM, EigenCAM) and Score-CAM, exactly as in the papers.
 
-Notation (``docs/METHODS.md``, "The four methods"): ``A`` are the activations of the target
-layer, shape ``[B, K, h, w]``; ``c`` is the target class of each image; ``g = ∂logit_c/∂A``.
-Every method is ``map = N(f(Σ_k w_k · A_k))`` where ``w`` is the per-channel weight that defines the
-method, ``f`` is ReLU (identity for CAM) and ``N`` is per-map min-max normalization to ``[0, 1]``
-(a constant map, e.g. all zeros after ReLU, becomes all zeros rather than NaN).
+Notation (``docs/METHODS.md``, "The methods"): ``A`` are the activations of the target layer,
+shape ``[B, K, h, w]``; ``c`` is the target class of each image; ``g = ∂logit_c/∂A``. The map
+formulas are pure functions of ``A``, ``g`` and ``c`` in :mod:`xaidash.compute.methods.cam_maps`
+(re-exported here); most are ``map = N(f(Σ_k w_k · A_k))``, ``f`` ReLU (identity for CAM), ``N``
+per-map min-max normalization to ``[0, 1]``.
 
-Structure (after torch-cam's ``core.py``): :class:`_WeightedCAM` owns the weighted sum, the ReLU
-and the normalization; each method is one small class that only computes ``w``. The target ("which
-score to explain") is separate from the method, as in pytorch-grad-cam: the methods receive a
-tensor of class indices. :class:`CamEngine` owns the hook (a context manager that always removes
-it in ``finally``) and runs *one* forward and *one* backward pass per batch for all gradient
-methods. The backward pass stops at ``A`` - the network's parameters are never differentiated.
+Structure (after torch-cam's ``core.py``): the base classes own the weighted sum, the ReLU and the
+normalization; each method is one small class. The target ("which score to explain") is separate
+from the method, as in pytorch-grad-cam: the methods receive a tensor of class indices.
+:class:`CamEngine` owns the hook (a context manager that always removes it in ``finally``) and
+runs *one* forward and *one* backward pass per batch for all gradient methods (EigenCAM needs
+only the forward). The backward pass stops at ``A`` - the network's parameters are never
+differentiated. Score-CAM (its masked forwards) is defined here.
 
 Any layer whose output can be made into ``[B, K, h, w]`` is a target: a transformer's tokens or a
 Swin's channels-last map pass through a :class:`~xaidash.compute.model.layers.MapLayout` (prefix
 tokens dropped, patch grid restored, channels first). That only re-indexes the tensor, so the
-gradient is mapped the same way and every formula below reads ``A`` and ``g`` unchanged.
+gradient is mapped the same way and every formula reads ``A`` and ``g`` unchanged.
 
-Where we deliberately differ from torch-cam and pytorch-grad-cam is documented per class below
-and in ``docs/METHODS.md``.
+Where we deliberately differ from torch-cam and pytorch-grad-cam is documented per class and in
+``docs/METHODS.md``.
 """
 
 from __future__ import annotations
@@ -28,12 +30,26 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import ClassVar, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xaidash.compute.methods.cam_maps import (
+    CAM,
+    BaseCAM,
+    CamInputs,
+    EigenCAM,
+    GradCAM,
+    GradCAMpp,
+    HiResCAM,
+    LayerCAM,
+    WeightedCAM,
+    XGradCAM,
+    minmax_normalize,
+    pass_methods,
+)
 from xaidash.compute.model.layers import MapLayout, output_tensor, replace_output
 from xaidash.constants import GRADIENT_METHODS, METHODS, TARGET_KINDS
 from xaidash.errors import UserError, choices_error
@@ -43,156 +59,22 @@ __all__ = [
     "GRADIENT_METHODS",
     "METHODS",
     "TARGET_KINDS",
+    "BaseCAM",
     "CamEngine",
     "CamInputs",
+    "EigenCAM",
     "ForwardResult",
     "GradCAM",
     "GradCAMpp",
+    "HiResCAM",
+    "LayerCAM",
     "ScoreCAM",
     "ScoreCamStats",
+    "XGradCAM",
     "minmax_normalize",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def minmax_normalize(maps: Tensor) -> Tensor:
-    """Min-max normalize each map over its last two (spatial) dimensions to ``[0, 1]``.
-
-    ``N(M) = (M - min M) / (max M - min M)``. A constant map (``max == min``, typically all zeros
-    after ReLU) becomes all zeros: there is no evidence to show, and a NaN would poison the store
-    and every aggregate computed from it. Unlike torch-cam / pytorch-grad-cam we add no epsilon
-    to the denominator, so the maximum is exactly 1.
-    """
-    flat = maps.flatten(-2)
-    lo = flat.amin(-1, keepdim=True)
-    span = flat.amax(-1, keepdim=True) - lo
-    ok = span > 0
-    # torch.where evaluates both branches: divide by 1 where the span is 0 to avoid 0/0.
-    out = torch.where(ok, (flat - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(flat))
-    return out.view_as(maps)
-
-
-@dataclass
-class CamInputs:
-    """What a weight computation may look at, for one target kind.
-
-    activations: ``A`` ``[B, K, h, w]`` fp32, detached.
-    targets: ``c`` ``[B]`` class indices.
-    gradients: ``g = ∂logit_c/∂A`` ``[B, K, h, w]``; ``None`` for gradient-free methods.
-    inputs: the normalized network input ``[B, 3, H, W]``; only Score-CAM needs it.
-    """
-
-    activations: Tensor
-    targets: Tensor
-    gradients: Tensor | None = None
-    inputs: Tensor | None = None
-
-
-class _WeightedCAM:
-    """Base of all methods: ``map = N(f(Σ_k w_k · A_k))``.
-
-    Subclasses override only :meth:`weights` (``[B, K]``) and the class attributes. The weighted sum
-    is one ``einsum`` over ``K`` for the whole batch.
-    """
-
-    name: ClassVar[str]
-    #: Apply ReLU before normalization (every method except CAM).
-    relu: ClassVar[bool] = True
-    needs_gradients: ClassVar[bool] = False
-
-    def weights(self, inp: CamInputs) -> Tensor:
-        raise NotImplementedError
-
-    def combine(self, activations: Tensor, weights: Tensor) -> Tensor:
-        """``N(f(Σ_k w_k A_k))`` for weights ``[B, K]`` and activations ``[B, K, h, w]``."""
-        raw = torch.einsum("bk,bkhw->bhw", weights.to(activations.dtype), activations)
-        if self.relu:
-            raw = F.relu(raw)
-        return minmax_normalize(raw)
-
-    def __call__(self, inp: CamInputs) -> Tensor:
-        """The normalized maps ``[B, h, w]`` in ``[0, 1]``."""
-        return self.combine(inp.activations, self.weights(inp))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class CAM(_WeightedCAM):
-    r"""Class Activation Mapping (Zhou et al. 2016, https://arxiv.org/abs/1512.04150).
-
-    .. math:: L^c = N\Big(\sum_k W_{c,k} A_k\Big)
-
-    with ``W`` the weight matrix of the linear layer that directly follows global average pooling
-    of ``A``. No ReLU (the paper shows the raw class activation map). Only defined for a
-    GAP + single-linear head; :class:`CamEngine` reports it "not applicable" otherwise instead of
-    producing a wrong map. The bias adds a constant and vanishes in the normalization.
-
-    torch-cam's ``CAM`` computes the same map (its docstring mentions a ReLU, its code applies none).
-    """
-
-    name = "cam"
-    relu = False
-
-    def __init__(self, fc_weight: Tensor) -> None:
-        # [C, K]; a 1x1-conv head would be [C, K, 1, 1].
-        self.fc_weight = fc_weight.detach().reshape(fc_weight.shape[0], -1)
-
-    def weights(self, inp: CamInputs) -> Tensor:
-        return self.fc_weight.to(inp.activations.dtype)[inp.targets]
-
-
-class GradCAM(_WeightedCAM):
-    r"""Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391).
-
-    .. math:: w_k = \frac{1}{hw}\sum_{i,j} \frac{\partial y^c}{\partial A_k(i,j)}, \qquad
-              L^c = N\Big(\mathrm{ReLU}\big(\sum_k w_k A_k\big)\Big)
-
-    with ``y^c`` the pre-softmax logit. Same map as torch-cam's and pytorch-grad-cam's ``GradCAM``
-    (they normalize with an epsilon in the denominator; we do not).
-    """
-
-    name = "gradcam"
-    needs_gradients = True
-
-    def weights(self, inp: CamInputs) -> Tensor:
-        assert inp.gradients is not None
-        return inp.gradients.mean(dim=(2, 3))
-
-
-class GradCAMpp(_WeightedCAM):
-    r"""Grad-CAM++ (Chattopadhay et al. 2018, https://arxiv.org/abs/1710.11063, Eq. 19).
-
-    .. math:: \alpha_k^{ij} = \frac{g_k(i,j)^2}{2\,g_k(i,j)^2 + \sum_{a,b} A_k(a,b)\, g_k(i,j)^3},
-              \qquad w_k = \sum_{i,j} \alpha_k^{ij}\,\mathrm{ReLU}(g_k(i,j)),
-              \qquad L^c = N\Big(\mathrm{ReLU}\big(\sum_k w_k A_k\big)\Big)
-
-    with ``g = ∂y^c/∂A``. Eq. 19 is derived for an exponential score ``exp(S_c)``, whose higher
-    derivatives reduce to powers of the first one; the powers-of-``g`` form is the canonical
-    definition here. ``α = 0`` where ``g = 0`` (0/0 in the formula) and where the denominator
-    vanishes.
-
-    Deliberate differences from the peers (see ``docs/METHODS.md``): pytorch-grad-cam adds
-    ``eps = 1e-6`` to the denominator, which is *not* negligible when ``g² ≈ 1e-6`` (a ResNet
-    head gives ``g = W/(hw) ≈ 1e-3``). torch-cam 0.5's ``GradCAMpp`` intends the same formula,
-    but divides a boolean-indexed copy in place (``alpha[mask].div_(...)``), so the division is
-    lost and it effectively uses ``α = g²``, i.e. ``w_k = Σ g²·ReLU(g)``.
-    """
-
-    name = "gradcampp"
-    needs_gradients = True
-
-    def weights(self, inp: CamInputs) -> Tensor:
-        assert inp.gradients is not None
-        g = inp.gradients
-        g2 = g * g
-        # Σ_ab A_k(a, b) per channel, broadcast over (i, j).
-        a_sum = inp.activations.sum(dim=(2, 3), keepdim=True)
-        denom = 2 * g2 + a_sum * (g2 * g)
-        ok = (g != 0) & (denom != 0)
-        alpha = torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(g))
-        return (alpha * F.relu(g)).sum(dim=(2, 3))
 
 
 @dataclass
@@ -208,7 +90,7 @@ class ScoreCamStats:
     approximate: bool = False
 
 
-class ScoreCAM(_WeightedCAM):
+class ScoreCAM(WeightedCAM):
     r"""Score-CAM (Wang et al. 2020, https://arxiv.org/abs/1910.01279; official implementation
     https://github.com/haofanwang/Score-CAM).
 
@@ -385,7 +267,7 @@ class CamEngine:
     on exit, even when the body raises::
 
         with CamEngine(model.eval(), "layer4", "fc") as engine:
-            res = engine.forward(x, ("cam", "gradcam", "gradcampp"), true_labels=y)
+            res = engine.forward(x, ("cam", "gradcam", "gradcampp", "layercam"), true_labels=y)
             sc = engine.scorecam(x, res.activations, res.targets["pred"])
 
     One forward pass gives logits, activations ``A`` and the embedding (``GAP(A)``, or the input
@@ -419,7 +301,8 @@ class CamEngine:
         self._handle: torch.utils.hooks.RemovableHandle | None = None
         self._mode: str | None = None  # None: hook inactive; "capture" | "grad"
         self._captured: Tensor | None = None
-        self._methods: dict[str, _WeightedCAM] = {"gradcam": GradCAM(), "gradcampp": GradCAMpp()}
+        #: the methods of the one pass (all but CAM and Score-CAM), in canonical order
+        self._methods: dict[str, BaseCAM] = {m.name: m for m in pass_methods()}
         self.last_scorecam_stats = ScoreCamStats()
 
     # -- hook lifecycle -------------------------------------------------------------------
@@ -492,8 +375,8 @@ class CamEngine:
     ) -> ForwardResult:
         """One forward (+ one backward when a gradient method is asked) for a batch.
 
-        ``x`` is the normalized input ``[B, 3, H, W]``. Computes ``cam``/``gradcam``/``gradcampp``
-        (those of ``methods``; ``scorecam`` is ignored here, see :meth:`scorecam`) for the target
+        ``x`` is the normalized input ``[B, 3, H, W]``. Computes the methods of ``methods`` but
+        ``scorecam`` (ignored here, see :meth:`scorecam`; EigenCAM needs no backward) for the target
         "pred" (argmax) and, when ``true_labels`` is given, also for "true" (all rows; only
         meaningful where pred != true). ``cam`` is absent when :attr:`cam_applicable` is False.
         """
@@ -504,7 +387,8 @@ class CamEngine:
             raise RuntimeError("CamEngine must be used as a context manager (with CamEngine(...) as e:)")
         if self.model.training:
             raise RuntimeError("CamEngine needs the model in eval mode (call model.eval())")
-        want_grad = [m for m in ("gradcam", "gradcampp") if m in methods]
+        want = [m for m in self._methods if m in methods]
+        want_grad = [m for m in want if self._methods[m].needs_gradients]
         if want_grad and torch.is_inference_mode_enabled():
             raise RuntimeError("Grad-CAM needs autograd: do not call CamEngine.forward under inference_mode")
         x = x.to(self._device)
@@ -554,8 +438,13 @@ class CamEngine:
             inp = CamInputs(activations=a, targets=tgt, gradients=grads.get(kind))
             if do_cam:
                 maps[("cam", kind)] = self._cam_method()(inp)
-            for m in want_grad:
-                maps[(m, kind)] = self._methods[m](inp)
+            for m in want:
+                method = self._methods[m]
+                if not method.needs_gradients and kind != "pred":
+                    # class-agnostic (EigenCAM): the same map for every target, computed once
+                    maps[(m, kind)] = maps[(m, "pred")]
+                else:
+                    maps[(m, kind)] = method(inp)
         return ForwardResult(
             logits=logits.detach().float(), activations=a, embedding=embedding, maps=maps, targets=targets
         )

@@ -7,9 +7,10 @@ touches the store: the local loop, ``--shard I/N`` and distributed workers all c
 unchanged, and only the process that owns the staging area writes what it returns.
 
 Per val batch: one forward + one backward (:class:`~xaidash.compute.methods.cams.CamEngine`) gives the
-predictions, embeddings and CAM / Grad-CAM / Grad-CAM++ (target = predicted class, and the true
-class of wrong predictions with ``--explain pred,true``); Score-CAM and the faithfulness metrics
-follow. Per train batch: embeddings and Grad-CAM (target pred), so twins can show theirs.
+predictions, embeddings and every method but Score-CAM (CAM, Grad-CAM, Grad-CAM++, LayerCAM,
+XGradCAM, HiResCAM, EigenCAM; target = predicted class, and the true class of wrong predictions
+with ``--explain pred,true``); Score-CAM and the faithfulness metrics follow. Per train batch:
+embeddings and Grad-CAM (target pred), so twins can show theirs.
 """
 
 from __future__ import annotations
@@ -355,11 +356,12 @@ class _ChunkWork:
     def _calibrate(self, engine: CamEngine, x: torch.Tensor) -> dict[str, float]:
         """Seconds per image of each method alone, on this batch.
 
-        In a run the three gradient methods share one forward and one backward pass, so their
-        cost cannot be told apart there. Seed 004 compares the methods' cost, so each one is
-        also run alone once: CAM is a forward pass and a weighted sum, Grad-CAM and Grad-CAM++
-        add the backward pass to the target layer, and Score-CAM (timed over the whole run)
-        adds its masked forward passes to a forward pass that captures the activations.
+        In a run the engine's methods share one forward and one backward pass, so their cost
+        cannot be told apart there. Seed 004 compares the methods' cost, so each one is also run
+        alone once: CAM is a forward pass and a weighted sum, EigenCAM a forward pass and a
+        batched SVD, Grad-CAM, Grad-CAM++, LayerCAM, XGradCAM and HiResCAM add the backward pass
+        to the target layer, and Score-CAM (timed over the whole run) adds its masked forward
+        passes to a forward pass that captures the activations.
         """
         b = max(1, x.shape[0])
         alone = [m for m in GRADIENT_METHODS if m in self.plan.methods]

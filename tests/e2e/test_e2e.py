@@ -20,6 +20,7 @@ import pytest
 from tests.support.browser import LiveServer, check_page, css, open_page, wait_for
 from tests.support.imagegen import make_imagefolder
 from xaidash.cli import main
+from xaidash.constants import METHODS
 from xaidash.store import open_store
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -70,7 +71,7 @@ def test_demo_runs_twice_and_adds_a_run(demo_store: Path) -> None:
             info = r.run(run_id)
             assert info is not None
             assert info.class_names == ["T-shirt/top", "Pullover", "Coat", "Shirt"]
-            assert set(info.methods) == {"cam", "gradcam", "gradcampp", "scorecam"}
+            assert set(info.methods) == set(METHODS)
             assert info.scorecam_note  # the (tiny) demo's Score-CAM approximation is labelled
             assert info.precision_note and "measured on 4 images" in info.precision_note  # bf16, measured
             assert r.headline(run_id)["n"] == 16

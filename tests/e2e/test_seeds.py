@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.imagegen import make_fake_cifar10, make_imagefolder
 from xaidash.cli import main
+from xaidash.constants import METHODS
 from xaidash.store import open_store
 
 FAST = ["--device", "cpu", "--workers", "0"]
@@ -236,9 +237,9 @@ def test_seed004_methods_side_by_side_cost_and_faithfulness(tmp_path: Path) -> N
         assert info.scorecam_note is None  # exact Score-CAM by default
         timings = json.loads(info.timings_json)
         cost = timings["method_ms_per_image"]
-        assert set(cost) == {"cam", "gradcam", "gradcampp", "scorecam"}
+        assert set(cost) == set(METHODS)
         assert all(v >= 0 for v in cost.values())
         summary = r.faithfulness_summary(run_id)
-        assert set(summary["method"]) == {"cam", "gradcam", "gradcampp", "scorecam"}
+        assert set(summary["method"]) == set(METHODS)
         for col in ("drop", "increase", "deletion_auc", "insertion_auc"):
             assert summary[col].between(0, 1).all()

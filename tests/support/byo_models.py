@@ -80,7 +80,8 @@ def hf_vit_folder(folder: Path, labels: tuple[str, ...] = ("a", "b", "c"), image
 
 
 def literal_maps(model: nn.Module, target: TargetLayer, x: Tensor, c: Tensor) -> dict[str, Tensor]:
-    """Grad-CAM and Grad-CAM++ (Eq. 19) from the formulas, channel by channel in float64."""
+    """Grad-CAM, Grad-CAM++ (Eq. 19), LayerCAM, HiResCAM, XGradCAM and EigenCAM from the formulas,
+    channel by channel in float64."""
     store: dict[str, Tensor] = {}
     layer = model.get_submodule(target.name)
     handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o[0] if isinstance(o, tuple)
@@ -125,4 +126,21 @@ def literal_maps(model: nn.Module, target: TargetLayer, x: Tensor, c: Tensor) ->
         alpha = torch.where((gk != 0) & (denom != 0), gk**2 / torch.where(denom != 0, denom, 1), 0)
         wpp = (alpha * F.relu(gk)).sum(dim=(1, 2))
         pp += wpp[:, None, None] * a[:, k]
-    return {"gradcam": norm(F.relu(gc)), "gradcampp": norm(F.relu(pp))}
+    out = {"gradcam": norm(F.relu(gc)), "gradcampp": norm(F.relu(pp))}
+    # issue 22's methods, channel by channel too (EigenCAM: eigh of M^T M in float64)
+    lc = torch.zeros_like(gc)
+    hr = torch.zeros_like(gc)
+    xg = torch.zeros_like(gc)
+    for k in range(a.shape[1]):
+        lc += F.relu(g[:, k]) * a[:, k]
+        hr += g[:, k] * a[:, k]
+        s = a[:, k].sum(dim=(1, 2))
+        wx = torch.where(s != 0, (a[:, k] * g[:, k]).sum(dim=(1, 2)) / torch.where(s != 0, s, 1), 0)
+        xg += wx[:, None, None] * a[:, k]
+    mat = a.flatten(2).transpose(1, 2)  # [B, hw, K]
+    _, vecs = torch.linalg.eigh(mat.transpose(1, 2) @ mat)
+    proj = (mat @ vecs[:, :, -1:]).squeeze(-1)
+    proj = torch.where(proj.sum(1, keepdim=True) < 0, -proj, proj).reshape(gc.shape)
+    out.update(layercam=norm(F.relu(lc)), hirescam=norm(F.relu(hr)), xgradcam=norm(F.relu(xg)),
+               eigencam=norm(F.relu(proj)))
+    return out

@@ -21,8 +21,10 @@ from xaidash.compute.methods.cams import (
     METHODS,
     CamEngine,
     CamInputs,
+    EigenCAM,
     GradCAM,
     GradCAMpp,
+    XGradCAM,
     minmax_normalize,
 )
 from xaidash.errors import UserError
@@ -155,6 +157,41 @@ def literal_map(method: str, model: nn.Module, x: Tensor, b: int, cls: int) -> T
                     total += alpha * max(gij, 0.0)
             wt.append(total)
         return _lit_combine(wt, a, relu=True)
+    return literal_pixelwise(method, a, g)
+
+
+def literal_pixelwise(method: str, a: Tensor, g: Tensor) -> Tensor:
+    """LayerCAM, XGradCAM, HiResCAM and EigenCAM of one image (``a``, ``g``: ``[K, h, w]``), from
+    the papers' formulas with plain loops in float64."""
+    a, g = a.double(), g.double()
+    k, h, w = a.shape
+    if method == "xgradcam":
+        wt = []
+        for c in range(k):
+            s = sum(float(a[c, i, j]) for i in range(h) for j in range(w))
+            # a zero channel sum: weight 0 (cam_maps.XGradCAM's documented choice)
+            wt.append(0.0 if s == 0 else sum(float(a[c, i, j]) / s * float(g[c, i, j])
+                                             for i in range(h) for j in range(w)))
+        return _lit_combine(wt, a, relu=True)
+    if method in ("layercam", "hirescam"):
+        def gate(v: float) -> float:
+            return max(v, 0.0) if method == "layercam" else v
+
+        m = [[max(sum(gate(float(g[c, i, j])) * float(a[c, i, j]) for c in range(k)), 0.0)
+              for j in range(w)] for i in range(h)]
+        return _lit_norm(m)
+    if method == "eigencam":
+        # The first principal direction of the uncentred pixel x channel matrix M from the
+        # eigenvectors of the K x K matrix M^T M (numpy's eigh: a different route than the SVD
+        # of the class), oriented so the projection sums to >= 0.
+        import numpy as np
+
+        mat = np.array([[float(a[c, i, j]) for c in range(k)] for i in range(h) for j in range(w)])
+        vals, vecs = np.linalg.eigh(mat.T @ mat)
+        proj = mat @ vecs[:, int(np.argmax(vals))]
+        if proj.sum() < 0:
+            proj = -proj
+        return _lit_norm([[max(float(proj[i * w + j]), 0.0) for j in range(w)] for i in range(h)])
     raise AssertionError(method)
 
 
@@ -192,7 +229,7 @@ def test_gradient_methods_match_literal_on_gap_linear(method: str) -> None:
         assert torch.allclose(got, want, atol=ATOL), (method, b, (got - want).abs().max())
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
+@pytest.mark.parametrize("method", [m for m in GRADIENT_METHODS if m != "cam"])
 def test_gradient_methods_match_literal_on_deep_head(method: str) -> None:
     # Nonlinear head: g varies over (i, j), which exercises Grad-CAM++'s pixel-wise alpha.
     model = _seeded(DeepHeadNet, seed=3)
@@ -460,3 +497,51 @@ def test_the_bulk_model_is_made_once_per_model_and_only_for_bf16() -> None:
     del model, bulk
     gc.collect()
     assert gone() is None
+
+
+def test_gap_linear_head_gives_the_known_equalities() -> None:
+    """With GAP + linear, g_k(i,j) = W[c,k]/(hw) is constant over space, so HiResCAM
+    (Σ_k g_k ⊙ A_k) and XGradCAM (w_k = Σ_ij A_k g_k / Σ A_k = W[c,k]/(hw)) are Grad-CAM, and
+    LayerCAM is Grad-CAM with the negative head weights dropped."""
+    model = _seeded(GapNet)
+    x = _images(b=4)
+    with CamEngine(model, "features", "fc") as eng:
+        res = eng.forward(x, GRADIENT_METHODS)
+    gc = res.maps[("gradcam", "pred")]
+    assert torch.allclose(res.maps[("hirescam", "pred")], gc, atol=1e-5)
+    assert torch.allclose(res.maps[("xgradcam", "pred")], gc, atol=1e-5)
+    w = model.fc.weight.detach()[res.targets["pred"]]
+    layer = minmax_normalize(F.relu(torch.einsum("bk,bkhw->bhw", F.relu(w), res.activations)))
+    assert torch.allclose(res.maps[("layercam", "pred")], layer, atol=1e-5)
+    assert (res.maps[("layercam", "pred")] - gc).abs().max() > 1e-2  # not Grad-CAM in general
+
+
+def test_xgradcam_zero_channel_sum_gets_weight_zero() -> None:
+    a = torch.rand(1, 3, 4, 4)
+    a[0, 1] = 0.0  # a dead ReLU channel
+    a[0, 2] = torch.tensor([[1.0, -1.0] * 2] * 4)  # a signed channel summing to exactly 0
+    g = torch.randn(1, 3, 4, 4)
+    w = XGradCAM().weights(CamInputs(a, torch.tensor([0]), g))
+    assert w[0, 1] == 0 and w[0, 2] == 0
+    assert torch.allclose(w[0, 0], (a[0, 0] * g[0, 0]).sum() / a[0, 0].sum())
+    assert not torch.isnan(XGradCAM()(CamInputs(a, torch.tensor([0]), g))).any()
+
+
+def test_eigencam_sign_is_fixed_and_it_needs_no_gradient_or_class() -> None:
+    model = _seeded(DeepHeadNet, seed=3)
+    x = _images(b=3, size=12, seed=4)
+    # the sign convention: a map of -A is the map of A's other side, never an arbitrary flip
+    a = torch.randn(3, 5, 6, 6, generator=torch.Generator().manual_seed(2))
+    em = EigenCAM()
+    for t in (a, -a, a.abs()):
+        raw = em.raw_map(CamInputs(t, torch.zeros(3, dtype=torch.long)))
+        assert (raw.flatten(1).sum(1) >= 0).all()
+    raw_abs = em.raw_map(CamInputs(a.abs(), torch.zeros(3, dtype=torch.long)))
+    assert (raw_abs >= -1e-6).all()  # A >= 0: the projection is >= 0 everywhere (Perron-Frobenius)
+    with CamEngine(model, "features", None) as eng, torch.inference_mode():
+        res = eng.forward(x, ("eigencam",), true_labels=torch.tensor([0, 3, 2]))
+    # one map for both targets, computed without a backward (inference mode is fine)
+    assert res.maps[("eigencam", "true")] is res.maps[("eigencam", "pred")]
+    for b in range(3):
+        want = literal_pixelwise("eigencam", res.activations[b], torch.zeros_like(res.activations[b]))
+        assert torch.allclose(res.maps[("eigencam", "pred")][b].double(), want, atol=ATOL)

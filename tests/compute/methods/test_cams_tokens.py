@@ -19,6 +19,7 @@ from tests.support import byo_models
 from tests.support.byo_models import literal_maps
 from xaidash.compute.methods.cams import CamEngine
 from xaidash.compute.model.layers import MapLayout, TargetLayer, discover, embedding_of
+from xaidash.constants import METHODS
 
 pytest.importorskip("timm")
 
@@ -31,7 +32,7 @@ def _engine_maps(model: nn.Module, target: TargetLayer, x: Tensor) -> tuple[dict
         p.requires_grad_(False)
     with CamEngine(model, target.name, target.linear_head, layout=target.layout,
                    embedding_layer=target.head) as engine:
-        res = engine.forward(x, ("cam", "gradcam", "gradcampp", "scorecam"))
+        res = engine.forward(x, METHODS)
         sc = engine.scorecam(x, res.activations, res.targets["pred"])
     for p in model.parameters():
         p.requires_grad_(True)
@@ -70,7 +71,7 @@ def test_engine_equals_literal_formula(case: str, tmp_path_factory: pytest.TempP
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
     maps, pred, emb = _engine_maps(model, target, x)
     lit = literal_maps(model, target, x, pred)
-    for m in ("gradcam", "gradcampp"):
+    for m in ("gradcam", "gradcampp", "layercam", "xgradcam", "hirescam", "eigencam"):
         assert maps[m].shape == (3, target.height, target.width)
         err = (maps[m].double() - lit[m]).abs().max().item()
         assert err <= TOL, f"{case} {m}: {err}"
@@ -123,9 +124,11 @@ def test_vit_agrees_with_pytorch_grad_cam() -> None:
         result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
         return result.transpose(2, 3).transpose(1, 2)
 
-    # Grad-CAM only: pytorch-grad-cam's Grad-CAM++ adds eps to Eq. 19's denominator, which is not
-    # negligible at ViT gradient sizes (cams.GradCAMpp's docstring); the literal test covers ours
-    for method, ours in (("GradCAM", maps["gradcam"]),):
+    # Not Grad-CAM++: pytorch-grad-cam's adds eps to Eq. 19's denominator, which is not negligible
+    # at ViT gradient sizes (cams.GradCAMpp's docstring); not EigenCAM: theirs centres and fixes no
+    # sign (test_peers.py pins that down). The literal tests cover ours.
+    for method, ours in (("GradCAM", maps["gradcam"]), ("LayerCAM", maps["layercam"]),
+                         ("XGradCAM", maps["xgradcam"]), ("HiResCAM", maps["hirescam"])):
         with getattr(pgc, method)(model=model, target_layers=[model.blocks[-1].norm1],
                                   reshape_transform=reshape_transform) as cam:
             theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in pred])
@@ -171,3 +174,63 @@ def test_sanity_cascade_of_brought_models_names_their_blocks(
     hf = [n.replace("encoder.layer.", "layers.") for n in labels(_hf_vit(tmp_path_factory))]
     assert hf == ["hf.classifier", "hf.vit.layernorm", "hf.vit.layers.1", "hf.vit.layers.0",
                   "hf.vit.embeddings"]
+
+
+class _TinyTokens(nn.Module):
+    """Patch embedding (4x4 patches of a 16-px image: a 4x4 grid) + a class token, one token
+    mixer "block" (signed outputs: the target), then the mean of *all* tokens -> MLP -> logits, so
+    the patch tokens get a gradient that varies over the grid."""
+
+    def __init__(self, dim: int = 6, classes: int = 4) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.block = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, dim))
+        self.head = nn.Sequential(nn.Linear(dim, 7), nn.Tanh(), nn.Linear(7, classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)  # [B, 16, dim]
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1)
+        t = self.block(t)
+        return self.head(t.mean(1) * t[:, 1:].amax(1))
+
+
+@pytest.mark.parametrize("method", ["layercam", "xgradcam", "hirescam", "eigencam"])
+def test_new_methods_equal_literal_formula_on_a_token_layer(method: str) -> None:
+    """1e-5 against the float64 literal loops of test_cams.py, on tokens [B, 1 + 16, K] that the
+    engine's MapLayout turns into [B, K, 4, 4] (the literal side reshapes them by hand)."""
+    from tests.compute.methods.test_cams import literal_pixelwise
+
+    torch.manual_seed(7)
+    model = _TinyTokens().eval()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    with CamEngine(model, "block", None, layout=MapLayout("tokens", 1, (4, 4))) as eng:
+        res = eng.forward(x, (method,))
+    m64 = _copy_double(model)
+    store: dict[str, Tensor] = {}
+    handle = m64.block.register_forward_hook(lambda m, i, o: store.__setitem__("t", o))
+    try:
+        logits = m64(x.double())
+    finally:
+        handle.remove()
+    pred = res.targets["pred"]
+    assert torch.equal(logits.argmax(1), pred)
+    (gt,) = torch.autograd.grad(logits.gather(1, pred[:, None]).sum(), store["t"])
+    for b in range(3):
+        a = torch.empty(6, 4, 4, dtype=torch.float64)
+        g = torch.empty_like(a)
+        for i in range(4):
+            for j in range(4):
+                a[:, i, j] = store["t"][b, 1 + 4 * i + j].detach()
+                g[:, i, j] = gt[b, 1 + 4 * i + j]
+        assert (a < 0).any()  # a signed layer, not a ReLU one
+        want = literal_pixelwise(method, a, g)
+        got = res.maps[(method, "pred")][b].double()
+        assert want.max() == 1.0 and (want > 0).sum() >= 2, (method, b)  # not a trivial map
+        assert torch.allclose(got, want, atol=1e-5), (method, b, (got - want).abs().max())
+
+
+def _copy_double(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).double()

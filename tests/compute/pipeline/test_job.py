@@ -21,6 +21,7 @@ from xaidash.cli import main
 from xaidash.compute.analysis.metrics import cam_disagreement
 from xaidash.compute.pipeline.chunk import ChunkOutput
 from xaidash.compute.pipeline.job import FAIL_AFTER_ENV, JobConfig, run_job
+from xaidash.constants import METHODS
 from xaidash.errors import UserError
 from xaidash.store import Staging
 from xaidash.store.read.reader import open_store
@@ -74,7 +75,7 @@ def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Pa
     assert run["num_val"] == len(val_ids) == 10 and run["num_train"] == len(train_ids) == 12
     assert run["status"] == "complete" and run["num_failed"] == 0
     assert run["scorecam_note"] is not None and "top-4" in run["scorecam_note"]
-    assert list(run["methods"]) == ["cam", "gradcam", "gradcampp", "scorecam"]
+    assert list(run["methods"]) == list(METHODS)  # the default: every method
     assert (run["map_h"], run["map_w"]) == (2, 2)
     import json
 
@@ -96,12 +97,12 @@ def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Pa
                      "WHERE run_id = ?", rid)
     val_cams = cams[cams.image_id.isin(val_ids)]
     per = val_cams[val_cams.target_kind == "pred"].groupby("image_id").method.apply(set)
-    assert len(per) == 10 and all(s == {"cam", "gradcam", "gradcampp", "scorecam"} for s in per)
+    assert len(per) == 10 and all(s == set(METHODS) for s in per)
     wrong = set(pred.image_id[~pred.correct])
     true_maps = val_cams[val_cams.target_kind == "true"]
     assert set(true_maps.image_id) == wrong
     if wrong:
-        assert (true_maps.groupby("image_id").size() == 4).all()
+        assert (true_maps.groupby("image_id").size() == len(METHODS)).all()
     train_cams = cams[cams.image_id.isin(train_ids)]
     assert set(train_cams.image_id) == train_ids and set(train_cams.method) == {"gradcam"}
     for m in cams["map"]:
@@ -142,7 +143,7 @@ def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Pa
     assert len(cal) == 15 and cal["count"].sum() == 10
 
     fa = _q(store, "SELECT * FROM faithfulness WHERE run_id = ?", rid)
-    assert len(fa) == 40 and set(fa.method) == {"cam", "gradcam", "gradcampp", "scorecam"}
+    assert len(fa) == 10 * len(METHODS) and set(fa.method) == set(METHODS)
     assert fa[["drop", "deletion_auc", "insertion_auc"]].notna().all().all()
 
     with open_store(store) as r:

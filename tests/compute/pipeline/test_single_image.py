@@ -14,6 +14,7 @@ from tests.support.imagegen import make_imagefolder
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.pipeline.job import JobConfig, run_job
 from xaidash.compute.pipeline.single_image import clear_cache, explain_image, get_model, model_ref_from_config
+from xaidash.constants import METHODS
 from xaidash.errors import UserError
 from xaidash.store.read.reader import open_store
 
@@ -49,7 +50,7 @@ def test_explain_matches_the_run(run: tuple[Path, Path, str]) -> None:
     ex = explain_image(ref, img, train_ids=ids, train_labels=labels, train_vectors=vectors, k=3)
     assert ex.topk[0][0] == int(pred.pred[0])
     assert len(ex.topk) == 2 and ex.topk[0][2] >= ex.topk[1][2]
-    assert set(ex.maps) == {"cam", "gradcam", "gradcampp", "scorecam"}
+    assert set(ex.maps) == set(METHODS)
     for m in ex.maps.values():
         assert m.shape == (2, 2) and m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1
     assert stored is not None
