@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xaidash.constants import METHODS
+from xaidash.constants import CLASSIC_METHODS
 from xaidash.store import GalleryQuery, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             ("image", lambda i: r.image(run_b, img(i))),
             ("cam", lambda i: r.cam(run_b, img(i), "gradcam")),
             ("thumbnail", lambda i: r.thumbnail(run_b, img(i))),
-            ("cams_batch 24 ids x 4", lambda i: r.cams_batch(run_b, ids[i % 100 : i % 100 + 24], METHODS)),
+            ("cams_batch 24 ids x 4",
+             lambda i: r.cams_batch(run_b, ids[i % 100 : i % 100 + 24], CLASSIC_METHODS)),
             ("thumbnails 24 ids", lambda i: r.thumbnails(run_b, ids[i % 100 : i % 100 + 24])),
             ("neighbors", lambda i: r.neighbors(run_b, img(i))),
             ("embedding_points val", lambda i: r.embedding_points(run_b)),
