@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 import numpy as np
 import pandas as pd
 
-from xaidash.constants import IMAGE_ID_RE, METHODS
+from xaidash.constants import IMAGE_ID_RE, METHOD_RE, METHODS
 from xaidash.dashboard.params import SELECTION_RE
 from xaidash.store.read.trust_tables import TrustQueries
 
@@ -203,6 +203,14 @@ class DashData:
     def image(self, run_id: str, image_id: str) -> ImageDetail | None:
         return self.reader.image(run_id, image_id)
 
+    def map_methods(self, run_id: str) -> list[str]:
+        """Every method with maps in the run's cams table (memoised by the reader)."""
+        return self.reader.map_methods(run_id)
+
+    def map_keys(self, run_id: str, image_ids: Sequence[str]) -> set[tuple[str, str, str]]:
+        """(image_id, method, target_kind) of the maps stored for these images."""
+        return self.reader.map_keys(run_id, image_ids)
+
     def neighbors(self, run_id: str, image_id: str) -> pd.DataFrame:
         return self.reader.neighbors(run_id, image_id)
 
@@ -240,7 +248,7 @@ class DashData:
         routes read one by one.
         """
         ids = [i for i in dict.fromkeys(image_ids) if IMAGE_ID_RE.match(i)]
-        ms = tuple(m for m in methods if m in METHODS)
+        ms = tuple(m for m in methods if METHOD_RE.match(m))
         if not ids:
             return
         try:

@@ -12,6 +12,9 @@ from typing import Final
 
 #: The four class-activation-map methods, in canonical (display and storage) order.
 METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp", "scorecam")
+#: The methods the gallery, image and compare pages show until the user picks others (a grid of
+#: every method a run has is too wide to read).
+CLASSIC_METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp", "scorecam")
 #: The methods that come from the shared forward + backward pass (Score-CAM is forward-only).
 GRADIENT_METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp")
 METHOD_LABELS: Final[dict[str, str]] = {

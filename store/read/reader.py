@@ -42,7 +42,7 @@ from xaidash.store.files import MARKER
 from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import Catalog, RunEntry, build_views
 from xaidash.store.read.headline import HEADLINE, HEADLINE_SQL, headline_out
-from xaidash.store.read.index import GalleryIndex, RowGroupIndexes
+from xaidash.store.read.index import GalleryIndex, RowGroupIndexes, stored_keys, stored_methods
 from xaidash.store.read.memo import memo_run
 from xaidash.store.read.quality import QualityQueries
 from xaidash.store.read.ranking import RankingQueries
@@ -474,6 +474,17 @@ class StoreReader:
             for r in rows
             if r["method"] in ms and r["target_kind"] == target_kind
         }
+
+    @memo_run
+    def map_methods(self, run_id: str) -> list[str]:
+        """Every method with maps in the cams table, sorted (the run's and sample-only ones)."""
+        e = self._entry(run_id)
+        return [] if e is None else stored_methods(e.file("cams"))
+
+    def map_keys(self, run_id: str, image_ids: Sequence[str]) -> set[tuple[str, str, str]]:
+        """(image_id, method, target_kind) of every map stored for these images (none decoded)."""
+        e, ids = self._entry(run_id), [i for i in image_ids if valid_image_id(i)]
+        return stored_keys(self._row_groups.get([e.file("cams")]), ids) if e is not None and ids else set()
 
     def thumbnails(self, run_id: str, image_ids: Sequence[str]) -> dict[str, bytes]:
         """Thumbnails of many images at once: image_id -> bytes (images without one are absent)."""
