@@ -194,7 +194,8 @@ def flip_rows(
         className="xd-row xd-row-head",
     )
     note = [] if methods else [
-        html.P("No method picked: pick some under Methods to see both runs' maps.", className="text-muted small")
+        html.P("No method picked: pick some under Methods to see both runs' maps.",
+               className="text-muted small")
     ]
     return html.Div([*note, heads, *items], id=f"{PREFIX}-flips")
 
