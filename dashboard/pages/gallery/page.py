@@ -246,7 +246,8 @@ def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) 
         # A stale link past the end: show the last page rather than nothing.
         f = replace(f, page=pages - 1)
         rows, total = ctx.data.gallery(run_id, gallery_query(f, selection))
-    ctx.data.prefetch_async(run_id, list(rows["image_id"]), methods)
+    ids = list(rows["image_id"])
+    ctx.effect(lambda: ctx.data.prefetch_async(run_id, ids, methods))
     names = info.class_names
     chips = []
     if selection is not None:
