@@ -265,3 +265,13 @@ def stored_keys(index: RowGroupIndex, ids: Sequence[str]) -> set[tuple[str, str,
     if t.num_rows == 0:
         return set()
     return set(zip(*(t.column(c).to_pylist() for c in ("image_id", "method", "target_kind")), strict=True))
+
+
+def list_to_matrix(col: pa.ChunkedArray) -> npt.NDArray[np.float32]:
+    """A list<float> column of equal-length lists -> float32 [N, K] without a Python loop."""
+    if len(col) == 0:
+        return np.zeros((0, 0), np.float32)
+    arr = col.combine_chunks()
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    values: npt.NDArray[np.float32] = flat.astype(np.float32, copy=False)
+    return values.reshape(len(arr), -1)
