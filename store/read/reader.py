@@ -518,11 +518,11 @@ class StoreReader:
         e = self._entry(run_id)
         if e is None or not valid_image_id(image_id):
             return pd.DataFrame(columns=cols)
-        # one row group of the file (sorted by image_id): no SQL plan on every image page
-        have = [*cols[:4], "similarity"]
-        t = self._row_groups.get([e.file("neighbors")]).read([image_id], ["image_id", *have])
-        df = t.select(have).to_pandas() if t.num_rows else pd.DataFrame(columns=have)
-        df = df.sort_values(["kind", "rank"], ascending=[False, True]).reset_index(drop=True)  # twins first
+        df = self._df(
+            "SELECT kind, rank, neighbor_id, neighbor_class, similarity FROM read_parquet(?) "
+            "WHERE image_id = ? ORDER BY kind DESC, rank",  # 'twin' > 'counterfactual': twins first
+            [str(e.file("neighbors")), image_id],
+        )
         names = e.class_names
         df["neighbor_class_name"] = [
             names[int(c)] if c is not None and not pd.isna(c) and 0 <= int(c) < len(names) else None
@@ -622,10 +622,11 @@ class StoreReader:
             return pd.DataFrame(columns=cols)
         fp = e.row.get("dataset_fingerprint")
         same = [x for x in self._catalog.readable if x.row.get("dataset_fingerprint") == fp]
-        pcols = ["image_id", "run_id", "pred", "pred_name", "confidence", "correct"]
-        parts = [self._row_groups.get([x.file("predictions")]).read([image_id], pcols) for x in same]
-        found = [t.select(pcols[1:]) for t in parts if t.num_rows]  # one row group per run, no SQL plan
-        df = pa.concat_tables(found).to_pandas() if found else pd.DataFrame(columns=pcols[1:])
+        files = [str(x.file("predictions")) for x in same]
+        df = self._df(
+            "SELECT run_id, pred, pred_name, confidence, correct FROM read_parquet(?) WHERE image_id = ?",
+            [files, image_id],
+        )
         created = {x.run_id: pd.Timestamp(x.row["created"]) for x in same}
         df.insert(1, "created", [created.get(r) for r in df["run_id"]])
         out: pd.DataFrame = df.sort_values(["created", "run_id"], kind="stable").reset_index(drop=True)
