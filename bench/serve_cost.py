@@ -64,7 +64,7 @@ def measure(store: Path, n: int, seed: int) -> dict[str, list[float]]:
     import load  # bench/load.py: the request mix
 
     create_app = app_module.create_app
-    print(f"code: {app_module.__file__}", file=sys.stderr)
+    print(f"code: {app_module.__file__}", file=sys.stderr)  # the baseline's run: read by main()
 
     with tempfile.TemporaryDirectory() as sel:
         app = create_app(store, selections_dir=sel)
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         code = child.stderr.strip().splitlines()[-1] if child.stderr.strip() else "?"
         print(code, f"(baseline {args.baseline})")
     ours = measure(args.store, args.requests, args.seed)
+    print(f"code: {sys.modules['xaidash.dashboard.app'].__file__} (this tree)")
     text_b, mean_b = table(f"baseline {args.baseline}", base)
     text_o, mean_o = table("this tree", ours)
     print(text_b, text_o, sep="\n\n")
