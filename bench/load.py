@@ -207,13 +207,17 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0)
 
 
 @contextmanager
-def server(kind: str, store: Path, port: int, workers: int, threads: int) -> Iterator[str]:
+def server(
+    kind: str, store: Path, port: int, workers: int, threads: int, serve_threads: int | None = None
+) -> Iterator[str]:
     """Run ``xaidash serve`` or gunicorn on ``port``; yields its description."""
     env = {**os.environ, "XAIDASH_STORE": str(store)}
     if kind in ("serve", "dev"):
         cmd = [str(BIN / "xaidash"), "serve", "--store", str(store), "--port", str(port)]
         cmd += ["--dev"] if kind == "dev" else []
+        cmd += ["--threads", str(serve_threads)] if serve_threads and kind == "serve" else []
         desc = "xaidash serve" + (" --dev" if kind == "dev" else "")
+        desc += f" --threads {serve_threads}" if serve_threads and kind == "serve" else ""
     else:
         cmd = [str(BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}", "--timeout", "120"]
         cmd += ["--threads", str(threads)] if threads > 1 else []
@@ -270,7 +274,7 @@ def report(desc: str, store: str, clients: int, n: int, wall: float, res: Result
 
 def run_load(kind: str, store: Path, args: argparse.Namespace) -> tuple[str, int]:
     port = free_port()
-    with server(kind, store, port, args.workers, args.threads) as desc:
+    with server(kind, store, port, args.workers, args.threads, args.serve_threads) as desc:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
         conn.request("GET", "/_dash-dependencies")
         deps = json.loads(conn.getresponse().read())
@@ -324,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=1_000, help="requests per client")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     ap.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (1: sync workers)")
+    ap.add_argument("--serve-threads", type=int, default=None,
+                    help="xaidash serve --threads (default: the server's own, 8)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not (args.store / "runs").is_dir() or not any((args.store / "runs").iterdir()):

@@ -9,18 +9,20 @@ several apps can live in one process (tests).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 import dash
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
+from plotly.io.json import to_json_plotly
 
 import xaidash.assets
 from xaidash.dashboard import theme
@@ -34,11 +36,11 @@ from xaidash.dashboard.pages.gallery import page as gallery
 from xaidash.dashboard.pages.gallery import quality as gallery_quality
 from xaidash.dashboard.pages.image import page as image
 from xaidash.dashboard.pages.overview import page as overview
-from xaidash.dashboard.params import Filters, parse_query, qs_of, valid_run_id
+from xaidash.dashboard.params import Filters, parse_query, qs_of, to_query, valid_run_id
 from xaidash.dashboard.report import downloads
 from xaidash.dashboard.server import guard
 from xaidash.dashboard.server.routes import register_routes
-from xaidash.dashboard.state import AppState, PageContext
+from xaidash.dashboard.state import AppState, CachedPage, PageContext
 from xaidash.dashboard.url_sync import controls_to_url
 from xaidash.store import open_store
 
@@ -61,6 +63,10 @@ PAGES: tuple[tuple[ModuleType, str, str | None], ...] = (
 NAV_ITEMS = [(path, label) for _, path, label in PAGES if label]
 
 
+#: the id of the alert a page that failed to render shows (such a page is never cached)
+RENDER_FAILED = "page-render-failed"
+
+
 def safe_render(fn: Callable[[PageContext], Any], ctx: PageContext) -> Any:
     """Render a page; an unexpected error becomes an alert, never a traceback in the page."""
     try:
@@ -77,6 +83,7 @@ def safe_render(fn: Callable[[PageContext], Any], ctx: PageContext) -> Any:
                 ),
             ],
             color="danger",
+            id=RENDER_FAILED,
         )
 
 
@@ -133,12 +140,23 @@ def navbar() -> dbc.Navbar:
 
 
 def run_options(state: AppState) -> list[dict[str, str]]:
-    """Run picker entries: newest first, labelled with date, dataset, model and accuracy."""
+    """Run picker entries: newest first, labelled with date, dataset, model and accuracy.
+
+    Sent with every page, so kept per list of runs (runs are immutable; a new or deleted run
+    changes the key)."""
     runs = state.data.runs()
-    out = []
-    for rec in runs.to_dict("records") if len(runs) else []:
-        out.append({"label": run_label(rec, state.show_paths), "value": str(rec["run_id"])})
-    return out
+
+    def build() -> list[dict[str, str]]:
+        recs = runs.to_dict("records") if len(runs) else []
+        return [{"label": run_label(rec, state.show_paths), "value": str(rec["run_id"])} for rec in recs]
+
+    key = ("run_options", *(str(r) for r in runs["run_id"])) if len(runs) else ("run_options",)
+    hit, cached = state.pages.lookup(key)
+    if hit and cached is not None:
+        return cast(list[dict[str, str]], cached.content)
+    options = build()
+    state.pages.put(key, CachedPage(options, ()))
+    return options
 
 
 def render(state: AppState, pathname: str | None, search: str | None) -> Any:
@@ -147,8 +165,15 @@ def render(state: AppState, pathname: str | None, search: str | None) -> Any:
     return render_page(state, pathname, filters, state.data.resolve_run(filters.run))
 
 
-def render_page(state: AppState, pathname: str | None, filters: Filters, resolved: ResolvedRun) -> Any:
-    """The page at ``pathname`` for an already parsed URL and resolved run."""
+def render_page(
+    state: AppState,
+    pathname: str | None,
+    filters: Filters,
+    resolved: ResolvedRun,
+    effects: list[Callable[[], None]] | None = None,
+) -> Any:
+    """The page at ``pathname`` for an already parsed URL and resolved run (``effects`` collects
+    what the render did besides building the page, see :meth:`PageContext.effect`)."""
     path = (pathname or "/").rstrip("/") or "/"
     layout = next((module.layout for module, page_path, _ in PAGES if path == page_path), None)
     if layout is None:
@@ -159,7 +184,8 @@ def render_page(state: AppState, pathname: str | None, filters: Filters, resolve
         )
     if resolved.info is None:
         return no_runs_alert(state.store_label)
-    ctx = PageContext(state, replace(filters, run=resolved.info.run_id), resolved.info, resolved.warning)
+    ctx = PageContext(state, replace(filters, run=resolved.info.run_id), resolved.info, resolved.warning,
+                      effects if effects is not None else [])
     return safe_render(layout, ctx)
 
 
@@ -191,6 +217,39 @@ def callback_failed(exc: Exception) -> None:
     """
     log.error("callback %s failed", dash.callback_context.outputs_list, exc_info=exc)
     return None
+
+
+#: pages whose render depends on more than the URL and the store's runs: the explain page looks
+#: at the checkpoint file on disk (moved or changed since the run)
+UNCACHED_PAGES = frozenset({"/explain"})
+
+
+def cached_page(state: AppState, pathname: str | None, filters: Filters, resolved: ResolvedRun) -> Any:
+    """:func:`render_page` as the router sends it, from the page cache when it was rendered before.
+
+    Runs are immutable, so a page is a function of its URL and of which runs the store holds (the
+    navbar, the compare page and an image's history list them): both are the key. The cached
+    value is the page as JSON-ready dicts, so serving it again costs neither the render nor Dash's
+    walk over the component tree; the effects of the render (the gallery's prefetch of its maps)
+    are done again. Not cached: a page that failed to render, a selection (``sel=``: the server
+    may drop it), the pages in :data:`UNCACHED_PAGES`, and the empty store's alert.
+    """
+    path = (pathname or "/").rstrip("/") or "/"
+    if path in UNCACHED_PAGES or filters.sel is not None or resolved.info is None:
+        return render_page(state, pathname, filters, resolved)
+    key = ("page", path, to_query(filters), resolved.run_id, resolved.warning, *state.data.run_ids())
+    hit, cached = state.pages.lookup(key)
+    if hit and cached is not None:
+        for effect in cached.effects:
+            effect()
+        return cached.content
+    effects: list[Callable[[], None]] = []
+    content = render_page(state, pathname, filters, resolved, effects)
+    if getattr(content, "id", None) == RENDER_FAILED:
+        return content
+    plain = json.loads(to_json_plotly(content))  # what Dash would send, as plain dicts and lists
+    state.pages.put(key, CachedPage(plain, tuple(effects)))
+    return plain
 
 
 def create_app(
@@ -271,7 +330,7 @@ def create_app(
             return (no_update,) * (4 + len(NAV_ITEMS))
         filters = parse_query(search)
         resolved = state.data.resolve_run(filters.run)
-        content = render_page(state, pathname, filters, resolved)
+        content = cached_page(state, pathname, filters, resolved)
         run_q = "?" + urlencode({"run": resolved.run_id}) if resolved.run_id else ""
         hrefs = [path + run_q for path, _ in NAV_ITEMS]
         return (content, run_options(state), resolved.run_id, {"path": pathname, "search": search}, *hrefs)

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="worker threads of the server (default 8; for more cores run gunicorn workers, "
+        help="worker threads of the server (default 4; for more cores run gunicorn workers, "
         "see docs/DASHBOARD.md)",
     )
     parser.add_argument(

@@ -13,13 +13,14 @@ import pandas as pd
 from dash import dcc, html
 from dash.development.base_component import Component
 
-from xaidash.constants import METHOD_LABELS, METHODS
+from xaidash.constants import CLASSIC_METHODS, METHOD_LABELS, METHODS
 from xaidash.dashboard.overlays import COLORMAPS, colormap_css_gradient
 from xaidash.dashboard.params import Filters
 from xaidash.dashboard.paths import spec_label
 from xaidash.dashboard.server.routes import image_url, overlay_url
 
 if TYPE_CHECKING:
+    from xaidash.dashboard.data import DashData
     from xaidash.store import RunInfo
 
 #: One row of a DataFrame, as ``DataFrame.to_dict("records")`` gives it.
@@ -29,6 +30,79 @@ Record = Mapping[Hashable, Any]
 def run_methods(info: RunInfo) -> list[str]:
     """The run's explanation methods in display order (all four when the run names none)."""
     return [m for m in METHODS if m in (info.methods or METHODS)]
+
+
+def canonical_order(methods: Sequence[str]) -> list[str]:
+    """``methods`` deduplicated in display order: the canonical methods as
+    :data:`xaidash.constants.METHODS` orders them, then any other stored ones by name."""
+    rank = {m: i for i, m in enumerate(METHODS)}
+    return sorted(dict.fromkeys(methods), key=lambda m: (rank.get(m, len(rank)), m))
+
+
+def available_methods(info: RunInfo, stored: Sequence[str]) -> list[str]:
+    """What a run can show: its ``methods`` and the other methods its cams table has maps of
+    (``stored``, e.g. attributions of a sample of images), in display order."""
+    return canonical_order([*run_methods(info), *stored])
+
+
+def picked_methods(f: Filters, available: Sequence[str]) -> list[str]:
+    """The methods a page shows: the URL's pick among ``available``, in display order.
+
+    No pick, or a pick of which no name is one of the run's (a stale or mistyped link), gives the
+    default: the classic four the run has (or its first four, for a run with none of them). An
+    explicit empty pick (the user cleared the picker) shows none.
+    """
+    if f.methods is not None:
+        chosen = [m for m in available if m in f.methods]
+        if chosen or not f.methods:
+            return chosen
+    classic = [m for m in available if m in CLASSIC_METHODS]
+    return classic or list(available[: len(CLASSIC_METHODS)])
+
+
+def method_picker(prefix: str, available: Sequence[str], picked: Sequence[str]) -> html.Div:
+    """The multi-select of the methods a page shows (id ``{prefix}-methods``)."""
+    return html.Div(
+        [
+            dbc.Label("Methods", html_for=f"{prefix}-methods", className="small mb-0"),
+            dcc.Dropdown(
+                id=f"{prefix}-methods",
+                options=[{"label": method_label(m), "value": m} for m in available],
+                value=list(picked),
+                multi=True,
+                placeholder="pick the methods to show",
+                className="mb-2 xd-method-picker",
+            ),
+        ]
+    )
+
+
+def picked_from_control(value: list[str] | None) -> tuple[str, ...]:
+    """A picker's value as the URL's ``methods`` (display order; an empty pick stays empty)."""
+    return tuple(canonical_order(value or []))
+
+
+def missing_maps(
+    data: DashData, info: RunInfo, image_ids: Sequence[str], methods: Sequence[str]
+) -> dict[str, frozenset[str]]:
+    """image_id -> which of ``methods`` have no predicted-class map of it in run ``info``.
+
+    A method the run does not have is missing for every image. Of the others, only those outside
+    the run's ``methods`` are looked up (computed for a sample of images, e.g. attributions): the
+    run's own methods cover every image, and checking them too would cost every page a read of
+    the maps file before it is sent.
+    """
+    stored = data.map_methods(info.run_id)
+    available = set(available_methods(info, stored))
+    absent = frozenset(m for m in methods if m not in available)
+    sampled = [m for m in methods if m in available and m not in run_methods(info)]
+    have = data.map_keys(info.run_id, image_ids) if sampled and image_ids else set()
+    return {i: absent | {m for m in sampled if (i, m, "pred") not in have} for i in image_ids}
+
+
+def missing_map(text: str = "not computed for this image", className: str = "xd-cam-missing") -> html.Div:
+    """What a grid shows where a method has no map for an image (instead of a broken image)."""
+    return html.Div(text, className=f"{className} text-muted small")
 
 
 def run_label(rec: Record, show_paths: bool = False) -> str:

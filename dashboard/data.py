@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 import numpy as np
 import pandas as pd
 
-from xaidash.constants import IMAGE_ID_RE, METHODS
+from xaidash.constants import IMAGE_ID_RE, METHOD_RE, METHODS
 from xaidash.dashboard.params import SELECTION_RE
 from xaidash.store.read.trust_tables import TrustQueries
 
@@ -115,11 +115,12 @@ class DashData:
     calls run concurrently (Flask serves requests on threads; a gallery page fires ~100 overlay
     requests at once).
 
-    The one thing kept here is the prefetch buffer: a gallery page reads its images' maps and
+    The one thing kept here is the image buffer: a gallery page reads its images' maps and
     thumbnails in two batch queries (:meth:`prefetch_async`) and the ~100 overlay requests that
-    follow take them from memory. The reader has no per-image cache, so this duplicates nothing;
-    reads that no prefetch covered go to the reader and are not kept (the overlay routes cache
-    the rendered PNGs).
+    follow take them from memory. The reader has no per-image cache, so this duplicates nothing.
+    A map or thumbnail that no prefetch covered is read from the reader and kept in the same
+    buffer: one image's thumbnail is under every overlay of it (each method, colormap and
+    opacity is another PNG, rendered apart), and each read decodes whole row groups.
     """
 
     def __init__(self, reader: StoreReader) -> None:
@@ -203,6 +204,14 @@ class DashData:
     def image(self, run_id: str, image_id: str) -> ImageDetail | None:
         return self.reader.image(run_id, image_id)
 
+    def map_methods(self, run_id: str) -> list[str]:
+        """Every method with maps in the run's cams table (memoised by the reader)."""
+        return self.reader.map_methods(run_id)
+
+    def map_keys(self, run_id: str, image_ids: Sequence[str]) -> set[tuple[str, str, str]]:
+        """(image_id, method, target_kind) of the maps stored for these images."""
+        return self.reader.map_keys(run_id, image_ids)
+
     def neighbors(self, run_id: str, image_id: str) -> pd.DataFrame:
         return self.reader.neighbors(run_id, image_id)
 
@@ -216,13 +225,20 @@ class DashData:
             found, cam = self._cams.lookup((run_id, image_id, method))
             if found:
                 return cam
+            cam = self.reader.cam(run_id, image_id, method, target_kind)
+            self._cams.put((run_id, image_id, method), cam)  # a miss too: the route answers 404 from memory
+            return cam
         return self.reader.cam(run_id, image_id, method, target_kind)
 
     def thumbnail(self, run_id: str, image_id: str) -> bytes | None:
         """Thumbnail bytes: from the prefetch buffer when a page loaded them, else the reader."""
         self._await_prefetch(run_id, image_id)
         found, thumb = self._thumbs.lookup((run_id, image_id))
-        return thumb if found else self.reader.thumbnail(run_id, image_id)
+        if found:
+            return thumb
+        thumb = self.reader.thumbnail(run_id, image_id)
+        self._thumbs.put((run_id, image_id), thumb)
+        return thumb
 
     # ---- the gallery's batch prefetch -------------------------------------------------------
     def _await_prefetch(self, run_id: str, image_id: str) -> None:
@@ -240,7 +256,7 @@ class DashData:
         routes read one by one.
         """
         ids = [i for i in dict.fromkeys(image_ids) if IMAGE_ID_RE.match(i)]
-        ms = tuple(m for m in methods if m in METHODS)
+        ms = tuple(m for m in methods if METHOD_RE.match(m))
         if not ids:
             return
         try:
@@ -262,10 +278,11 @@ class DashData:
         The browser asks for the page's overlays a moment later; routes for these images wait
         for the batch (see :meth:`_await_prefetch`) instead of issuing ~100 single queries.
         """
+        methods = tuple(methods)
         ids = [
             i
             for i in dict.fromkeys(image_ids)
-            if IMAGE_ID_RE.match(i) and self._thumbs.lookup((run_id, i))[1] is None  # loaded: skip
+            if IMAGE_ID_RE.match(i) and not self._buffered(run_id, i, methods)  # loaded: skip
         ]
         if not ids:
             return
@@ -273,7 +290,6 @@ class DashData:
         with self._pending_lock:
             for i in ids:
                 self._pending.setdefault((run_id, i), ev)
-        methods = tuple(methods)
 
         def work() -> None:
             try:
@@ -286,6 +302,12 @@ class DashData:
                 ev.set()
 
         threading.Thread(target=work, name="xaidash-prefetch", daemon=True).start()
+
+    def _buffered(self, run_id: str, image_id: str, methods: Sequence[str]) -> bool:
+        """True when the image's thumbnail and its maps of ``methods`` are all in the buffer."""
+        return self._thumbs.lookup((run_id, image_id))[0] and all(
+            self._cams.lookup((run_id, image_id, m))[0] for m in methods
+        )
 
     def wait_prefetch(self, timeout: float = 10.0) -> None:
         """Wait until no prefetch is in flight (clean shutdown, benchmarks)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from xaidash.constants import IMAGE_ID_RE, METHODS, OUTCOMES, QUALITY_FLAGS, RUN_ID_RE, SORTS
+from xaidash.constants import IMAGE_ID_RE, METHOD_RE, METHODS, OUTCOMES, QUALITY_FLAGS, RUN_ID_RE, SORTS
 from xaidash.dashboard.overlays import COLORMAPS, DEFAULT_ALPHA, DEFAULT_CMAP, parse_alpha, parse_cmap
 
 SELECTION_RE = re.compile(r"^[0-9a-f]{12}$")
@@ -104,6 +104,25 @@ def parse_ids(value: str | None, limit: int = MAX_INLINE_IDS) -> tuple[str, ...]
     return tuple(dict.fromkeys(ids)) or None
 
 
+#: the URL's value of ``methods`` for "the user picked none" (an empty value would read as absent)
+NO_METHODS = "-"
+MAX_METHODS = 32  # more names than any run has methods
+
+
+def parse_methods(value: str | None) -> tuple[str, ...] | None:
+    """The picked methods: names that look like method names, deduplicated; None (the run's
+    default) when the URL names none that could be one; ``()`` for :data:`NO_METHODS`.
+
+    Whether a name is a method of the run is the page's check (it knows the run's methods).
+    """
+    if value is None:
+        return None
+    if value.strip() == NO_METHODS:
+        return ()
+    names = [v.strip() for v in value.split(",")[:MAX_METHODS] if METHOD_RE.match(v.strip())]
+    return tuple(dict.fromkeys(names)) or None
+
+
 def qs_of(search: object) -> dict[str, list[str]]:
     """Parse ``?a=1&b=2`` (leading '?' optional) into a dict of lists, tolerating garbage.
 
@@ -135,6 +154,8 @@ class Filters:
     sort: str = "confidence"
     desc: bool = False
     method: str = "gradcam"
+    #: the methods the gallery, image and compare pages show; None: the classic ones the run has
+    methods: tuple[str, ...] | None = None
     sel: str | None = None  # server-side selection key
     ids: tuple[str, ...] | None = None  # small inline selection
     page: int = 0
@@ -190,6 +211,7 @@ def parse_query(search: object) -> Filters:
         sort=sort if sort in SORTS else "confidence",
         desc=parse_bool(g("desc")),
         method=method if method in METHODS else "gradcam",
+        methods=parse_methods(g("methods")),
         sel=sel if sel and SELECTION_RE.match(sel) else None,
         ids=parse_ids(g("ids")),
         page=parse_int(g("page"), 0, 0, MAX_PAGE) or 0,
@@ -223,7 +245,7 @@ def to_query(f: Filters, keys: tuple[str, ...] | None = None) -> str:
         if isinstance(value, bool):
             out.append((name, "1" if value else "0"))
         elif isinstance(value, tuple):
-            out.append((name, ",".join(value)))
+            out.append((name, ",".join(value) or NO_METHODS))  # only ``methods`` can be empty
         elif isinstance(value, float):
             out.append((name, f"{value:g}"))
         else:
@@ -251,6 +273,7 @@ GALLERY_KEYS = (
     "sort",
     "desc",
     "method",
+    "methods",
     "sel",
     "ids",
     "page",
@@ -259,7 +282,7 @@ GALLERY_KEYS = (
     "alpha",
     "flag",
 )
-DISPLAY_KEYS = ("run", "cmap", "alpha")
+DISPLAY_KEYS = ("run", "methods", "cmap", "alpha")
 
 
 def gallery_href(f: Filters, **changes: Any) -> str:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from xaidash.dashboard.data import DashData, DerivedCache, SelectionStore
+from xaidash.dashboard.data import LRU, DashData, DerivedCache, SelectionStore
 from xaidash.dashboard.params import Filters
 from xaidash.dashboard.paths import path_label
 
 if TYPE_CHECKING:
     from xaidash.store import RunInfo
+
+
+#: how many rendered pages the router keeps (a page is 3-250 KB of JSON)
+PAGE_CACHE_SIZE = 128
+
+
+@dataclass(frozen=True)
+class CachedPage:
+    """A page as the router sent it: its JSON-ready tree and what its render did besides."""
+
+    content: object
+    effects: tuple[Callable[[], None], ...]
 
 
 @dataclass
@@ -24,6 +37,9 @@ class AppState:
     derived: DerivedCache = field(default_factory=DerivedCache)
     #: pages show full server paths (``xaidash serve --show-paths``) instead of names
     show_paths: bool = False
+    #: rendered pages as the router sends them (JSON-ready) and the effects their render had,
+    #: by URL and the store's runs (see :func:`xaidash.dashboard.app.cached_page`)
+    pages: LRU[tuple[object, ...], CachedPage] = field(default_factory=lambda: LRU(PAGE_CACHE_SIZE))
 
     @property
     def store_label(self) -> str:
@@ -44,6 +60,14 @@ class PageContext:
     info: RunInfo
     #: why the run in the URL was replaced by the latest one, if it was
     warning: str | None = None
+    #: what the render did beside building the page (e.g. the gallery's prefetch of its maps),
+    #: done again when the router serves the page from its cache
+    effects: list[Callable[[], None]] = field(default_factory=list, compare=False)
+
+    def effect(self, fn: Callable[[], None]) -> None:
+        """Do ``fn`` now, and again whenever this page is served from the router's cache."""
+        self.effects.append(fn)
+        fn()
 
     @property
     def data(self) -> DashData:

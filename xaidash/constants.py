@@ -18,7 +18,8 @@ METHODS: Final[tuple[str, ...]] = (
 #: forwards). CAM and EigenCAM need only the forward; the others the one backward too.
 GRADIENT_METHODS: Final[tuple[str, ...]] = (
     "cam", "gradcam", "gradcampp", "layercam", "xgradcam", "hirescam", "eigencam")
-#: The dashboard's default display set (a run computes all of METHODS unless told otherwise).
+#: The methods the gallery, image and compare pages show until the user picks others (a grid of
+#: every method a run has is too wide to read; a run computes all of METHODS unless told otherwise).
 CLASSIC_METHODS: Final[tuple[str, ...]] = ("cam", "gradcam", "gradcampp", "scorecam")
 METHOD_LABELS: Final[dict[str, str]] = {
     "cam": "CAM",

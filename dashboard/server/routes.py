@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, Response, abort, request
 
-from xaidash.constants import IMAGE_ID_RE, METHODS, RUN_ID_RE, TARGET_KINDS
+from xaidash.constants import IMAGE_ID_RE, METHOD_RE, METHODS, RUN_ID_RE, TARGET_KINDS
 from xaidash.dashboard import overlays, theme
 
 if TYPE_CHECKING:
@@ -120,7 +120,10 @@ def register_routes(
 
     @server.route("/overlay/<run_id>/<image_id>/<method>.png")
     def overlay(run_id: str, image_id: str, method: str) -> Response:
-        if not RUN_ID_RE.match(run_id) or not IMAGE_ID_RE.match(image_id) or method not in METHODS:
+        if not RUN_ID_RE.match(run_id) or not IMAGE_ID_RE.match(image_id) or not METHOD_RE.match(method):
+            abort(404)
+        # the canonical methods, or one the run stored maps of (e.g. attributions for a sample)
+        if method not in METHODS and method not in data.map_methods(run_id):
             abort(404)
         target = request.args.get("target", "pred")
         if target not in TARGET_KINDS:

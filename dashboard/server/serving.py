@@ -27,8 +27,11 @@ from xaidash.dashboard.server.guard import MAX_REQUEST_BYTES
 log = logging.getLogger(__name__)
 
 #: worker threads: renders are CPU-bound Python (one GIL), so more threads than a few per core
-#: only queue inside the process instead of in front of it
-THREADS = 8
+#: only queue inside the process instead of in front of it, where they time-slice the GIL and
+#: stretch every request; measured (bench/load.py, 32 clients, docs/PERFORMANCE.md): p99 451-642
+#: ms with 4 threads against 639-698 ms with 8, throughput within noise. Two per core leaves room
+#: for a thread waiting on disk or on a DuckDB query (which releases the GIL).
+THREADS = 4
 #: open connections at once: a browser keeps about six, so this serves a team of a dozen or more
 CONNECTION_LIMIT = 100
 #: seconds a connection may stay idle (no request, or a body stalled mid-way) before it is closed

@@ -249,3 +249,29 @@ class RowGroupIndexes:
                         del self._indexes[old]
                 idx = self._indexes[key] = RowGroupIndex(paths)
             return idx
+
+
+def stored_methods(path: Path) -> list[str]:
+    """The distinct ``method`` values of a cams file, sorted (only that column is read)."""
+    if not path.is_file():
+        return []
+    col = pq.read_table(path, columns=["method"]).column("method")
+    return sorted(str(m) for m in pc.unique(col).to_pylist() if m is not None)
+
+
+def stored_keys(index: RowGroupIndex, ids: Sequence[str]) -> set[tuple[str, str, str]]:
+    """(image_id, method, target_kind) of the maps of ``ids`` in a cams file (maps not decoded)."""
+    t = index.read(ids, ["image_id", "method", "target_kind"])
+    if t.num_rows == 0:
+        return set()
+    return set(zip(*(t.column(c).to_pylist() for c in ("image_id", "method", "target_kind")), strict=True))
+
+
+def list_to_matrix(col: pa.ChunkedArray) -> npt.NDArray[np.float32]:
+    """A list<float> column of equal-length lists -> float32 [N, K] without a Python loop."""
+    if len(col) == 0:
+        return np.zeros((0, 0), np.float32)
+    arr = col.combine_chunks()
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    values: npt.NDArray[np.float32] = flat.astype(np.float32, copy=False)
+    return values.reshape(len(arr), -1)

@@ -42,7 +42,13 @@ from xaidash.store.files import MARKER
 from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import Catalog, RunEntry, build_views
 from xaidash.store.read.headline import HEADLINE, HEADLINE_SQL, headline_out
-from xaidash.store.read.index import GalleryIndex, RowGroupIndexes
+from xaidash.store.read.index import (
+    GalleryIndex,
+    RowGroupIndexes,
+    list_to_matrix,
+    stored_keys,
+    stored_methods,
+)
 from xaidash.store.read.memo import memo_run
 from xaidash.store.read.quality import QualityQueries
 from xaidash.store.read.ranking import RankingQueries
@@ -213,14 +219,15 @@ class StoreReader:
             self._run_cache.tables(e)
 
     def warm_light(self, run_id: str) -> None:
-        """Read a run's light columns, build its gallery index and the row-group indexes of its
-        maps and thumbnails now (Arrow and numpy only, no DuckDB: safe in a daemon thread while
-        the reader serves other queries)."""
+        """Read a run's light columns, build its gallery index, the row-group indexes of its maps
+        and thumbnails and its list of map methods now (Arrow and numpy only, no DuckDB: safe in a
+        daemon thread while the reader serves other queries)."""
         e = self._entry(run_id)
         if e is not None and self._run_cache.light_rows(e) is not None:
             self._gallery_index(e)  # from the Arrow columns just read (never the SQL path here)
             # the footers a gallery page's maps and thumbnails are looked up in (~10k row groups)
             self._row_groups.get([e.file("cams")])
+            self.map_methods(e.run_id)  # which methods the pages' pickers offer (a column read)
             parts = self._catalog.image_parts(e)
             if parts:
                 self._row_groups.get(parts)
@@ -475,6 +482,17 @@ class StoreReader:
             if r["method"] in ms and r["target_kind"] == target_kind
         }
 
+    @memo_run
+    def map_methods(self, run_id: str) -> list[str]:
+        """Every method with maps in the cams table, sorted (the run's and sample-only ones)."""
+        e = self._entry(run_id)
+        return [] if e is None else stored_methods(e.file("cams"))
+
+    def map_keys(self, run_id: str, image_ids: Sequence[str]) -> set[tuple[str, str, str]]:
+        """(image_id, method, target_kind) of every map stored for these images (none decoded)."""
+        e, ids = self._entry(run_id), [i for i in image_ids if valid_image_id(i)]
+        return stored_keys(self._row_groups.get([e.file("cams")]), ids) if e is not None and ids else set()
+
     def thumbnails(self, run_id: str, image_ids: Sequence[str]) -> dict[str, bytes]:
         """Thumbnails of many images at once: image_id -> bytes (images without one are absent)."""
         e = self._entry(run_id)
@@ -576,7 +594,7 @@ class StoreReader:
         t = self._train_rows(e, "e.image_id, i.label, e.vector")
         ids: list[str] = t.column("image_id").to_pylist()
         labels: npt.NDArray[np.int64] = t.column("label").fill_null(-1).to_numpy().astype(np.int64)
-        vec = _list_to_matrix(t.column("vector"))
+        vec = list_to_matrix(t.column("vector"))
         labels.flags.writeable = False
         vec.flags.writeable = False
         return ids, labels, vec
@@ -672,16 +690,6 @@ class StoreReader:
 def _map(row: Mapping[str, Any]) -> Map:
     """The map of a cams row as float32 [h, w]."""
     return np.asarray(row["map"], dtype=np.float32).reshape(row["h"], row["w"])
-
-
-def _list_to_matrix(col: pa.ChunkedArray) -> npt.NDArray[np.float32]:
-    """A list<float> column of equal-length lists -> float32 [N, K] without a Python loop."""
-    if len(col) == 0:
-        return np.zeros((0, 0), np.float32)
-    arr = col.combine_chunks()
-    flat = arr.flatten().to_numpy(zero_copy_only=False)
-    values: npt.NDArray[np.float32] = flat.astype(np.float32, copy=False)
-    return values.reshape(len(arr), -1)
 
 
 def open_store(path: str | Path) -> StoreReader:

@@ -290,6 +290,7 @@ def test_density_map_hover_and_box_selection(driver: Any, server: LiveServer) ->
     assert defaults is not None
     figures.plot_embedding.__defaults__ = (*defaults[:-1], 50)  # max_points
     state.derived._lru._d.clear()  # the cached full-scatter figures of the earlier tests
+    state.pages._d.clear()  # and the embedding pages the router sent with them
     try:
         open_page(driver, server.url + "/embedding", "#embedding-graph .js-plotly-plot")
         wait_for(
@@ -319,3 +320,4 @@ def test_density_map_hover_and_box_selection(driver: Any, server: LiveServer) ->
     finally:
         figures.plot_embedding.__defaults__ = defaults
         state.derived._lru._d.clear()
+        state.pages._d.clear()

@@ -143,6 +143,7 @@ def test_gallery_controls_to_search() -> None:
         sort="confidence",
         desc=[],
         method="gradcam",
+        picked=None,
         size=24,
         cmap="jet",
         alpha=0.5,

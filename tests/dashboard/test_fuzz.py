@@ -93,6 +93,7 @@ def _finite() -> Strategy:
 QUERY_KEYS = (
     *("run", "true", "pred", "outcome", "cmin", "cmax", "sort", "desc", "method", "sel", "ids", "page"),
     *("size", "cmap", "alpha", "id", "color", "train", "norm", "a", "b", "change", "flag", "x"),
+    "methods",
 )
 
 
@@ -101,7 +102,7 @@ def search_strategy(ids: Ids) -> Strategy:
     value = st.one_of(
         st.sampled_from(
             [*ids.runs, *ids.images, *OUTCOMES, *SORTS, *METHODS, *COLORMAPS, *COLOR_BY, *CHANGES,
-             *QUALITY_FLAGS]
+             *QUALITY_FLAGS, "-", "gradcam,scorecam", "scorecam,nope,cam", ",,", "ig_black"]
         ),
         st.integers(-5, 200).map(str),
         st.floats(allow_nan=True, allow_infinity=True).map(str),
@@ -155,6 +156,8 @@ def strategies(ids: Ids) -> dict[str, Strategy]:
         st.text(max_size=40),
     )
     page = st.integers(-3, 100_002)
+    # the method pickers' values: lists of methods, and of any text (a script can send any)
+    picks = st.lists(st.one_of(st.sampled_from(METHODS), st.text(max_size=8)), max_size=6)
     plain: dict[str, Strategy] = {
         "url.pathname": pathname,
         "url.search": search_strategy(ids),
@@ -176,6 +179,7 @@ def strategies(ids: Ids) -> dict[str, Strategy]:
         "gallery-sort.value": st.sampled_from(SORTS),
         "gallery-desc.value": st.sampled_from([[], ["desc"]]),
         "gallery-method.value": st.sampled_from(METHODS),
+        "gallery-methods.value": picks,
         "gallery-size.value": st.one_of(st.sampled_from(PAGE_SIZES), st.integers(-5, 10**6)),
         "gallery-cmap.value": st.sampled_from(COLORMAPS),
         "gallery-alpha.value": st.floats(-1, 2),
@@ -188,11 +192,12 @@ def strategies(ids: Ids) -> dict[str, Strategy]:
         "embedding-train.value": st.sampled_from([[], ["train"]]),
         "compare-a.value": run,
         "compare-b.value": run,
-        "compare-method.value": st.sampled_from(METHODS),
+        "compare-methods.value": picks,
         "compare-change.value": st.sampled_from(CHANGES),
         "compare-pagination.active_page": page,
         "explain-upload.contents": data_url,
         "explain-upload.filename": st.text(max_size=20),
+        "image-methods.value": picks,
         "image-cmap.value": st.sampled_from(COLORMAPS),
         "image-alpha.value": st.floats(-1, 2),
     }

@@ -137,8 +137,9 @@ def test_router_renders_over_a_garbled_rendered_state(client: Any, app: Any) -> 
 
 def test_right_type_out_of_range_values_are_defaulted_like_the_url(client: Any, app: Any) -> None:
     key = find_key(app, "url.search", "gallery-size.value")
-    values = [10**6, -1, "nope", [-5, 9], "nope", ["desc", "x"], "lime", 13, "nocmap", 7.0, 3, "?size=48"]
-    resp = post_values(client, app, key, values, 7)
+    values = [10**6, -1, "nope", [-5, 9], "nope", ["desc", "x"], "lime", ["nope", "../x"], 13, "nocmap", 7.0,
+              3, "?size=48"]
+    resp = post_values(client, app, key, values, 8)
     assert resp.status_code == 200
     # every bad value fell back to its default; only "desc" (a real option) survived
     assert json.loads(resp.data)["response"]["url"] == {"search": "?desc=1"}

@@ -846,3 +846,26 @@ def test_arrow_built_cache_and_diff_match_the_sql_definitions(synth: tuple[Path,
         pd.testing.assert_frame_equal(
             flips.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False
         )
+
+
+def test_map_methods_and_map_keys_find_maps_of_a_sample(tmp_path: Path) -> None:
+    """Methods with maps of a sample of images only (not in the run's ``methods``) are listed with
+    the run's, and which images have them is answered from the small columns."""
+    path = tmp_path / "s"
+    (run,) = build_synthetic_store(path, n_val=40, n_train=20, runs=1, emb_dim=8, chunk_size=16,
+                                   methods=("gradcam", "scorecam"), sampled_methods=("ig_black",))
+    reader = open_store(path)
+    try:
+        assert reader.run(run).methods == ["gradcam", "scorecam"]
+        assert reader.map_methods(run) == ["gradcam", "ig_black", "scorecam"]
+        assert reader.map_methods("no-such-run") == [] and reader.map_methods("'; DROP") == []
+        ids = [str(i) for i in reader.embedding_points(run)["image_id"]]
+        keys = reader.map_keys(run, [*ids, "not-an-id"])
+        sampled = {i for i, m, k in keys if m == "ig_black"}
+        assert 0 < len(sampled) < len(ids) and {k for _, m, k in keys if m == "ig_black"} == {"pred"}
+        assert all((i, "gradcam", "pred") in keys for i in ids)
+        one = next(iter(sampled))
+        assert reader.cam(run, one, "ig_black").shape == (16, 16)
+        assert reader.map_keys(run, []) == set() and reader.map_keys("nope", ids) == set()
+    finally:
+        reader.close()

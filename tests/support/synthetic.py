@@ -92,6 +92,25 @@ def _maps(centers: np.ndarray, hw: tuple[int, int], rng: np.random.Generator, no
     return ((m - lo) / np.where(hi > lo, hi - lo, 1)).astype(np.float32)
 
 
+def _sampled_maps(
+    ids: np.ndarray, pred: np.ndarray, methods: Sequence[str], rng: np.random.Generator
+) -> pa.Table:
+    """cams rows of ``methods`` for ``ids`` only, at 16 x 16 (another grid than the CAMs')."""
+    k, side = len(methods), 16
+    maps = _maps(rng.uniform(0, side - 1, (len(ids) * k, 2)).astype(np.float32), (side, side), rng, 0.05)
+    return pa.table(
+        {
+            "image_id": np.repeat(ids, k),
+            "method": np.tile(np.asarray(methods, dtype=object), len(ids)),
+            "target_kind": np.full(len(ids) * k, "pred"),
+            "target_class": np.repeat(pred, k).astype(np.int32),
+            "h": np.full(len(ids) * k, side, np.int32),
+            "w": np.full(len(ids) * k, side, np.int32),
+            "map": list_array(maps.reshape(len(ids) * k, -1), pa.float32()),
+        }
+    )
+
+
 def build_synthetic_store(
     path: str | Path,
     n_val: int = 1000,
@@ -110,12 +129,15 @@ def build_synthetic_store(
     durable: bool = False,
     trust: bool = False,
     ranking: bool = True,
+    sampled_methods: Sequence[str] = (),
 ) -> list[str]:
     """Write ``runs`` synthetic runs into the store at ``path``; return their run ids (oldest first).
 
     ``durable=False`` skips fsyncs (a synthetic store is cheap to rebuild). ``trust=True`` adds
     the trust tables (sanity, baselines, ROAD, localisation); ``ranking=False`` leaves out the
-    calibration and ranking tables, like a run computed before they existed.
+    calibration and ranking tables, like a run computed before they existed. ``sampled_methods``
+    get predicted-class maps (16 x 16) for every fourth val image only and are not in the run's
+    ``methods``, as attributions computed for a sample are stored.
     """
     store = Store.create(path, durable=durable)
     rng = np.random.default_rng(seed)
@@ -264,6 +286,10 @@ def build_synthetic_store(
                 from tests.support.synthetic_trust import trust_tables
 
                 tables.update(trust_tables(ids, methods, rr))
+            if sampled_methods:
+                tables["cams"] = pa.concat_tables(
+                    [tables["cams"], _sampled_maps(ids[::4], p[::4], sampled_methods, rr)]
+                )
             staging.write_chunk(chunk_id, tables)
             if thumbs is not None:
                 _add_thumbs(store, fp, ids, "val", lab, names, thumbs, have_thumbs, rr)

@@ -1,7 +1,8 @@
 """Compare runs: two runs of the same dataset, image by image.
 
 Metric deltas, per-class F1, the confusion-matrix delta, and the images that went
-right -> wrong ("broke") and wrong -> right ("fixed") with both runs' maps side by side.
+right -> wrong ("broke") and wrong -> right ("fixed") with both runs' maps of each picked method
+side by side.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
-from xaidash.constants import METHODS
 from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
+    available_methods,
+    canonical_order,
     card,
     empty_state,
     fmt_count,
     fmt_pct,
     method_label,
+    method_picker,
+    missing_map,
+    missing_maps,
     overlay_img,
+    picked_from_control,
+    picked_methods,
     run_label,
     thumb_img,
     warning_alert,
@@ -38,7 +45,7 @@ if TYPE_CHECKING:
 
 PREFIX = "compare"
 FLIPS_PER_PAGE = 12
-KEYS = ("run", "a", "b", "change", "method", "page", "cmap", "alpha")
+KEYS = ("run", "a", "b", "change", "methods", "page", "cmap", "alpha")
 METRIC_LABELS = {
     "n": ("Images", False),
     "accuracy": ("Accuracy", True),
@@ -106,8 +113,17 @@ def metrics_table(metrics: pd.DataFrame) -> Any:
     )
 
 
-def flip_rows(run_a: str, run_b: str, flips: pd.DataFrame, f: Filters, class_names: list[str]) -> Any:
-    """Each flipped image: thumbnail, run A's map, run B's map (the chosen method)."""
+def flip_rows(
+    runs: tuple[RunInfo, RunInfo],
+    flips: pd.DataFrame,
+    f: Filters,
+    class_names: list[str],
+    methods: list[str],
+    missing: tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]],
+) -> Any:
+    """Each flipped image: thumbnail, then run A's and run B's map of each picked method
+    (``missing``: per run, image_id -> the methods with no map of it there)."""
+    run_b = runs[1].run_id
     items = []
     for rec in flips.to_dict("records"):
         iid = str(rec["image_id"])
@@ -119,6 +135,18 @@ def flip_rows(run_a: str, run_b: str, flips: pd.DataFrame, f: Filters, class_nam
                 else "—"
             )
 
+        def cell(ab: str, run: str, gone: frozenset[str], m: str, iid: str = iid) -> html.Div:
+            if m in gone:
+                return html.Div(missing_map(f"not computed in run {ab}", "xd-cell-missing"),
+                                className="xd-cell")
+            img = overlay_img(run, iid, m, f, title=f"run {ab} {method_label(m)}")
+            return html.Div(dcc.Link(img, href=image_href(run, iid, f)), className="xd-cell")
+
+        maps = [
+            cell(ab, info.run_id, gone.get(iid, frozenset()), m)
+            for m in methods
+            for ab, info, gone in (("A", runs[0], missing[0]), ("B", runs[1], missing[1]))
+        ]
         items.append(
             html.Div(
                 [
@@ -140,18 +168,7 @@ def flip_rows(run_a: str, run_b: str, flips: pd.DataFrame, f: Filters, class_nam
                                 dcc.Link(thumb_img(run_b, iid), href=image_href(run_b, iid, f)),
                                 className="xd-cell",
                             ),
-                            *(
-                                html.Div(
-                                    dcc.Link(
-                                        overlay_img(
-                                            run, iid, f.method, f, title=f"run {ab} {method_label(f.method)}"
-                                        ),
-                                        href=image_href(run, iid, f),
-                                    ),
-                                    className="xd-cell",
-                                )
-                                for ab, run in (("A", run_a), ("B", run_b))
-                            ),
+                            *maps,
                         ],
                         className="xd-row-images",
                     ),
@@ -165,15 +182,22 @@ def flip_rows(run_a: str, run_b: str, flips: pd.DataFrame, f: Filters, class_nam
             html.Div(
                 [
                     html.Div("image", className="xd-cell-head"),
-                    html.Div(f"A · {method_label(f.method)}", className="xd-cell-head"),
-                    html.Div(f"B · {method_label(f.method)}", className="xd-cell-head"),
+                    *(
+                        html.Div(f"{ab} · {method_label(m)}", className="xd-cell-head")
+                        for m in methods
+                        for ab in ("A", "B")
+                    ),
                 ],
                 className="xd-row-images",
             ),
         ],
         className="xd-row xd-row-head",
     )
-    return html.Div([heads, *items], id=f"{PREFIX}-flips")
+    note = [] if methods else [
+        html.P("No method picked: pick some under Methods to see both runs' maps.",
+               className="text-muted small")
+    ]
+    return html.Div([*note, heads, *items], id=f"{PREFIX}-flips")
 
 
 def layout(ctx: PageContext) -> Any:
@@ -181,6 +205,13 @@ def layout(ctx: PageContext) -> Any:
     run_a, info_b, comparable, warning = pick_pair(ctx)
     run_b = info_b.run_id
     f = replace(ctx.filters, a=run_a, b=run_b)
+    info_a = ctx.data.run(run_a) if run_a is not None else None
+    # the methods of either run (a retrain may have computed more); each run shows what it has
+    available = canonical_order([
+        m for info in (info_a, info_b) if info is not None
+        for m in available_methods(info, ctx.data.map_methods(info.run_id))
+    ])
+    methods = picked_methods(f, available)
     options = [
         {"label": run_label(rec, ctx.state.show_paths), "value": str(rec["run_id"])}
         for rec in comparable.to_dict("records")
@@ -192,32 +223,26 @@ def layout(ctx: PageContext) -> Any:
                     dbc.Label("Run A (before)", className="small mb-0"),
                     dcc.Dropdown(id=f"{PREFIX}-a", options=options, value=run_a, clearable=False),
                 ],
-                md=5,
+                md=4,
             ),
             dbc.Col(
                 [
                     dbc.Label("Run B (after)", className="small mb-0"),
                     dcc.Dropdown(id=f"{PREFIX}-b", options=options, value=run_b, clearable=False),
                 ],
-                md=5,
+                md=4,
             ),
             dbc.Col(
                 [
-                    dbc.Label("Maps", className="small mb-0"),
-                    dcc.Dropdown(
-                        id=f"{PREFIX}-method",
-                        options=[{"label": method_label(m), "value": m} for m in METHODS],
-                        value=f.method,
-                        clearable=False,
-                    ),
+                    method_picker(PREFIX, available, methods),
                 ],
-                md=2,
+                md=4,
             ),
         ],
         className="mb-3",
     )
     head: list[Any] = [warning_alert(ctx.warning), warning_alert(warning), card("Runs", pickers)]
-    if run_a is None:
+    if run_a is None or info_a is None:
         return html.Div(
             [
                 *head,
@@ -240,6 +265,7 @@ def layout(ctx: PageContext) -> Any:
     pages = max(1, math.ceil(len(part) / FLIPS_PER_PAGE))
     page = min(f.page, pages - 1)
     shown = part.iloc[page * FLIPS_PER_PAGE : (page + 1) * FLIPS_PER_PAGE]
+    ids_shown = [str(i) for i in shown["image_id"]] if len(shown) else []
     change_tabs = dbc.RadioItems(
         id=f"{PREFIX}-change",
         options=[
@@ -264,7 +290,10 @@ def layout(ctx: PageContext) -> Any:
                 first_last=True,
                 previous_next=True,
             ),
-            flip_rows(run_a, run_b, shown, f, names),
+            flip_rows((info_a, info_b), shown, f, names, methods, (
+                missing_maps(ctx.data, info_a, ids_shown, methods),
+                missing_maps(ctx.data, info_b, ids_shown, methods),
+            )),
         ]
     else:
         flips_body = [
@@ -338,8 +367,8 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
         trigger: object,
         a: str | None,
         b: str | None,
-        method: str | None,
         change: str | None,
+        picked: list[str] | None,
         active: int | None,
     ) -> str | None:
         f = parse_query(search)
@@ -348,12 +377,15 @@ def register_callbacks(app: dash.Dash, state: AppState) -> None:
             f,
             a=a,
             b=b,
-            method=method or f.method,
+            methods=picked_from_control(picked) if trigger == f"{PREFIX}-methods" else f.methods,
             change=change or f.change,
             page=min(max(0, page), MAX_PAGE),
         )
+        if trigger == f"{PREFIX}-methods":
+            candidate = replace(candidate, page=f.page)  # the methods shown keep the page
         return changed_query(f, candidate, KEYS)
 
-    controls = [(f"{PREFIX}-{name}", "value", inputs.text()) for name in ("a", "b", "method", "change")]
+    controls = [(f"{PREFIX}-{name}", "value", inputs.text()) for name in ("a", "b", "change")]
+    controls.append((f"{PREFIX}-methods", "value", inputs.str_list()))
     controls.append((f"{PREFIX}-pagination", "active_page", inputs.integer()))
     controls_to_url(app, controls, update)

@@ -1,4 +1,4 @@
-"""Gallery page: filtered, sorted, paginated rows of image + its four CAM overlays.
+"""Gallery page: filtered, sorted, paginated rows of image + one overlay per picked method.
 
 Filters, sort, page, colormap and opacity live in the query string; a lasso selection from the
 embedding map arrives as ``sel=<key>`` (server-side, see :class:`dashboard.data.SelectionStore`)
@@ -20,6 +20,7 @@ from xaidash.constants import OUTCOMES, SORTS
 from xaidash.dashboard import inputs
 from xaidash.dashboard.components import (
     Record,
+    available_methods,
     card,
     correctness_badge,
     display_controls,
@@ -27,7 +28,12 @@ from xaidash.dashboard.components import (
     fmt_num,
     fmt_pct,
     method_label,
+    method_picker,
+    missing_map,
+    missing_maps,
     overlay_img,
+    picked_from_control,
+    picked_methods,
     run_methods,
     thumb_img,
     warning_alert,
@@ -89,7 +95,12 @@ def class_options(names: list[str]) -> list[dict[str, Any]]:
 
 
 def filter_panel(
-    f: Filters, names: list[str], labeled: bool, methods: list[str], has_quality: bool = False
+    f: Filters,
+    names: list[str],
+    labeled: bool,
+    methods: list[str],
+    has_quality: bool = False,
+    available: list[str] | None = None,
 ) -> Any:
     """Left column: filters, sort, display."""
 
@@ -172,6 +183,7 @@ def filter_panel(
             className="mb-3",
         ),
         html.Hr(),
+        method_picker(PREFIX, available or methods, picked_methods(f, available or methods)),
         display_controls(PREFIX, f),
         html.Hr(),
         dcc.Link("Reset filters", href="/gallery" + to_query(Filters(run=f.run)), className="small"),
@@ -179,8 +191,11 @@ def filter_panel(
     return card("Filters", items, className="xd-sticky")
 
 
-def gallery_row(run_id: str, rec: Record, f: Filters, methods: list[str]) -> html.Div:
-    """One image: metadata, the image, and one overlay per method (all linking to the image page)."""
+def gallery_row(
+    run_id: str, rec: Record, f: Filters, methods: list[str], missing: frozenset[str] = frozenset()
+) -> html.Div:
+    """One image: metadata, the image, and one overlay per method (all linking to the image page);
+    a method in ``missing`` has no map of this image and shows a placeholder."""
     href = image_href(run_id, rec["image_id"], f)
     wrong = rec.get("correct") is False or rec.get("correct") == False  # noqa: E712 - numpy bool
     meta = html.Div(
@@ -204,7 +219,15 @@ def gallery_row(run_id: str, rec: Record, f: Filters, methods: list[str]) -> htm
         className="xd-row-meta",
     )
     cells = [html.Div(thumb_img(run_id, rec["image_id"]), className="xd-cell")]
-    cells += [html.Div(overlay_img(run_id, rec["image_id"], m, f), className="xd-cell") for m in methods]
+    cells += [
+        html.Div(
+            missing_map(className="xd-cell-missing")
+            if m in missing
+            else overlay_img(run_id, rec["image_id"], m, f),
+            className="xd-cell",
+        )
+        for m in methods
+    ]
     return html.Div(
         [meta, dcc.Link(html.Div(cells, className="xd-row-images"), href=href, className="xd-row-link")],
         className="xd-row" + (" xd-row-wrong" if wrong else ""),
@@ -215,7 +238,7 @@ def gallery_row(run_id: str, rec: Record, f: Filters, methods: list[str]) -> htm
 def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) -> list[Any]:
     """Header (count, active filters, pagination) and the rows."""
     f, run_id = ctx.filters, info.run_id
-    methods = run_methods(info)
+    methods = picked_methods(f, available_methods(info, ctx.data.map_methods(run_id)))
     q = gallery_query(f, selection)
     rows, total = ctx.data.gallery(run_id, q)
     pages = max(1, math.ceil(total / f.size))
@@ -223,7 +246,8 @@ def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) 
         # A stale link past the end: show the last page rather than nothing.
         f = replace(f, page=pages - 1)
         rows, total = ctx.data.gallery(run_id, gallery_query(f, selection))
-    ctx.data.prefetch_async(run_id, list(rows["image_id"]), methods)
+    ids = list(rows["image_id"])
+    ctx.effect(lambda: ctx.data.prefetch_async(run_id, ids, methods))
     names = info.class_names
     chips = []
     if selection is not None:
@@ -297,7 +321,14 @@ def results(ctx: PageContext, info: RunInfo, selection: tuple[str, ...] | None) 
         [html.Div("", className="xd-row-meta"), html.Div(heads, className="xd-row-images")],
         className="xd-row xd-row-head",
     )
-    body = [gallery_row(run_id, rec, f, methods) for rec in rows.to_dict("records")]
+    missing = missing_maps(ctx.data, info, list(rows["image_id"]), methods)
+    body: list[Any] = [
+        gallery_row(run_id, rec, f, methods, missing.get(rec["image_id"], frozenset()))
+        for rec in rows.to_dict("records")
+    ]
+    if not methods:
+        body.insert(0, html.P("No method picked: pick some under Methods to see their maps.",
+                              className="text-muted small", id=f"{PREFIX}-no-methods"))
     return [cluster_panel(ctx, info), header, col_heads, html.Div(body, id=f"{PREFIX}-rows")]
 
 
@@ -306,6 +337,7 @@ def layout(ctx: PageContext) -> Any:
     info, f = ctx.info, ctx.filters
     selection, sel_warning = resolve_selection(ctx)
     methods = run_methods(info)
+    available = available_methods(info, ctx.data.map_methods(info.run_id))
     return html.Div(
         [
             warning_alert(ctx.warning),
@@ -314,7 +346,7 @@ def layout(ctx: PageContext) -> Any:
                 [
                     dbc.Col(
                         filter_panel(f, info.class_names, info.labeled, methods,
-                                     ctx.data.quality.has_quality(info.run_id)),
+                                     ctx.data.quality.has_quality(info.run_id), available),
                         md=4, lg=3, xl=2,
                     ),
                     dbc.Col(
@@ -340,6 +372,7 @@ def controls_to_search(
     sort: str | None,
     desc: list[str] | None,
     method: str | None,
+    picked: list[str] | None,
     size: int | None,
     cmap: str | None,
     alpha: float | None,
@@ -364,13 +397,14 @@ def controls_to_search(
         sort=sort or "confidence",
         desc=bool(desc),
         method=method or "gradcam",
+        methods=picked_from_control(picked) if trigger == f"{PREFIX}-methods" else f.methods,
         size=size or 24,
         cmap=cmap or f.cmap,
         alpha=alpha if alpha is not None else f.alpha,
         page=min(max(0, page), MAX_PAGE),
     )
-    if trigger in (f"{PREFIX}-cmap", f"{PREFIX}-alpha"):
-        candidate = replace(candidate, page=f.page)  # display changes keep the page
+    if trigger in (f"{PREFIX}-cmap", f"{PREFIX}-alpha", f"{PREFIX}-methods"):
+        candidate = replace(candidate, page=f.page)  # display changes (and the methods) keep the page
     return changed_query(f, candidate, GALLERY_KEYS)
 
 
@@ -383,6 +417,7 @@ CONTROLS = (
     (f"{PREFIX}-sort", "value", inputs.text()),
     (f"{PREFIX}-desc", "value", inputs.str_list()),  # the "descending" checklist
     (f"{PREFIX}-method", "value", inputs.text()),
+    (f"{PREFIX}-methods", "value", inputs.str_list()),  # the method picker
     (f"{PREFIX}-size", "value", inputs.integer()),  # rows per page
     (f"{PREFIX}-cmap", "value", inputs.text()),
     (f"{PREFIX}-alpha", "value", inputs.number()),

@@ -1,9 +1,9 @@
 """Image page: one image in depth.
 
-The image large; the four CAMs for the predicted class (and for the true class when the
-prediction is wrong: "why not the right class?"); top-k probabilities; twins and
-counterfactual neighbours from the train set with similarity and their own Grad-CAM;
-faithfulness per method; this image's prediction in every run of the same dataset.
+The image large; the picked methods' maps (the classic four CAMs by default) for the predicted
+class (and for the true class when the prediction is wrong: "why not the right class?"); top-k
+probabilities; twins and counterfactual neighbours from the train set with similarity and their
+own Grad-CAM; faithfulness per method; this image's prediction in every run of the same dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dash import dcc, html
 
 from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
+    available_methods,
     card,
     correctness_badge,
     df_table,
@@ -27,9 +28,12 @@ from xaidash.dashboard.components import (
     fmt_num,
     fmt_pct,
     method_label,
+    method_picker,
+    missing_map,
     neighbor_tile,
     overlay_img,
-    run_methods,
+    picked_from_control,
+    picked_methods,
     thumb_img,
     warning_alert,
 )
@@ -54,8 +58,11 @@ def cam_grid(
     cams: Mapping[tuple[str, str], object],
     notes: Mapping[str, str] | None = None,
 ) -> Any:
-    """The four methods side by side for one target (missing ones say why; ``notes`` say how a
+    """The picked methods side by side for one target (missing ones say why; ``notes`` say how a
     method's maps were approximated, e.g. Score-CAM in bf16 and its measured deviation)."""
+    if not methods:
+        return html.P("No method picked: pick some under Display to see their maps.",
+                      className="text-muted small mb-0", id=f"{PREFIX}-no-methods-{target}")
     cols = []
     for m in methods:
         if (m, target) in cams:
@@ -63,9 +70,8 @@ def cam_grid(
                 run_id, image_id, m, f, target=target, size=CAM_SIZE, className="xd-cam-large"
             )
         else:
-            body = html.Div(
-                "not applicable to this model's head" if m == "cam" else "not computed",
-                className="xd-cam-missing text-muted small",
+            body = missing_map(
+                "not applicable to this model's head" if m == "cam" else "not computed for this image"
             )
         cols.append(
             dbc.Col(
@@ -182,7 +188,8 @@ def layout(ctx: PageContext) -> Any:
             [f"Run {run_id} has no image {f.id}. ", dcc.Link("Back to the gallery", href=gallery_href(f))],
             color="warning",
         )
-    methods = run_methods(info)
+    available = available_methods(info, ctx.data.map_methods(run_id))
+    methods = picked_methods(f, available)
     pred = detail.prediction or {}
     correct = pred.get("correct")
     wrong = correct is False
@@ -235,7 +242,8 @@ def layout(ctx: PageContext) -> Any:
                 ),
                 md=5,
             ),
-            dbc.Col(card("Display", display_controls(PREFIX, f)), md=3),
+            dbc.Col(card("Display", [method_picker(PREFIX, available, methods), display_controls(PREFIX, f)]),
+                    md=3),
         ]
     )
     pred_name = pred.get("pred_name", "the predicted class")
@@ -315,12 +323,19 @@ def layout(ctx: PageContext) -> Any:
 
 
 def register_callbacks(app: dash.Dash, state: AppState) -> None:
-    """Colormap / opacity -> URL."""
+    """Methods / colormap / opacity -> URL."""
 
-    def display(search: str | None, _trigger: object, cmap: str | None, alpha: float | None) -> str | None:
+    def display(
+        search: str | None, trigger: object, picked: list[str] | None, cmap: str | None, alpha: float | None
+    ) -> str | None:
         f = parse_query(search)
-        new = replace(f, cmap=cmap or f.cmap, alpha=alpha if alpha is not None else f.alpha)
+        methods = picked_from_control(picked) if trigger == f"{PREFIX}-methods" else f.methods
+        new = replace(f, methods=methods, cmap=cmap or f.cmap, alpha=alpha if alpha is not None else f.alpha)
         return changed_query(f, new)
 
-    controls = [(f"{PREFIX}-cmap", "value", inputs.text()), (f"{PREFIX}-alpha", "value", inputs.number())]
+    controls = [
+        (f"{PREFIX}-methods", "value", inputs.str_list()),
+        (f"{PREFIX}-cmap", "value", inputs.text()),
+        (f"{PREFIX}-alpha", "value", inputs.number()),
+    ]
     controls_to_url(app, controls, display)
