@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from tests.support import synthetic_quality
 from xaidash.compute.analysis.metrics import cam_disagreement
+from xaidash.compute.pipeline.method_ranking_phase import method_ranking_tables
 from xaidash.compute.pipeline.ranking_phase import ranking_tables
 from xaidash.constants import METHODS
 from xaidash.store.builder import list_array, staged_schema
@@ -113,7 +114,7 @@ def build_synthetic_store(
 
     ``durable=False`` skips fsyncs (a synthetic store is cheap to rebuild). ``trust=True`` adds
     the trust tables (sanity, baselines, ROAD, localisation); ``ranking=False`` leaves out the
-    calibration and ranking tables, like a run computed before they existed.
+    calibration and ranking tables and the method ranking, like a run computed before they existed.
     """
     store = Store.create(path, durable=durable)
     rng = np.random.default_rng(seed)
@@ -428,6 +429,8 @@ def build_synthetic_store(
                 "failures": failures,
                 **quality,
                 **(ranking_tables(val_label, probs_all, names) if ranking and n_val else {}),
+                # the job's own method ranking over the staged trust tables (few resamples: speed)
+                **(method_ranking_tables(staging, methods, resamples=300) if ranking and n_val else {}),
             },
         )
         run_ids.append(run_id)
