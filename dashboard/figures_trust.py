@@ -119,8 +119,9 @@ def plot_method_ranking(stats: pd.DataFrame, ranking: pd.DataFrame) -> go.Figure
             )
         if metric == "ins_del":
             for b, dash in (("random", "dot"), ("centre", "dash")):
-                if b in vals.index and pd.notna(vals.loc[b, "mean"]):
-                    fig.add_hline(y=float(vals.loc[b, "mean"]), line_dash=dash, line_color="#7b8a8b",
+                level_b = pd.to_numeric(vals["mean"], errors="coerce").get(b)
+                if level_b is not None and pd.notna(level_b):
+                    fig.add_hline(y=float(level_b), line_dash=dash, line_color="#7b8a8b",
                                   annotation_text=f"{b} map", annotation_position="bottom right",
                                   row=1, col=col)
         fig.update_xaxes(categoryorder="array", categoryarray=names, row=1, col=col)

@@ -34,7 +34,8 @@ def _staged(staging: Staging, name: str, columns: list[str]) -> pd.DataFrame:
     batches = list(staging.iter_table(name, columns=columns))
     if not batches:
         return pd.DataFrame(columns=columns)
-    return pa.Table.from_batches(batches).to_pandas()
+    df: pd.DataFrame = pa.Table.from_batches(batches).to_pandas()
+    return df
 
 
 def sanity_blocks(sanity: pd.DataFrame) -> dict[str, str | None]:

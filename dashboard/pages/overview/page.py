@@ -129,7 +129,7 @@ def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None =
     )
     if ranking is not None and len(ranking):
         chosen = ranked_best(ranking)
-        words = [
+        words: list[Any] = [
             "Most faithful for this model: ",
             html.B(method_label(chosen) if chosen else "none passes both gates"),
             ", by the ranking rule of \"Which method should I trust?\" (sanity check, baselines, ROAD, "

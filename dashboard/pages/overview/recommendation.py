@@ -33,10 +33,15 @@ def _names(methods: list[str]) -> str:
     return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
 
 
-def _p(p: object) -> str:
-    if p is None or pd.isna(p):
+def _missing(v: object) -> bool:
+    """None, NaN or pandas' NA (what a nullable column holds where it has no value)."""
+    return v is None or (isinstance(v, float) and v != v) or v is pd.NA
+
+
+def _p(p: float | None) -> str:
+    if p is None or p != p:  # None or NaN
         return "p n/a"
-    v = float(p)  # type: ignore[arg-type]  # a number once not null
+    v = float(p)
     return "p < 0.001" if v < 0.001 else f"p = {v:.2f}" if v >= 0.01 else f"p = {v:.3f}"
 
 
@@ -54,7 +59,7 @@ def _with_ci(single: pd.DataFrame, method: str, metric: str) -> str:
 def _tie_p(tier: pd.DataFrame) -> str:
     """The p-value of a tier's members against its top: the smallest, which is the closest call."""
     ps = tier["tie_p"].dropna()
-    return _p(ps.min()) if len(ps) else "p n/a"
+    return _p(float(ps.min())) if len(ps) else "p n/a"
 
 
 def recommendation_sentence(stats: pd.DataFrame, ranking: pd.DataFrame) -> str:
@@ -99,7 +104,7 @@ def _ranking_table(stats: pd.DataFrame, ranking: pd.DataFrame) -> Any:
         df[metric] = [_with_ci(single, str(m), metric) for m in df["method"]]
 
     def flag(v: object) -> str:
-        return "not checked" if v is None or pd.isna(v) else "yes" if bool(v) else "no"
+        return "not checked" if _missing(v) else "yes" if bool(v) else "no"
 
     df["sanity"] = df["passes_sanity"].map(flag)
     df["baselines"] = [f"random {flag(r)}, centre {flag(c)}"
