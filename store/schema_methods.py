@@ -38,8 +38,8 @@ METHOD_STATS = pa.schema(
               "difference, 2 x the smaller share of resampled mean differences on either side of 0 "
               "(capped at 1; 1 when every difference is 0)."),
         field("resamples", pa.int32(), "Bootstrap resamples of the images.", False),
-        field("seed", pa.int64(), "Seed of the resampling (each row's generator is seeded by it and "
-              "the row's method, other and metric).", False),
+        field("seed", pa.int64(), "Seed of the resampling (with the metric; methods on the same images "
+              "share one resampling, a pair involving a subset method gets its own).", False),
     ]
 )
 

@@ -7,17 +7,19 @@ Pure numpy / scipy / pandas over the per-image trust tables (no torch); the glob
 are seeded and recorded with the run. It is generic over whatever methods the tables contain, and a
 method that covers only some images (an attribution sample) is compared on the images both have.
 
-* **Bootstrap** (Efron & Tibshirani 1993): ``scipy.stats.bootstrap``, percentile intervals,
-  :data:`RESAMPLES` resamples of the images. Percentile, not BCa: BCa's jackknife costs n extra
-  means per interval, and with hundreds of images the two agree to the digits shown.
+* **Bootstrap** (Efron & Tibshirani 1993): percentile intervals over :data:`RESAMPLES` resamples
+  of the images, one resampling shared by every method scored on the same images
+  (:func:`resampled_means`). Percentile, not BCa: BCa's jackknife costs n extra means per
+  interval, and with hundreds of images the two agree to the digits shown.
 * **Paired test**: the paired bootstrap of the mean difference method - other on the common
   images, with the two-sided p-value of a zero difference read off the same resampled means
   (2 x the smaller share on either side of 0). Chosen over Wilcoxon's signed-rank test because it
   tests the *mean*, the number the card ranks and draws, needs no symmetric distribution of the
   differences, and copes with the 0/1 Increase-in-Confidence score and its many zero differences
-  (which Wilcoxon discards); chosen over scipy's permutation test because that costs ~10x more per
-  pair (measured: 127 ms against 13 ms for 1000 images and 2000 resamples) and a run compares
-  every pair of up to a dozen methods on six metrics.
+  (which Wilcoxon discards); chosen over scipy's permutation test because that costs one fresh
+  resampling per pair (bench/method_ranking.py), whereas the paired bootstrap over a shared
+  resampling costs nothing per pair, and a run compares every pair of up to a dozen methods on six
+  metrics.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy import stats
 
 from xaidash.constants import FAITHFULNESS_DIRECTIONS, FAITHFULNESS_SCORES, METHOD_LABELS, METHOD_METRICS
 from xaidash.store.read.trust_tables import beats_baseline
@@ -75,33 +76,63 @@ def row_seed(seed: int, *names: str | None) -> int:
     return (seed * 1_000_003 + zlib.crc32("\0".join(n or "" for n in names).encode())) % 2**63
 
 
-def _finite(x: npt.ArrayLike) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64).ravel()
-    return a[np.isfinite(a)]
+def resampled_means(x: npt.ArrayLike, resamples: int, seed: int) -> np.ndarray:
+    """``[resamples, K]``: the means of the ``K`` columns of ``x`` (``[N, K]``, finite) over
+    ``resamples`` bootstrap resamples of its ``N`` rows, **the same rows for every column**.
+
+    Hand-written rather than ``scipy.stats.bootstrap`` because of that sharing: scipy draws fresh
+    resamples per call, whereas with one draw per image set every pair's paired bootstrap is the
+    difference of two of these columns, so a run's M methods cost M resampled means instead of
+    M² paired resamplings (bench/method_ranking.py measures both). The interval is the same
+    percentile interval (``tests/compute/analysis/test_method_ranking.py`` checks it against scipy's).
+    """
+    a = np.asarray(x, dtype=np.float64)
+    a = a.reshape(len(a), -1)
+    n, k = a.shape
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, k))
+    step = max(1, _BATCH_VALUES // max(1, n * k))  # resamples per batch: bounded memory
+    for s in range(0, resamples, step):
+        idx = rng.integers(0, n, size=(min(step, resamples - s), n))
+        out[s:s + len(idx)] = a[idx].mean(axis=1)
+    return out
 
 
-def _resampled_means(x: np.ndarray, resamples: int, rng: np.random.Generator) -> tuple[tuple[float, float],
-                                                                                        np.ndarray]:
-    res = stats.bootstrap((x,), np.mean, n_resamples=resamples, confidence_level=CONFIDENCE,
-                          method="percentile", vectorized=True, random_state=rng,
-                          batch=max(1, _BATCH_VALUES // x.size))
-    ci = res.confidence_interval
-    return (float(ci.low), float(ci.high)), np.asarray(res.bootstrap_distribution)
+def _interval(dist: np.ndarray) -> tuple[float, float]:
+    low, high = np.quantile(dist, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return float(low), float(high)
+
+
+def _single(x: np.ndarray, dist: np.ndarray) -> Estimate:
+    """A column's mean and percentile CI from its resampled means (no CI below two values)."""
+    if x.size == 0:
+        return Estimate(0, math.nan, math.nan, math.nan)
+    if x.size < 2:
+        return Estimate(1, float(x.mean()), math.nan, math.nan)
+    return Estimate(int(x.size), float(x.mean()), *_interval(dist))
+
+
+def _pair(x: np.ndarray, y: np.ndarray, dist_x: np.ndarray, dist_y: np.ndarray) -> Estimate:
+    """Mean of ``x - y``, the CI and the two-sided p-value of a zero mean difference from the
+    resampled mean differences ``dist_x - dist_y`` (2 x the smaller share on either side of 0):
+    identical maps give a difference of exactly 0 everywhere, hence p = 1."""
+    if x.size == 0:
+        return Estimate(0, math.nan, math.nan, math.nan)
+    mean = float((x - y).mean())
+    if x.size < 2:
+        return Estimate(1, mean, math.nan, math.nan)
+    d = dist_x - dist_y
+    p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
+    return Estimate(int(x.size), mean, *_interval(d), p)
 
 
 def bootstrap_mean(x: npt.ArrayLike, resamples: int = RESAMPLES, seed: int = SEED) -> Estimate:
     """Mean of the finite values of ``x`` and its 95 % percentile bootstrap CI (NaN CI below two
     values; a constant sample's CI is that constant)."""
-    a = _finite(x)
-    if a.size == 0:
-        return Estimate(0, math.nan, math.nan, math.nan)
-    mean = float(a.mean())
-    if a.size < 2:
-        return Estimate(1, mean, math.nan, math.nan)
-    if np.all(a == a[0]):  # scipy warns on degenerate samples; the answer is known
-        return Estimate(int(a.size), mean, mean, mean)
-    (low, high), _ = _resampled_means(a, resamples, np.random.default_rng(seed))
-    return Estimate(int(a.size), mean, low, high)
+    a = np.asarray(x, dtype=np.float64).ravel()
+    a = a[np.isfinite(a)]
+    dist = resampled_means(a, resamples, seed)[:, 0] if a.size >= 2 else np.zeros(0)
+    return _single(a, dist)
 
 
 def paired_difference(x: npt.ArrayLike, y: npt.ArrayLike, resamples: int = RESAMPLES,
@@ -111,17 +142,13 @@ def paired_difference(x: npt.ArrayLike, y: npt.ArrayLike, resamples: int = RESAM
     xa, ya = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
     if xa.shape != ya.shape:
         raise ValueError(f"paired samples must have the same length, got {xa.size} and {ya.size}")
-    d = (xa - ya)[np.isfinite(xa) & np.isfinite(ya)]
-    if d.size == 0:
-        return Estimate(0, math.nan, math.nan, math.nan)
-    mean = float(d.mean())
-    if np.all(d == d[0]):  # no spread: identical maps (p = 1) or a constant shift (p undefined)
-        return Estimate(int(d.size), mean, mean, mean, 1.0 if d[0] == 0 else (None if d.size < 2 else 0.0))
-    if d.size < 2:
-        return Estimate(1, mean, math.nan, math.nan)
-    (low, high), dist = _resampled_means(d, resamples, np.random.default_rng(seed))
-    p = min(1.0, 2.0 * min(float(np.mean(dist <= 0)), float(np.mean(dist >= 0))))
-    return Estimate(int(d.size), mean, low, high, p)
+    both = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[both], ya[both]
+    if xa.size < 2:
+        return _pair(xa, ya, np.zeros(0), np.zeros(0))
+    # the mean of the resampled differences is the difference of the resampled means: one column
+    dist = resampled_means(xa - ya, resamples, seed)[:, 0]
+    return _pair(xa, ya, dist, np.zeros_like(dist))
 
 
 # ---- per-image scores -----------------------------------------------------------------------
@@ -171,18 +198,32 @@ def method_stats(scores: pd.DataFrame, methods: Sequence[str], baselines: Sequen
         if wide.empty:
             continue
         have = [m for m in (*methods, *baselines) if m in wide]
+        # columns with the same images share one resampling of them (resampled_means)
+        groups: dict[bytes, list[str]] = {}
         for m in have:
-            est = bootstrap_mean(wide[m].to_numpy(), resamples, row_seed(seed, m, None, metric))
-            add(m, None, metric, est)
+            groups.setdefault(wide[m].notna().to_numpy().tobytes(), []).append(m)
+        dist: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray] = {}
+        group_of: dict[str, int] = {}
+        for g, cols in enumerate(groups.values()):
+            block = wide.loc[wide[cols[0]].notna(), cols].to_numpy(np.float64)
+            draws = (resampled_means(block, resamples, row_seed(seed, None, cols[0], metric))
+                     if len(block) >= 2 else np.zeros((0, len(cols))))
+            for j, m in enumerate(cols):
+                dist[m], values[m], group_of[m] = draws[:, j], block[:, j], g
+                add(m, None, metric, _single(block[:, j], draws[:, j]))
         pairs = ([(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
                  if metric in PAIR_METRICS else [])
         if metric in (*FAITHFULNESS_SCORES, "ins_del"):
             pairs += [(m, b) for m in methods for b in baselines]
         for a, b in pairs:
-            if a in wide and b in wide:
-                est = paired_difference(wide[a].to_numpy(), wide[b].to_numpy(), resamples,
-                                        row_seed(seed, a, b, metric))
-                add(a, b, metric, est)
+            if a not in values or b not in values:
+                continue
+            if group_of[a] == group_of[b]:  # the same images: the shared resampling is the paired one
+                add(a, b, metric, _pair(values[a], values[b], dist[a], dist[b]))
+            else:  # a subset method: its own paired resampling of the images both have
+                add(a, b, metric, paired_difference(wide[a].to_numpy(), wide[b].to_numpy(), resamples,
+                                                    row_seed(seed, a, b, metric)))
     return pd.DataFrame(rows, columns=STATS_COLUMNS)
 
 

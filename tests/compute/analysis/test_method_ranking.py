@@ -28,6 +28,32 @@ def test_bootstrap_ci_covers_the_true_mean_in_about_95_percent_of_seeded_trials(
     assert 0.91 <= hits / trials <= 0.99
 
 
+def test_bootstrap_interval_agrees_with_scipys_percentile_bootstrap() -> None:
+    x = np.random.default_rng(9).gamma(2.0, 1.0, 300)
+    ours = bootstrap_mean(x, resamples=4000, seed=0)
+    ci = stats.bootstrap((x,), np.mean, n_resamples=4000, method="percentile",
+                         random_state=0).confidence_interval
+    width = ci.high - ci.low
+    assert ours.low == pytest.approx(ci.low, abs=0.05 * width)
+    assert ours.high == pytest.approx(ci.high, abs=0.05 * width)
+
+
+def test_shared_resampling_gives_every_pair_its_paired_bootstrap() -> None:
+    # method_stats pairs methods on one shared resampling; a pair's own resampling agrees with it
+    rng = np.random.default_rng(3)
+    ids = [f"{i:016x}" for i in range(250)]
+    base = rng.normal(0.5, 0.2, 250)
+    scores = pd.DataFrame({"image_id": ids * 2, "method": ["a"] * 250 + ["b"] * 250, "metric": "ins_del",
+                           "value": np.concatenate([base, base - 0.03 + rng.normal(0, 0.1, 250)])})
+    st = method_stats(scores, ["a", "b"], [], resamples=4000)
+    pair = st[st["other"] == "b"].iloc[0]
+    own = paired_difference(base, scores["value"].to_numpy()[250:], 4000, 1)
+    assert pair["mean"] == pytest.approx(own.mean)
+    assert pair["ci_low"] == pytest.approx(own.low, abs=0.004)
+    assert pair["ci_high"] == pytest.approx(own.high, abs=0.004)
+    assert pair["p_value"] == pytest.approx(own.p_value, abs=0.02)
+
+
 def test_bootstrap_is_seeded_and_handles_tiny_samples() -> None:
     x = np.random.default_rng(0).normal(size=50)
     assert bootstrap_mean(x, 500, 7) == bootstrap_mean(x, 500, 7)
