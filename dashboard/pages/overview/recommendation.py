@@ -53,7 +53,9 @@ def _with_ci(single: pd.DataFrame, method: str, metric: str) -> str:
     mean, lo, hi = (row[c].iloc[0] for c in ("mean", "ci_low", "ci_high"))
     if pd.isna(lo) or pd.isna(hi):
         return f"{float(mean):.2f}"
-    return f"{float(mean):.2f} ± {(float(hi) - float(lo)) / 2:.2f}"
+    half = (float(hi) - float(lo)) / 2
+    digits = 2 if half >= 0.005 else 3  # a narrow interval is not shown as "± 0.00"
+    return f"{float(mean):.{digits}f} ± {half:.{digits}f}"
 
 
 def _tie_p(tier: pd.DataFrame) -> str:
@@ -114,7 +116,10 @@ def _ranking_table(stats: pd.DataFrame, ranking: pd.DataFrame) -> Any:
             ("ins_del", "Ins − Del AUC ± CI ↑"), ("reason", "Why here")]
     if not len(single) or not (single["metric"] == "road_gap").any():  # a run without ROAD
         cols = [c for c in cols if c[0] != "road_gap"]
-    return df_table(df, cols, formats={"label": lambda v, r: html.B(v) if r.get("position") == 1 else v},
+    # the reasons are sentences: let them wrap instead of widening the table past the card
+    wrap = {"whiteSpace": "normal", "minWidth": "22rem"}
+    return df_table(df, cols, formats={"label": lambda v, r: html.B(v) if r.get("position") == 1 else v,
+                                       "reason": lambda v, r: html.Span(str(v), style=wrap)},
                     id=f"{PREFIX}-table")
 
 
