@@ -118,11 +118,12 @@ def plot_method_ranking(stats: pd.DataFrame, ranking: pd.DataFrame) -> go.Figure
                 row=1, col=col,
             )
         if metric == "ins_del":
-            for b, dash in (("random", "dot"), ("centre", "dash")):
+            # labels on opposite sides of their lines: the two baselines often lie close together
+            for b, dash, where in (("random", "dot", "top right"), ("centre", "dash", "bottom right")):
                 level_b = pd.to_numeric(vals["mean"], errors="coerce").get(b)
                 if level_b is not None and pd.notna(level_b):
                     fig.add_hline(y=float(level_b), line_dash=dash, line_color="#7b8a8b",
-                                  annotation_text=f"{b} map", annotation_position="bottom right",
+                                  annotation_text=f"{b} map", annotation_position=where,
                                   row=1, col=col)
         fig.update_xaxes(categoryorder="array", categoryarray=names, row=1, col=col)
     fig.update_layout(height=360, margin={"t": 50, "b": 40},
