@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast
 import numpy as np
 import pandas as pd
 
-from xaidash.constants import IMAGE_ID_RE, METHOD_RE, METHODS
+from xaidash.constants import FAITHFULNESS_DIRECTIONS, IMAGE_ID_RE, METHOD_RE, METHODS
 from xaidash.dashboard.params import SELECTION_RE
 from xaidash.store.read.trust_tables import TrustQueries
 
@@ -371,8 +371,6 @@ class SelectionStore:
 
 # ---- derived numbers ------------------------------------------------------------------------
 
-#: Direction of each faithfulness metric: +1 higher is better, -1 lower is better.
-FAITHFULNESS_DIRECTIONS: dict[str, int] = {"drop": -1, "increase": 1, "deletion_auc": -1, "insertion_auc": 1}
 
 
 def most_faithful(summary: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:

@@ -72,3 +72,61 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
                       legend={"orientation": "h", "y": -0.25, "x": 0})
     fig.update_annotations(font_size=12)
     return fig
+
+
+#: Marker colour of each gate of the method ranking (level 0, 1, 2) and its legend entry.
+LEVEL_STYLE = {0: ("#18bc9c", "passes sanity, beats both baselines"),
+               1: ("#f39c12", "passes sanity, not both baselines"),
+               2: ("#e74c3c", "fails the sanity check")}
+RANKING_PANELS = {"road_gap": "ROAD gap: LeRF − MoRF (↑ better)",
+                  "ins_del": "Insertion − Deletion AUC (↑ better)"}
+
+
+def plot_method_ranking(stats: pd.DataFrame, ranking: pd.DataFrame) -> go.Figure:
+    """The methods in the ranking rule's order with each one's mean and 95 % bootstrap CI as an
+    error bar, one panel per ranking metric (ROAD gap, then Insertion − Deletion AUC, whichever
+    the run has), coloured by gate; tiers of indistinguishable methods are labelled under the axis;
+    the two baselines' Insertion − Deletion AUC are dotted lines."""
+    if ranking is None or ranking.empty:
+        return empty_figure("No method ranking in this run")
+    single = stats[stats["other"].isna()] if len(stats) else stats
+    panels = [m for m in RANKING_PANELS if len(single) and (single["metric"] == m).any()]
+    if not panels:
+        return empty_figure("No ranking metric in this run")
+    order = ranking.sort_values("position")
+    names = [f"{METHOD_LABELS.get(m, m)}<br><sub>tier {t}</sub>"
+             for m, t in zip(order["method"], order["tier"], strict=True)]
+    figure_template()
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[RANKING_PANELS[p] for p in panels])
+    for col, metric in enumerate(panels, start=1):
+        vals = single[single["metric"] == metric].set_index("method")
+        for level, (color, label) in LEVEL_STYLE.items():
+            part = order[order["level"] == level]
+            part = part[part["method"].isin(vals.index)]
+            if part.empty:
+                continue
+            v = vals.loc[part["method"]]
+            mean, lo, hi = (v[c].astype(float).to_numpy() for c in ("mean", "ci_low", "ci_high"))
+            fig.add_scatter(
+                x=[names[i] for i in (part["position"] - 1)], y=mean, mode="markers", name=label,
+                legendgroup=str(level), showlegend=col == 1, marker={"color": color, "size": 10},
+                error_y={"type": "data", "symmetric": False, "array": hi - mean, "arrayminus": mean - lo,
+                         "color": color, "thickness": 1.5, "width": 6},
+                customdata=list(zip(lo, hi, v["n"], strict=True)),
+                hovertemplate="%{x}<br>%{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                              "<br>%{customdata[2]} images<extra></extra>",
+                row=1, col=col,
+            )
+        if metric == "ins_del":
+            # labels on opposite sides of their lines: the two baselines often lie close together
+            for b, dash, where in (("random", "dot", "top right"), ("centre", "dash", "bottom right")):
+                level_b = pd.to_numeric(vals["mean"], errors="coerce").get(b)
+                if level_b is not None and pd.notna(level_b):
+                    fig.add_hline(y=float(level_b), line_dash=dash, line_color="#7b8a8b",
+                                  annotation_text=f"{b} map", annotation_position=where,
+                                  row=1, col=col)
+        fig.update_xaxes(categoryorder="array", categoryarray=names, row=1, col=col)
+    fig.update_layout(height=360, margin={"t": 50, "b": 40},
+                      legend={"orientation": "h", "y": -0.28, "x": 0})
+    fig.update_annotations(font_size=12)
+    return fig

@@ -4,7 +4,8 @@ method, each method's margin over the trivial baselines, the ROAD scores.
 The rules, in words (the overview prints them next to the numbers):
 
 * **Sanity verdict**: a method *passes* the cascading randomisation test when its mean Spearman
-  correlation with the trained model's map falls below :data:`PASS_CORRELATION` at some step;
+  correlation with the trained model's map falls below :data:`PASS_CORRELATION` at some step (the rule is
+  :func:`~xaidash.store.read.trust_tables.sanity_pass_block`, shared with the job's method ranking);
   the sentence names the first block at which it does ("changes completely once layer4 is
   random"). A method whose correlation stays at or above it at every step *survives
   randomisation* and is flagged: its map does not depend on what the model learned.
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from xaidash.constants import METHODS
-from xaidash.dashboard.data import FAITHFULNESS_DIRECTIONS
+from xaidash.constants import FAITHFULNESS_DIRECTIONS, METHODS, SANITY_PASS_CORRELATION
+from xaidash.store.read.trust_tables import beats_baseline, sanity_pass_block
 
-PASS_CORRELATION = 0.3
+#: the sanity check's pass line (one definition, in constants; the rule is the store's)
+PASS_CORRELATION = SANITY_PASS_CORRELATION
 
 
 def in_method_order(df: pd.DataFrame) -> pd.DataFrame:
@@ -41,8 +43,7 @@ def sanity_verdicts(curves: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for method, g in curves.groupby("method", sort=False):
         g = g.sort_values("step")
-        below = g[g["spearman"].notna() & (g["spearman"] < PASS_CORRELATION)]
-        first = None if below.empty else str(below["block"].iloc[0])
+        first = sanity_pass_block(g)
         verdict = (f"changes completely once {first} is random: passes" if first is not None
                    else "survives randomisation: flagged")
         last = g["spearman"].dropna()
@@ -59,17 +60,16 @@ def baseline_margins(methods: pd.DataFrame, baselines: pd.DataFrame) -> pd.DataF
     for _, m in methods.iterrows():
         for _, b in baselines.iterrows():
             row: dict[str, object] = {"method": m["method"], "baseline": b["baseline"]}
-            better = worse = 0
+            margins: list[float] = []
             for col, direction in FAITHFULNESS_DIRECTIONS.items():
                 mv, bv = m.get(col), b.get(col)
                 if pd.isna(mv) or pd.isna(bv):
                     row[col] = None
                     continue
-                margin = direction * (float(mv) - float(bv))
-                row[col] = margin
-                better += margin > 0
-                worse += margin < 0
-            row.update(better=better, worse=worse, beats=better > worse)
+                row[col] = direction * (float(mv) - float(bv))
+                margins.append(direction * (float(mv) - float(bv)))
+            row.update(better=sum(v > 0 for v in margins), worse=sum(v < 0 for v in margins),
+                       beats=beats_baseline(margins))
             rows.append(row)
     return pd.DataFrame(rows, columns=cols)
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from xaidash.store.schema_methods import METHOD_RANKING, METHOD_STATS
+
 #: Version of the on-disk format. Bump when a column changes meaning or type, or a table is
 #: renamed; adding a nullable column does not need a bump. Each run's ``manifest.json`` records
 #: the version it was written with and readers refuse (skip) runs of another version.
@@ -639,6 +641,12 @@ TABLES: dict[str, TableSpec] = {
                   "computed on the full curves)."),
         TableSpec("scores", SCORES, ("metric",), 65536,
                   "Run-level calibration and ranking scores: ECE, MCE, macro AUC / AP, top-k accuracy."),
+        TableSpec("method_stats", METHOD_STATS, ("metric", "method", "other"), 65536,
+                  "Per method x metric: mean and 95 % bootstrap CI over images; per method pair: the paired "
+                  "difference, its CI and p-value (global phase; absent in older runs)."),
+        TableSpec("method_ranking", METHOD_RANKING, ("position",), 65536,
+                  "The methods in the order of the ranking rule (sanity, baselines, ROAD gap, "
+                  "deletion/insertion), with tiers of indistinguishable methods."),
     )
 }
 

@@ -35,6 +35,19 @@ METHOD_LABELS: Final[dict[str, str]] = {
 #: The faithfulness scores of every map, as the faithfulness tables name their columns (compute
 #: computes them in compute/methods/faithfulness.py, the store reads and averages them).
 FAITHFULNESS_SCORES: Final[tuple[str, ...]] = ("drop", "increase", "deletion_auc", "insertion_auc")
+#: Direction of each faithfulness score: +1 higher is better, -1 lower is better (the dashboard's
+#: tables and the job's method ranking sign their margins with it).
+FAITHFULNESS_DIRECTIONS: Final[dict[str, int]] = {
+    "drop": -1, "increase": 1, "deletion_auc": -1, "insertion_auc": 1}
+#: The sanity check's pass line: a method passes the cascading randomisation test when its mean
+#: Spearman correlation with the trained map falls below this at some step (store/read/trust_tables.py
+#: holds the one rule; the dashboard's verdicts and the job's method ranking both call it).
+SANITY_PASS_CORRELATION: Final[float] = 0.3
+#: The per-image scores the method ranking (``method_stats``) gives a mean and a 95 % bootstrap CI
+#: for: the four faithfulness scores, Insertion - Deletion AUC, and ROAD's MoRF / LeRF means and
+#: their gap LeRF - MoRF (compute/analysis/method_ranking.py defines them).
+METHOD_METRICS: Final[tuple[str, ...]] = (
+    *FAITHFULNESS_SCORES, "ins_del", "road_morf", "road_lerf", "road_gap")
 #: Trivial baseline maps scored next to the methods (compute/methods/baselines.py): seeded random,
 #: centred Gaussian.
 BASELINES: Final[tuple[str, ...]] = ("random", "centre")

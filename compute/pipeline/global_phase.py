@@ -27,6 +27,7 @@ import torch
 from xaidash.compute.analysis.metrics import classification_report, confusion_long
 from xaidash.compute.analysis.neighbors import find_neighbors
 from xaidash.compute.analysis.projection import project_2d
+from xaidash.compute.pipeline.method_ranking_phase import method_ranking_tables
 from xaidash.compute.pipeline.plan import JobPlan
 from xaidash.compute.pipeline.quality_phase import QualityOptions, quality_tables, read_probabilities
 from xaidash.compute.pipeline.ranking_phase import ranking_tables
@@ -138,6 +139,9 @@ def global_phase(plan: JobPlan, staging: Staging, timer: Timer, timings: dict[st
         if labels_known and st.val_ids:
             probs = read_probabilities(staging, st.val_ids)
             tables.update(ranking_tables(np.array(st.labels, np.int64), probs, plan.class_names))
+
+    with timer.stage("method_ranking"):  # which method to trust: bootstrap CIs, paired tests, the rule
+        tables.update(method_ranking_tables(staging, plan.methods))
 
     dim = st.vectors.shape[1] if len(st.emb_ids) else 0
     max_ch = plan.cfg.scorecam_max_channels

@@ -8,7 +8,7 @@ twins:
 * ``run``: model, data, device, precision and its measured deviation;
 * ``metrics``: headline numbers, confusion matrix, confidence histogram, per-class table;
 * ``calibration``: reliability diagram, ECE / MCE, top-k, ROC / PR per class;
-* ``faithfulness``: faithfulness and cost per method;
+* ``faithfulness``: which method to trust (the ranking card), faithfulness and cost per method;
 * ``trust``: sanity check, baselines, ROAD, localisation;
 * ``quality``: likely label errors, leaks, outliers;
 * ``errors``: the N most confident errors, each with its four maps and its twins.
@@ -44,6 +44,7 @@ from xaidash.dashboard.pages.overview import trust as overview_trust
 from xaidash.dashboard.pages.overview.page import class_table, faithfulness_block, headline_cards
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks, quality_card
 from xaidash.dashboard.pages.overview.ranking import ranking_section
+from xaidash.dashboard.pages.overview.recommendation import recommendation_card
 from xaidash.dashboard.params import Filters
 from xaidash.dashboard.paths import path_label, spec_label
 from xaidash.dashboard.report.pdf import html_to_pdf
@@ -313,12 +314,15 @@ def build_report(
         )
     )
 
+    summary = data.faithfulness_summary(run_id)
+    method_ranking = reader.ranking.method_ranking(run_id)
     parts.append(
         _section(
             "faithfulness",
-            "Faithfulness and cost per method",
+            "Which method should I trust? Faithfulness and cost per method",
             [
-                *faithfulness_block(data.faithfulness_summary(run_id), _method_cost(info)),
+                recommendation_card(reader.ranking.method_stats(run_id), method_ranking, len(summary) > 0),
+                *faithfulness_block(summary, _method_cost(info), method_ranking),
                 overview_trust.trust_cost(info),
             ],
             r,

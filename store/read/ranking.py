@@ -1,5 +1,6 @@
 """Reader queries over the calibration and ranking tables: calibration, class_ranking,
-ranking_curves, scores (computed by the global phase, shown by the overview and the report).
+ranking_curves, scores, and the method comparison tables method_stats and method_ranking
+(computed by the global phase, shown by the overview and the report).
 
 :class:`RankingQueries` is a :class:`~xaidash.store.read.memo.RunQueries` (given the run lookup, a
 query on the reader's cursors and the run cache that memoizes its answers), as the trust and quality
@@ -21,6 +22,10 @@ from xaidash.store.read.memo import RunQueries
 CALIBRATION_COLUMNS = ["bins", "bin", "lower", "upper", "count", "confidence", "accuracy"]
 CLASS_RANKING_COLUMNS = ["class", "class_name", "positives", "roc_auc", "average_precision"]
 CURVE_COLUMNS = ["class", "curve", "point", "x", "y", "threshold"]
+METHOD_STATS_COLUMNS = ["method", "other", "metric", "n", "mean", "ci_low", "ci_high", "p_value", "resamples",
+                        "seed"]
+METHOD_RANKING_COLUMNS = ["method", "position", "tier", "level", "passes_sanity", "sanity_block",
+                          "beats_random", "beats_centre", "primary", "tie_metric", "tie_p", "alpha", "reason"]
 
 
 class RankingQueries(RunQueries):
@@ -78,3 +83,18 @@ class RankingQueries(RunQueries):
     def has_ranking(self, run_id: str) -> bool:
         """Whether the run has calibration and ranking scores (a labeled run computed with them)."""
         return bool(self.scores(run_id))
+
+    def method_stats(self, run_id: str) -> pd.DataFrame:
+        """Every method's (and baseline's) mean and bootstrap CI per metric (``other`` null), and
+        every tested pair's paired difference, CI and p-value (``other`` set)."""
+        cols = ", ".join(f'"{c}"' for c in METHOD_STATS_COLUMNS)
+        return self._query(run_id, "method_stats",
+                           f"SELECT {cols} FROM read_parquet(?) ORDER BY metric, method, other NULLS FIRST",
+                           METHOD_STATS_COLUMNS)
+
+    def method_ranking(self, run_id: str) -> pd.DataFrame:
+        """The methods in the ranking rule's order (position), with tier, gates and reason; empty
+        for a run computed before the ranking existed."""
+        cols = ", ".join(f'"{c}"' for c in METHOD_RANKING_COLUMNS)
+        return self._query(run_id, "method_ranking", f"SELECT {cols} FROM read_parquet(?) ORDER BY position",
+                           METHOD_RANKING_COLUMNS)

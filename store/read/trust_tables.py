@@ -7,21 +7,45 @@ reader's cursors, the run cache that memoizes its answers), as
 :attr:`StoreReader.trust <xaidash.store.read.reader.StoreReader.trust>`. It reads each run's own
 files directly, like the reader's per-run queries. A run without these tables has no file or an
 empty one: every query then returns an empty frame, and the dashboard shows nothing.
+
+It also holds the two trust rules that both the dashboard's verdicts and the compute job's method
+ranking apply, so that the overview's sanity and baseline cards and the ranking cannot disagree:
+:func:`sanity_pass_block` and :func:`beats_baseline`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 
 import pandas as pd
 
-from xaidash.constants import FAITHFULNESS_SCORES, IMAGE_ID_RE
+from xaidash.constants import FAITHFULNESS_SCORES, IMAGE_ID_RE, SANITY_PASS_CORRELATION
 from xaidash.store.read.memo import RunQueries
 
 SANITY_COLUMNS = ["method", "step", "block", "spearman", "n"]
 BASELINE_COLUMNS = ["baseline", *FAITHFULNESS_SCORES, "n"]
 ROAD_COLUMNS = ["method", "order", "fraction", "probability", "n"]
 LOCALISATION_COLUMNS = ["method", "pointing", "energy", "iou", "topk", "n"]
+
+
+def sanity_pass_block(steps: pd.DataFrame) -> str | None:
+    """The sanity rule, for one method: the ``block`` of the first ``step`` at which the mean
+    Spearman correlation (``spearman``, over the sampled images) falls below
+    :data:`~xaidash.constants.SANITY_PASS_CORRELATION`, or None when it never does (the map
+    survives randomisation: flagged). Null correlations are skipped."""
+    g = steps.sort_values("step")
+    rho = pd.to_numeric(g["spearman"], errors="coerce")
+    below = g[rho.notna() & (rho < SANITY_PASS_CORRELATION)]
+    return None if below.empty else str(below["block"].iloc[0])
+
+
+def beats_baseline(margins: Iterable[float | None]) -> bool:
+    """The baseline rule: a method beats a baseline when it is better on more faithfulness
+    metrics than it is worse. ``margins`` are signed (positive = better, see
+    :data:`~xaidash.constants.FAITHFULNESS_DIRECTIONS`); missing ones count neither way."""
+    known = [float(m) for m in margins if m is not None and not math.isnan(float(m))]
+    return sum(m > 0 for m in known) > sum(m < 0 for m in known)
 
 
 def valid_image_id(image_id: object) -> bool:

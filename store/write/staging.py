@@ -82,6 +82,8 @@ GLOBAL_TABLES = (
     "class_ranking",
     "ranking_curves",
     "scores",
+    "method_stats",
+    "method_ranking",
 )
 #: Staged tables that are global-phase input only: publish() takes each one complete, with these
 #: columns, and writes it instead of compacting the staged parts.

@@ -44,7 +44,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def test_overview_and_confusion_click_opens_gallery(driver: Any, server: LiveServer) -> None:
     open_page(driver, server.url + "/", "#overview-confusion .js-plotly-plot")
     assert "Accuracy" in driver.page_source and "Most faithful for this model" in driver.page_source
-    check_page(driver, "overview")
+    check_page(driver, "overview")  # every graph drawn, the trust card's error bars included
+    assert css(driver, "#overview-recommend-figure .main-svg")
+    assert "for this model" in driver.find_element(By.ID, "overview-recommend-sentence").text or \
+        "No method passes" in driver.find_element(By.ID, "overview-recommend-sentence").text
     # The off-diagonal cell true=0 -> pred=1 (the synthetic data confuses neighbouring classes).
     x, y = driver.execute_script(_TO_VIEWPORT, "#overview-confusion", 1, 0)
     click_xy(driver, x, y)

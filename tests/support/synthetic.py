@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from tests.support import synthetic_quality
 from xaidash.compute.analysis.metrics import cam_disagreement
+from xaidash.compute.pipeline.method_ranking_phase import method_ranking_tables
 from xaidash.compute.pipeline.ranking_phase import ranking_tables
 from xaidash.constants import CLASSIC_METHODS
 from xaidash.store.builder import list_array, staged_schema
@@ -135,7 +136,7 @@ def build_synthetic_store(
 
     ``durable=False`` skips fsyncs (a synthetic store is cheap to rebuild). ``trust=True`` adds
     the trust tables (sanity, baselines, ROAD, localisation); ``ranking=False`` leaves out the
-    calibration and ranking tables, like a run computed before they existed. ``sampled_methods``
+    calibration and ranking tables and the method ranking, like a run computed before they existed. ``sampled_methods``
     get predicted-class maps (16 x 16) for every fourth val image only and are not in the run's
     ``methods``, as attributions computed for a sample are stored.
     """
@@ -456,6 +457,8 @@ def build_synthetic_store(
                 "failures": failures,
                 **quality,
                 **(ranking_tables(val_label, probs_all, names) if ranking and n_val else {}),
+                # the job's own method ranking over the staged trust tables (few resamples: speed)
+                **(method_ranking_tables(staging, methods, resamples=300) if ranking and n_val else {}),
             },
         )
         run_ids.append(run_id)

@@ -28,6 +28,7 @@ from xaidash.dashboard.data import most_faithful
 from xaidash.dashboard.pages.overview import trust as overview_trust
 from xaidash.dashboard.pages.overview.quality import accuracy_without_leaks, quality_card
 from xaidash.dashboard.pages.overview.ranking import ranking_section
+from xaidash.dashboard.pages.overview.recommendation import ranked_best, recommendation_card
 from xaidash.dashboard.params import MAX_CLASS, Filters, changed_query, gallery_href, parse_query
 from xaidash.dashboard.paths import spec_label
 from xaidash.dashboard.report.buttons import report_button
@@ -82,11 +83,14 @@ def run_summary(info: RunInfo, show_paths: bool = False) -> html.Div:
     return html.Div(parts, className="mb-3 small xd-run-summary")
 
 
-def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None = None) -> list[Any]:
+def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None = None,
+                       ranking: pd.DataFrame | None = None) -> list[Any]:
     """Faithfulness table per method plus the sentence naming the most faithful one.
 
     ``cost_ms`` is each method's measured cost per image when computed alone (the run's
-    ``timings_json["method_ms_per_image"]``): seed 004's comparison table, measured.
+    ``timings_json["method_ms_per_image"]``): seed 004's comparison table, measured. With the run's
+    ``method_ranking`` the sentence names the ranking's choice ("Which method should I trust?");
+    without it (a run computed before it) the best mean rank over the four metrics, as before.
     """
     if summary is None or len(summary) == 0:
         return [
@@ -123,6 +127,18 @@ def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None =
         },
         id=f"{PREFIX}-faithfulness-table",
     )
+    if ranking is not None and len(ranking):
+        chosen = ranked_best(ranking)
+        words: list[Any] = [
+            "Most faithful for this model: ",
+            html.B(method_label(chosen) if chosen else "none passes both gates"),
+            ", by the ranking rule of \"Which method should I trust?\" (sanity check, baselines, ROAD, "
+            "deletion/insertion, with confidence intervals). On the four metrics of this table alone the "
+            f"best mean rank is {method_label(best) if best else '—'}. Cost is each method computed alone "
+            "on this run's device; in a run CAM, Grad-CAM and Grad-CAM++ share one forward and one "
+            "backward pass.",
+        ]
+        return [table, html.P(words, className="small mt-2 mb-0", id=f"{PREFIX}-faithful-sentence")]
     sentence = html.P(
         [
             "Most faithful for this model: ",
@@ -263,10 +279,17 @@ def layout(ctx: PageContext) -> Any:
             ("overview-ranking", run_id),
             lambda: ranking_section(data.reader.ranking, run_id, info.class_names)))
     children.append(quality_card(ctx, info, f, quality))
+    summary = data.faithfulness_summary(run_id)
+    method_ranking = data.reader.ranking.method_ranking(run_id)
+    # built once per run (runs are immutable): the figure and the table cost tens of ms
+    children.append(ctx.state.derived.get(
+        ("overview-recommend", run_id),
+        lambda: recommendation_card(data.reader.ranking.method_stats(run_id), method_ranking,
+                                    len(summary) > 0)))
     children.append(
         card(
             "Faithfulness and cost of each explanation method",
-            [*faithfulness_block(data.faithfulness_summary(run_id), _method_cost(info)),
+            [*faithfulness_block(summary, _method_cost(info), method_ranking),
              overview_trust.trust_cost(info)],
         )
     )
