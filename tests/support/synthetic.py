@@ -136,9 +136,9 @@ def build_synthetic_store(
 
     ``durable=False`` skips fsyncs (a synthetic store is cheap to rebuild). ``trust=True`` adds
     the trust tables (sanity, baselines, ROAD, localisation); ``ranking=False`` leaves out the
-    calibration and ranking tables and the method ranking, like a run computed before they existed. ``sampled_methods``
-    get predicted-class maps (16 x 16) for every fourth val image only and are not in the run's
-    ``methods``, as attributions computed for a sample are stored.
+    calibration and ranking tables and the method ranking, like a run computed before they
+    existed. ``sampled_methods`` get predicted-class maps (16 x 16) for every fourth val image only
+    and are not in the run's ``methods``, as attributions computed for a sample are stored.
     """
     store = Store.create(path, durable=durable)
     rng = np.random.default_rng(seed)
