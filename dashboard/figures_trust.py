@@ -12,7 +12,11 @@ from xaidash.dashboard.theme import figure_template
 from xaidash.dashboard.trust_verdicts import PASS_CORRELATION
 
 #: One colour per method, the same in every trust figure.
-METHOD_COLORS = {"cam": "#3498db", "gradcam": "#e67e22", "gradcampp": "#9b59b6", "scorecam": "#18bc9c"}
+#: one colour per method in every trust figure (plotly's default cycle would reuse the classic
+#: four's colours for the others, making two methods look alike)
+METHOD_COLORS = {"cam": "#3498db", "gradcam": "#e67e22", "gradcampp": "#9b59b6", "scorecam": "#18bc9c",
+                 "layercam": "#e74c3c", "xgradcam": "#f1c40f", "hirescam": "#34495e", "eigencam": "#95a5a6",
+                 "ig_black": "#8e6c4a", "ig_blur": "#d35400", "smoothgrad": "#16a085"}
 
 
 def _ordered(methods: object) -> list[str]:
