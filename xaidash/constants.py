@@ -21,6 +21,19 @@ METHOD_LABELS: Final[dict[str, str]] = {
     "scorecam": "Score-CAM",
 }
 
+#: Pixel-level attributions through Captum (compute/methods/attributions.py), computed on a sample of
+#: val images (``--attribution-images``) and stored in the ``cams`` table next to the CAMs at a fixed
+#: reduced grid: Integrated Gradients from a black and from a blurred baseline, and SmoothGrad.
+ATTRIBUTION_METHODS: Final[tuple[str, ...]] = ("ig_black", "ig_blur", "smoothgrad")
+ATTRIBUTION_LABELS: Final[dict[str, str]] = {
+    "ig_black": "IG (black)",
+    "ig_blur": "IG (blur)",
+    "smoothgrad": "SmoothGrad",
+}
+#: Side of the square grid attribution maps are stored at: 32 x 32 float32 = 4 KB per map, within the
+#: 8 KB per image and method the store allows them (docs/METHODS.md, "Pixel attributions").
+ATTRIBUTION_GRID: Final[int] = 32
+
 #: The faithfulness scores of every map, as the faithfulness tables name their columns (compute
 #: computes them in compute/methods/faithfulness.py, the store reads and averages them).
 FAITHFULNESS_SCORES: Final[tuple[str, ...]] = ("drop", "increase", "deletion_auc", "insertion_auc")
