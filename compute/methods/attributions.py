@@ -52,7 +52,12 @@ from torch import Tensor, nn
 
 from xaidash.compute.methods.cams import minmax_normalize
 from xaidash.compute.methods.faithfulness import BLUR_KERNEL, BLUR_SIGMA, gaussian_blur
-from xaidash.constants import ATTRIBUTION_GRID, ATTRIBUTION_METHODS
+from xaidash.constants import (
+    ATTRIBUTION_GRID,
+    ATTRIBUTION_IG_STEPS,
+    ATTRIBUTION_METHODS,
+    ATTRIBUTION_SMOOTHGRAD_SAMPLES,
+)
 from xaidash.errors import UserError, choices_error
 
 __all__ = [
@@ -65,8 +70,8 @@ __all__ = [
     "reduce_attribution",
 ]
 
-DEFAULT_IG_STEPS = 32
-DEFAULT_SMOOTHGRAD_SAMPLES = 16
+DEFAULT_IG_STEPS = ATTRIBUTION_IG_STEPS
+DEFAULT_SMOOTHGRAD_SAMPLES = ATTRIBUTION_SMOOTHGRAD_SAMPLES
 #: σ of SmoothGrad's noise as a fraction of the input range (Smilkov et al. 2017, §4: 10-20 %)
 SMOOTHGRAD_NOISE = 0.15
 #: mixed with each image id into the seed of its SmoothGrad noise
