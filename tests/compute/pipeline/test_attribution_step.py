@@ -18,6 +18,7 @@ from tests.support.models import save_tiny_checkpoint
 from xaidash.cli import main
 from xaidash.compute.pipeline.config import JobConfig
 from xaidash.compute.pipeline.job import run_job
+from xaidash.compute.pipeline.plan import make_plan
 from xaidash.constants import ATTRIBUTION_METHODS
 from xaidash.errors import UserError
 
@@ -44,7 +45,7 @@ def test_compute_cli_writes_attribution_rows_for_the_sample(data: Path, ckpt: Pa
     argv = ["compute", "--data", f"imagefolder:{data}", "--checkpoint", str(ckpt), "--store", str(store),
             "--methods", "gradcam", "--explain", "pred,true", "--workers", "0", "--projection", "pca",
             "--twins", "1", "--faithfulness-steps", "4", "--road-fractions", "0.5", "--chunk-size", "3",
-            "--sanity-images", "4", "--attribution-images", "3", "--attribution-sanity-images", "2",
+            "--sanity-images", "2", "--attribution-images", "3", "--attribution-sanity-images", "1",
             "--ig-steps", "4", "--smoothgrad-samples", "2", "--device", "cpu"]
     assert main(argv) == 0
     run_id = sorted(p.name for p in (store / "runs").iterdir())[0]
@@ -81,31 +82,32 @@ def test_compute_cli_writes_attribution_rows_for_the_sample(data: Path, ckpt: Pa
     sanity = _table(store, run_id, "sanity")
     sa = sanity[sanity["method"].isin(ATTRIBUTION_METHODS)]
     # the attribution sanity images lie in both samples
-    assert sa["image_id"].nunique() == 2 and set(sa["image_id"]) <= sampled
+    assert sa["image_id"].nunique() == 1 and set(sa["image_id"]) <= sampled
     assert set(sa["image_id"]) <= set(sanity[sanity["method"] == "gradcam"]["image_id"])
-    assert len(sa) == 2 * 3 * 6  # images x methods x randomisation steps
+    assert len(sa) == 1 * 3 * 6  # images x methods x randomisation steps
 
     cfg = json.loads(runs["config_json"].iloc[0])
     rec = cfg["attribution"]
-    assert rec["images"] == 3 and rec["sanity_images"] == 2 and rec["ig_steps"] == 4
-    assert rec["smoothgrad_samples"] == 2 and rec["grid"] == 32 and rec["methods"] == list(ATTRIBUTION_METHODS)
+    assert rec["images"] == 3 and rec["sanity_images"] == 1 and rec["ig_steps"] == 4
+    assert rec["smoothgrad_samples"] == 2 and rec["grid"] == 32
+    assert rec["methods"] == list(ATTRIBUTION_METHODS)
     assert rec["ig_blur"] == {"kernel": 11, "sigma_px": 5.0} and rec["smoothgrad_sigma"] > 0
     timings = json.loads(runs["timings_json"].iloc[0])
     assert timings["trust_images"]["attributions"] == 3
-    assert timings["trust_images"]["attribution_sanity"] == 2
+    assert timings["trust_images"]["attribution_sanity"] == 1
     assert timings["trust_ms_per_image"]["attributions"] > 0
 
 
 def _cfg(data: Path, ckpt: Path, store: Path, **kw: object) -> JobConfig:
     base: dict[str, object] = dict(data=f"imagefolder:{data}", store=str(store), checkpoint=str(ckpt),
                                    methods=("gradcam",), workers=0, projection="pca", twins=1,
-                                   sanity_images=2, faithfulness_steps=4, road_fractions=(0.5,),
+                                   sanity_images=0, faithfulness_steps=4, road_fractions=(0.5,),
                                    chunk_size=3, attribution_images=4, ig_steps=4, smoothgrad_samples=2)
     base.update(kw)
     return JobConfig(**base)  # type: ignore[arg-type]
 
 
-def test_shards_give_the_same_attributions_and_zero_turns_them_off(data: Path, ckpt: Path,
+def test_shards_give_the_same_attributions_and_n_sizes_the_sample(data: Path, ckpt: Path,
                                                                    tmp_path: Path) -> None:
     one = run_job(_cfg(data, ckpt, tmp_path / "a"))
     for i in range(2):
@@ -125,10 +127,9 @@ def test_shards_give_the_same_attributions_and_zero_turns_them_off(data: Path, c
     pd.testing.assert_frame_equal(rows(tmp_path / "a", one.run_id, "faithfulness"),
                                   rows(tmp_path / "b", two.run_id, "faithfulness"), atol=1e-5)
 
-    off = run_job(_cfg(data, ckpt, tmp_path / "c", attribution_images=0))
-    cams = _table(tmp_path / "c", off.run_id, "cams")
-    assert not cams["method"].isin(ATTRIBUTION_METHODS).any()
-    assert json.loads(_table(tmp_path / "c", off.run_id, "runs")["config_json"].iloc[0])["attribution"] is None
+    off = make_plan(_cfg(data, ckpt, tmp_path / "c", attribution_images=0))
+    assert off.attribution_ids == frozenset() and json.loads(off.config_json())["attribution"] is None
+    assert len(make_plan(_cfg(data, ckpt, tmp_path / "c", attribution_images=5)).attribution_ids) == 5
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
