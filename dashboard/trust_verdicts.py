@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from xaidash.constants import METHODS
+from xaidash.constants import ATTRIBUTION_METHODS, METHODS
 from xaidash.dashboard.data import FAITHFULNESS_DIRECTIONS
 
 PASS_CORRELATION = 0.3
 
 
 def in_method_order(df: pd.DataFrame) -> pd.DataFrame:
-    """``df``'s rows sorted by their ``method`` column in :data:`METHODS` order (unknown ones last),
-    so that every trust table lists the methods as the CAM grid does."""
-    order = {m: i for i, m in enumerate(METHODS)}
+    """``df``'s rows sorted by their ``method`` column in :data:`METHODS` order, then the pixel
+    attributions (unknown ones last), so that every trust table lists the methods as the CAM grid does."""
+    order = {m: i for i, m in enumerate((*METHODS, *ATTRIBUTION_METHODS))}
     rank = df["method"].map(lambda m: order.get(m, len(order)))
     return df.assign(_o=rank).sort_values("_o").drop(columns="_o")
 

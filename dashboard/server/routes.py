@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, Response, abort, request
 
-from xaidash.constants import IMAGE_ID_RE, METHODS, RUN_ID_RE, TARGET_KINDS
+from xaidash.constants import ATTRIBUTION_METHODS, IMAGE_ID_RE, METHODS, RUN_ID_RE, TARGET_KINDS
 from xaidash.dashboard import overlays, theme
 
 if TYPE_CHECKING:
@@ -120,7 +120,8 @@ def register_routes(
 
     @server.route("/overlay/<run_id>/<image_id>/<method>.png")
     def overlay(run_id: str, image_id: str, method: str) -> Response:
-        if not RUN_ID_RE.match(run_id) or not IMAGE_ID_RE.match(image_id) or method not in METHODS:
+        known = method in METHODS or method in ATTRIBUTION_METHODS  # CAMs and the sampled attributions
+        if not RUN_ID_RE.match(run_id) or not IMAGE_ID_RE.match(image_id) or not known:
             abort(404)
         target = request.args.get("target", "pred")
         if target not in TARGET_KINDS:

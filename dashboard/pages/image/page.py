@@ -1,7 +1,8 @@
 """Image page: one image in depth.
 
 The image large; the four CAMs for the predicted class (and for the true class when the
-prediction is wrong: "why not the right class?"); top-k probabilities; twins and
+prediction is wrong: "why not the right class?"); the pixel attributions (Integrated Gradients,
+SmoothGrad) when the image is in the run's attribution sample; top-k probabilities; twins and
 counterfactual neighbours from the train set with similarity and their own Grad-CAM;
 faithfulness per method; this image's prediction in every run of the same dataset.
 """
@@ -17,6 +18,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
+from xaidash.constants import ATTRIBUTION_METHODS
 from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     card,
@@ -81,6 +83,30 @@ def cam_grid(
             )
         )
     return dbc.Row(cols, className="g-2")
+
+
+def attribution_card(run_id: str, image_id: str, f: Filters, cams: Mapping[tuple[str, str], object],
+                     info: RunInfo, wrong: bool) -> Any:
+    """The pixel attributions of a sampled image (Integrated Gradients, SmoothGrad), beside the CAMs;
+    None for an image outside the run's attribution sample (or a run without them)."""
+    present = [m for m in ATTRIBUTION_METHODS if (m, "pred") in cams]
+    if not present:
+        return None
+    rec = info.config.get("attribution")
+    how = ""
+    if isinstance(rec, dict):
+        how = (f" Integrated Gradients with {rec.get('ig_steps')} points from a black image and from a "
+               f"blurred copy; SmoothGrad over {rec.get('smoothgrad_samples')} noisy copies. Stored at "
+               f"{rec.get('grid')}×{rec.get('grid')} at most and shown like the CAMs; this image is one "
+               f"of the {rec.get('images')} of the run's attribution sample.")
+    body = [cam_grid(run_id, image_id, present, f, "pred", cams)]
+    if wrong and any((m, "true") in cams for m in present):
+        body += [html.Div("…explaining the true class", className="small fw-semibold mt-2"),
+                 cam_grid(run_id, image_id, present, f, "true", cams)]
+    body.append(html.P("Pixel-level attributions through Captum: bright = evidence for the class, dark = "
+                       "against it (IG) or no gradient (SmoothGrad)." + how,
+                       className="small text-muted mb-0"))
+    return card("Pixel attributions (sampled image)", body, id=f"{PREFIX}-attributions")
 
 
 def scorecam_notes(info: RunInfo) -> dict[str, str]:
@@ -251,6 +277,7 @@ def layout(ctx: PageContext) -> Any:
             f"Where the model looked to predict “{pred_name}”",
             cam_grid(run_id, detail.image_id, methods, f, "pred", detail.cams, scorecam_notes(info)),
         ),
+        attribution_card(run_id, detail.image_id, f, detail.cams, info, wrong),
     ]
     if wrong:
         blocks.append(
