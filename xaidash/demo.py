@@ -87,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "per image on 2 CPU cores (default: %(default)s)",
     )
     parser.add_argument(
+        "--attribution-images", type=int, default=8,
+        help="images with pixel attributions (Integrated Gradients from a black and a blurred baseline, "
+        "SmoothGrad); 8 here (compute's default is 64) with 16 IG points and 8 SmoothGrad samples (compute's: "
+        "32 and 16), sized so the demo stays under 5 minutes (docs/PERFORMANCE.md); 0 = none "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--road-images", type=int, default=48,
         help="ROAD on a stratified sample of N val images; 0 = all of them (default: %(default)s)",
     )
@@ -176,6 +183,14 @@ def run(args: argparse.Namespace) -> int:
             str(args.calibration_images),
             "--sanity-images",
             str(args.sanity_images),
+            "--attribution-images",
+            str(args.attribution_images),
+            "--ig-steps",
+            "16",
+            "--smoothgrad-samples",
+            "8",
+            "--attribution-sanity-images",
+            "1",
             *(["--road-images", str(args.road_images)] if args.road_images > 0 else []),
             "--device",
             args.device,
