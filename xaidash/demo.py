@@ -89,8 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attribution-images", type=int, default=8,
         help="images with pixel attributions (Integrated Gradients from a black and a blurred baseline, "
-        "SmoothGrad); 8 here (compute's default is 64) with 16 IG points and 8 SmoothGrad samples (compute's: "
-        "32 and 16), sized so the demo stays under 5 minutes (docs/PERFORMANCE.md); 0 = none "
+        "SmoothGrad); 8 here (compute's default is 64) with 16 IG points and 8 SmoothGrad samples "
+        "(compute's: 32 and 16), sized so the demo stays under 5 minutes (docs/PERFORMANCE.md); 0 = none "
         "(default: %(default)s)",
     )
     parser.add_argument(
