@@ -55,6 +55,7 @@ def cam_grid(
     target: str,
     cams: Mapping[tuple[str, str], object],
     notes: Mapping[str, str] | None = None,
+    img_class: str = "xd-cam-large",
 ) -> Any:
     """The four methods side by side for one target (missing ones say why; ``notes`` say how a
     method's maps were approximated, e.g. Score-CAM in bf16 and its measured deviation)."""
@@ -62,7 +63,7 @@ def cam_grid(
     for m in methods:
         if (m, target) in cams:
             body: Any = overlay_img(
-                run_id, image_id, m, f, target=target, size=CAM_SIZE, className="xd-cam-large"
+                run_id, image_id, m, f, target=target, size=CAM_SIZE, className=img_class
             )
         else:
             body = html.Div(
@@ -99,10 +100,11 @@ def attribution_card(run_id: str, image_id: str, f: Filters, cams: Mapping[tuple
                f"blurred copy; SmoothGrad over {rec.get('smoothgrad_samples')} noisy copies. Stored at "
                f"{rec.get('grid')}×{rec.get('grid')} at most and shown like the CAMs; this image is one "
                f"of the {rec.get('images')} of the run's attribution sample.")
-    body = [cam_grid(run_id, image_id, present, f, "pred", cams)]
+    # their own image class: the CAM grids' images stay countable (and styled) on their own
+    body = [cam_grid(run_id, image_id, present, f, "pred", cams, img_class="xd-attr-large")]
     if wrong and any((m, "true") in cams for m in present):
         body += [html.Div("…explaining the true class", className="small fw-semibold mt-2"),
-                 cam_grid(run_id, image_id, present, f, "true", cams)]
+                 cam_grid(run_id, image_id, present, f, "true", cams, img_class="xd-attr-large")]
     body.append(html.P("Pixel-level attributions through Captum: bright = evidence for the class, dark = "
                        "against it (IG) or no gradient (SmoothGrad)." + how,
                        className="small text-muted mb-0"))
