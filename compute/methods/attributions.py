@@ -76,6 +76,12 @@ DEFAULT_SMOOTHGRAD_SAMPLES = ATTRIBUTION_SMOOTHGRAD_SAMPLES
 SMOOTHGRAD_NOISE = 0.15
 #: mixed with each image id into the seed of its SmoothGrad noise
 ATTRIBUTION_SEED = 20170612
+#: rows (images x IG points) per batched forward + backward: 32 at 224 px (one image's 32 points;
+#: an activation budget of about 32 224-px images), more at smaller inputs, at most 512. At the demo's
+#: 32 px, 8 images in one call took a third of the time of 8 calls (ResNet-18, 16 points, the 2-core
+#: CPU, loaded: 4.9 s against 8.0-14.4 s; the same attributions, bit for bit)
+IG_ROW_PIXELS = 32 * 224 * 224
+IG_MAX_ROWS = 512
 #: the maps are signed (IG: evidence for and against) or magnitudes (SmoothGrad)
 SIGNED: Mapping[str, bool] = {"ig_black": True, "ig_blur": True, "smoothgrad": False}
 
@@ -177,15 +183,24 @@ class Attributor:
             return gaussian_blur(x)
         raise ValueError(f"{method!r} has no baseline")
 
+    def integrated_gradients(self, method: str, x: Tensor, targets: Tensor) -> Tensor:
+        """IG ``[B, C, H, W]`` of images ``x`` for ``targets`` ``[B]``, all in one Captum call (its
+        internal batches hold every image at some of the points: the same numbers as one call per image,
+        at a fraction of the per-call overhead on small inputs)."""
+        x = x.detach().float().contiguous()
+        steps = self.settings.ig_steps
+        out = self._ig.attribute(x, baselines=self.baseline(method, x), target=targets.to(x.device),
+                                 n_steps=steps, method="gausslegendre",
+                                 internal_batch_size=max(x.shape[0], x.shape[0] * steps))
+        assert isinstance(out, Tensor)
+        return out.detach()
+
     def raw(self, method: str, x: Tensor, target: int, image_id: str) -> Tensor:
         """Attributions ``[1, C, H, W]`` of one image ``x`` ``[1, C, H, W]`` for class ``target``."""
         x = x.detach().float().contiguous()
         s = self.settings
         if method in ("ig_black", "ig_blur"):
-            out = self._ig.attribute(x, baselines=self.baseline(method, x), target=target, n_steps=s.ig_steps,
-                                     method="gausslegendre", internal_batch_size=s.ig_steps)
-            assert isinstance(out, Tensor)
-            return out.detach()
+            return self.integrated_gradients(method, x, torch.tensor([target], device=x.device))
         if method == "smoothgrad":
             cuda = [x.device] if x.device.type == "cuda" else []
             with torch.random.fork_rng(devices=cuda):
@@ -200,14 +215,22 @@ class Attributor:
     def maps(self, x: Tensor, targets: Tensor, ids: Sequence[str]) -> dict[str, Tensor]:
         """``method -> [B, g, g]`` maps of the images ``x`` ``[B, C, H, W]`` for ``targets`` ``[B]``.
 
-        One image at a time: IG batches its ``ig_steps`` points and SmoothGrad its samples, and the
-        result of an image does not depend on which other images share its batch.
+        IG takes groups of images whose points fit :data:`IG_ROW_PIXELS` (one image at 224 px);
+        SmoothGrad one image at a time, its noise seeded by the image id. The result of an image does
+        not depend on which other images share its batch.
         """
         if x.shape[0] != len(ids) or targets.shape[0] != len(ids):
             raise ValueError(f"{x.shape[0]} images, {targets.shape[0]} targets and {len(ids)} ids")
+        s = self.settings
+        rows_budget = min(IG_MAX_ROWS, max(s.ig_steps, IG_ROW_PIXELS // max(1, x.shape[-2] * x.shape[-1])))
+        group = max(1, rows_budget // s.ig_steps)
         out: dict[str, Tensor] = {}
-        for m in self.settings.methods:
-            rows = [reduce_attribution(self.raw(m, x[i : i + 1], int(targets[i]), ids[i]), SIGNED[m],
-                                       self.settings.grid) for i in range(len(ids))]
-            out[m] = torch.cat(rows) if rows else torch.zeros(0, 1, 1, device=x.device)
+        for m in s.methods:
+            if m in ("ig_black", "ig_blur"):
+                parts = [self.integrated_gradients(m, x[i : i + group], targets[i : i + group])
+                         for i in range(0, len(ids), group)]
+            else:
+                parts = [self.raw(m, x[i : i + 1], int(targets[i]), ids[i]) for i in range(len(ids))]
+            out[m] = (reduce_attribution(torch.cat(parts), SIGNED[m], s.grid) if parts
+                      else torch.zeros(0, 1, 1, device=x.device))
         return out
