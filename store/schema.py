@@ -47,7 +47,8 @@ _IMAGE_ID = _f(
     False,
 )
 _SPLIT = _f("split", pa.string(), "'train' or 'val'.", False)
-_METHOD = _f("method", pa.string(), "CAM method: 'cam', 'gradcam', 'gradcampp' or 'scorecam'.", False)
+_METHOD = _f("method", pa.string(), "CAM method: 'cam', 'gradcam', 'gradcampp' or 'scorecam'; or a pixel "
+             "attribution of the sampled images: 'ig_black', 'ig_blur', 'smoothgrad'.", False)
 
 RUNS = pa.schema(
     [
@@ -155,7 +156,8 @@ CAMS = pa.schema(
         _f("target_class", pa.int32(), "Class index the map explains.", False),
         _f("h", pa.int32(), "Map height.", False),
         _f("w", pa.int32(), "Map width.", False),
-        _f("map", pa.list_(pa.float32()), "h*w values in [0,1], row-major, native layer resolution.", False),
+        _f("map", pa.list_(pa.float32()), "h*w values in [0,1], row-major, native layer resolution "
+           "(pixel attributions: area-pooled to at most 32x32).", False),
     ]
 )
 
