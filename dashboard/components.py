@@ -13,7 +13,7 @@ import pandas as pd
 from dash import dcc, html
 from dash.development.base_component import Component
 
-from xaidash.constants import CLASSIC_METHODS, METHOD_LABELS, METHODS
+from xaidash.constants import ATTRIBUTION_LABELS, CLASSIC_METHODS, METHOD_LABELS, METHODS
 from xaidash.dashboard.overlays import COLORMAPS, colormap_css_gradient
 from xaidash.dashboard.params import Filters
 from xaidash.dashboard.paths import spec_label
@@ -196,7 +196,8 @@ def fmt_count(x: object) -> str:
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    """The display name of a CAM method or a pixel attribution (the name itself when unknown)."""
+    return METHOD_LABELS.get(method) or ATTRIBUTION_LABELS.get(method, method)
 
 
 def overlay_img(

@@ -380,22 +380,27 @@ def most_faithful(summary: pd.DataFrame) -> tuple[str | None, pd.DataFrame]:
     Confidence, lowest Deletion AUC, highest Insertion AUC; ties share the average rank); the
     method with the lowest mean rank wins, ties broken by (insertion - deletion) AUC. Ranks,
     not raw values, because the four metrics live on different scales. Returns the winner (None
-    when there is nothing to rank) and the table with a ``mean_rank`` column.
+    when there is nothing to rank) and the table with a ``mean_rank`` column. Only the methods
+    scored on the most images (``n``) are ranked; the others (a sample) get no rank.
     """
     if len(summary) == 0:
         return None, summary
     df = summary.copy()
+    # Only the methods scored on every image are ranked: means over a sample (the pixel
+    # attributions, ``--attribution-images``) are not comparable with means over all images.
+    full = df["n"] == df["n"].max() if "n" in df else pd.Series(True, index=df.index)
+    ranked = df[full]
     ranks = []
     for col, direction in FAITHFULNESS_DIRECTIONS.items():
-        if col in df and df[col].notna().any():
-            ranks.append(df[col].rank(ascending=direction < 0, method="average"))
+        if col in ranked and ranked[col].notna().any():
+            ranks.append(ranked[col].rank(ascending=direction < 0, method="average"))
     if not ranks:
         return None, df
-    df["mean_rank"] = pd.concat(ranks, axis=1).mean(axis=1)
+    df["mean_rank"] = pd.concat(ranks, axis=1).mean(axis=1)  # NaN for the rows not ranked
 
     def filled(col: str) -> pd.Series:
         return df[col].fillna(0) if col in df else pd.Series(0.0, index=df.index)
 
     tie = filled("insertion_auc") - filled("deletion_auc")
-    order = df.assign(_tie=tie).sort_values(["mean_rank", "_tie"], ascending=[True, False])
+    order = df[full].assign(_tie=tie[full]).sort_values(["mean_rank", "_tie"], ascending=[True, False])
     return str(order["method"].iloc[0]), df

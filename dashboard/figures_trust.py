@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from xaidash.constants import METHOD_LABELS, METHODS
+from xaidash.constants import ATTRIBUTION_LABELS, ATTRIBUTION_METHODS, METHOD_LABELS, METHODS
 from xaidash.dashboard.figures import empty_figure, new_figure
 from xaidash.dashboard.theme import figure_template
 from xaidash.dashboard.trust_verdicts import PASS_CORRELATION
@@ -17,11 +17,17 @@ from xaidash.dashboard.trust_verdicts import PASS_CORRELATION
 METHOD_COLORS = {"cam": "#3498db", "gradcam": "#e67e22", "gradcampp": "#9b59b6", "scorecam": "#18bc9c",
                  "layercam": "#e74c3c", "xgradcam": "#f1c40f", "hirescam": "#34495e", "eigencam": "#95a5a6",
                  "ig_black": "#8e6c4a", "ig_blur": "#d35400", "smoothgrad": "#16a085"}
+#: the CAMs, then the pixel attributions (computed on a sample), as the tables list them
+ORDER = (*METHODS, *ATTRIBUTION_METHODS)
+
+
+def _label(m: str) -> str:
+    return METHOD_LABELS.get(m) or ATTRIBUTION_LABELS.get(m, m)
 
 
 def _ordered(methods: object) -> list[str]:
     present = [str(m) for m in pd.unique(pd.Series(methods))]
-    return [m for m in METHODS if m in present] + [m for m in present if m not in METHODS]
+    return [m for m in ORDER if m in present] + [m for m in present if m not in ORDER]
 
 
 def plot_sanity_curves(curves: pd.DataFrame) -> go.Figure:
@@ -35,8 +41,8 @@ def plot_sanity_curves(curves: pd.DataFrame) -> go.Figure:
         g = curves[curves["method"] == m].sort_values("step")
         fig.add_scatter(
             x=[0, *g["step"].tolist()], y=[1.0, *g["spearman"].tolist()], mode="lines+markers",
-            name=METHOD_LABELS.get(m, m), line={"color": METHOD_COLORS.get(m)},
-            hovertemplate=f"{METHOD_LABELS.get(m, m)}<br>%{{y:.2f}}<extra></extra>",
+            name=_label(m), line={"color": METHOD_COLORS.get(m)},
+            hovertemplate=f"{_label(m)}<br>%{{y:.2f}}<extra></extra>",
         )
     fig.add_hline(y=PASS_CORRELATION, line_dash="dash", line_color="#7b8a8b",
                   annotation_text=f"pass below {PASS_CORRELATION}", annotation_position="top right")
@@ -64,9 +70,9 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
             g = part[part["method"] == m].sort_values("fraction")
             fig.add_scatter(
                 x=(100 * g["fraction"]).tolist(), y=g["probability"].tolist(), mode="lines+markers",
-                name=METHOD_LABELS.get(m, m), legendgroup=m, showlegend=col == 1,
+                name=_label(m), legendgroup=m, showlegend=col == 1,
                 line={"color": METHOD_COLORS.get(m)},
-                hovertemplate=f"{METHOD_LABELS.get(m, m)} {order}<br>%{{x:.0f}} % removed: "
+                hovertemplate=f"{_label(m)} {order}<br>%{{x:.0f}} % removed: "
                               "%{y:.3f}<extra></extra>",
                 row=1, col=col,
             )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from xaidash.constants import FAITHFULNESS_DIRECTIONS, METHODS, SANITY_PASS_CORRELATION
+from xaidash.constants import ATTRIBUTION_METHODS, FAITHFULNESS_DIRECTIONS, METHODS, SANITY_PASS_CORRELATION
 from xaidash.store.read.trust_tables import beats_baseline, sanity_pass_block
 
 #: the sanity check's pass line (one definition, in constants; the rule is the store's)
@@ -30,9 +30,9 @@ PASS_CORRELATION = SANITY_PASS_CORRELATION
 
 
 def in_method_order(df: pd.DataFrame) -> pd.DataFrame:
-    """``df``'s rows sorted by their ``method`` column in :data:`METHODS` order (unknown ones last),
-    so that every trust table lists the methods as the CAM grid does."""
-    order = {m: i for i, m in enumerate(METHODS)}
+    """``df``'s rows sorted by their ``method`` column in :data:`METHODS` order, then the pixel
+    attributions (unknown ones last), so that every trust table lists the methods as the CAM grid does."""
+    order = {m: i for i, m in enumerate((*METHODS, *ATTRIBUTION_METHODS))}
     rank = df["method"].map(lambda m: order.get(m, len(order)))
     return df.assign(_o=rank).sort_values("_o").drop(columns="_o")
 

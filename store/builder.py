@@ -119,7 +119,11 @@ class TableBuilder:
         for f in self.schema:
             if f.name in self._matrices:
                 value_type = f.type.value_type
-                arrays.append(list_array(np.concatenate(self._matrices[f.name]), value_type))
+                blocks = self._matrices[f.name]
+                if len({b.shape[1] for b in blocks}) <= 1:
+                    arrays.append(list_array(np.concatenate(blocks), value_type))
+                else:  # rows of different lengths (the cams of a run: CAMs and attribution maps)
+                    arrays.append(pa.concat_arrays([list_array(b, value_type) for b in blocks]))
             elif f.name in self._scalars:
                 arrays.append(pa.array(self._scalars[f.name], type=f.type))
             else:

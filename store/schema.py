@@ -50,7 +50,8 @@ _IMAGE_ID = _f(
 )
 _SPLIT = _f("split", pa.string(), "'train' or 'val'.", False)
 _METHOD = _f("method", pa.string(), "CAM method: 'cam', 'gradcam', 'gradcampp', 'scorecam', 'layercam', "
-             "'xgradcam', 'hirescam' or 'eigencam' (constants.METHODS).", False)
+             "'xgradcam', 'hirescam' or 'eigencam' (constants.METHODS); or a pixel attribution of the "
+             "sampled images: 'ig_black', 'ig_blur', 'smoothgrad'.", False)
 
 RUNS = pa.schema(
     [
@@ -158,7 +159,8 @@ CAMS = pa.schema(
         _f("target_class", pa.int32(), "Class index the map explains.", False),
         _f("h", pa.int32(), "Map height.", False),
         _f("w", pa.int32(), "Map width.", False),
-        _f("map", pa.list_(pa.float32()), "h*w values in [0,1], row-major, native layer resolution.", False),
+        _f("map", pa.list_(pa.float32()), "h*w values in [0,1], row-major, native layer resolution "
+           "(pixel attributions: area-pooled to at most 32x32).", False),
     ]
 )
 

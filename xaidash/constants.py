@@ -32,6 +32,23 @@ METHOD_LABELS: Final[dict[str, str]] = {
     "eigencam": "Eigen-CAM",
 }
 
+#: Pixel-level attributions through Captum (compute/methods/attributions.py), computed on a sample of
+#: val images (``--attribution-images``) and stored in the ``cams`` table next to the CAMs at a fixed
+#: reduced grid: Integrated Gradients from a black and from a blurred baseline, and SmoothGrad.
+ATTRIBUTION_METHODS: Final[tuple[str, ...]] = ("ig_black", "ig_blur", "smoothgrad")
+ATTRIBUTION_LABELS: Final[dict[str, str]] = {
+    "ig_black": "IG (black)",
+    "ig_blur": "IG (blur)",
+    "smoothgrad": "SmoothGrad",
+}
+#: Side of the square grid attribution maps are stored at: 32 x 32 float32 = 4 KB per map, within the
+#: 8 KB per image and method the store allows them (docs/METHODS.md, "Pixel attributions").
+ATTRIBUTION_GRID: Final[int] = 32
+#: Integrated Gradients' quadrature points and SmoothGrad's noisy copies per image (``--ig-steps``,
+#: ``--smoothgrad-samples``): tens of forward + backward passes per image, hence the sample.
+ATTRIBUTION_IG_STEPS: Final[int] = 32
+ATTRIBUTION_SMOOTHGRAD_SAMPLES: Final[int] = 16
+
 #: The faithfulness scores of every map, as the faithfulness tables name their columns (compute
 #: computes them in compute/methods/faithfulness.py, the store reads and averages them).
 FAITHFULNESS_SCORES: Final[tuple[str, ...]] = ("drop", "increase", "deletion_auc", "insertion_auc")

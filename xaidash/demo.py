@@ -89,6 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "per image on 2 CPU cores (default: %(default)s)",
     )
     parser.add_argument(
+        "--attribution-images", type=int, default=4,
+        help="images with pixel attributions (Integrated Gradients from a black and a blurred baseline, "
+        "SmoothGrad); 4 here (compute's default is 64) with 16 IG points and 8 SmoothGrad samples "
+        "(compute's: 32 and 16) and no sanity cascade of their own (6 more passes of all three per image), "
+        "sized for the 5-minute demo: about 10 s on 2 CPU cores (docs/PERFORMANCE.md); 0 = none "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--road-images", type=int, default=48,
         help="ROAD on a stratified sample of N val images; 0 = all of them (default: %(default)s)",
     )
@@ -178,6 +186,14 @@ def run(args: argparse.Namespace) -> int:
             str(args.calibration_images),
             "--sanity-images",
             str(args.sanity_images),
+            "--attribution-images",
+            str(args.attribution_images),
+            "--ig-steps",
+            "16",
+            "--smoothgrad-samples",
+            "8",
+            "--attribution-sanity-images",
+            "0",
             *(["--road-images", str(args.road_images)] if args.road_images > 0 else []),
             "--device",
             args.device,

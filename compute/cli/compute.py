@@ -11,7 +11,14 @@ import argparse
 from xaidash.compute.analysis.copies import COPY_DISTANCE
 from xaidash.compute.analysis.quality import LOOKALIKE_QUANTILE, OUTLIER_QUANTILE
 from xaidash.compute.cli.args import add_data_arguments, add_device_argument, add_loader_arguments
-from xaidash.constants import METHODS, POINTING_TOLERANCE, PRECISIONS, PROJECTIONS
+from xaidash.constants import (
+    ATTRIBUTION_IG_STEPS,
+    ATTRIBUTION_SMOOTHGRAD_SAMPLES,
+    METHODS,
+    POINTING_TOLERANCE,
+    PRECISIONS,
+    PROJECTIONS,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +114,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pointing game: a hit when the map's maximum is within PX pixels of the "
                             "object, in pixels of a 224-px input, scaled to the model's (default "
                             "%(default)g, as Zhang et al. 2016; 0 = inside the object)")
+    attr = parser.add_argument_group("pixel attributions through Captum, for a sample (docs/METHODS.md)")
+    attr.add_argument("--attribution-images", type=int, default=64, metavar="N",
+                      help="val images (stratified, seeded: the sanity check's sampler, so the smaller "
+                           "sample lies inside the larger) with Integrated Gradients from a black and a "
+                           "blurred baseline and SmoothGrad, stored as 32x32 maps next to the CAMs and "
+                           "scored like them; tens of forward + backward passes per image; 0 turns them "
+                           "off (default 64)")
+    attr.add_argument("--ig-steps", type=int, default=ATTRIBUTION_IG_STEPS, metavar="N",
+                      help="Integrated Gradients' Gauss-Legendre points per image (default %(default)s)")
+    attr.add_argument("--smoothgrad-samples", type=int, default=ATTRIBUTION_SMOOTHGRAD_SAMPLES, metavar="N",
+                      help="SmoothGrad's noisy copies per image (noise sigma 15 %% of the input range; "
+                           "default %(default)s)")
+    attr.add_argument("--attribution-sanity-images", type=int, default=8, metavar="N",
+                      help="images of both samples whose attributions the sanity check recomputes at "
+                           "every randomisation step (default %(default)s; 0 = none)")
     quality = parser.add_argument_group(
         "data quality (label issues, leaks, look-alikes, outliers, duplicates, image issues, error clusters)")
     quality.add_argument("--copy-distance", type=float, default=COPY_DISTANCE, metavar="D",

@@ -9,8 +9,9 @@ unchanged, and only the process that owns the staging area writes what it return
 Per val batch: one forward + one backward (:class:`~xaidash.compute.methods.cams.CamEngine`) gives the
 predictions, embeddings and every method but Score-CAM (CAM, Grad-CAM, Grad-CAM++, LayerCAM,
 XGradCAM, HiResCAM, EigenCAM; target = predicted class, and the true class of wrong predictions
-with ``--explain pred,true``); Score-CAM and the faithfulness metrics follow. Per train batch:
-embeddings and Grad-CAM (target pred), so twins can show theirs.
+with ``--explain pred,true``); Score-CAM and the faithfulness metrics follow, then the pixel
+attributions of the sampled images (:mod:`~xaidash.compute.pipeline.attribution_step`). Per train
+batch: embeddings and Grad-CAM (target pred), so twins can show theirs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from xaidash.compute.datasets.imageset import Batch, ImageSet, Sample, collate, 
 from xaidash.compute.datasets.sources import Item
 from xaidash.compute.methods.cams import CamEngine, ForwardResult
 from xaidash.compute.methods.faithfulness import SCORES, faithfulness
+from xaidash.compute.pipeline.attribution_step import AttributionWork
 from xaidash.compute.pipeline.plan import Chunk, JobPlan
 from xaidash.compute.pipeline.precision import forward_only_precision, masked_batch_size, masked_forward_model
 from xaidash.compute.pipeline.timing import Timer
@@ -151,13 +153,14 @@ def compute_chunk(
             if progress is not None:
                 progress(len(batch.index) + len(batch.failed))
     work.trust.finish()  # the sanity check, after the engine removed its hook
+    work.attributions.finish()  # and that of the attributions
     if work.out.failed:
         log.warning("chunk %s: %d image(s) could not be read and were skipped (see the failures table)",
                     chunk.chunk_id, work.out.failed)
     work.out.tables = {name: b.table() for name, b in work.tables.items()
                        if chunk.split == "val" or name not in ("predictions", "faithfulness")}
     work.out.tables.update(work.trust.tables_out())
-    work.out.trust_images = work.trust.images
+    work.out.trust_images = {**work.trust.images, **work.attributions.images}
     if not work.tables["images"].num_rows:
         del work.out.tables["images"]
     work.out.seconds = work.timer.seconds
@@ -180,6 +183,9 @@ class _ChunkWork:
         self.masked_model = (masked_forward_model(plan.model, plan.cfg.precision)
                              if chunk.split == "val" else plan.model)
         self.trust = TrustWork(plan, self.timer, self.autocast, self.masked_model)
+        self.attributions = AttributionWork(plan, self.timer, self.autocast, self.masked_model, self.add_maps,
+                                            self.tables["faithfulness"], self.trust.tables["road"],
+                                            self.trust.tables["sanity"])
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """The forward-only bulk (Score-CAM's masked forwards, the faithfulness forwards) in the
@@ -315,6 +321,7 @@ class _ChunkWork:
                     for key in SCORES})
 
         self.trust.val_batch(x, items, sizes, maps, pred, conf, self.masked_batch(x))
+        self.attributions.val_batch(x, items, labels, pred, conf, self.masked_batch(x))
         disagreement = cam_disagreement([mp.detach().cpu().numpy() for mp in maps.values()])
         if labels is not None:
             loss: list[float | None] = F.cross_entropy(logits.cpu(), labels, reduction="none").tolist()

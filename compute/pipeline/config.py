@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from xaidash.compute.analysis.copies import COPY_DISTANCE
 from xaidash.compute.analysis.quality import LOOKALIKE_QUANTILE, OUTLIER_QUANTILE
 from xaidash.constants import (
+    ATTRIBUTION_IG_STEPS,
+    ATTRIBUTION_SMOOTHGRAD_SAMPLES,
     METHODS,
     POINTING_TOLERANCE,
     PRECISIONS,
@@ -78,6 +80,14 @@ class JobConfig:
     boxes: str | None = None
     masks: str | None = None
     localisation_topk: float = 20.0
+    #: pixel attributions through Captum (compute/methods/attributions.py) on a stratified, seeded
+    #: sample of val images (0 = off): Integrated Gradients' points, SmoothGrad's noisy copies, and the
+    #: images of that sample whose attributions the sanity check recomputes (each costs every
+    #: attribution again at every randomisation step)
+    attribution_images: int = 64
+    ig_steps: int = ATTRIBUTION_IG_STEPS
+    smoothgrad_samples: int = ATTRIBUTION_SMOOTHGRAD_SAMPLES
+    attribution_sanity_images: int = 8
     #: the pointing game's tolerance, pixels of a 224-px input (compute/methods/localisation.py)
     pointing_tolerance: float = POINTING_TOLERANCE
     #: data quality (compute/analysis/copies.py, quality.py): the pixel distance of a copy, and
@@ -135,6 +145,10 @@ class JobConfig:
             road_fractions=base.road_fractions if a.get("road_fractions") is None
             else parse_fractions(a["road_fractions"]),
             road_images=count("road_images"), boxes=text("boxes"), masks=text("masks"),
+            attribution_images=number("attribution_images", base.attribution_images),
+            ig_steps=number("ig_steps", base.ig_steps),
+            smoothgrad_samples=number("smoothgrad_samples", base.smoothgrad_samples),
+            attribution_sanity_images=number("attribution_sanity_images", base.attribution_sanity_images),
             localisation_topk=float(a["localisation_topk"]) if a.get("localisation_topk") is not None
             else base.localisation_topk,
             pointing_tolerance=float(a["pointing_tolerance"]) if a.get("pointing_tolerance") is not None
@@ -179,6 +193,10 @@ class JobConfig:
             "boxes": self.boxes,
             "masks": self.masks,
             "localisation_topk": self.localisation_topk,
+            "attribution_images": self.attribution_images,
+            "ig_steps": self.ig_steps if self.attribution_images else None,
+            "smoothgrad_samples": self.smoothgrad_samples if self.attribution_images else None,
+            "attribution_sanity_images": self.attribution_sanity_images if self.attribution_images else None,
             "pointing_tolerance": self.pointing_tolerance,
             "copy_distance": self.copy_distance,
             "lookalike_quantile": self.lookalike_quantile,
@@ -291,6 +309,15 @@ def validate(cfg: JobConfig) -> JobConfig:
     if cfg.sanity_images < 0:
         raise UserError(f"--sanity-images must be >= 0 (0 turns the sanity check off), "
                         f"got {cfg.sanity_images}")
+    if cfg.attribution_images < 0:
+        raise UserError(f"--attribution-images must be >= 0 (0 turns the attributions off), "
+                        f"got {cfg.attribution_images}")
+    if cfg.attribution_sanity_images < 0:
+        raise UserError(f"--attribution-sanity-images must be >= 0 (0 skips their sanity check), "
+                        f"got {cfg.attribution_sanity_images}")
+    from xaidash.compute.methods.attributions import AttributionSettings
+
+    AttributionSettings(ig_steps=cfg.ig_steps, smoothgrad_samples=cfg.smoothgrad_samples)  # UserError if bad
     for f in cfg.road_fractions:
         if not 0 < f < 1:
             raise UserError(f"--road-fractions must lie strictly between 0 and 1, got {f}")

@@ -32,6 +32,7 @@ from xaidash.compute.pipeline.plan import JobPlan
 from xaidash.compute.pipeline.quality_phase import QualityOptions, quality_tables, read_probabilities
 from xaidash.compute.pipeline.ranking_phase import ranking_tables
 from xaidash.compute.pipeline.timing import Timer
+from xaidash.constants import ATTRIBUTION_METHODS
 from xaidash.store import Staging
 from xaidash.store.builder import table
 
@@ -85,8 +86,11 @@ def _read_staged(staging: Staging) -> _Staged:
     for b in staging.iter_table("cams", columns=["method", "h", "w"]):
         if b.num_rows:
             present.update(b.column("method").unique().to_pylist())
-            if map_hw is None:
-                map_hw = (int(b.column("h")[0].as_py()), int(b.column("w")[0].as_py()))
+            # the CAMs' native resolution: the attribution rows have their own fixed grid
+            cam_rows = [i for i, m in enumerate(b.column("method").to_pylist())
+                        if m not in ATTRIBUTION_METHODS]
+            if map_hw is None and cam_rows:
+                map_hw = (int(b.column("h")[cam_rows[0]].as_py()), int(b.column("w")[cam_rows[0]].as_py()))
     return _Staged(
         val_ids=val_ids, labels=labels, preds=preds, runner_up=runner_up,
         emb_ids=emb_ids, emb_split=emb_split,

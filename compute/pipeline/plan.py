@@ -23,6 +23,7 @@ import torch
 from xaidash.compute.datasets.sources import Dataset, Item, open_dataset, subsample
 from xaidash.compute.device import configure_device, resolve_device
 from xaidash.compute.hostmem import tune_host_allocator
+from xaidash.compute.methods.attributions import AttributionSettings
 from xaidash.compute.methods.cams import CamEngine
 from xaidash.compute.methods.localisation import GroundTruth, ground_truth_digest, open_ground_truth
 from xaidash.compute.methods.sanity import sanity_sample
@@ -78,6 +79,12 @@ class JobPlan:
     sanity_ids: frozenset[str] = frozenset()
     road_ids: frozenset[str] | None = None
     ground_truth: GroundTruth | None = None
+    #: pixel attributions (compute/pipeline/attribution_step.py): the sample, and the images of it whose
+    #: attributions the sanity check recomputes. Both come from the sanity sampler (same seed), whose
+    #: picks for a smaller n are a subset of those for a larger one: the smaller of the attribution and
+    #: sanity samples lies inside the larger, and ``attribution_sanity_ids`` inside both
+    attribution_ids: frozenset[str] = frozenset()
+    attribution_sanity_ids: frozenset[str] = frozenset()
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -138,7 +145,20 @@ class JobPlan:
         cfg["model"] = {**self.loaded.model_ref, "target_layer": self.target_layer,
                         "target": self.target.to_dict(), "preprocessing": self.parts.preprocessing.to_dict(),
                         "scorecam_max_channels": self.cfg.scorecam_max_channels}
+        cfg["attribution"] = self.attribution_record()
         return json.dumps(cfg, sort_keys=True, default=str)
+
+    def attribution_settings(self) -> AttributionSettings:
+        """How this run's attributions are computed (compute/methods/attributions.py)."""
+        return AttributionSettings(ig_steps=self.cfg.ig_steps, smoothgrad_samples=self.cfg.smoothgrad_samples)
+
+    def attribution_record(self) -> dict[str, object] | None:
+        """What the run's config says about its attributions (None: off)."""
+        if not self.attribution_ids:
+            return None
+        return {**self.attribution_settings().record(self.parts.preprocessing.std),
+                "images": len(self.attribution_ids), "sanity_images": len(self.attribution_sanity_ids),
+                "sample": "stratified by class, seeded (the sanity sample's sampler)"}
 
     def precision_record(self) -> dict[str, object]:
         """What ``runs.precision_json`` says besides the measured deviation."""
@@ -194,7 +214,9 @@ def make_plan(cfg: JobConfig) -> JobPlan:
         loaded=loaded, model=for_inference(parts.model, device), target_layer=target_layer, target=target,
         linear_head=linear_head, val_items=tuple(val), train_items=tuple(train), chunks=tuple(chunks),
         job_key="", sanity_ids=sanity_sample(val, cfg.sanity_images), road_ids=road_ids,
-        ground_truth=ground_truth,
+        ground_truth=ground_truth, attribution_ids=sanity_sample(val, cfg.attribution_images),
+        attribution_sanity_ids=sanity_sample(
+            val, min(cfg.sanity_images, cfg.attribution_images, cfg.attribution_sanity_images)),
     )
     return plan.with_job_key(_job_key(plan))
 

@@ -60,6 +60,7 @@ from xaidash.compute.analysis.quality import (
     quantile_rule,
     unit_rows,
 )
+from xaidash.constants import ATTRIBUTION_METHODS
 from xaidash.store import Staging
 from xaidash.store.builder import table
 
@@ -499,6 +500,8 @@ def _mean_maps(staging: Staging, member_ids: set[str]) -> dict[str, tuple[int, i
         t = pa.Table.from_batches([b])
         keep = pc.and_(pc.is_in(t.column("image_id"), value_set=want),
                        pc.equal(t.column("target_kind"), "pred"))
+        # the CAMs only: the pixel attributions cover a sample of the members (and have their own size)
+        keep = pc.and_(keep, pc.invert(pc.is_in(t.column("method"), value_set=pa.array(ATTRIBUTION_METHODS))))
         t = t.filter(keep)
         if not t.num_rows:
             continue

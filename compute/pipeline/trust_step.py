@@ -46,6 +46,18 @@ def _nan_to_none(values: Sequence[float]) -> list[float | None]:
     return [None if v != v else float(v) for v in values]
 
 
+def add_road_rows(t: TableBuilder, ids: Sequence[str], fractions: Sequence[float],
+                  res: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """The ``road`` rows of :func:`~xaidash.compute.methods.road.road`'s result for images ``ids``."""
+    nf = len(fractions)
+    for m, orders in res.items():
+        for order, probs in orders.items():
+            p = probs.float().cpu().numpy()  # [B, F]
+            t.add(image_id=[i for i in ids for _ in range(nf)], method=[m] * p.size,
+                  order=[order] * p.size, fraction=[float(f) for _ in ids for f in fractions],
+                  probability=p.reshape(-1).tolist())
+
+
 class TrustWork:
     """The trust tables of one chunk (see the module docstring)."""
 
@@ -112,14 +124,7 @@ class TrustWork:
         with self.timer.stage("val_road"), self.autocast():
             res = road(self.bulk_model, x[idx], {m: mp[idx.to(mp.device)] for m, mp in maps.items()},
                        pred[idx], sub_ids, fractions, batch_size=batch_size)
-        t = self.tables["road"]
-        nf = len(fractions)
-        for m, orders in res.items():
-            for order, probs in orders.items():
-                p = probs.float().cpu().numpy()  # [B, F]
-                t.add(image_id=[i for i in sub_ids for _ in range(nf)], method=[m] * p.size,
-                      order=[order] * p.size, fraction=[float(f) for _ in sub_ids for f in fractions],
-                      probability=p.reshape(-1).tolist())
+        add_road_rows(self.tables["road"], sub_ids, fractions, res)
         self._count("road", len(sel))
 
     def _localisation(self, ids: list[str], maps: Mapping[str, torch.Tensor],

@@ -20,7 +20,7 @@ import pytest
 from tests.support.browser import LiveServer, check_page, css, open_page, wait_for
 from tests.support.imagegen import make_imagefolder
 from xaidash.cli import main
-from xaidash.constants import METHODS
+from xaidash.constants import ATTRIBUTION_METHODS, METHODS
 from xaidash.store import open_store
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -75,7 +75,9 @@ def test_demo_runs_twice_and_adds_a_run(demo_store: Path) -> None:
             assert info.scorecam_note  # the (tiny) demo's Score-CAM approximation is labelled
             assert info.precision_note and "measured on 4 images" in info.precision_note  # bf16, measured
             assert r.headline(run_id)["n"] == 16
-            assert len(r.faithfulness_summary(run_id)) == 4
+            # the four CAMs on all 16 images, the pixel attributions on the demo's sample of 4
+            summary = r.faithfulness_summary(run_id).set_index("method")["n"].to_dict()
+            assert summary == {**dict.fromkeys(info.methods, 16), **dict.fromkeys(ATTRIBUTION_METHODS, 4)}
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.imagegen import make_fake_cifar10, make_imagefolder
 from xaidash.cli import main
-from xaidash.constants import METHODS
+from xaidash.constants import ATTRIBUTION_METHODS, METHODS
 from xaidash.store import open_store
 
 FAST = ["--device", "cpu", "--workers", "0"]
@@ -240,6 +240,8 @@ def test_seed004_methods_side_by_side_cost_and_faithfulness(tmp_path: Path) -> N
         assert set(cost) == set(METHODS)
         assert all(v >= 0 for v in cost.values())
         summary = r.faithfulness_summary(run_id)
-        assert set(summary["method"]) == set(METHODS)
+        # every CAM on every image, the pixel attributions on their sample (here all 4 images)
+        assert set(summary["method"]) == {*METHODS, *ATTRIBUTION_METHODS}
+        assert set(summary["n"]) == {4}
         for col in ("drop", "increase", "deletion_auc", "insertion_auc"):
             assert summary[col].between(0, 1).all()

@@ -23,7 +23,7 @@ def test_trust_end_to_end_in_the_browser(tmp_path: Path, driver: Any) -> None:
     assert main(["compute", "--data", f"imagefolder:{data}", "--checkpoint", str(ckpt), "--store", str(store),
                  "--methods", "cam,gradcam,gradcampp,scorecam", "--scorecam-max-channels", "16",
                  "--sanity-images", "4", "--road-fractions", "0.1,0.5,0.9", "--faithfulness-steps", "4",
-                 "--workers", "0", "--projection", "pca", "--twins", "2"]) == 0
+                 "--workers", "0", "--projection", "pca", "--twins", "2", "--attribution-images", "0"]) == 0
     with open_store(store) as r:
         run_id = r.latest_run_id()
         assert run_id is not None

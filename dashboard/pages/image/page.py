@@ -1,9 +1,11 @@
 """Image page: one image in depth.
 
 The image large; the picked methods' maps (the classic four CAMs by default) for the predicted
-class (and for the true class when the prediction is wrong: "why not the right class?"); top-k
-probabilities; twins and counterfactual neighbours from the train set with similarity and their
-own Grad-CAM; faithfulness per method; this image's prediction in every run of the same dataset.
+class (and for the true class when the prediction is wrong: "why not the right class?"); the pixel
+attributions (Integrated Gradients, SmoothGrad) when the image is in the run's attribution sample;
+top-k probabilities; twins and counterfactual neighbours from the train set with similarity and
+their own Grad-CAM; faithfulness per method; this image's prediction in every run of the same
+dataset.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
+from xaidash.constants import ATTRIBUTION_METHODS
 from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     available_methods,
@@ -57,6 +60,7 @@ def cam_grid(
     target: str,
     cams: Mapping[tuple[str, str], object],
     notes: Mapping[str, str] | None = None,
+    img_class: str = "xd-cam-large",
 ) -> Any:
     """The picked methods side by side for one target (missing ones say why; ``notes`` say how a
     method's maps were approximated, e.g. Score-CAM in bf16 and its measured deviation)."""
@@ -67,7 +71,7 @@ def cam_grid(
     for m in methods:
         if (m, target) in cams:
             body: Any = overlay_img(
-                run_id, image_id, m, f, target=target, size=CAM_SIZE, className="xd-cam-large"
+                run_id, image_id, m, f, target=target, size=CAM_SIZE, className=img_class
             )
         else:
             body = missing_map(
@@ -87,6 +91,31 @@ def cam_grid(
             )
         )
     return dbc.Row(cols, className="g-2")
+
+
+def attribution_card(run_id: str, image_id: str, f: Filters, cams: Mapping[tuple[str, str], object],
+                     info: RunInfo, wrong: bool) -> Any:
+    """The pixel attributions of a sampled image (Integrated Gradients, SmoothGrad), beside the CAMs;
+    None for an image outside the run's attribution sample (or a run without them)."""
+    present = [m for m in ATTRIBUTION_METHODS if (m, "pred") in cams]
+    if not present:
+        return None
+    rec = info.config.get("attribution")
+    how = ""
+    if isinstance(rec, dict):
+        how = (f" Integrated Gradients with {rec.get('ig_steps')} points from a black image and from a "
+               f"blurred copy; SmoothGrad over {rec.get('smoothgrad_samples')} noisy copies. Stored at "
+               f"{rec.get('grid')}×{rec.get('grid')} at most and shown like the CAMs; this image is one "
+               f"of the {rec.get('images')} of the run's attribution sample.")
+    # their own image class: the CAM grids' images stay countable (and styled) on their own
+    body = [cam_grid(run_id, image_id, present, f, "pred", cams, img_class="xd-attr-large")]
+    if wrong and any((m, "true") in cams for m in present):
+        body += [html.Div("…explaining the true class", className="small fw-semibold mt-2"),
+                 cam_grid(run_id, image_id, present, f, "true", cams, img_class="xd-attr-large")]
+    body.append(html.P("Pixel-level attributions through Captum: bright = evidence for the class, dark = "
+                       "against it (IG) or no gradient (SmoothGrad)." + how,
+                       className="small text-muted mb-0"))
+    return card("Pixel attributions (sampled image)", body, id=f"{PREFIX}-attributions")
 
 
 def scorecam_notes(info: RunInfo) -> dict[str, str]:
@@ -259,6 +288,7 @@ def layout(ctx: PageContext) -> Any:
             f"Where the model looked to predict “{pred_name}”",
             cam_grid(run_id, detail.image_id, methods, f, "pred", detail.cams, scorecam_notes(info)),
         ),
+        attribution_card(run_id, detail.image_id, f, detail.cams, info, wrong),
     ]
     if wrong:
         blocks.append(

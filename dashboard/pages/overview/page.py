@@ -148,6 +148,9 @@ def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None =
             "best mean rank wins, ties broken by Insertion − Deletion AUC. Cost is each method "
             "computed alone on this run's device; in a run CAM, Grad-CAM and Grad-CAM++ share "
             "one forward and one backward pass.",
+            *([" Methods scored on a sample of the images (the pixel attributions, Images column) are "
+               "listed without a rank: their means are over other images."]
+              if "mean_rank" in ranked and ranked["mean_rank"].isna().any() else []),
         ],
         className="small mt-2 mb-0",
         id=f"{PREFIX}-faithful-sentence",

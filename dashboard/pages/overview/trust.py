@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 PREFIX = "overview"
 #: what each trust part is called in the cost table
 PART_LABELS = {"sanity": "Sanity check (per sampled image, all steps and methods)",
+               "attributions": "Pixel attributions (IG black + blur, SmoothGrad; per sampled image)",
+               "attribution_scores": "Faithfulness + ROAD of the pixel attributions",
+               "attribution_sanity": "Sanity check of the pixel attributions (all steps)",
                "baselines": "Baselines (two trivial maps, faithfulness)",
                "road": "ROAD (all methods, MoRF + LeRF)",
                "localisation": "Localisation (all methods)"}
@@ -46,8 +49,13 @@ def sanity_section(curves: pd.DataFrame) -> Any:
     """The curves of mean correlation against randomised depth and one verdict per method."""
     verdicts = in_method_order(sanity_verdicts(curves))
     n = int(curves["n"].max()) if len(curves) else 0
+    # the pixel attributions are checked on fewer images (--attribution-sanity-images): say so
+    per_method = curves.groupby("method")["n"].max().to_dict() if len(curves) else {}
     items = [html.Li([_flag(bool(r["passes"]), "passes", "flagged"), html.B(method_label(r["method"])), " ",
-                      r["verdict"]], id=f"{PREFIX}-sanity-{r['method']}")
+                      r["verdict"],
+                      *([f" (on {int(per_method[r['method']])} images)"]
+                        if int(per_method.get(r["method"], n)) < n else [])],
+                     id=f"{PREFIX}-sanity-{r['method']}")
              for r in verdicts.to_dict("records")]
     return card(
         "Sanity check: does the map depend on the model?",
@@ -129,10 +137,16 @@ def baselines_section(summary: pd.DataFrame, baselines: pd.DataFrame) -> Any:
 def road_section(summary: pd.DataFrame) -> Any:
     """ROAD curves per method and the mean MoRF / LeRF scores."""
     scores = in_method_order(road_scores(summary))
-    best = scores.sort_values("gap", ascending=False)["method"].iloc[0] if len(scores) else None
+    # images per method: the pixel attributions cover only their sample, so the best gap is named
+    # among the methods scored on the most images
+    per_method = summary.groupby("method")["n"].max()
+    scores = scores.assign(n=scores["method"].map(per_method))
+    full = scores[scores["n"] == scores["n"].max()] if len(scores) else scores
+    best = full.sort_values("gap", ascending=False)["method"].iloc[0] if len(full) else None
     table = df_table(
         scores,
-        [("method", "Method"), ("morf", "MoRF mean ↓"), ("lerf", "LeRF mean ↑"), ("gap", "LeRF − MoRF ↑")],
+        [("method", "Method"), ("morf", "MoRF mean ↓"), ("lerf", "LeRF mean ↑"), ("gap", "LeRF − MoRF ↑"),
+         ("n", "Images")],
         formats={"method": lambda v, r: html.B(method_label(v)) if v == best else method_label(v),
                  "morf": lambda v, r: fmt_num(v), "lerf": lambda v, r: fmt_num(v),
                  "gap": lambda v, r: fmt_num(v)},
@@ -151,7 +165,9 @@ def road_section(summary: pd.DataFrame) -> Any:
                 "map are removed and filled in from their neighbours by noisy linear imputation, so "
                 "the network "
                 "sees no hole-shaped artefact; the curves show the probability of the predicted class. A "
-                "faithful map makes it drop fast under MoRF and stay under LeRF.",
+                "faithful map makes it drop fast under MoRF and stay under LeRF."
+                + (" Methods with fewer images (the pixel attributions, on their sample) are not "
+                   "named best." if len(scores) and scores["n"].nunique() > 1 else ""),
                 className="small text-muted mt-2 mb-0",
             ),
         ],

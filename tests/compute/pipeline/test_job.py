@@ -21,7 +21,7 @@ from xaidash.cli import main
 from xaidash.compute.analysis.metrics import cam_disagreement
 from xaidash.compute.pipeline.chunk import ChunkOutput
 from xaidash.compute.pipeline.job import FAIL_AFTER_ENV, JobConfig, run_job
-from xaidash.constants import METHODS
+from xaidash.constants import ATTRIBUTION_METHODS, METHODS
 from xaidash.errors import UserError
 from xaidash.store import Staging
 from xaidash.store.read.reader import open_store
@@ -64,6 +64,7 @@ def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Pa
         "--device", "cpu", "--workers", "1", "--batch-size", "4", "--chunk-size", "4",
         "--scorecam-max-channels", "4", "--faithfulness-steps", "2", "--projection", "pca",
         "--explain", "pred,true", "--twins", "2",
+        "--attribution-images", "0",  # the CAMs alone (attributions: test_attribution_step.py)
     ])
     assert rc == 0
     with open_store(store) as r:
@@ -154,7 +155,7 @@ def test_cli_end_to_end_consistent_tables(folder: Path, ckpt: Path, tmp_path: Pa
     assert main(["compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(ckpt), "--store",
                  str(store), "--device", "cpu", "--workers", "0", "--batch-size", "4", "--chunk-size", "4",
                  "--scorecam-max-channels", "4", "--faithfulness-steps", "2", "--projection", "pca",
-                 "--explain", "pred,true", "--twins", "2"]) == 0
+                 "--explain", "pred,true", "--twins", "2", "--attribution-images", "0"]) == 0
     with open_store(store) as r:
         assert len(r.runs()) == 1
 
@@ -394,8 +395,10 @@ def test_unlabeled_folder(ckpt: Path, tmp_path: Path) -> None:
     assert pred.pred_name.isin(CLASSES).all()
     assert _q(tmp_path / "s", "SELECT count(*) AS n FROM neighbors WHERE run_id = ?", rid).n[0] == 0
     assert _q(tmp_path / "s", "SELECT count(*) AS n FROM class_metrics WHERE run_id = ?", rid).n[0] == 0
-    cams = _q(tmp_path / "s", "SELECT target_kind FROM cams WHERE run_id = ?", rid)
-    assert set(cams.target_kind) == {"pred"} and len(cams) == 10
+    cams = _q(tmp_path / "s", "SELECT method, target_kind FROM cams WHERE run_id = ?", rid)
+    assert set(cams.target_kind) == {"pred"}  # no label, no "true" maps
+    # two CAMs and the three pixel attributions (all 5 images are in the default sample of 64)
+    assert cams.method.value_counts().to_dict() == {m: 5 for m in ("cam", "gradcam", *ATTRIBUTION_METHODS)}
     emb = _q(tmp_path / "s", "SELECT x FROM embeddings WHERE run_id = ?", rid)
     assert len(emb) == 5 and emb.x.notna().all()
 

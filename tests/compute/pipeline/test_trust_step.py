@@ -38,7 +38,7 @@ def _cfg(data: Path, ckpt: Path, store: Path, **kw: object) -> JobConfig:
     base: dict[str, object] = dict(data=f"imagefolder:{data}", store=str(store), checkpoint=str(ckpt),
                                    methods=("cam", "gradcam"), workers=0, projection="pca", twins=1,
                                    sanity_images=3, faithfulness_steps=4, road_fractions=(0.2, 0.6),
-                                   chunk_size=3)
+                                   chunk_size=3, attribution_images=0)  # the CAMs' trust rows alone
     base.update(kw)
     return JobConfig(**base)  # type: ignore[arg-type]
 
