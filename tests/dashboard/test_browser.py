@@ -272,10 +272,10 @@ def vit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]
 def test_upload_explains_an_image_with_a_brought_vit(driver: Any, vit_server: LiveServer,
                                                       tmp_path: Path) -> None:
     _explain_upload(driver, vit_server, tmp_path / "upload.png", (50, 70), (30, 200, 30))
-    # the run's maps on the ViT's tokens: Grad-CAM, Grad-CAM++, Score-CAM (no CAM: no GAP + linear head)
+    # the run's maps on the ViT's tokens: every method but CAM (no GAP + linear head)
     shown = [e.text for e in css(driver, "#explain-output .fw-semibold.small")]
-    assert {"Grad-CAM", "Grad-CAM++", "Score-CAM"} <= set(shown) and "CAM" not in shown, shown
-    assert len(css(driver, "#explain-output .xd-cam-large")) == 3
+    assert {"Grad-CAM", "Grad-CAM++", "Score-CAM", "LayerCAM", "Eigen-CAM"} <= set(shown), shown
+    assert "CAM" not in shown and len(css(driver, "#explain-output .xd-cam-large")) == 7
     wait_for(lambda: css(driver, "#explain-output .js-plotly-plot .bars path"), "the top-3 bars")
     assert "all zero: no positive evidence" in driver.page_source  # this seed's Grad-CAM++ is constant
     assert "byo_models.py" in driver.page_source and "/work/" not in driver.page_source  # no server paths

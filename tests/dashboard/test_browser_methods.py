@@ -50,7 +50,7 @@ def test_gallery_picker_adds_a_sampled_method(driver: Any, server: LiveServer) -
     open_page(driver, server.url + "/gallery", "#gallery-rows .xd-row")
     assert set(_row_cells(driver)) == {5}  # the image and the classic four
     check_page(driver, "methods_gallery_default")
-    _pick(driver, "gallery-methods", "ig_black")
+    _pick(driver, "gallery-methods", "IG (black)")
     picked = "methods=cam,gradcam,gradcampp,scorecam,ig_black"
     wait_for(lambda: picked in driver.current_url.replace("%2C", ","), "the pick in the URL")
     wait_for(lambda: set(_row_cells(driver)) == {6}, "a sixth cell per row")

@@ -203,7 +203,8 @@ def test_image_page_shows_the_picked_methods_and_says_which_are_missing(state: A
         srcs = [getattr(c, "src", "") for c in out._traverse()]
         pred_maps = [m.group(2) for s in srcs if isinstance(s, str) and "target=" not in s
                      and (m := OVERLAY.search(s)) and m.group(1) == iid]
-        assert pred_maps == present
+        # the picked methods' grid first (the image page's attribution card may repeat a sampled one)
+        assert pred_maps[:len(present)] == present
         assert texts(out).count("not computed for this image") >= 3 - len(present)
 
 

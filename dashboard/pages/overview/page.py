@@ -127,6 +127,9 @@ def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None =
         },
         id=f"{PREFIX}-faithfulness-table",
     )
+    sampled_note = ([" Methods scored on a sample of the images (the pixel attributions, Images column) are "
+                     "listed without a rank: their means are over other images."]
+                    if "mean_rank" in ranked and ranked["mean_rank"].isna().any() else [])
     if ranking is not None and len(ranking):
         chosen = ranked_best(ranking)
         words: list[Any] = [
@@ -137,6 +140,7 @@ def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None =
             f"best mean rank is {method_label(best) if best else '—'}. Cost is each method computed alone "
             "on this run's device; in a run CAM, Grad-CAM and Grad-CAM++ share one forward and one "
             "backward pass.",
+            *sampled_note,
         ]
         return [table, html.P(words, className="small mt-2 mb-0", id=f"{PREFIX}-faithful-sentence")]
     sentence = html.P(
@@ -148,9 +152,7 @@ def faithfulness_block(summary: pd.DataFrame, cost_ms: dict[str, float] | None =
             "best mean rank wins, ties broken by Insertion − Deletion AUC. Cost is each method "
             "computed alone on this run's device; in a run CAM, Grad-CAM and Grad-CAM++ share "
             "one forward and one backward pass.",
-            *([" Methods scored on a sample of the images (the pixel attributions, Images column) are "
-               "listed without a rank: their means are over other images."]
-              if "mean_rank" in ranked and ranked["mean_rank"].isna().any() else []),
+            *sampled_note,
         ],
         className="small mt-2 mb-0",
         id=f"{PREFIX}-faithful-sentence",
