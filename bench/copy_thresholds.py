@@ -15,15 +15,13 @@ look-alike there is among ``--train`` images). Prints the distributions the thre
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from tests.support.copies import PLANTS
 from xaidash.compute.analysis.copies import (
     COPY_DISTANCE,
     PHASH_RADIUS,
@@ -32,42 +30,9 @@ from xaidash.compute.analysis.copies import (
     tiny_array,
 )
 from xaidash.compute.analysis.image_facts import ImageFacts, describe
+from xaidash.compute.datasets.archives import read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def idx(path: Path) -> np.ndarray:
-    with gzip.open(path) as f:
-        data = f.read()
-    nd = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * nd).reshape(dims)
-
-
-def jpeg(im: Image.Image) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=70)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def upscale(im: Image.Image) -> Image.Image:
-    return im.resize((im.width * 2, im.height * 2), Image.Resampling.BILINEAR)
-
-
-def shift(im: Image.Image) -> Image.Image:
-    a = np.asarray(im)
-    b = np.zeros_like(a)
-    b[1:, 1:] = a[:-1, :-1]
-    return Image.fromarray(b)
-
-
-def crop(im: Image.Image) -> Image.Image:
-    w, h = im.size
-    return im.crop((round(0.05 * w), round(0.05 * h), w, h))
-
-
-PLANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "exact": lambda im: im, "jpeg q=70": jpeg, "upscale 2x": upscale, "shift 1 px": shift, "crop 5 %": crop}
 
 
 def tinies(fs: list[ImageFacts]) -> np.ndarray:
@@ -80,8 +45,8 @@ def main() -> int:
     p.add_argument("--test", type=int, default=500)
     p.add_argument("--copies", type=int, default=300)
     args = p.parse_args()
-    xtr, ytr = idx(FASHION / "train-images-idx3-ubyte.gz"), idx(FASHION / "train-labels-idx1-ubyte.gz")
-    xte, yte = idx(FASHION / "t10k-images-idx3-ubyte.gz"), idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    xtr, ytr = (read_idx(FASHION / f"train-{k}-ubyte.gz") for k in ("images-idx3", "labels-idx1"))
+    xte, yte = (read_idx(FASHION / f"t10k-{k}-ubyte.gz") for k in ("images-idx3", "labels-idx1"))
     rng = np.random.default_rng(0)
     tri = rng.choice(len(xtr), args.train, replace=False)
     tei = rng.choice(len(xte), args.test, replace=False)

@@ -9,8 +9,8 @@
 #      and a seeded random-weight ResNet-18 checkpoint for it;
 #   2. bench/compute_vs_peers.py on the device: the gradient trio and Score-CAM (fp32, bf16)
 #      against torch-cam and pytorch-grad-cam, same model, same device;
-#   3. `xaidash compute` over the whole folder in fp32, then in bf16 (all four methods,
-#      faithfulness), each into its own store;
+#   3. `xaidash compute` over the whole folder in fp32, then in bf16 (all eight CAM methods,
+#      the pixel attributions, faithfulness and the trust checks), each into its own store;
 #   4. images/s per stage of both runs (the run's timings, `xaidash runs show --json`) and the
 #      bf16/fp32 ratios;
 #   5. a handful of images computed on the CPU in fp32: the device's fp32 maps must match them
@@ -70,11 +70,13 @@ while [[ $# -gt 0 ]]; do
 done
 
 if [[ "$SMALL" == 1 ]]; then
-  CLASSES="${CLASSES:-2}" TRAIN="${TRAIN:-8}" VAL="${VAL:-4}" SIZE="${SIZE:-16}" REF="${REF:-2}"
+  CLASSES="${CLASSES:-2}" TRAIN="${TRAIN:-8}" VAL="${VAL:-3}" SIZE="${SIZE:-16}" REF="${REF:-2}"
   BATCH="${BATCH:-8}"
-  # a Score-CAM cap keeps the CPU fallback around a minute; the run labels it approximate
+  # a Score-CAM cap and small trust and attribution samples keep the CPU fallback around a
+  # minute (every part still runs once); the run labels Score-CAM approximate
   CAP=(--scorecam-max-channels 32)
-  EXTRA=("${CAP[@]}" --faithfulness-steps 4 --workers 0)
+  EXTRA=("${CAP[@]}" --faithfulness-steps 4 --workers 0 --sanity-images 2 --road-images 4
+         --attribution-images 2 --ig-steps 4 --smoothgrad-samples 2 --attribution-sanity-images 1)
   CALIB=(--calibration-images 2)
   PEERS=(--size 64 --images 4 --batch 4 --scorecam-images 1 --scorecam-batch 32 --repeats 1 --scorecam-repeats 1)
 else
@@ -299,7 +301,10 @@ for name in ("fp32", "bf16"):
 EOF
 
 section "5a. CPU fp32 reference ($REF val images)"
-compute cpuref fp32 cpu --limit-val "$REF" --limit-train 2 --no-faithfulness --twins 1 --workers 0 ${CAP[@]+"${CAP[@]}"}
+# the CAMs alone: the trust checks and the attributions are scores and samples of the whole run,
+# which a few reference images could not match
+compute cpuref fp32 cpu --limit-val "$REF" --limit-train 2 --no-faithfulness --twins 1 --workers 0 \
+  --sanity-images 0 --road-fractions none --attribution-images 0 ${CAP[@]+"${CAP[@]}"}
 
 section "5b. maps: $DEVICE fp32 vs CPU fp32, $DEVICE bf16 vs $DEVICE fp32"
 "$PYTHON" - "$WORKDIR" "$TOL" <<'EOF'

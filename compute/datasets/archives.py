@@ -72,7 +72,8 @@ def _read_idx(path: str, mtime: float) -> np.ndarray:
     return arr.reshape(dims)
 
 
-def _idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte idx array (the MNIST family's format, gzipped or not), cached by path and mtime."""
     return _read_idx(str(path), path.stat().st_mtime)
 
 
@@ -129,8 +130,8 @@ def open_fashion(spec: str, rest: str, data_root: str | None) -> Dataset:
     logger.debug("Fashion-MNIST from %s", d)
     return _array_dataset(
         spec, "fashion-mnist", FASHION_MNIST_CLASSES, picked,
-        labels={s: functools.partial(_idx, files[s][1]) for s in SPLITS},
-        images={s: functools.partial(_idx, files[s][0]) for s in SPLITS},
+        labels={s: functools.partial(read_idx, files[s][1]) for s in SPLITS},
+        images={s: functools.partial(read_idx, files[s][0]) for s in SPLITS},
         source_name={"train": "fashion-mnist/train", "val": "fashion-mnist/t10k"},
         size=28,
     )

@@ -187,6 +187,19 @@ def spearman(trained: np.ndarray, randomised: np.ndarray) -> float | None:
 MapFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]]
 
 
+#: one batch an image step keeps for the sanity check: inputs, the fixed targets, the trained
+#: model's maps per method, and the image ids
+SanityBatch = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str]]
+
+
+def join_batches(batches: Sequence[SanityBatch]) -> SanityBatch:
+    """The kept batches of a chunk as one, so each randomised network is built once per chunk."""
+    x = torch.cat([b[0] for b in batches])
+    targets = torch.cat([b[1] for b in batches])
+    trained = {m: torch.cat([b[2][m] for b in batches]) for m in batches[0][2]}
+    return x, targets, trained, [i for b in batches for i in b[3]]
+
+
 @dataclass
 class SanityRows:
     """Rows of the ``sanity`` table for a batch of images."""

@@ -36,7 +36,7 @@ import torch
 from xaidash.compute.methods.attributions import Attributor
 from xaidash.compute.methods.faithfulness import SCORES, faithfulness
 from xaidash.compute.methods.road import road
-from xaidash.compute.methods.sanity import randomisation_blocks, sanity_rows
+from xaidash.compute.methods.sanity import SanityBatch, join_batches, randomisation_blocks, sanity_rows
 from xaidash.compute.pipeline.plan import JobPlan
 from xaidash.compute.pipeline.timing import Timer
 from xaidash.compute.pipeline.trust_step import add_road_rows
@@ -65,7 +65,7 @@ class AttributionWork:
         self.road_rows = road_rows
         self.sanity_rows_out = sanity_rows_out
         self.images: dict[str, int] = {}
-        self._sanity: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str]]] = []
+        self._sanity: list[SanityBatch] = []
 
     def _attributor(self, model: torch.nn.Module) -> Attributor:
         pre = self.plan.parts.preprocessing
@@ -142,10 +142,7 @@ class AttributionWork:
         if not self._sanity:
             return
         plan = self.plan
-        x = torch.cat([s[0] for s in self._sanity])
-        targets = torch.cat([s[1] for s in self._sanity])
-        trained = {m: torch.cat([s[2][m] for s in self._sanity]) for m in self._sanity[0][2]}
-        ids = [i for s in self._sanity for i in s[3]]
+        x, targets, trained, ids = join_batches(self._sanity)
         self._sanity = []
 
         def maps_of(model: torch.nn.Module, xb: torch.Tensor, tb: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from xaidash.compute.methods.baselines import baseline_maps
 from xaidash.compute.methods.faithfulness import SCORES, faithfulness
 from xaidash.compute.methods.localisation import localisation_scores, pointing_radius, to_input_grid
 from xaidash.compute.methods.road import road
-from xaidash.compute.methods.sanity import randomisation_blocks, sanity_rows
+from xaidash.compute.methods.sanity import SanityBatch, join_batches, randomisation_blocks, sanity_rows
 from xaidash.compute.pipeline.plan import JobPlan
 from xaidash.compute.pipeline.precision import masked_batch_size, masked_forward_model
 from xaidash.compute.pipeline.timing import Timer
@@ -71,7 +71,7 @@ class TrustWork:
         self.bulk_model = plan.model if bulk_model is None else bulk_model
         self.tables = {name: TableBuilder(name) for name in TRUST_TABLES}
         self.images: dict[str, int] = {}
-        self._sanity: list[tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], list[str]]] = []
+        self._sanity: list[SanityBatch] = []
 
     def _count(self, part: str, n: int) -> None:
         self.images[part] = self.images.get(part, 0) + n
@@ -161,10 +161,7 @@ class TrustWork:
         if not self._sanity:
             return
         plan = self.plan
-        x = torch.cat([s[0] for s in self._sanity])
-        targets = torch.cat([s[1] for s in self._sanity])
-        trained = {m: torch.cat([s[2][m] for s in self._sanity]) for m in self._sanity[0][2]}
-        ids = [i for s in self._sanity for i in s[3]]
+        x, targets, trained, ids = join_batches(self._sanity)
         self._sanity = []
         blocks = randomisation_blocks(plan.model, plan.parts.arch)
         with self.timer.stage("val_sanity"):

@@ -10,6 +10,7 @@ list in ``methods`` (as attributions computed for a sample are stored).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from dash.development.base_component import Component
 from tests.support.dash_testing import post_callback
 from tests.support.synthetic import build_synthetic_store
 from xaidash.constants import CLASSIC_METHODS, METHODS
-from xaidash.dashboard.app import create_app, render
+from xaidash.dashboard.app import render
 from xaidash.dashboard.components import canonical_order, method_label, picked_methods
 from xaidash.dashboard.pages.compare import page as compare
 from xaidash.dashboard.pages.gallery import page as gallery
@@ -31,23 +32,12 @@ OVERLAY = re.compile(r"/overlay/[^/]+/([0-9a-f]{16})/([a-z0-9_]+)\.png")
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight CAM methods and the sampled attributions (the conftest's app, state and client use it)."""
     path = tmp_path_factory.mktemp("store8")
     build_synthetic_store(path, n_val=48, n_train=40, runs=2, seed=3, methods=RUN_METHODS,
                           sampled_methods=SAMPLED)
-    return create_app(path, selections_dir=tmp_path_factory.mktemp("sel"))
-
-
-@pytest.fixture(scope="module")
-def state(app: Any) -> Any:
-    return app.server.config["XAIDASH_STATE"]
-
-
-@pytest.fixture(scope="module")
-def client(app: Any) -> Any:
-    c = app.server.test_client()
-    assert c.get("/").status_code == 200
-    return c
+    return path
 
 
 def latest(state: Any) -> str:

@@ -24,3 +24,23 @@ def save_tiny_checkpoint(path: Path, classes: tuple[str, ...] = CLASSES, seed: i
     )
     save_checkpoint(ckpt, str(path))
     return path
+
+
+def settled_resnet18(size: int, n_images: int, n_classes: int = 3) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A seeded, frozen resnet18 whose BatchNorm parameters and statistics sit away from their
+    initial values, as after training (a fresh BatchNorm makes every map of a method alike), and
+    ``n_images`` seeded inputs of ``size`` px."""
+    from xaidash.compute.model.architectures import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", n_classes, input_size=size).model.eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, torch.randn(n_images, 3, size, size, generator=torch.Generator().manual_seed(1))

@@ -8,19 +8,19 @@ items against train items of the same class (Debian's dataset-fashion-mnist).
 
 from __future__ import annotations
 
-import gzip
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from tests.support.copies import PLANTS, jpeg
 from tests.support.imagegen import pattern_image
 from xaidash.compute.analysis.copies import PHASH_RADIUS, HashIndex, groups, hamming
 from xaidash.compute.analysis.image_facts import TINY, ImageFacts, describe
 from xaidash.compute.analysis.image_issues import image_issues, issue_rules
 from xaidash.compute.analysis.quality import quantile_rule
+from xaidash.compute.datasets.archives import read_idx
 from xaidash.compute.pipeline.quality_phase import FACT_STATS, Facts, QualityOptions, copies, rules_table
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -41,44 +41,13 @@ def _facts(fs: list[ImageFacts]) -> Facts:
     return out
 
 
-def _jpeg(im: Image.Image) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=70)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def _shift(im: Image.Image) -> Image.Image:
-    a = np.asarray(im)
-    b = np.zeros_like(a)
-    b[1:, 1:] = a[:-1, :-1]
-    return Image.fromarray(b)
-
-
-def _crop(im: Image.Image) -> Image.Image:
-    w, h = im.size
-    return im.crop((round(0.05 * w), round(0.05 * h), w, h))
-
-
-PLANTS = {"exact": lambda im: im.copy(), "jpeg q=70": _jpeg,
-          "upscaled": lambda im: im.resize((im.width * 2, im.height * 2), Image.Resampling.BILINEAR),
-          "1-px shift": _shift, "5 % crop": _crop}
-
-
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path) as f:
-        data = f.read()
-    nd = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * nd).reshape(dims)
-
-
 def test_planted_copies_are_leaks_and_real_lookalikes_are_not() -> None:
     skdata = pytest.importorskip("skimage.data")
     if not (FASHION / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     photos = [Image.fromarray(getattr(skdata, n)()).convert("RGB") for n in PHOTOS]
-    xtr, ytr = _idx(FASHION / "train-images-idx3-ubyte.gz"), _idx(FASHION / "train-labels-idx1-ubyte.gz")
-    xte, yte = _idx(FASHION / "t10k-images-idx3-ubyte.gz"), _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    xtr, ytr = (read_idx(FASHION / f"train-{k}-ubyte.gz") for k in ("images-idx3", "labels-idx1"))
+    xte, yte = (read_idx(FASHION / f"t10k-{k}-ubyte.gz") for k in ("images-idx3", "labels-idx1"))
     rng = np.random.default_rng(0)
     tri = rng.choice(len(xtr), 300, replace=False)
     tei = rng.choice(len(xte), 40, replace=False)
@@ -121,9 +90,9 @@ def test_multi_index_search_finds_every_pair_within_the_radius() -> None:
 def test_a_near_duplicate_pair_inside_val_is_grouped() -> None:
     if not (FASHION / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    xte = _idx(FASHION / "t10k-images-idx3-ubyte.gz")
+    xte = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")
     ims = [Image.fromarray(xte[i]).convert("RGB") for i in range(20)]  # 2 of each class
-    ims.append(_jpeg(ims[3]))  # row 20: a re-encoded copy of row 3
+    ims.append(jpeg(ims[3]))  # row 20: a re-encoded copy of row 3
     facts = _facts([describe(im) for im in ims])
     rows = np.arange(len(ims), dtype=np.int64)
     got = copies(rows, np.zeros(0, np.int64), facts, [None] * len(ims), QualityOptions())

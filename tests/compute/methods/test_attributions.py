@@ -9,7 +9,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 from tests.support.imagegen import pattern_image
-from tests.support.models import CLASSES
+from tests.support.models import CLASSES, settled_resnet18
 from tests.support.models import SIZE as TINY
 from xaidash.compute.datasets.sources import Item
 from xaidash.compute.methods.attributions import (
@@ -32,19 +32,7 @@ STD = (0.229, 0.224, 0.225)
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[torch.nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    model = build_model("resnet18", 3, input_size=SIZE).model.eval()
-    with torch.no_grad():  # BatchNorm away from its initial values, as after training
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.2, 0.2)
-                mod.running_mean.uniform_(-0.1, 0.1)
-                mod.running_var.uniform_(0.5, 1.5)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    return model, x
+    return settled_resnet18(SIZE, 3)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.sparse.linalg import spsolve
 
+from tests.support.models import settled_resnet18
 from xaidash.compute.methods.baselines import centre_map, random_map
 from xaidash.compute.methods.cams import CamEngine
 from xaidash.compute.methods.localisation import localisation_scores, pointing_radius
@@ -30,19 +31,7 @@ SIZE = 32  # small-stem ResNet-18: layer4 is 4x4
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[torch.nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    model = build_model("resnet18", 3, input_size=SIZE).model.eval()
-    with torch.no_grad():  # BatchNorm away from its initial values, as after training
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.weight.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.2, 0.2)
-                mod.running_mean.uniform_(-0.1, 0.1)
-                mod.running_var.uniform_(0.5, 1.5)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    return model, x
+    return settled_resnet18(SIZE, 8)
 
 
 def _verdicts(rows: object) -> pd.DataFrame:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.support.imagegen import make_imagefolder
+from tests.support.jobs import run_table, small_job
 from tests.support.models import SIZE as TINY
-from tests.support.models import save_tiny_checkpoint
 from xaidash.cli import main
 from xaidash.compute.pipeline.config import JobConfig
 from xaidash.compute.pipeline.job import run_job
@@ -26,18 +25,8 @@ N_VAL = 4  # per class, two classes
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_imagefolder(tmp_path_factory.mktemp("data") / "d", n_train=2, n_val=N_VAL, size=32)
-
-
-def _table(store: Path, run_id: str | None, name: str) -> pd.DataFrame:
-    assert run_id is not None
-    return duckdb.sql(f"SELECT * FROM '{store}/runs/{run_id}/{name}.parquet'").df()
 
 
 def test_compute_cli_writes_attribution_rows_for_the_sample(data: Path, ckpt: Path, tmp_path: Path) -> None:
@@ -49,7 +38,7 @@ def test_compute_cli_writes_attribution_rows_for_the_sample(data: Path, ckpt: Pa
             "--ig-steps", "4", "--smoothgrad-samples", "2", "--device", "cpu"]
     assert main(argv) == 0
     run_id = sorted(p.name for p in (store / "runs").iterdir())[0]
-    cams = _table(store, run_id, "cams")
+    cams = run_table(store, run_id, "cams")
     attr = cams[cams["method"].isin(ATTRIBUTION_METHODS)]
     pred = attr[attr["target_kind"] == "pred"]
     sampled = set(pred["image_id"])
@@ -61,25 +50,25 @@ def test_compute_cli_writes_attribution_rows_for_the_sample(data: Path, ckpt: Pa
         v = np.asarray(m, np.float32)
         assert v.nbytes <= 8 * 1024 and v.min() >= 0 and v.max() <= 1
     # the true class of the wrong predictions among them, like the CAMs with --explain pred,true
-    preds = _table(store, run_id, "predictions").set_index("image_id")
+    preds = run_table(store, run_id, "predictions").set_index("image_id")
     wrong = {i for i in sampled if not preds.loc[i, "correct"]}
     true = attr[attr["target_kind"] == "true"]
     assert set(true["image_id"]) == wrong
     assert (true.set_index("image_id")["target_class"] == preds.loc[list(true["image_id"]), "label"]).all()
     # the CAM rows still cover every image, and the run's map size is theirs
     assert set(preds.index) <= set(cams[cams["method"] == "gradcam"]["image_id"]) and len(preds) == 2 * N_VAL
-    runs = _table(store, run_id, "runs")
+    runs = run_table(store, run_id, "runs")
     assert list(runs["methods"].iloc[0]) == ["gradcam"]
     assert runs["map_h"].iloc[0] == cams[cams["method"] == "gradcam"]["h"].iloc[0] < TINY
 
-    faith = _table(store, run_id, "faithfulness")
+    faith = run_table(store, run_id, "faithfulness")
     fa = faith[faith["method"].isin(ATTRIBUTION_METHODS)]
     assert set(fa["image_id"]) == sampled and len(fa) == 3 * 3
     assert fa[["drop", "deletion_auc", "insertion_auc"]].notna().all().all()
-    road = _table(store, run_id, "road")
+    road = run_table(store, run_id, "road")
     ra = road[road["method"].isin(ATTRIBUTION_METHODS)]
     assert set(ra["image_id"]) == sampled and len(ra) == 3 * 3 * 2  # 3 images x 3 methods x MoRF/LeRF
-    sanity = _table(store, run_id, "sanity")
+    sanity = run_table(store, run_id, "sanity")
     sa = sanity[sanity["method"].isin(ATTRIBUTION_METHODS)]
     # the attribution sanity images lie in both samples
     assert sa["image_id"].nunique() == 1 and set(sa["image_id"]) <= sampled
@@ -99,12 +88,9 @@ def test_compute_cli_writes_attribution_rows_for_the_sample(data: Path, ckpt: Pa
 
 
 def _cfg(data: Path, ckpt: Path, store: Path, **kw: object) -> JobConfig:
-    base: dict[str, object] = dict(data=f"imagefolder:{data}", store=str(store), checkpoint=str(ckpt),
-                                   methods=("gradcam",), workers=0, projection="pca", twins=1,
-                                   sanity_images=0, faithfulness_steps=4, road_fractions=(0.5,),
-                                   chunk_size=3, attribution_images=4, ig_steps=4, smoothgrad_samples=2)
-    base.update(kw)
-    return JobConfig(**base)  # type: ignore[arg-type]
+    return small_job(data, store, ckpt, **{"methods": ("gradcam",), "sanity_images": 0,
+                                           "road_fractions": (0.5,), "chunk_size": 3, "attribution_images": 4,
+                                           "ig_steps": 4, "smoothgrad_samples": 2, **kw})
 
 
 def test_shards_give_the_same_attributions_and_n_sizes_the_sample(data: Path, ckpt: Path,
@@ -115,7 +101,7 @@ def test_shards_give_the_same_attributions_and_n_sizes_the_sample(data: Path, ck
     assert one.ok and two.ok and two.run_id is not None
 
     def rows(store: Path, run_id: str | None, name: str) -> pd.DataFrame:
-        df = _table(store, run_id, name)
+        df = run_table(store, run_id, name)
         df = df[df["method"].isin(ATTRIBUTION_METHODS)].drop(columns=["run_id"])
         return df.sort_values([c for c in df.columns if c in ("image_id", "method", "target_kind", "order",
                                                               "fraction", "step")]).reset_index(drop=True)

@@ -16,6 +16,7 @@ import pytest
 
 import xaidash.compute.pipeline.job as job_mod
 from tests.support.imagegen import make_imagefolder, make_unlabeled_folder, write_corrupt_image
+from tests.support.jobs import small_job
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.cli import main
 from xaidash.compute.analysis.metrics import cam_disagreement
@@ -28,22 +29,13 @@ from xaidash.store.read.reader import open_store
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_imagefolder(tmp_path_factory.mktemp("data"), CLASSES, n_train=6, n_val=5, size=SIZE)
 
 
 def _cfg(data: str, ckpt: Path, store: Path, **kw: object) -> JobConfig:
-    base: dict[str, object] = dict(
-        data=data, checkpoint=str(ckpt), store=str(store), device="cpu", workers=0, batch_size=4,
-        chunk_size=4, scorecam_max_channels=4, faithfulness_steps=2, projection="pca", twins=3,
-    )
-    base.update(kw)
-    return JobConfig(**base)  # type: ignore[arg-type]
+    return small_job(data, store, ckpt, **{"batch_size": 4, "chunk_size": 4, "scorecam_max_channels": 4,
+                                           "faithfulness_steps": 2, "twins": 3, **kw})
 
 
 def _q(store: Path, query: str, run_id: str) -> pd.DataFrame:
@@ -387,7 +379,8 @@ def test_store_not_writable(folder: Path, ckpt: Path, tmp_path: Path) -> None:
 def test_unlabeled_folder(ckpt: Path, tmp_path: Path) -> None:
     data = make_unlabeled_folder(tmp_path / "u", n=5, size=SIZE)
     res = run_job(_cfg(f"folder:{data}", ckpt, tmp_path / "s", methods=("cam", "gradcam"),
-                       faithfulness_steps=2, explain=("pred", "true")))
+                       faithfulness_steps=2, explain=("pred", "true"), attribution_images=5, ig_steps=4,
+                       smoothgrad_samples=2))
     assert res.published and res.accuracy is None
     rid = res.run_id or ""
     pred = _q(tmp_path / "s", "SELECT * FROM predictions WHERE run_id = ?", rid)
@@ -397,7 +390,7 @@ def test_unlabeled_folder(ckpt: Path, tmp_path: Path) -> None:
     assert _q(tmp_path / "s", "SELECT count(*) AS n FROM class_metrics WHERE run_id = ?", rid).n[0] == 0
     cams = _q(tmp_path / "s", "SELECT method, target_kind FROM cams WHERE run_id = ?", rid)
     assert set(cams.target_kind) == {"pred"}  # no label, no "true" maps
-    # two CAMs and the three pixel attributions (all 5 images are in the default sample of 64)
+    # two CAMs and the three pixel attributions (all 5 images are in the sample of 5)
     assert cams.method.value_counts().to_dict() == {m: 5 for m in ("cam", "gradcam", *ATTRIBUTION_METHODS)}
     emb = _q(tmp_path / "s", "SELECT x FROM embeddings WHERE run_id = ?", rid)
     assert len(emb) == 5 and emb.x.notna().all()

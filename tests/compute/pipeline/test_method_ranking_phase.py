@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pandas as pd
-import pytest
 
 from tests.support.imagegen import make_imagefolder
-from tests.support.models import save_tiny_checkpoint
+from tests.support.jobs import run_table, small_job
 from xaidash.compute.analysis.method_ranking import RESAMPLES, SEED
 from xaidash.compute.pipeline.config import JobConfig
 from xaidash.compute.pipeline.job import run_job
@@ -19,32 +17,18 @@ from xaidash.dashboard.trust_verdicts import sanity_verdicts
 from xaidash.store import open_store
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
 def _cfg(data: Path, ckpt: Path, store: Path, **kw: object) -> JobConfig:
-    base: dict[str, object] = dict(data=f"imagefolder:{data}", store=str(store), checkpoint=str(ckpt),
-                                   methods=("cam", "gradcam", "gradcampp"), workers=0, projection="pca",
-                                   twins=1, sanity_images=4, faithfulness_steps=4, road_fractions=(0.2, 0.6),
-                                   chunk_size=4)
-    base.update(kw)
-    return JobConfig(**base)  # type: ignore[arg-type]
-
-
-def _table(store: Path, run_id: str | None, name: str) -> pd.DataFrame:
-    assert run_id is not None
-    return duckdb.sql(f"SELECT * FROM '{store}/runs/{run_id}/{name}.parquet'").df()
+    return small_job(data, store, ckpt, **{"methods": ("cam", "gradcam", "gradcampp"), "sanity_images": 4,
+                                           "road_fractions": (0.2, 0.6), "chunk_size": 4, **kw})
 
 
 def test_job_writes_a_reproducible_ranking_with_the_dashboards_sanity_verdict(ckpt: Path,
                                                                               tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "d", n_train=2, n_val=6, size=16)
-    res = run_job(_cfg(data, ckpt, tmp_path / "s", attribution_images=0))
+    res = run_job(_cfg(data, ckpt, tmp_path / "s"))
     assert res.ok and res.published
-    st = _table(tmp_path / "s", res.run_id, "method_stats")
-    rk = _table(tmp_path / "s", res.run_id, "method_ranking")
+    st = run_table(tmp_path / "s", res.run_id, "method_stats")
+    rk = run_table(tmp_path / "s", res.run_id, "method_ranking")
     assert set(st["run_id"]) == set(rk["run_id"]) == {res.run_id}
     assert sorted(rk["method"]) == ["cam", "gradcam", "gradcampp"]
     assert sorted(rk["position"]) == [1, 2, 3]
@@ -54,10 +38,10 @@ def test_job_writes_a_reproducible_ranking_with_the_dashboards_sanity_verdict(ck
     assert set(rk["primary"]) == {"road_gap"}
 
     # the same numbers again from the run's own per-image tables: seeded, nothing else involved
-    faith = _table(tmp_path / "s", res.run_id, "faithfulness")
+    faith = run_table(tmp_path / "s", res.run_id, "faithfulness")
     again_st, again_rk = ranking_frames(
-        faith, _table(tmp_path / "s", res.run_id, "baseline_faithfulness"),
-        _table(tmp_path / "s", res.run_id, "road"), _table(tmp_path / "s", res.run_id, "sanity"),
+        faith, run_table(tmp_path / "s", res.run_id, "baseline_faithfulness"),
+        run_table(tmp_path / "s", res.run_id, "road"), run_table(tmp_path / "s", res.run_id, "sanity"),
         ["cam", "gradcam", "gradcampp"])
     got = rk.sort_values("position").reset_index(drop=True)
     assert list(got["method"]) == list(again_rk["method"])
@@ -78,5 +62,5 @@ def test_job_writes_a_reproducible_ranking_with_the_dashboards_sanity_verdict(ck
 def test_run_without_faithfulness_has_no_ranking(ckpt: Path, tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "d", n_train=2, n_val=2, size=16)
     res = run_job(_cfg(data, ckpt, tmp_path / "s", sanity_images=0, road_fractions=(), faithfulness=False))
-    assert _table(tmp_path / "s", res.run_id, "method_ranking").empty
-    assert _table(tmp_path / "s", res.run_id, "method_stats").empty
+    assert run_table(tmp_path / "s", res.run_id, "method_ranking").empty
+    assert run_table(tmp_path / "s", res.run_id, "method_stats").empty

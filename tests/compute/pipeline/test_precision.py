@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.support.imagegen import make_imagefolder
+from tests.support.jobs import small_job
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.datasets.imageset import ImageSet, collate
 from xaidash.compute.device import configure_device
@@ -34,10 +35,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _cfg(data: tuple[Path, Path], store: Path, **kw: object) -> JobConfig:
     folder, ckpt = data
-    cfg = JobConfig(data=f"imagefolder:{folder}", checkpoint=str(ckpt), store=str(store), device="cpu",
-                    workers=0, batch_size=4, chunk_size=4, faithfulness_steps=4, projection="pca", twins=2,
-                    calibration_images=4, scorecam_max_channels=64)
-    return dataclasses.replace(cfg, **kw)  # type: ignore[arg-type]
+    return small_job(folder, store, ckpt, **{"batch_size": 4, "chunk_size": 4, "twins": 2,
+                                             "calibration_images": 4, "scorecam_max_channels": 64, **kw})
 
 
 def _run(store: Path) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:

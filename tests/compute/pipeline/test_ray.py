@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from tests.support.imagegen import make_imagefolder
+from tests.support.jobs import small_job
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.pipeline.job import JobConfig, run_job
 from xaidash.compute.pipeline.ray_runner import KILL_WORKER_ENV
@@ -51,10 +52,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _cfg(folder: Path, ckpt: Path, store: Path, **kw: object) -> JobConfig:
-    cfg = JobConfig(data=f"imagefolder:{folder}", checkpoint=str(ckpt), store=str(store), device="cpu",
-                    workers=0, batch_size=4, chunk_size=4, scorecam_max_channels=4, faithfulness_steps=2,
-                    projection="pca", twins=3, explain=("pred", "true"))
-    return dataclasses.replace(cfg, **kw)  # type: ignore[arg-type]
+    return small_job(folder, store, ckpt, **{"batch_size": 4, "chunk_size": 4, "scorecam_max_channels": 4,
+                                             "faithfulness_steps": 2, "twins": 3, "explain": ("pred", "true"),
+                                             **kw})
 
 
 @pytest.fixture(scope="module")

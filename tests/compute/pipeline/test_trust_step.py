@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from tests.support.imagegen import make_imagefolder, make_imagefolder_with_masks
-from tests.support.models import save_tiny_checkpoint
+from tests.support.jobs import run_table, small_job
 from xaidash.compute.pipeline.chunk import compute_chunk
 from xaidash.compute.pipeline.config import JobConfig
 from xaidash.compute.pipeline.job import run_job
@@ -25,27 +24,13 @@ N_VAL = 4  # per class, two classes
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
-
-
-@pytest.fixture(scope="module")
 def masked(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_imagefolder_with_masks(tmp_path_factory.mktemp("data") / "d", n_train=2, n_val=N_VAL, size=32)
 
 
 def _cfg(data: Path, ckpt: Path, store: Path, **kw: object) -> JobConfig:
-    base: dict[str, object] = dict(data=f"imagefolder:{data}", store=str(store), checkpoint=str(ckpt),
-                                   methods=("cam", "gradcam"), workers=0, projection="pca", twins=1,
-                                   sanity_images=3, faithfulness_steps=4, road_fractions=(0.2, 0.6),
-                                   chunk_size=3, attribution_images=0)  # the CAMs' trust rows alone
-    base.update(kw)
-    return JobConfig(**base)  # type: ignore[arg-type]
-
-
-def _table(store: Path, run_id: str | None, name: str) -> pd.DataFrame:
-    assert run_id is not None
-    return duckdb.sql(f"SELECT * FROM '{store}/runs/{run_id}/{name}.parquet'").df()
+    return small_job(data, store, ckpt, **{"methods": ("cam", "gradcam"), "sanity_images": 3,
+                                           "road_fractions": (0.2, 0.6), "chunk_size": 3, **kw})
 
 
 def test_trust_tables_from_the_job_equal_across_shards(masked: Path, ckpt: Path, tmp_path: Path) -> None:
@@ -53,7 +38,7 @@ def test_trust_tables_from_the_job_equal_across_shards(masked: Path, ckpt: Path,
     res = run_job(_cfg(masked, ckpt, tmp_path / "a"))
     assert res.ok and res.published
     n = 2 * N_VAL
-    t = {name: _table(tmp_path / "a", res.run_id, name) for name in TRUST}
+    t = {name: run_table(tmp_path / "a", res.run_id, name) for name in TRUST}
     for name, df in t.items():
         assert set(df["run_id"]) == {res.run_id}, name
     assert len(t["sanity"]) == 3 * 2 * 6 and set(t["sanity"]["block"]) == {"fc", "layer4", "layer3", "layer2",
@@ -67,7 +52,7 @@ def test_trust_tables_from_the_job_equal_across_shards(masked: Path, ckpt: Path,
     assert loc["energy"].between(0, 1).all() and set(loc["pointing"].dropna()) <= {0.0, 1.0}
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == sha  # the checkpoint is never touched
     # costs per image of each part, recorded with the method costs
-    runs = _table(tmp_path / "a", res.run_id, "runs")
+    runs = run_table(tmp_path / "a", res.run_id, "runs")
     import json
 
     timings = json.loads(runs["timings_json"].iloc[0])
@@ -81,7 +66,7 @@ def test_trust_tables_from_the_job_equal_across_shards(masked: Path, ckpt: Path,
     assert r.published
     for name in TRUST:
         a = t[name].drop(columns="run_id")
-        b = _table(tmp_path / "b", r.run_id, name).drop(columns="run_id")
+        b = run_table(tmp_path / "b", r.run_id, name).drop(columns="run_id")
         keys = [c for c in a.columns if a[c].dtype == object or c in ("step", "fraction")]
         pd.testing.assert_frame_equal(a.sort_values(keys).reset_index(drop=True),
                                       b.sort_values(keys).reset_index(drop=True), check_exact=False,
@@ -121,11 +106,11 @@ def test_run_without_trust_has_empty_tables(ckpt: Path, tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "plain", n_train=2, n_val=2, size=16)
     res = run_job(_cfg(data, ckpt, tmp_path / "s", sanity_images=0, road_fractions=(), faithfulness=False))
     for name in TRUST:
-        assert _table(tmp_path / "s", res.run_id, name).empty, name
+        assert run_table(tmp_path / "s", res.run_id, name).empty, name
     # a dataset without masks computes no localisation, and says nothing about it
     res2 = run_job(_cfg(data, ckpt, tmp_path / "s2"))
-    assert _table(tmp_path / "s2", res2.run_id, "localisation").empty
-    assert not _table(tmp_path / "s2", res2.run_id, "road").empty
+    assert run_table(tmp_path / "s2", res2.run_id, "localisation").empty
+    assert not run_table(tmp_path / "s2", res2.run_id, "road").empty
 
 
 def test_boxes_csv_gives_localisation(ckpt: Path, tmp_path: Path) -> None:
@@ -134,7 +119,7 @@ def test_boxes_csv_gives_localisation(ckpt: Path, tmp_path: Path) -> None:
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("path,x0,y0,x1,y1\n" + "".join(f"{s},0,0,8,16\n" for s in src[:3]))
     res = run_job(_cfg(data, ckpt, tmp_path / "s", boxes=str(boxes), sanity_images=0, road_fractions=()))
-    loc = _table(tmp_path / "s", res.run_id, "localisation")
+    loc = run_table(tmp_path / "s", res.run_id, "localisation")
     assert loc["image_id"].nunique() == 3 and len(loc) == 6
 
 
@@ -175,14 +160,14 @@ def test_masks_option_works_for_a_val_only_folder_and_gives_the_same_scores(
     import shutil
 
     ref = run_job(_cfg(masked, ckpt, tmp_path / "ref", sanity_images=0, road_fractions=()))
-    want = _table(tmp_path / "ref", ref.run_id, "localisation").drop(columns="run_id")
+    want = run_table(tmp_path / "ref", ref.run_id, "localisation").drop(columns="run_id")
     outside = tmp_path / "gt"
     shutil.copytree(masked / "masks" / "val", outside)  # <class>/<stem>.png, no "val/" prefix
     plan = make_plan(_cfg(masked / "val", ckpt, tmp_path / "s", masks=str(outside)))  # val only
     assert plan.ground_truth is not None and len(plan.ground_truth) == len(want["image_id"].unique())
     res = run_job(_cfg(masked / "val", ckpt, tmp_path / "b", sanity_images=0, road_fractions=(),
                        masks=str(outside)))
-    got = _table(tmp_path / "b", res.run_id, "localisation").drop(columns="run_id")
+    got = run_table(tmp_path / "b", res.run_id, "localisation").drop(columns="run_id")
     keys = ["image_id", "method"]
     pd.testing.assert_frame_equal(got.sort_values(keys).reset_index(drop=True),
                                   want.sort_values(keys).reset_index(drop=True))
