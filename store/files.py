@@ -23,6 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xaidash.errors import UserError
+
 #: Marker file of a store directory (format + schema version).
 MARKER = ".xaidash-store"
 #: A run directory's manifest, written last: a run directory without it is not a run.
@@ -156,3 +158,11 @@ def blocking_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def require_store(path: str | Path) -> Path:
+    """``path`` as an absolute path when it holds a store; UserError saying what to run if not."""
+    p = Path(path).expanduser().absolute()
+    if not (p / MARKER).is_file():
+        raise UserError(f"{p} is not an xaidash store (no {MARKER}); run `xaidash compute --store {p}` first")
+    return p

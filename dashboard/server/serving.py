@@ -10,19 +10,33 @@ client holds a connection slot but never a thread. Its limits are set here, in o
   connection closed, before the app sees them;
 - a connection idle for :data:`CHANNEL_TIMEOUT_S` is closed.
 
-For several CPU cores, run gunicorn workers over ``xaidash.dashboard.wsgi:server`` instead
-(docs/DASHBOARD.md, "Production serving"). ``--dev`` keeps Dash's development server.
+A render is CPU-bound Python, so one process uses one core however many threads it has (the
+GIL). Where the platform can fork, ``serve`` runs :func:`default_processes` waitress processes
+(one per core, at most :data:`MAX_PROCESSES`) that accept on one listening socket, each with its
+own app and caches; a parent process restarts one that dies and stops them all on SIGTERM or
+Ctrl+C. Not gunicorn, which pre-forks the same way: the request-size limits and the error replies
+above are waitress's (gunicorn caps a header line at 8 KiB, answers an oversized head 400 rather
+than 431 and has no body limit of its own), and gunicorn's sync workers are held by a slow client
+where waitress's front end is not. gunicorn over ``xaidash.dashboard.wsgi:server`` remains a
+documented choice (docs/DASHBOARD.md, "Production serving"). ``--dev`` keeps Dash's development
+server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import dash
 import waitress
 
 from xaidash.dashboard.server.guard import MAX_REQUEST_BYTES
+from xaidash.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +46,8 @@ log = logging.getLogger(__name__)
 #: ms with 4 threads against 639-698 ms with 8, throughput within noise. Two per core leaves room
 #: for a thread waiting on disk or on a DuckDB query (which releases the GIL).
 THREADS = 4
+#: most server processes by default: each holds its own app, store connection and caches
+MAX_PROCESSES = 4
 #: open connections at once: a browser keeps about six, so this serves a team of a dozen or more
 CONNECTION_LIMIT = 100
 #: seconds a connection may stay idle (no request, or a body stalled mid-way) before it is closed
@@ -58,19 +74,128 @@ def waitress_options(host: str, port: int, threads: int = THREADS) -> dict[str, 
     }
 
 
-def serve(app: dash.Dash, host: str, port: int, dev: bool = False, threads: int = THREADS) -> None:
-    """Serve ``app`` until interrupted: waitress, or Dash's development server when ``dev``."""
+def default_processes() -> int:
+    """One server process per CPU core this process may use, at most :data:`MAX_PROCESSES`; one
+    where the platform cannot fork (Windows)."""
+    if not hasattr(os, "fork"):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_PROCESSES))
+
+
+def serve(make_app: Callable[[], dash.Dash], host: str, port: int, dev: bool = False,
+          threads: int = THREADS, processes: int = 1) -> int:
+    """Serve the app ``make_app`` builds until interrupted: waitress in ``processes`` processes,
+    or Dash's development server when ``dev``. Returns the exit status."""
     if dev:
         log.info("Dash's development server (--dev): for debugging on this machine only")
-        app.run(host=host, port=port, debug=False)
-        return
+        make_app().run(host=host, port=port, debug=False)
+        return 0
     options = waitress_options(host, port, threads)
     log.info(
-        "waitress: %d threads, at most %d connections, bodies up to %.1f MB, idle connections closed "
-        "after %d s",
+        "waitress: %d process%s x %d threads, at most %d connections each, bodies up to %.1f MB, idle "
+        "connections closed after %d s",
+        processes,
+        "" if processes == 1 else "es",
         threads,
         CONNECTION_LIMIT,
         MAX_REQUEST_BYTES / 1e6,
         CHANNEL_TIMEOUT_S,
     )
-    waitress.serve(app.server, **options)
+    if processes == 1:
+        waitress.serve(make_app().server, **options)
+        return 0
+    listener = _listening_socket(host, port)
+    per_process = {k: v for k, v in options.items() if k not in ("host", "port")}
+
+    def serve_one(ready: Callable[[], None]) -> None:
+        app = make_app()
+        ready()
+        waitress.serve(app.server, sockets=[listener], **per_process)
+
+    return _supervise(serve_one, processes)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The one socket every server process accepts on: bound before the fork, so whichever process
+    is idle takes the next connection."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+def _supervise(serve_one: Callable[[Callable[[], None]], None], processes: int) -> int:
+    """Fork ``processes`` children that each call ``serve_one(ready)``; restart one that dies after
+    it called ``ready`` (its app was built), stop them all when one dies before that or on SIGTERM /
+    Ctrl+C. Returns the exit status."""
+    children: dict[int, int] = {}  # pid -> read end of the pipe its ready() writes to
+    stopping: list[int] = []  # the exit status once stopping
+
+    def start() -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: the parent decides when it stops
+            os.close(r)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            code = 0
+
+            def ready() -> None:
+                os.write(w, b"1")
+                os.close(w)
+
+            try:
+                serve_one(ready)
+            except UserError as exc:  # a bad store: its one line, as the CLI would print it
+                log.error("%s", exc)
+                code = 2
+            except Exception:  # the child's last word before its exit status tells the parent
+                log.exception("server process %d failed", os.getpid())
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        children[pid] = r
+
+    def stop(code: int) -> None:
+        if not stopping:
+            stopping.append(code)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop(0))
+    try:
+        for _ in range(processes):
+            start()
+        while children:
+            try:
+                pid, status = os.wait()
+            except KeyboardInterrupt:
+                stop(0)
+                continue
+            except ChildProcessError:
+                break
+            r = children.pop(pid, None)
+            if r is None:
+                continue
+            was_ready = os.read(r, 1) == b"1"  # the child is gone: this never blocks
+            os.close(r)
+            if stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if not was_ready:
+                log.error("server process %d exited with status %d while starting; stopping the others",
+                          pid, code)
+                stop(code or 1)
+            else:
+                log.warning("server process %d exited with status %d; starting another", pid, code)
+                start()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for r in children.values():
+            os.close(r)
+    return stopping[0] if stopping else 0

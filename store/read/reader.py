@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from xaidash.constants import FAITHFULNESS_SCORES, METHOD_RE, RUN_ID_RE, TARGET_KINDS
 from xaidash.errors import UserError
-from xaidash.store.files import MARKER
+from xaidash.store.files import require_store
 from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import Catalog, RunEntry, build_views
 from xaidash.store.read.headline import HEADLINE, HEADLINE_SQL, headline_out
@@ -73,11 +73,7 @@ class StoreReader:
     """
 
     def __init__(self, path: str | Path, cache_runs: int = 4) -> None:
-        p = Path(path).expanduser().absolute()
-        if not (p / MARKER).is_file():
-            raise UserError(
-                f"{p} is not an xaidash store (no {MARKER}); run `xaidash compute --store {p}` first"
-            )
+        p = require_store(path)
         self.path = p
         self._lock = threading.RLock()
         self._local = threading.local()

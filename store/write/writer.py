@@ -31,7 +31,7 @@ import pyarrow as pa
 from xaidash.errors import UserError
 from xaidash.store import files
 from xaidash.store.builder import conform
-from xaidash.store.files import FORMAT, MANIFEST, MARKER, FileLock, read_manifest
+from xaidash.store.files import FORMAT, MANIFEST, MARKER, FileLock, read_manifest, require_store
 from xaidash.store.schema import SCHEMA_VERSION
 from xaidash.store.write import images
 from xaidash.store.write.layout import StoreLayout, validate_fingerprint, validate_run_id
@@ -109,11 +109,7 @@ class Store(StoreLayout):
     @classmethod
     def open(cls, path: str | Path, durable: bool = True) -> Store:
         """Open an existing store; UserError if ``path`` is not one."""
-        p = Path(path).expanduser().absolute()
-        if not (p / MARKER).is_file():
-            raise UserError(
-                f"{p} is not an xaidash store (no {MARKER}); run `xaidash compute --store {p}` first"
-            )
+        p = require_store(path)
         return cls.create(p, durable)
 
     # runs
