@@ -37,6 +37,7 @@ def test_compute_run_then_run_objects(tmp_path: Path) -> None:
         no_faithfulness=True,
         sanity_images=0,
         road_fractions="none",
+        attribution_images=0,
     )
     run_id = xaidash.compute_run(f"imagefolder:{folder}", store, **opts)
     assert xaidash.compute_run(f"imagefolder:{folder}", store, **opts) == run_id  # reused, as the CLI does
@@ -84,7 +85,8 @@ def test_compute_run_in_memory_model_and_dataset(tmp_path: Path) -> None:
     store = tmp_path / "store"
     val, train = _Images(6, 0), _Images(6, 1)
     opts = dict(device="cpu", workers=0, batch_size=4, methods="gradcam", projection="pca", twins=2,
-                no_faithfulness=True, sanity_images=0, road_fractions="none", input_size=32)
+                no_faithfulness=True, sanity_images=0, road_fractions="none", input_size=32,
+                attribution_images=0)
     run_id = xaidash.compute_run(val, store, model=_notebook_model(), train_data=train, **opts)
     # the same data and model land on the same files: the identical run is reused
     assert xaidash.compute_run(val, store, model=_notebook_model(), train_data=train, **opts) == run_id

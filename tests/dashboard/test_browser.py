@@ -207,6 +207,8 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
             "pca",
             "--twins",
             "2",
+            "--attribution-images",
+            "0",
         ]
     )
     assert rc == 0
@@ -262,7 +264,7 @@ def vit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]
                f"python:{byo_models.__file__}:timm_vit", "--input-size", "64", "--device", "cpu",
                "--workers", "0", "--batch-size", "4", "--faithfulness-steps", "2", "--projection", "pca",
                "--twins", "1", "--sanity-images", "0", "--road-fractions", "none",
-               "--scorecam-max-channels", "4"])
+               "--scorecam-max-channels", "4", "--attribution-images", "0"])
     assert rc == 0
     srv = LiveServer(store, root / "sel")
     yield srv

@@ -121,6 +121,8 @@ def _compute(data: str, ckpt: Path, store: Path) -> str:
                 "--methods",
                 "gradcam,gradcampp",
                 "--no-faithfulness",
+                "--attribution-images",
+                "0",
                 "--projection",
                 "pca",
                 "--device",

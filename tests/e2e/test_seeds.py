@@ -123,6 +123,8 @@ def test_seed002_imagenet_model_on_unlabeled_photos(tmp_path: Path) -> None:
         "--methods",
         "cam,gradcam,gradcampp",
         "--no-faithfulness",
+        "--attribution-images",  # 224-px photos: tens of seconds each on a CPU, and not this seed's question
+        "0",
     )
     with open_store(store) as r:
         run_id = r.latest_run_id()

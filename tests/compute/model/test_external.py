@@ -23,7 +23,7 @@ CLASSES = ("a", "b", "c")
 HERE = Path(byo_models.__file__)
 FAST = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--faithfulness-steps", "2",
         "--projection", "pca", "--twins", "1", "--sanity-images", "2", "--road-fractions", "0.5",
-        "--calibration-images", "1"]
+        "--calibration-images", "1", "--attribution-images", "0"]
 
 
 @pytest.fixture(scope="module")

@@ -281,7 +281,8 @@ def test_concurrent_shards_publish_one_run_equal_to_unsharded(
     barrier.mkdir()
     args = ["compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(ckpt), "--store", str(store),
             "--device", "cpu", "--workers", "0", "--batch-size", "4", "--chunk-size", "4",
-            "--methods", "cam,gradcam", "--no-faithfulness", "--projection", "pca", "--twins", "3"]
+            "--methods", "cam,gradcam", "--no-faithfulness", "--projection", "pca", "--twins", "3",
+            "--attribution-images", "0"]
     env = dict(os.environ, PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = [
         subprocess.Popen([sys.executable, "-c", _SHARD_CHILD, str(barrier), "2", *args, "--shard", f"{i}/2"],

@@ -192,7 +192,8 @@ def test_killed_driver_resumes_to_an_equal_run(data: tuple[Path, Path], referenc
     args = ["compute", "--data", f"imagefolder:{folder}", "--checkpoint", str(ckpt), "--store", str(store),
             "--device", "cpu", "--workers", "0", "--batch-size", "4", "--chunk-size", "4",
             "--scorecam-max-channels", "4", "--faithfulness-steps", "2", "--projection", "pca",
-            "--twins", "3", "--explain", "pred,true", "--ray", "local", "--ray-workers", "1"]
+            "--twins", "3", "--explain", "pred,true", "--ray", "local", "--ray-workers", "1",
+            "--attribution-images", "0"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, *args], cwd=str(REPO), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
