@@ -67,11 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        default="bf16",
-        choices=("fp32", "bf16"),
-        help="Score-CAM's masked forwards and faithfulness in bf16 (about 5x faster on a CPU with AMX; "
-        "the deviation from fp32 is measured and shown) or fp32 (about 3 s per image for Score-CAM on "
-        "2 CPU cores) (default: %(default)s)",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="Score-CAM's masked forwards and faithfulness in bf16 (about 5x faster on a CPU with AMX, "
+        "2x with AVX-512-BF16, several times slower without either; the deviation from fp32 is "
+        "measured and shown) or fp32 (about 3 s per image for Score-CAM on 2 CPU cores); auto: bf16 "
+        "where the CPU or GPU has a bf16 unit, else fp32 (default: %(default)s)",
     )
     parser.add_argument(
         "--calibration-images", type=int, default=4,
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             str(args.faithfulness_steps),
             *scorecam,
             "--precision",
-            args.precision,
+            _precision(args.precision, args.device),
             "--calibration-images",
             str(args.calibration_images),
             "--sanity-images",
@@ -212,6 +213,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _cli(serve_argv(store, args.host, args.port, args.dev))
     return 0
+
+
+def _precision(asked: str, device: str) -> str:
+    """``auto``: bf16 where this machine has a bf16 unit (AMX, AVX-512-BF16, a GPU's), else fp32,
+    where emulated bf16 would make the demo several times slower."""
+    if asked != "auto":
+        return asked
+    import torch
+
+    from xaidash.compute.pipeline.precision import bf16_hardware
+
+    cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    hw = bf16_hardware(torch.device("cuda" if cuda else "cpu"))
+    log.info("demo: %s", f"bf16 on {hw}" if hw else "fp32 (no bf16 unit on this machine)")
+    return "bf16" if hw else "fp32"
 
 
 def serve_argv(store: Path, host: str, port: int, dev: bool = False) -> list[str]:

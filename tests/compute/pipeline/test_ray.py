@@ -35,13 +35,22 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[3]
 
+#: Ray's setting of its workers' nice level (its own spelling)
+NICENESS_ENV = "RAY_worker_niceness"
+
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    """One local Ray instance for the module (starting one costs ~3 s)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+    """One local Ray instance for the module (starting one costs ~3 s).
+
+    Its workers at the tests' own priority: Ray nices them to 15 by default, which starves them
+    when other tests run beside these (pytest-xdist), and the driver's waits then time out.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(NICENESS_ENV, "0")  # read by the raylet; CLI runs started here inherit it
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +203,7 @@ def test_killed_driver_resumes_to_an_equal_run(data: tuple[Path, Path], referenc
             "--scorecam-max-channels", "4", "--faithfulness-steps", "2", "--projection", "pca",
             "--twins", "3", "--explain", "pred,true", "--ray", "local", "--ray-workers", "1",
             "--attribution-images", "0"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = {**os.environ, "PYTHONPATH": str(REPO), NICENESS_ENV: "0"}  # see ray_local
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, *args], cwd=str(REPO), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     chunks = store / "_staging"
