@@ -208,7 +208,8 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0)
 
 @contextmanager
 def server(
-    kind: str, store: Path, port: int, workers: int, threads: int, serve_threads: int | None = None
+    kind: str, store: Path, port: int, workers: int, threads: int, serve_threads: int | None = None,
+    serve_processes: int | None = None,
 ) -> Iterator[str]:
     """Run ``xaidash serve`` or gunicorn on ``port``; yields its description."""
     env = {**os.environ, "XAIDASH_STORE": str(store)}
@@ -218,6 +219,9 @@ def server(
         cmd += ["--threads", str(serve_threads)] if serve_threads and kind == "serve" else []
         desc = "xaidash serve" + (" --dev" if kind == "dev" else "")
         desc += f" --threads {serve_threads}" if serve_threads and kind == "serve" else ""
+        if serve_processes and kind == "serve":
+            cmd += ["--processes", str(serve_processes)]
+            desc += f" --processes {serve_processes}"
     else:
         cmd = [str(BIN / "gunicorn"), "-w", str(workers), "-b", f"127.0.0.1:{port}", "--timeout", "120"]
         cmd += ["--threads", str(threads)] if threads > 1 else []
@@ -274,7 +278,8 @@ def report(desc: str, store: str, clients: int, n: int, wall: float, res: Result
 
 def run_load(kind: str, store: Path, args: argparse.Namespace) -> tuple[str, int]:
     port = free_port()
-    with server(kind, store, port, args.workers, args.threads, args.serve_threads) as desc:
+    with server(kind, store, port, args.workers, args.threads, args.serve_threads,
+                args.serve_processes) as desc:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
         conn.request("GET", "/_dash-dependencies")
         deps = json.loads(conn.getresponse().read())
@@ -329,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     ap.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (1: sync workers)")
     ap.add_argument("--serve-threads", type=int, default=None,
-                    help="xaidash serve --threads (default: the server's own, 8)")
+                    help="xaidash serve --threads (default: the server's own, 4)")
+    ap.add_argument("--serve-processes", type=int, default=None,
+                    help="xaidash serve --processes (default: the server's own, one per core up to 4)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not (args.store / "runs").is_dir() or not any((args.store / "runs").iterdir()):
