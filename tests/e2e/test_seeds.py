@@ -71,6 +71,8 @@ def test_seed001_real_vs_fake_twins_and_misclassified(
         "3",
         "--faithfulness-steps",
         "4",
+        "--attribution-images",  # the seed asks about twins and errors, not pixel attributions
+        "0",
     )
 
     with open_store(store) as r:
@@ -193,6 +195,8 @@ def test_seed003_cifar_subset_frozen_backbone(tmp_path: Path, capsys: pytest.Cap
         "--explain",
         "pred,true",
         "--no-faithfulness",
+        "--attribution-images",  # the seed asks about classes and errors, not pixel attributions
+        "0",
     )
     with open_store(store) as r:
         run_id = r.latest_run_id()

@@ -35,8 +35,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _cfg(data: tuple[Path, Path], store: Path, **kw: object) -> JobConfig:
     folder, ckpt = data
+    # no sanity check or ROAD: their cost in (emulated, on most CPUs) bf16 is not what these test
     return small_job(folder, store, ckpt, **{"batch_size": 4, "chunk_size": 4, "twins": 2,
-                                             "calibration_images": 4, "scorecam_max_channels": 64, **kw})
+                                             "calibration_images": 4, "scorecam_max_channels": 64,
+                                             "sanity_images": 0, "road_fractions": (), **kw})
 
 
 def _run(store: Path) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
