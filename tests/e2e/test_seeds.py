@@ -234,6 +234,8 @@ def test_seed004_methods_side_by_side_cost_and_faithfulness(tmp_path: Path) -> N
         str(store),
         "--faithfulness-steps",
         "4",
+        "--attribution-sanity-images",  # the defaults otherwise; their sanity cascade once, not 4 times
+        "1",
     )
     with open_store(store) as r:
         run_id = r.latest_run_id()

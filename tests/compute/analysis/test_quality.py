@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.support.imagegen import make_imagefolder
+from tests.support.jobs import small_job
 from tests.support.models import CLASSES, SIZE, save_tiny_checkpoint
 from xaidash.compute.analysis.clusters import cluster_cell, error_clusters
 from xaidash.compute.analysis.quality import (
@@ -154,11 +155,9 @@ def test_job_flags_copied_images_as_leaks_and_noise_as_outlier(
 ) -> None:
     root, copies, noise = leaky
     ckpt = save_tiny_checkpoint(tmp_path / "m.pt")
-    cfg = JobConfig(
-        data=f"imagefolder:{root}", checkpoint=str(ckpt), store=str(tmp_path / "store"), device="cpu",
-        workers=0, batch_size=8, chunk_size=8, scorecam_max_channels=4, faithfulness_steps=2,
-        projection="pca", twins=3, cluster_min_errors=2,
-    )
+    # the data-quality rules alone: two methods, no trust checks, no attributions
+    cfg = small_job(root, tmp_path / "store", ckpt, batch_size=8, chunk_size=8, methods=("cam", "gradcam"),
+                    faithfulness_steps=2, twins=3, cluster_min_errors=2, sanity_images=0, road_fractions=())
     assert run_job(cfg).ok
     with open_store(tmp_path / "store") as r:
         rid = r.latest_run_id()

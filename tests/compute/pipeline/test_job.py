@@ -422,9 +422,9 @@ def test_imagenet_weights_without_checkpoint(tmp_path: Path) -> None:
     from xaidash.compute.model.architectures import imagenet_class_names
 
     data = make_unlabeled_folder(tmp_path / "u", n=2, size=64)
-    res = run_job(JobConfig(data=f"folder:{data}", model="efficientnet_lite0", weights="imagenet",
-                            store=str(tmp_path / "s"), device="cpu", workers=0, methods=("cam", "gradcam"),
-                            faithfulness=False, projection="pca"))
+    res = run_job(small_job(f"folder:{data}", tmp_path / "s", model="efficientnet_lite0", weights="imagenet",
+                            methods=("cam", "gradcam"), faithfulness=False, sanity_images=0,
+                            road_fractions=()))
     assert res.published
     with open_store(tmp_path / "s") as r:
         run = r.runs().iloc[0]
