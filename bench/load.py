@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -55,12 +54,6 @@ PAGES = ("/", "/gallery", "/embedding", "/compare", "/image", "/explain")
 METHODS = ("cam", "gradcam", "gradcampp", "scorecam")
 CMAPS = ("jet", "viridis", "inferno")
 TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_store(path: Path, n_val: int, n_train: int) -> None:
@@ -277,6 +270,8 @@ def report(desc: str, store: str, clients: int, n: int, wall: float, res: Result
 
 
 def run_load(kind: str, store: Path, args: argparse.Namespace) -> tuple[str, int]:
+    from xaidash.dashboard.server.serving import free_port
+
     port = free_port()
     with server(kind, store, port, args.workers, args.threads, args.serve_threads,
                 args.serve_processes) as desc:

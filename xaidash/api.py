@@ -19,7 +19,6 @@ Heavy libraries (torch, Dash, DuckDB) are imported by the function that needs th
 from __future__ import annotations
 
 import argparse
-import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
@@ -243,11 +242,6 @@ class Run:
         return write_report(self.store, self.id, path, pdf=pdf, top_errors=top_errors)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def show(
     store: str | Path | StoreReader,
@@ -275,6 +269,7 @@ def show(
 
         run_id = resolve_run(reader, run).run_id
     from xaidash.dashboard.app import create_app
+    from xaidash.dashboard.server.serving import free_port
 
     app = create_app(reader.path, reader=reader)
     if run_id is not None:
@@ -288,4 +283,4 @@ def show(
 
         app.server.before_request(open_run)
 
-    app.run(jupyter_mode=mode, jupyter_height=height, port=port or _free_port(), debug=False)
+    app.run(jupyter_mode=mode, jupyter_height=height, port=port or free_port(), debug=False)

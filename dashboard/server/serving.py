@@ -29,11 +29,14 @@ import logging
 import os
 import signal
 import socket
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import dash
 import waitress
+from waitress.adjustments import Adjustments
 
 from xaidash.dashboard.server.guard import MAX_REQUEST_BYTES
 from xaidash.errors import UserError
@@ -55,6 +58,11 @@ CHANNEL_TIMEOUT_S = 120
 #: the largest request head (request line and headers); the longest URL the pages write is a
 #: few KiB
 MAX_HEADER_BYTES = 64 * 1024
+#: a process that dies this many times within :data:`RESTART_WINDOW_S` seconds is not restarted
+#: again: something outside it (memory, the store's disk) is wrong, and restarting in a tight loop
+#: would only hide that and burn a core
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
 
 
 def waitress_options(host: str, port: int, threads: int = THREADS) -> dict[str, Any]:
@@ -116,23 +124,43 @@ def serve(make_app: Callable[[], dash.Dash], host: str, port: int, dev: bool = F
     return _supervise(serve_one, processes)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at ``host`` now (the OS picks it), for a server started next."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def _listening_socket(host: str, port: int) -> socket.socket:
     """The one socket every server process accepts on: bound before the fork, so whichever process
-    is idle takes the next connection."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    is idle takes the next connection. The address family comes from resolving ``host`` (a name,
+    an IPv4 or an IPv6 address); the backlog is waitress's own default, as one process would use."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UserError(f"cannot serve on host {host!r}: {exc.strerror}; pass --host with an address "
+                        "of this machine (127.0.0.1 for this machine only, 0.0.0.0 for every interface)"
+                        ) from exc
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from exc
+    sock.listen(Adjustments.backlog)
     return sock
 
 
 def _supervise(serve_one: Callable[[Callable[[], None]], None], processes: int) -> int:
     """Fork ``processes`` children that each call ``serve_one(ready)``; restart one that dies after
-    it called ``ready`` (its app was built), stop them all when one dies before that or on SIGTERM /
-    Ctrl+C. Returns the exit status."""
+    it called ``ready`` (its app was built), stop them all when one dies before that, when more than
+    :data:`MAX_RESTARTS` died within :data:`RESTART_WINDOW_S`, or on SIGTERM / Ctrl+C. Returns the
+    exit status."""
     children: dict[int, int] = {}  # pid -> read end of the pipe its ready() writes to
-    stopping: list[int] = []  # the exit status once stopping
+    exit_code: int | None = None  # set once stopping
+    restarts: deque[float] = deque()  # when the recent restarts happened
 
     def start() -> None:
         r, w = os.pipe()
@@ -161,8 +189,9 @@ def _supervise(serve_one: Callable[[Callable[[], None]], None], processes: int) 
         children[pid] = r
 
     def stop(code: int) -> None:
-        if not stopping:
-            stopping.append(code)
+        nonlocal exit_code
+        if exit_code is None:
+            exit_code = code
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -184,18 +213,27 @@ def _supervise(serve_one: Callable[[Callable[[], None]], None], processes: int) 
                 continue
             was_ready = os.read(r, 1) == b"1"  # the child is gone: this never blocks
             os.close(r)
-            if stopping:
+            if exit_code is not None:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            now = time.monotonic()
+            while restarts and now - restarts[0] > RESTART_WINDOW_S:
+                restarts.popleft()
             if not was_ready:
                 log.error("server process %d exited with status %d while starting; stopping the others",
                           pid, code)
                 stop(code or 1)
+            elif len(restarts) >= MAX_RESTARTS:
+                log.error("server process %d exited with status %d: %d exits within %.0f s; "
+                          "stopping the others (see the errors above)", pid, code, len(restarts) + 1,
+                          RESTART_WINDOW_S)
+                stop(code or 1)
             else:
                 log.warning("server process %d exited with status %d; starting another", pid, code)
+                restarts.append(now)
                 start()
     finally:
         signal.signal(signal.SIGTERM, previous)
         for r in children.values():
             os.close(r)
-    return stopping[0] if stopping else 0
+    return exit_code or 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -21,15 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from xaidash.dashboard.server.serving import free_port
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +93,7 @@ def test_installed_package_works_next_to_lookalikes(fresh_venv: tuple[Path, set[
 
     store = tmp_path / "store"
     Store.create(store)
-    port = _free_port()
+    port = free_port()
     cmd = [str(venv / "bin" / "xaidash"), "serve", "--store", str(store), "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=decoys, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)

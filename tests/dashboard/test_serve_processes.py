@@ -21,14 +21,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not Path("/proc").is_
                                 reason="forked server processes, seen through /proc")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _children(pid: int) -> set[int]:
     out = set()
     for d in Path("/proc").iterdir():
@@ -60,14 +52,17 @@ def _answers(port: int) -> bool:
 
 def test_processes_share_the_port_a_dead_one_is_replaced_and_sigterm_stops_all(store_dir: Path,
                                                                                 tmp_path: Path) -> None:
-    port = _free_port()
+    port = serving.free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         argv = ["serve", "--store", str(store_dir), "--port", str(port), "--processes", "2"]
         proc = subprocess.Popen([sys.executable, "-m", "xaidash.cli", *argv], stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        _wait(lambda: len(_children(proc.pid)) == 2 and _answers(port), "two answering processes")
+        # both have built their app (waitress says "Serving on" once per process): one killed while
+        # still starting would rightly stop the server instead of being replaced
+        _wait(lambda: log.read_text().count("Serving on") == 2 and _answers(port), "two answering processes")
+        assert len(_children(proc.pid)) == 2
         assert "2 processes x 4 threads" in log.read_text()
         first = _children(proc.pid)
         victim = min(first)
@@ -89,7 +84,32 @@ def test_a_process_that_cannot_start_stops_the_server() -> None:
     def broken() -> object:
         raise UserError("the store went away")
 
-    assert serving.serve(broken, "127.0.0.1", _free_port(), processes=2) == 2  # type: ignore[arg-type]
+    assert serving.serve(broken, "127.0.0.1", serving.free_port(), processes=2) == 2  # type: ignore[arg-type]
+
+
+class _DiesAfterStarting:
+    """An app that is built (the process reports ready) but whose server cannot be taken."""
+
+    @property
+    def server(self) -> object:
+        raise RuntimeError("the server went away")
+
+
+def test_a_process_that_keeps_dying_is_not_restarted_forever(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(serving, "MAX_RESTARTS", 2)
+    start = time.monotonic()
+    status = serving.serve(_DiesAfterStarting, "127.0.0.1", serving.free_port(), processes=2)  # type: ignore[arg-type]
+    assert status == 1
+    assert time.monotonic() - start < 30
+    restarted = [r for r in caplog.records if "starting another" in r.getMessage()]
+    assert len(restarted) == 2
+    assert any("3 exits within 60 s" in r.getMessage() for r in caplog.records)
+
+
+def test_a_host_that_does_not_resolve_is_one_clear_error() -> None:
+    with pytest.raises(UserError, match=r"cannot serve on host 'no-such-host\.invalid'.*--host"):
+        serving.serve(_DiesAfterStarting, "no-such-host.invalid", 8050, processes=2)  # type: ignore[arg-type]
 
 
 def test_default_processes_is_one_per_core_within_bounds() -> None:

@@ -52,16 +52,11 @@ CHECKPOINT = "/srv/models/team-secret/resnet18-best.pt"
 SHA = "ab12cd34ef56" + "0" * 52
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture(scope="module")
 def live(store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     """A live `xaidash serve` over the test store, started as the demo starts it: (port, its log)."""
-    port = _free_port()
+    port = serving.free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     argv = demo.serve_argv(store_dir, "127.0.0.1", port)
     with log.open("wb") as out:

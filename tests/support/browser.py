@@ -8,7 +8,6 @@ importing test module when Chromium, chromedriver or selenium is missing.
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from xaidash.dashboard.server.serving import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -59,11 +60,6 @@ def headless_chromium(window: str = "1500,1100", *, network_log: bool = False) -
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class LiveServer:
     """A dashboard served by werkzeug in a daemon thread."""
@@ -74,7 +70,7 @@ class LiveServer:
         from xaidash.dashboard.app import create_app
 
         self.app = create_app(store, selections_dir=selections)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._srv = make_server("127.0.0.1", self.port, self.app.server, threaded=True)
         self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True)
