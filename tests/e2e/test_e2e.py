@@ -46,7 +46,7 @@ TINY_DEMO = [
     "--attribution-images",
     "2",
     "--road-images",
-    "8",
+    "2",
     "--device",
     "cpu",
 ]

@@ -234,7 +234,11 @@ def test_seed004_methods_side_by_side_cost_and_faithfulness(tmp_path: Path) -> N
         str(store),
         "--faithfulness-steps",
         "4",
-        "--attribution-sanity-images",  # the defaults otherwise; their sanity cascade once, not 4 times
+        # the defaults otherwise; each sanity cascade (the CAMs' and the attributions') on
+        # one image, not on all 4: it re-runs exact Score-CAM per randomised layer
+        "--sanity-images",
+        "1",
+        "--attribution-sanity-images",
         "1",
     )
     with open_store(store) as r:
