@@ -33,12 +33,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             save_tiny_checkpoint(root / "model.pt"))
 
 
+SC_CHANNELS = 16
+
+
 def _cfg(data: tuple[Path, Path], store: Path, **kw: object) -> JobConfig:
     folder, ckpt = data
-    # no sanity check or ROAD: their cost in (emulated, on most CPUs) bf16 is not what these test
+    # no sanity check or ROAD, 16 Score-CAM channels and 2 faithfulness steps: their cost in
+    # (emulated, on most CPUs) bf16 is not what these test
     return small_job(folder, store, ckpt, **{"batch_size": 4, "chunk_size": 4, "twins": 2,
-                                             "calibration_images": 4, "scorecam_max_channels": 64,
-                                             "sanity_images": 0, "road_fractions": (), **kw})
+                                             "calibration_images": 4, "scorecam_max_channels": SC_CHANNELS,
+                                             "faithfulness_steps": 2, "sanity_images": 0,
+                                             "road_fractions": (), **kw})
 
 
 def _run(store: Path) -> tuple[dict[str, pd.DataFrame], dict[str, object]]:
@@ -96,10 +101,10 @@ def test_recorded_deviation_equals_a_recomputation(data: tuple[Path, Path], runs
     folded = folded_copy(plan.model)  # bf16 runs their masked forwards on a BN-folded copy
     with CamEngine(plan.model, plan.target_layer, plan.linear_head) as eng:
         res = eng.forward(x, ())
-        fp32 = eng.scorecam(x, res.activations, res.targets["pred"], batch_size=32, max_channels=64)
+        fp32 = eng.scorecam(x, res.activations, res.targets["pred"], batch_size=32, max_channels=SC_CHANNELS)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16 = eng.scorecam(x, res.activations, res.targets["pred"], batch_size=32,
-                                max_channels=64, masked_model=folded).float()
+                                max_channels=SC_CHANNELS, masked_model=folded).float()
     per_image = (bf16 - fp32).abs().flatten(1).amax(1).numpy()
     assert cal["max_abs_dmap"] == pytest.approx(float(per_image.max()), abs=1e-6)
     assert cal["median_abs_dmap"] == pytest.approx(float(np.median(per_image)), abs=1e-6)
