@@ -61,9 +61,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _cfg(folder: Path, ckpt: Path, store: Path, **kw: object) -> JobConfig:
+    # the trust tables on a sample (2 sanity cascades, 4 ROAD images): enough rows to compare
     return small_job(folder, store, ckpt, **{"batch_size": 4, "chunk_size": 4, "scorecam_max_channels": 4,
                                              "faithfulness_steps": 2, "twins": 3, "explain": ("pred", "true"),
-                                             **kw})
+                                             "sanity_images": 2, "road_images": 4, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +203,7 @@ def test_killed_driver_resumes_to_an_equal_run(data: tuple[Path, Path], referenc
             "--device", "cpu", "--workers", "0", "--batch-size", "4", "--chunk-size", "4",
             "--scorecam-max-channels", "4", "--faithfulness-steps", "2", "--projection", "pca",
             "--twins", "3", "--explain", "pred,true", "--ray", "local", "--ray-workers", "1",
-            "--attribution-images", "0"]
+            "--attribution-images", "0", "--sanity-images", "2", "--road-images", "4"]
     env = {**os.environ, "PYTHONPATH": str(REPO), NICENESS_ENV: "0"}  # see ray_local
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, *args], cwd=str(REPO), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
