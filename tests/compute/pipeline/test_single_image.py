@@ -29,6 +29,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
         data=f"imagefolder:{data}", checkpoint=str(ckpt), store=str(root / "store"), device="cpu",
         workers=0, batch_size=8, chunk_size=8, methods=("cam", "gradcam", "gradcampp"),
         faithfulness=False, projection="pca", twins=3,
+        # these tests are about the maps: no attributions or trust checks
+        attribution_images=0, sanity_images=0, road_fractions=(),
     ))
     assert res.run_id
     return data, root / "store", res.run_id
