@@ -16,12 +16,13 @@ def small_job(data: str | Path, store: Path, checkpoint: Path | None = None, **k
     no pixel attributions; ``kw`` overrides any field. ``data`` is a source spec or an image folder.
 
     The attributions are off unless a test asks for them: the CLI's default (64 images) costs tens
-    of backward passes per image, which a test about anything else should not pay.
+    of backward passes per image, which a test about anything else should not pay. For the same
+    reason the sanity cascade and ROAD run on a sample (2 and 4 images), not the CLI's 64 and all.
     """
     spec = f"imagefolder:{data}" if isinstance(data, Path) else data
     cfg = JobConfig(data=spec, store=str(store), checkpoint=None if checkpoint is None else str(checkpoint),
                     device="cpu", workers=0, projection="pca", twins=1, faithfulness_steps=4,
-                    attribution_images=0)
+                    attribution_images=0, sanity_images=2, road_images=4)
     return dataclasses.replace(cfg, **kw)  # type: ignore[arg-type]
 
 

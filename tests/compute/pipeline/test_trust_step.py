@@ -30,7 +30,8 @@ def masked(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(data: Path, ckpt: Path, store: Path, **kw: object) -> JobConfig:
     return small_job(data, store, ckpt, **{"methods": ("cam", "gradcam"), "sanity_images": 3,
-                                           "road_fractions": (0.2, 0.6), "chunk_size": 3, **kw})
+                                           "road_fractions": (0.2, 0.6), "road_images": None, "chunk_size": 3,
+                                           **kw})
 
 
 def test_trust_tables_from_the_job_equal_across_shards(masked: Path, ckpt: Path, tmp_path: Path) -> None:
