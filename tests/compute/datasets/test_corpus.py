@@ -31,7 +31,7 @@ from xaidash.compute.datasets.sources import open_dataset
 from xaidash.store.read.reader import open_store
 
 COMPUTE_ARGS = ["--device", "cpu", "--workers", "0", "--methods", "gradcam", "--no-faithfulness",
-                "--attribution-images", "0",
+                "--attribution-images", "0", "--sanity-images", "0", "--road-fractions", "none",
                 "--projection", "pca", "--twins", "2", "--batch-size", "8"]
 
 
