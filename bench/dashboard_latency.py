@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-val", type=int, default=100_000)
     ap.add_argument("--n-train", type=int, default=20_000)
     ap.add_argument("--n", type=int, default=20, help="timed calls per interaction after the first")
+    ap.add_argument(
+        "--only", default=None, help="run only the interactions whose name holds this text; print each call"
+    )
     args = ap.parse_args(argv)
     if args.store is None:
         args.store = ROOT / "bench" / "out" / f"store-{args.n_val // 1000}k"
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.support.dash_testing import post_callback
     from xaidash.constants import QUALITY_FLAGS
     from xaidash.dashboard.app import create_app
+    from xaidash.dashboard.server.serving import freeze_startup_heap
     from xaidash.store import GalleryQuery, open_store
 
     # What the interactions need (image ids, the map's centre) comes from a reader of its own,
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(args.store)
     client = app.server.test_client()
     assert client.get("/").status_code == 200
+    freeze_startup_heap()  # as `xaidash serve` and the wsgi entry do
     logging.info("app created in %.1f s", time.perf_counter() - t)
     state = app.server.config["XAIDASH_STATE"]
     assert state.data.run_ids()[:2] == [run_b, run_a]
@@ -268,10 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         ("gallery: 5,000-image selection (page i)", route("/gallery", lambda i: f"?sel={sel_key}&page={i}"))
     )
 
+    if args.only is not None:
+        interactions = [(name, fn) for name, fn in interactions if args.only in name]
     rows = []
     for name, fn in interactions:
         first, times = measure(fn, n)
         rows.append((name, first, statistics.median(times), p95(times)))
+        if args.only is not None:
+            logging.info("%s: %s", name, " ".join(f"{t:.0f}" for t in [first, *times]))
     width = max(len(r[0]) for r in rows)
     print(
         f"\ndashboard latency, {store_n:,} val images, store {args.store}, {n} calls each (server side, ms)"

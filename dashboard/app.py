@@ -153,9 +153,9 @@ def run_options(state: AppState) -> list[dict[str, str]]:
     key = ("run_options", *(str(r) for r in runs["run_id"])) if len(runs) else ("run_options",)
     hit, cached = state.pages.lookup(key)
     if hit and cached is not None:
-        return cast(list[dict[str, str]], cached.content)
+        return cast(list[dict[str, str]], json.loads(cached.text))
     options = build()
-    state.pages.put(key, CachedPage(options, ()))
+    state.pages.put(key, CachedPage(json.dumps(options), ()))
     return options
 
 
@@ -242,14 +242,14 @@ def cached_page(state: AppState, pathname: str | None, filters: Filters, resolve
     if hit and cached is not None:
         for effect in cached.effects:
             effect()
-        return cached.content
+        return json.loads(cached.text)
     effects: list[Callable[[], None]] = []
     content = render_page(state, pathname, filters, resolved, effects)
     if getattr(content, "id", None) == RENDER_FAILED:
         return content
-    plain = json.loads(to_json_plotly(content))  # what Dash would send, as plain dicts and lists
-    state.pages.put(key, CachedPage(plain, tuple(effects)))
-    return plain
+    text = to_json_plotly(content)  # what Dash would send
+    state.pages.put(key, CachedPage(text, tuple(effects)))
+    return json.loads(text)
 
 
 def create_app(

@@ -58,6 +58,11 @@ class LRU(Generic[K, V]):
             self._d.move_to_end(key)
             return True, self._d[key]
 
+    def values(self) -> list[V]:
+        """What is cached now, least recently used first (a copy)."""
+        with self._lock:
+            return list(self._d.values())
+
     def get(self, key: K, compute: Callable[[], V]) -> V:
         """The cached value, or ``compute()`` stored under ``key``."""
         with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from xaidash.dashboard.app import create_app
+from xaidash.dashboard.server.serving import freeze_startup_heap
 
 _store = os.environ.get("XAIDASH_STORE")
 if not _store:
@@ -18,3 +19,6 @@ if not _store:
 
 app = create_app(_store, show_paths=os.environ.get("XAIDASH_SHOW_PATHS") == "1")
 server = app.server
+# gunicorn imports this once per worker (or once before forking with --preload): either way the
+# start-up objects leave the full collections (see freeze_startup_heap)
+freeze_startup_heap()

@@ -4,6 +4,7 @@ failed render, a selection and the explain page are never served stale."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,15 @@ def test_a_page_served_again_is_the_page_first_sent(app: Any, path: str, search:
     first = route(app, path, search)
     assert "could not be rendered" not in first
     assert route(app, path, search) == first
+
+
+def test_cached_pages_hold_nothing_the_garbage_collector_walks(app: Any) -> None:
+    # a cached page kept as a tree of dicts was walked by every full collection (state.CachedPage)
+    for path, search in PAGES:
+        route(app, path, search)
+    cached = list(app.server.config["XAIDASH_STATE"].pages.values())
+    assert len(cached) >= len(PAGES)
+    assert all(isinstance(c.text, str) and not gc.is_tracked(c.text) for c in cached)
 
 
 def test_a_cached_page_is_not_rendered_again(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
