@@ -218,6 +218,17 @@ def test_soft_url_changes_do_not_rerender() -> None:
     assert not is_soft_change({"path": "/gallery", "search": ""}, "/gallery", "?id=0123456789abcdef")
 
 
+def test_the_topk_figure_is_a_valid_plotly_figure_in_the_theme() -> None:
+    # built as a plain dict for speed: plotly's own validation must still accept every property
+    topk = [(3, "Shirt", 0.6), (1, "Trouser", 0.3), (5, "Sandal", 0.1)]
+    fig = plotly.graph_objects.Figure(figures.plot_topk(topk, true_class=1))
+    bar = fig.data[0]
+    assert list(bar.y) == ["Sandal", "Trouser", "Shirt"]  # largest at the top
+    assert list(bar.marker.color) == ["#95a5a6", figures.COLOR_CORRECT, figures.COLOR_WRONG]
+    assert fig.layout.template == plotly.io.templates[figures.figure_template()]
+    assert plotly.graph_objects.Figure(figures.plot_topk([])).layout.annotations  # "No probabilities"
+
+
 def test_figures_are_pure_and_handle_empty() -> None:
     conf = pd.DataFrame({"true_class": [0, 0, 1], "pred_class": [0, 1, 1], "count": [5, 2, 3]})
     fig = figures.plot_confusion(conf, ["a", "b"], normalize=True)
