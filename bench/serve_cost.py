@@ -54,6 +54,16 @@ def baseline_tree(rev: str, dest: Path) -> Path:
     return tree
 
 
+def kind_of(kind: str, body: bytes | None) -> str:
+    """The request's kind; a page render is named by its path ("page /image"), since the pages'
+    costs differ tenfold."""
+    if body is None:
+        return kind
+    inputs = json.loads(body)["inputs"]
+    path = next((i["value"] for i in inputs if i["id"] == "url" and i["property"] == "pathname"), "?")
+    return f"{kind} {path}"
+
+
 def measure(store: Path, n: int, seed: int) -> dict[str, list[float]]:
     """CPU ms of each request of the load mix, by kind (after one warm-up render per page)."""
     # the package first: bench/load.py puts this checkout on sys.path, which must not shadow the
@@ -86,7 +96,7 @@ def measure(store: Path, n: int, seed: int) -> dict[str, list[float]]:
             ms = (time.process_time() - t) * 1000
             if resp.status_code != 200:
                 raise RuntimeError(f"{req.path}: HTTP {resp.status_code}")
-            out[req.kind].append(ms)
+            out[kind_of(req.kind, req.body)].append(ms)
         app.server.config["XAIDASH_STATE"].data.wait_prefetch()
     return dict(out)
 
@@ -95,9 +105,9 @@ def table(label: str, cost: dict[str, list[float]]) -> tuple[str, float]:
     total = sum(sum(v) for v in cost.values())
     n = sum(len(v) for v in cost.values())
     lines = [f"{label}: {n} requests, {total / n:.2f} CPU ms per request on average",
-             f"{'kind':<10} {'requests':>8} {'mean ms':>8} {'share':>7}"]
+             f"{'kind':<16} {'requests':>8} {'mean ms':>8} {'share':>7}"]
     for kind, v in sorted(cost.items()):
-        lines.append(f"{kind:<10} {len(v):>8} {sum(v) / len(v):>8.2f} {sum(v) / total:>7.1%}")
+        lines.append(f"{kind:<16} {len(v):>8} {sum(v) / len(v):>8.2f} {sum(v) / total:>7.1%}")
     return "\n".join(lines), total / n
 
 
