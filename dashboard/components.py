@@ -13,7 +13,7 @@ import pandas as pd
 from dash import dcc, html
 from dash.development.base_component import Component
 
-from xaidash.constants import ATTRIBUTION_LABELS, CLASSIC_METHODS, METHOD_LABELS, METHODS
+from xaidash.constants import CLASSIC_METHODS, METHODS, method_label
 from xaidash.dashboard.overlays import COLORMAPS, colormap_css_gradient
 from xaidash.dashboard.params import Filters
 from xaidash.dashboard.paths import spec_label
@@ -193,11 +193,6 @@ def fmt_count(x: object) -> str:
     """12345 -> '12,345'; None/NaN -> '—'."""
     v = _number(x)
     return "—" if v is None else f"{int(v):,}"
-
-
-def method_label(method: str) -> str:
-    """The display name of a CAM method or a pixel attribution (the name itself when unknown)."""
-    return METHOD_LABELS.get(method) or ATTRIBUTION_LABELS.get(method, method)
 
 
 def overlay_img(

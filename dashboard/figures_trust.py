@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from xaidash.constants import ATTRIBUTION_LABELS, ATTRIBUTION_METHODS, METHOD_LABELS, METHODS
+from xaidash.constants import ATTRIBUTION_METHODS, METHODS, method_label
 from xaidash.dashboard.figures import empty_figure, new_figure
 from xaidash.dashboard.theme import figure_template
 from xaidash.dashboard.trust_verdicts import PASS_CORRELATION
@@ -19,10 +19,6 @@ METHOD_COLORS = {"cam": "#3498db", "gradcam": "#e67e22", "gradcampp": "#9b59b6",
                  "ig_black": "#8e6c4a", "ig_blur": "#d35400", "smoothgrad": "#16a085"}
 #: the CAMs, then the pixel attributions (computed on a sample), as the tables list them
 ORDER = (*METHODS, *ATTRIBUTION_METHODS)
-
-
-def _label(m: str) -> str:
-    return METHOD_LABELS.get(m) or ATTRIBUTION_LABELS.get(m, m)
 
 
 def _ordered(methods: object) -> list[str]:
@@ -41,8 +37,8 @@ def plot_sanity_curves(curves: pd.DataFrame) -> go.Figure:
         g = curves[curves["method"] == m].sort_values("step")
         fig.add_scatter(
             x=[0, *g["step"].tolist()], y=[1.0, *g["spearman"].tolist()], mode="lines+markers",
-            name=_label(m), line={"color": METHOD_COLORS.get(m)},
-            hovertemplate=f"{_label(m)}<br>%{{y:.2f}}<extra></extra>",
+            name=method_label(m), line={"color": METHOD_COLORS.get(m)},
+            hovertemplate=f"{method_label(m)}<br>%{{y:.2f}}<extra></extra>",
         )
     fig.add_hline(y=PASS_CORRELATION, line_dash="dash", line_color="#7b8a8b",
                   annotation_text=f"pass below {PASS_CORRELATION}", annotation_position="top right")
@@ -70,9 +66,9 @@ def plot_road(summary: pd.DataFrame) -> go.Figure:
             g = part[part["method"] == m].sort_values("fraction")
             fig.add_scatter(
                 x=(100 * g["fraction"]).tolist(), y=g["probability"].tolist(), mode="lines+markers",
-                name=_label(m), legendgroup=m, showlegend=col == 1,
+                name=method_label(m), legendgroup=m, showlegend=col == 1,
                 line={"color": METHOD_COLORS.get(m)},
-                hovertemplate=f"{_label(m)} {order}<br>%{{x:.0f}} % removed: "
+                hovertemplate=f"{method_label(m)} {order}<br>%{{x:.0f}} % removed: "
                               "%{y:.3f}<extra></extra>",
                 row=1, col=col,
             )
@@ -104,11 +100,13 @@ def plot_method_ranking(stats: pd.DataFrame, ranking: pd.DataFrame) -> go.Figure
     if not panels:
         return empty_figure("No ranking metric in this run")
     order = ranking.sort_values("position")
-    names = [f"{METHOD_LABELS.get(m, m)}<br><sub>tier {t}</sub>"
+    names = [f"{method_label(m)}<br><sub>tier {t}</sub>"
              for m, t in zip(order["method"], order["tier"], strict=True)]
     figure_template()
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[RANKING_PANELS[p] for p in panels])
-    for col, metric in enumerate(panels, start=1):
+    # one panel above the other: side by side, eleven methods' names and tiers overlap
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[RANKING_PANELS[p] for p in panels],
+                        vertical_spacing=0.22 if len(panels) > 1 else 0.1)
+    for row, metric in enumerate(panels, start=1):
         vals = single[single["metric"] == metric].set_index("method")
         for level, (color, label) in LEVEL_STYLE.items():
             part = order[order["level"] == level]
@@ -119,13 +117,13 @@ def plot_method_ranking(stats: pd.DataFrame, ranking: pd.DataFrame) -> go.Figure
             mean, lo, hi = (v[c].astype(float).to_numpy() for c in ("mean", "ci_low", "ci_high"))
             fig.add_scatter(
                 x=[names[i] for i in (part["position"] - 1)], y=mean, mode="markers", name=label,
-                legendgroup=str(level), showlegend=col == 1, marker={"color": color, "size": 10},
+                legendgroup=str(level), showlegend=row == 1, marker={"color": color, "size": 10},
                 error_y={"type": "data", "symmetric": False, "array": hi - mean, "arrayminus": mean - lo,
                          "color": color, "thickness": 1.5, "width": 6},
                 customdata=list(zip(lo, hi, v["n"], strict=True)),
                 hovertemplate="%{x}<br>%{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
                               "<br>%{customdata[2]} images<extra></extra>",
-                row=1, col=col,
+                row=row, col=1,
             )
         if metric == "ins_del":
             # labels on opposite sides of their lines: the two baselines often lie close together
@@ -134,9 +132,9 @@ def plot_method_ranking(stats: pd.DataFrame, ranking: pd.DataFrame) -> go.Figure
                 if level_b is not None and pd.notna(level_b):
                     fig.add_hline(y=float(level_b), line_dash=dash, line_color="#7b8a8b",
                                   annotation_text=f"{b} map", annotation_position=where,
-                                  row=1, col=col)
-        fig.update_xaxes(categoryorder="array", categoryarray=names, row=1, col=col)
-    fig.update_layout(height=360, margin={"t": 50, "b": 40},
-                      legend={"orientation": "h", "y": -0.28, "x": 0})
+                                  row=row, col=1)
+        fig.update_xaxes(categoryorder="array", categoryarray=names, row=row, col=1)
+    fig.update_layout(height=300 * len(panels) + 60, margin={"t": 50, "b": 40},
+                      legend={"orientation": "h", "y": 1.0, "x": 1.0, "xanchor": "right", "yanchor": "bottom"})
     fig.update_annotations(font_size=12)
     return fig

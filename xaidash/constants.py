@@ -41,6 +41,13 @@ ATTRIBUTION_LABELS: Final[dict[str, str]] = {
     "ig_blur": "IG (blur)",
     "smoothgrad": "SmoothGrad",
 }
+
+
+def method_label(method: str) -> str:
+    """The display name of a CAM method or a pixel attribution (the name itself when unknown)."""
+    return METHOD_LABELS.get(method) or ATTRIBUTION_LABELS.get(method, method)
+
+
 #: Side of the square grid attribution maps are stored at: 32 x 32 float32 = 4 KB per map, within the
 #: 8 KB per image and method the store allows them (docs/METHODS.md, "Pixel attributions").
 ATTRIBUTION_GRID: Final[int] = 32

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from xaidash.constants import FAITHFULNESS_DIRECTIONS, FAITHFULNESS_SCORES, METHOD_LABELS, METHOD_METRICS
+from xaidash.constants import FAITHFULNESS_DIRECTIONS, FAITHFULNESS_SCORES, METHOD_METRICS, method_label
 from xaidash.store.read.trust_tables import beats_baseline
 
 #: Bootstrap resamples of the images, the seed of the resampling, the confidence level and the
@@ -339,12 +339,22 @@ def rank_methods(st: pd.DataFrame, methods: Sequence[str], sanity: Mapping[str, 
         for j, m in enumerate(tier):
             position += 1
             f = facts[m]
+            tie_metric, tie_p = (None, None) if j == 0 else _tie(lk, tier[0], m, (primary, secondary))
             rows.append({"method": m, "position": position, "tier": k, **f, "primary": primary,
-                         "tie_metric": None if j == 0 else primary,
-                         "tie_p": None if j == 0 else lk.p(tier[0], m, primary), "alpha": alpha,
+                         "tie_metric": tie_metric, "tie_p": tie_p, "alpha": alpha,
                          "reason": _reason(lk, m, f, tier[0], prev, (primary, secondary), alpha)})
         prev = (tier[0], facts[tier[0]]["level"])
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
+
+
+def _tie(lk: _Lookup, top: str, m: str, metrics: tuple[str, str | None]) -> tuple[str, float | None]:
+    """The test that keeps ``m`` in ``top``'s tier: on the primary metric, or, where the two have no
+    primary scores in common (a pixel attribution without ROAD), on the secondary one."""
+    primary, secondary = metrics
+    p = lk.p(top, m, primary)
+    if p is None and secondary and (p2 := lk.p(top, m, secondary)) is not None:
+        return secondary, p2
+    return primary, p
 
 
 def _reason(lk: _Lookup, m: str, f: Mapping[str, object], top: str, prev: tuple[str, object] | None,
@@ -363,17 +373,19 @@ def _reason(lk: _Lookup, m: str, f: Mapping[str, object], top: str, prev: tuple[
         gate = sanity + ("; does not beat " + " or ".join(lost) if lost else
                          "; beats both baselines" if known else "; no baseline scores")
     if top != m:
-        tests = [f"{METRIC_LABELS[x]} {_fmt_p(lk.p(top, m, x))}" for x in (primary, secondary) if x]
-        return f"{gate}; indistinguishable from {_label(top)} ({', '.join(tests)})"
+        tests = [f"{METRIC_LABELS[x]} {_fmt_p(p)}" for x in (primary, secondary)
+                 if x and (p := lk.p(top, m, x)) is not None]
+        return (f"{gate}; indistinguishable from {method_label(top)} "
+                f"({', '.join(tests) if tests else 'no scores in common to test'})")
     if prev is None or prev[1] != f["level"]:
         return f"{gate}; best {METRIC_LABELS[primary]} of its gate"
+    if lk.mean(m, primary) is None and lk.mean(prev[0], primary) is not None:
+        # e.g. a pixel attribution whose small sample missed the ROAD sample: after every method
+        # with a gap
+        return f"{gate}; no {METRIC_LABELS[primary]} measured, so after the methods with one"
     p1 = lk.p(prev[0], m, primary)
     if secondary and (p1 is None or p1 >= alpha):
-        return (f"{gate}; {METRIC_LABELS[primary]} indistinguishable from {_label(prev[0])}'s "
+        return (f"{gate}; {METRIC_LABELS[primary]} indistinguishable from {method_label(prev[0])}'s "
                 f"({_fmt_p(p1)}), "
                 f"{METRIC_LABELS[secondary]} below it ({_fmt_p(lk.p(prev[0], m, secondary))})")
-    return f"{gate}; {METRIC_LABELS[primary]} below {_label(prev[0])}'s ({_fmt_p(p1)})"
-
-
-def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    return f"{gate}; {METRIC_LABELS[primary]} below {method_label(prev[0])}'s ({_fmt_p(p1)})"

@@ -20,12 +20,12 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, dcc, html, no_update
 from PIL import Image, UnidentifiedImageError
 
+from xaidash.constants import method_label
 from xaidash.dashboard import figures, inputs, overlays
 from xaidash.dashboard.components import (
     card,
     empty_state,
     fmt_num,
-    method_label,
     neighbor_tile,
     no_runs_alert,
     run_methods,

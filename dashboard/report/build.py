@@ -35,9 +35,9 @@ from dash import html
 from PIL import Image
 
 import xaidash
-from xaidash.constants import METHODS
+from xaidash.constants import METHODS, method_label
 from xaidash.dashboard import figures
-from xaidash.dashboard.components import card, empty_state, method_label
+from xaidash.dashboard.components import card, empty_state
 from xaidash.dashboard.data import DashData, SelectionStore
 from xaidash.dashboard.overlays import DEFAULT_CMAP, blend, colorize, decode_image, resize_image, upsample_map
 from xaidash.dashboard.pages.overview import trust as overview_trust

@@ -18,9 +18,9 @@ from dash.development.base_component import Component
 
 from tests.support.dash_testing import post_callback
 from tests.support.synthetic import build_synthetic_store
-from xaidash.constants import CLASSIC_METHODS, METHODS
+from xaidash.constants import CLASSIC_METHODS, METHODS, method_label
 from xaidash.dashboard.app import render
-from xaidash.dashboard.components import canonical_order, method_label, picked_methods
+from xaidash.dashboard.components import canonical_order, picked_methods
 from xaidash.dashboard.pages.compare import page as compare
 from xaidash.dashboard.pages.gallery import page as gallery
 from xaidash.dashboard.params import Filters, image_href, parse_query, to_query

@@ -16,6 +16,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
+from xaidash.constants import method_label
 from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     available_methods,
@@ -24,7 +25,6 @@ from xaidash.dashboard.components import (
     empty_state,
     fmt_count,
     fmt_pct,
-    method_label,
     method_picker,
     missing_map,
     missing_maps,

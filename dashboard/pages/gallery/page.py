@@ -16,7 +16,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
-from xaidash.constants import OUTCOMES, SORTS
+from xaidash.constants import OUTCOMES, SORTS, method_label
 from xaidash.dashboard import inputs
 from xaidash.dashboard.components import (
     Record,
@@ -27,7 +27,6 @@ from xaidash.dashboard.components import (
     empty_state,
     fmt_num,
     fmt_pct,
-    method_label,
     method_picker,
     missing_map,
     missing_maps,

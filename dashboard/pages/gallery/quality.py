@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from dash import dcc, html
 
-from xaidash.constants import QUALITY_FLAGS
+from xaidash.constants import QUALITY_FLAGS, method_label
 from xaidash.dashboard import inputs
-from xaidash.dashboard.components import card, method_label, thumb_img
+from xaidash.dashboard.components import card, thumb_img
 from xaidash.dashboard.overlays import render_heatmap
 from xaidash.dashboard.params import (
     FLAG_LABELS,

@@ -19,7 +19,7 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
-from xaidash.constants import ATTRIBUTION_METHODS
+from xaidash.constants import ATTRIBUTION_METHODS, method_label
 from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     available_methods,
@@ -30,7 +30,6 @@ from xaidash.dashboard.components import (
     empty_state,
     fmt_num,
     fmt_pct,
-    method_label,
     method_picker,
     missing_map,
     neighbor_tile,

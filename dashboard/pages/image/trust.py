@@ -9,8 +9,9 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
+from xaidash.constants import method_label
 from xaidash.dashboard import figures_trust
-from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, method_label
+from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct
 from xaidash.dashboard.pages.overview.trust import pointing_rule
 from xaidash.dashboard.trust_verdicts import in_method_order, road_scores
 

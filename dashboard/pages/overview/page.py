@@ -13,6 +13,7 @@ import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 from dash.development.base_component import Component
 
+from xaidash.constants import method_label
 from xaidash.dashboard import figures, inputs
 from xaidash.dashboard.components import (
     card,
@@ -20,7 +21,6 @@ from xaidash.dashboard.components import (
     empty_state,
     fmt_num,
     fmt_pct,
-    method_label,
     stat,
     warning_alert,
 )

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from dash import dcc, html
 
-from xaidash.constants import METHOD_LABELS
+from xaidash.constants import method_label
 from xaidash.dashboard import figures_trust
 from xaidash.dashboard.components import card, df_table, empty_state
 
@@ -23,13 +23,9 @@ PREFIX = "overview-recommend"
 METRIC_NAMES = {"road_gap": "ROAD gap", "ins_del": "Insertion − Deletion AUC"}
 
 
-def _label(method: object) -> str:
-    return METHOD_LABELS.get(str(method), str(method))
-
-
 def _names(methods: list[str]) -> str:
     """'A', 'A and B', 'A, B and C'."""
-    labels = [_label(m) for m in methods]
+    labels = [method_label(m) for m in methods]
     return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
 
 
@@ -59,9 +55,16 @@ def _with_ci(single: pd.DataFrame, method: str, metric: str) -> str:
 
 
 def _tie_p(tier: pd.DataFrame) -> str:
-    """The p-value of a tier's members against its top: the smallest, which is the closest call."""
-    ps = tier["tie_p"].dropna()
-    return _p(float(ps.min())) if len(ps) else "p n/a"
+    """The p-value of a tier's members against its top: the smallest, which is the closest call,
+    named by its metric where that is not the ranking's primary one."""
+    tested = tier.dropna(subset=["tie_p"])
+    if not len(tested):
+        return "no paired test"
+    row = tested.loc[tested["tie_p"].astype(float).idxmin()]
+    metric = row["tie_metric"]
+    same = _missing(metric) or str(metric) == str(row["primary"])
+    named = "" if same else f"{METRIC_NAMES.get(str(metric), str(metric))} "
+    return named + _p(float(row["tie_p"]))
 
 
 def recommendation_sentence(stats: pd.DataFrame, ranking: pd.DataFrame) -> str:
@@ -79,7 +82,8 @@ def recommendation_sentence(stats: pd.DataFrame, ranking: pd.DataFrame) -> str:
     values = ", ".join(_with_ci(single, m, primary) for m in top_methods)
     if int(top["level"].iloc[0]) == 0:
         if len(top_methods) == 1:
-            parts = [f"{_label(top_methods[0])} is the most faithful for this model ({metric} {values})"]
+            best = method_label(top_methods[0])
+            parts = [f"{best} is the most faithful for this model ({metric} {values})"]
         else:
             parts = [f"{_names(top_methods)} are the most faithful for this model and indistinguishable "
                      f"({metric} {values}; {_tie_p(top)})"]
@@ -101,7 +105,7 @@ def recommendation_sentence(stats: pd.DataFrame, ranking: pd.DataFrame) -> str:
 def _ranking_table(stats: pd.DataFrame, ranking: pd.DataFrame) -> Any:
     single = stats[stats["other"].isna()] if len(stats) else stats
     df = ranking.sort_values("position").copy()
-    df["label"] = df["method"].map(_label)
+    df["label"] = df["method"].map(lambda m: method_label(str(m)))
     for metric in ("road_gap", "ins_del"):
         df[metric] = [_with_ci(single, str(m), metric) for m in df["method"]]
 

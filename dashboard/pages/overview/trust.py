@@ -14,9 +14,9 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import dcc, html
 
-from xaidash.constants import BASELINE_LABELS, BASELINES, METHODS
+from xaidash.constants import BASELINE_LABELS, BASELINES, METHODS, method_label
 from xaidash.dashboard import figures_trust
-from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct, method_label
+from xaidash.dashboard.components import card, df_table, fmt_num, fmt_pct
 from xaidash.dashboard.trust_verdicts import (
     PASS_CORRELATION,
     baseline_margins,

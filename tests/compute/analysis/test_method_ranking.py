@@ -16,6 +16,7 @@ from xaidash.compute.analysis.method_ranking import (
     row_seed,
 )
 from xaidash.compute.pipeline.method_ranking_phase import ranking_frames, sanity_blocks
+from xaidash.dashboard.pages.overview.recommendation import recommendation_sentence
 
 
 def test_bootstrap_ci_covers_the_true_mean_in_about_95_percent_of_seeded_trials() -> None:
@@ -187,6 +188,30 @@ def test_without_road_or_sanity_the_rule_falls_back_and_subsets_pair_on_common_i
     assert rk["passes_sanity"].isna().all()  # not checked: no method is held back by that gate
     assert "sanity not checked" in rk["reason"].iloc[0]
     assert set(rk[rk["tier"] == 1]["method"]) >= {"best", "ig_black"}
+
+
+def test_methods_without_road_follow_the_rest_and_tie_on_deletion_insertion() -> None:
+    """The demo's case: ROAD on the CAMs, two pixel attributions on a sample that missed the ROAD
+    sample. They come after every method with a ROAD gap, say why, and a tie between them is
+    reported with the test that made it (Insertion - Deletion AUC), not as "p n/a"."""
+    faith, base, road, sanity = constructed(n=120, seed=6)
+    sample = faith[faith["method"] == "mid1"].head(40)
+    faith = pd.concat([faith, sample.assign(method="ig_black"), sample.assign(method="smoothgrad")],
+                      ignore_index=True)
+    methods = [*EFFECT, "ig_black", "smoothgrad"]
+    st, rk = ranking_frames(faith, base, road, sanity, methods, resamples=500)
+    r = rk.set_index("method")
+    assert set(rk[rk["level"] == 0]["method"].iloc[-2:]) == {"ig_black", "smoothgrad"}
+    first, second = rk[rk["method"].isin(["ig_black", "smoothgrad"])]["method"]
+    assert r.loc[first, "tier"] == r.loc[second, "tier"]
+    assert "no ROAD gap measured, so after the methods with one" in r.loc[first, "reason"]
+    assert r.loc[second, "tie_metric"] == "ins_del" and r.loc[second, "tie_p"] == 1.0  # the same maps
+    assert "ROAD gap p n/a" not in r.loc[second, "reason"]
+    assert "Insertion − Deletion AUC p = 1.00" in r.loc[second, "reason"]
+    sentence = recommendation_sentence(st, rk)
+    assert "IG (black) and SmoothGrad are indistinguishable (Insertion − Deletion AUC p = 1.00)" in sentence \
+        or "SmoothGrad and IG (black) are indistinguishable (Insertion − Deletion AUC p = 1.00)" in sentence
+    assert "p n/a" not in sentence and "ig_black" not in sentence
 
 
 def test_sanity_blocks_apply_the_dashboards_rule_to_per_step_means() -> None:
