@@ -19,6 +19,9 @@ from xaidash.dashboard.params import Filters
 from xaidash.dashboard.paths import spec_label
 from xaidash.dashboard.server.routes import image_url, overlay_url
 
+#: a component's keyword arguments, shared by a Dash class and its wire form (wire.py)
+Props = dict[str, Any]
+
 if TYPE_CHECKING:
     from xaidash.dashboard.data import DashData
     from xaidash.store import RunInfo
@@ -102,7 +105,11 @@ def missing_maps(
 
 def missing_map(text: str = "not computed for this image", className: str = "xd-cam-missing") -> html.Div:
     """What a grid shows where a method has no map for an image (instead of a broken image)."""
-    return html.Div(text, className=f"{className} text-muted small")
+    return html.Div(**missing_map_props(text, className))
+
+
+def missing_map_props(text: str = "not computed for this image", className: str = "xd-cam-missing") -> Props:
+    return {"children": text, "className": f"{className} text-muted small"}
 
 
 def run_label(rec: Record, show_paths: bool = False) -> str:
@@ -206,17 +213,26 @@ def overlay_img(
     title: str | None = None,
 ) -> html.Img:
     """An <img> of one overlay (URL, not base64: the browser caches and parallelises them)."""
-    return html.Img(
-        src=overlay_url(run_id, image_id, method, target, f.cmap, f.alpha, size),
-        className=className,
-        alt=f"{method_label(method)} overlay",
-        title=title or method_label(method),
-    )
+    return html.Img(**overlay_img_props(run_id, image_id, method, f, target, size, className, title))
+
+
+def overlay_img_props(run_id: str, image_id: str, method: str, f: Filters, target: str = "pred",
+                      size: int | None = None, className: str = "xd-thumb",
+                      title: str | None = None) -> Props:
+    """:func:`overlay_img`'s props (also for :mod:`~xaidash.dashboard.wire`'s form of it)."""
+    return {"src": overlay_url(run_id, image_id, method, target, f.cmap, f.alpha, size),
+            "className": className, "alt": f"{method_label(method)} overlay",
+            "title": title or method_label(method)}
 
 
 def thumb_img(run_id: str, image_id: str, size: int | None = None, className: str = "xd-thumb") -> html.Img:
     """An <img> of the stored thumbnail."""
-    return html.Img(src=image_url(run_id, image_id, size), className=className, alt="image")
+    return html.Img(**thumb_img_props(run_id, image_id, size, className))
+
+
+def thumb_img_props(run_id: str, image_id: str, size: int | None = None,
+                    className: str = "xd-thumb") -> Props:
+    return {"src": image_url(run_id, image_id, size), "className": className, "alt": "image"}
 
 
 def neighbor_tile(run_id: str, image_id: str, f: Filters, caption: str | list[str | Component]) -> html.Div:
@@ -303,10 +319,12 @@ def df_table(
 
 def correctness_badge(correct: Any) -> dbc.Badge:
     """Green 'correct' / red 'wrong' / grey 'unlabeled'."""
+    return dbc.Badge(**correctness_badge_props(correct))
+
+
+def correctness_badge_props(correct: Any) -> Props:
     if correct is None or (isinstance(correct, float) and pd.isna(correct)):
-        return dbc.Badge("unlabeled", color="secondary", className="me-1")
-    return (
-        dbc.Badge("correct", color="success", className="me-1")
-        if bool(correct)
-        else dbc.Badge("wrong", color="danger", className="me-1")
-    )
+        text, color = "unlabeled", "secondary"
+    else:
+        text, color = ("correct", "success") if bool(correct) else ("wrong", "danger")
+    return {"children": text, "color": color, "className": "me-1"}

@@ -135,6 +135,7 @@ def plot_method_ranking(stats: pd.DataFrame, ranking: pd.DataFrame) -> go.Figure
                                   row=row, col=1)
         fig.update_xaxes(categoryorder="array", categoryarray=names, row=row, col=1)
     fig.update_layout(height=300 * len(panels) + 60, margin={"t": 50, "b": 40},
-                      legend={"orientation": "h", "y": 1.0, "x": 1.0, "xanchor": "right", "yanchor": "bottom"})
+                      legend={"orientation": "h", "y": 1.0, "x": 1.0, "xanchor": "right",
+                              "yanchor": "bottom"})
     fig.update_annotations(font_size=12)
     return fig

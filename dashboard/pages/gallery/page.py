@@ -17,24 +17,24 @@ import pandas as pd
 from dash import dcc, html
 
 from xaidash.constants import OUTCOMES, SORTS, method_label
-from xaidash.dashboard import inputs
+from xaidash.dashboard import inputs, wire
 from xaidash.dashboard.components import (
     Record,
     available_methods,
     card,
-    correctness_badge,
+    correctness_badge_props,
     display_controls,
     empty_state,
     fmt_num,
     fmt_pct,
     method_picker,
-    missing_map,
+    missing_map_props,
     missing_maps,
-    overlay_img,
+    overlay_img_props,
     picked_from_control,
     picked_methods,
     run_methods,
-    thumb_img,
+    thumb_img_props,
     warning_alert,
 )
 from xaidash.dashboard.pages.gallery.quality import cluster_panel, flag_chip, flag_filter, row_flags
@@ -192,43 +192,37 @@ def filter_panel(
 
 def gallery_row(
     run_id: str, rec: Record, f: Filters, methods: list[str], missing: frozenset[str] = frozenset()
-) -> html.Div:
+) -> wire.Node:
     """One image: metadata, the image, and one overlay per method (all linking to the image page);
-    a method in ``missing`` has no map of this image and shows a placeholder."""
+    a method in ``missing`` has no map of this image and shows a placeholder. Built in Dash's wire
+    form (:mod:`~xaidash.dashboard.wire`): a page repeats it for every row."""
     href = image_href(run_id, rec["image_id"], f)
     wrong = rec.get("correct") is False or rec.get("correct") == False  # noqa: E712 - numpy bool
-    meta = html.Div(
+    loss = rec.get("loss")
+    meta = wire.div(
         [
-            correctness_badge(rec.get("correct")),
+            wire.badge(**correctness_badge_props(rec.get("correct"))),
             *row_flags(rec.get("flags")),
-            html.Div(
-                [html.Span("pred ", className="text-muted"), html.B(str(rec.get("pred_name")))],
-                className="small",
-            ),
-            html.Div(
-                [html.Span("true ", className="text-muted"), str(rec.get("label_name") or "—")],
-                className="small",
-            ),
-            html.Div(f"conf {fmt_pct(rec.get('confidence'))}", className="small"),
-            html.Div(f"loss {fmt_num(rec.get('loss'), 2)}", className="small text-muted")
-            if rec.get("loss") is not None and not pd.isna(rec.get("loss"))
+            wire.div([wire.span("pred ", className="text-muted"), wire.b(str(rec.get("pred_name")))],
+                     className="small"),
+            wire.div([wire.span("true ", className="text-muted"), str(rec.get("label_name") or "—")],
+                     className="small"),
+            wire.div(f"conf {fmt_pct(rec.get('confidence'))}", className="small"),
+            wire.div(f"loss {fmt_num(loss, 2)}", className="small text-muted")
+            if loss is not None and not pd.isna(loss)
             else None,
-            html.Div(f"disagree {fmt_num(rec.get('cam_disagreement'), 2)}", className="small text-muted"),
+            wire.div(f"disagree {fmt_num(rec.get('cam_disagreement'), 2)}", className="small text-muted"),
         ],
         className="xd-row-meta",
     )
-    cells = [html.Div(thumb_img(run_id, rec["image_id"]), className="xd-cell")]
+    cells = [wire.div(wire.img(**thumb_img_props(run_id, rec["image_id"])), className="xd-cell")]
     cells += [
-        html.Div(
-            missing_map(className="xd-cell-missing")
-            if m in missing
-            else overlay_img(run_id, rec["image_id"], m, f),
-            className="xd-cell",
-        )
+        wire.div(wire.div(**missing_map_props(className="xd-cell-missing")) if m in missing
+                 else wire.img(**overlay_img_props(run_id, rec["image_id"], m, f)), className="xd-cell")
         for m in methods
     ]
-    return html.Div(
-        [meta, dcc.Link(html.Div(cells, className="xd-row-images"), href=href, className="xd-row-link")],
+    return wire.div(
+        [meta, wire.link(wire.div(cells, className="xd-row-images"), href=href, className="xd-row-link")],
         className="xd-row" + (" xd-row-wrong" if wrong else ""),
         id={"type": f"{PREFIX}-row", "index": rec["image_id"]},
     )

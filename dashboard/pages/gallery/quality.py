@@ -20,7 +20,7 @@ import pandas as pd
 from dash import dcc, html
 
 from xaidash.constants import QUALITY_FLAGS, method_label
-from xaidash.dashboard import inputs
+from xaidash.dashboard import inputs, wire
 from xaidash.dashboard.components import card, thumb_img
 from xaidash.dashboard.overlays import render_heatmap
 from xaidash.dashboard.params import (
@@ -87,8 +87,7 @@ def row_flags(flags: object) -> list[Any]:
     """The data-quality badges of one gallery row (``flags``: the page's comma-separated column)."""
     if not isinstance(flags, str) or not flags:
         return []
-    return [dbc.Badge(FLAG_LABELS[f], color="warning", className="me-1 xd-flag",
-                      title=FLAG_HINTS.get(f, ""))
+    return [wire.badge(FLAG_LABELS[f], color="warning", className="me-1 xd-flag", title=FLAG_HINTS.get(f, ""))
             for f in flags.split(",") if f in FLAG_LABELS]
 
 

@@ -60,7 +60,7 @@ def _tie_p(tier: pd.DataFrame) -> str:
     tested = tier.dropna(subset=["tie_p"])
     if not len(tested):
         return "no paired test"
-    row = tested.loc[tested["tie_p"].astype(float).idxmin()]
+    row = tested.sort_values("tie_p").iloc[0]
     metric = row["tie_metric"]
     same = _missing(metric) or str(metric) == str(row["primary"])
     named = "" if same else f"{METRIC_NAMES.get(str(metric), str(metric))} "
