@@ -9,10 +9,12 @@ list in ``methods`` (as attributions computed for a sample are stored).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import plotly
 import pytest
 from dash.development.base_component import Component
 
@@ -44,11 +46,26 @@ def latest(state: Any) -> str:
     return str(state.data.run_ids()[0])
 
 
+def wire_nodes(component: Any) -> list[dict[str, Any]]:
+    """Every component under ``component`` as the browser gets it (``{"type", "namespace", "props"}``),
+    in page order: the gallery's rows are built in that form (dashboard/wire.py), not as objects."""
+    out: list[dict[str, Any]] = []
+    stack = [json.loads(json.dumps(component, cls=plotly.utils.PlotlyJSONEncoder))]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(reversed(node))
+        elif isinstance(node, dict) and "props" in node:
+            out.append(node)
+            stack.append(node["props"].get("children"))
+    return out
+
+
 def overlays(component: Any) -> list[tuple[str, str]]:
     """(image_id, method) of every overlay <img> under ``component``, in page order."""
     out = []
-    for node in component._traverse():
-        src = getattr(node, "src", None)
+    for node in wire_nodes(component):
+        src = node["props"].get("src")
         m = OVERLAY.search(src) if isinstance(src, str) else None
         if m:
             out.append((m.group(1), m.group(2)))
@@ -58,15 +75,11 @@ def overlays(component: Any) -> list[tuple[str, str]]:
 def texts(component: Any) -> list[str]:
     """Every string child under ``component``."""
     out: list[str] = []
-    stack = [component]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, str):
-            out.append(node)
-        elif isinstance(node, list | tuple):
-            stack.extend(node)
-        elif isinstance(node, Component):
-            stack.append(getattr(node, "children", None))
+    for node in wire_nodes(component):
+        children = node["props"].get("children")
+        for c in children if isinstance(children, list) else [children]:
+            if isinstance(c, str):
+                out.append(c)
     return out
 
 
