@@ -384,6 +384,9 @@ def _reason(lk: _Lookup, m: str, f: Mapping[str, object], top: str, prev: tuple[
         # with a gap
         return f"{gate}; no {METRIC_LABELS[primary]} measured, so after the methods with one"
     p1 = lk.p(prev[0], m, primary)
+    if secondary and lk.mean(m, primary) is None:  # neither has the primary metric
+        return (f"{gate}; no {METRIC_LABELS[primary]} measured; {METRIC_LABELS[secondary]} below "
+                f"{method_label(prev[0])}'s ({_fmt_p(lk.p(prev[0], m, secondary))})")
     if secondary and (p1 is None or p1 >= alpha):
         return (f"{gate}; {METRIC_LABELS[primary]} indistinguishable from {method_label(prev[0])}'s "
                 f"({_fmt_p(p1)}), "

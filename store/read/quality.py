@@ -119,38 +119,22 @@ class QualityQueries(RunQueries):
         e = self._quality_entry(run_id)
         if e is None or not self.has_quality(run_id):
             return {}
-        fl = self._flags(e)
+        counts = self._class_counts(run_id)
         names = set(pq.read_schema(e.file("quality")).names)
-        groups = "count(DISTINCT q.duplicate_group)" if "duplicate_group" in names else "0"
-        counts = ", ".join(f"count(*) FILTER (WHERE {fl[k]}) AS {k}" for k in IMAGE_ISSUES)
-        any_issue = " OR ".join(fl[k] for k in IMAGE_ISSUES)
-        row = self._df(
-            f"""
-            SELECT count(*) AS n,
-                   count(*) FILTER (WHERE q.mislabelled) AS mislabelled,
-                   count(*) FILTER (WHERE q.leak) AS leaks,
-                   count(*) FILTER (WHERE q.leak_match = 'pixels') AS pixel_leaks,
-                   count(*) FILTER (WHERE q.outlier) AS outliers,
-                   count(*) FILTER (WHERE {fl["lookalike"]}) AS lookalikes,
-                   count(*) FILTER (WHERE {fl["duplicate"]}) AS duplicates,
-                   {groups} AS duplicate_groups, {counts},
-                   count(*) FILTER (WHERE {any_issue}) AS image_issues,
-                   avg(CASE WHEN p.correct THEN 1.0 ELSE 0.0 END) FILTER (WHERE p.correct IS NOT NULL)
-                     AS accuracy,
-                   avg(CASE WHEN p.correct THEN 1.0 ELSE 0.0 END)
-                     FILTER (WHERE p.correct IS NOT NULL AND NOT q.leak) AS accuracy_without_leaks
-            FROM read_parquet(?) q JOIN read_parquet(?) p USING (image_id)
-            """,
-            [str(e.file("quality")), str(e.file("predictions"))],
-        ).iloc[0].to_dict()
+        out: dict[str, Any] = {k: int(counts[k].sum()) for k in (
+            "mislabelled", "leaks", "pixel_leaks", "outliers", "lookalikes", "duplicates", *IMAGE_ISSUES,
+            "image_issues")}
+        out["n"] = int(counts["images"].sum())
+        out["duplicate_groups"] = int(self._df(
+            "SELECT count(DISTINCT duplicate_group) AS g FROM read_parquet(?)", [str(e.file("quality"))]
+        ).iloc[0]["g"]) if "duplicate_group" in names else 0
+        labelled, no_leak = int(counts["labelled"].sum()), int(counts["labelled_no_leak"].sum())
+        out["accuracy"] = int(counts["correct"].sum()) / labelled if labelled else None
+        out["accuracy_without_leaks"] = int(counts["correct_no_leak"].sum()) / no_leak if no_leak else None
         cells = self._df(
             "SELECT count(DISTINCT (true_class, pred_class)) AS c FROM read_parquet(?)",
             [str(e.file("error_clusters"))],
         ) if e.file("error_clusters").is_file() else pd.DataFrame({"c": [0]})
-        out: dict[str, Any] = {str(k): (None if pd.isna(v) else v) for k, v in row.items()}
-        for k in ("n", "mislabelled", "leaks", "pixel_leaks", "outliers", "lookalikes", "duplicates",
-                  "duplicate_groups", "image_issues", *IMAGE_ISSUES):
-            out[k] = int(out[k] or 0)
         out["clustered_cells"] = int(cells["c"].iloc[0])
         out["train_duplicate_groups"] = int(self._df(
             "SELECT count(DISTINCT \"group\") AS g FROM read_parquet(?) WHERE split = 'train'",
@@ -174,25 +158,42 @@ class QualityQueries(RunQueries):
         e = self._quality_entry(run_id)
         if e is None:
             return pd.DataFrame(columns=cols)
+        counts = self._class_counts(run_id)
+        df = counts[counts["class"].notna() & (counts["flagged"] > 0)].sort_values("class")
+        df = df.astype({"class": "int64"}).reset_index(drop=True)
+        return df[cols]
+
+    @memo_run
+    def _class_counts(self, run_id: str) -> pd.DataFrame:
+        """Per true class (None for unlabelled images): the flag counts, images with any flag, and
+        the labelled / correct counts with and without leaks. The overview's counts and its
+        per-class table both come from this one join of quality and predictions (at 1M images each
+        join is most of the overview's first render)."""
+        e = self._quality_entry(run_id)
+        assert e is not None
         fl = self._flags(e)
-        issue = " OR ".join(fl[k] for k in IMAGE_ISSUES)
-        df = self._df(
+        issues = ", ".join(f"count(*) FILTER (WHERE {fl[k]}) AS {k}" for k in IMAGE_ISSUES)
+        return self._df(
             f"""
             SELECT p.label AS "class", any_value(p.label_name) AS class_name, count(*) AS images,
                    count(*) FILTER (WHERE q.mislabelled) AS mislabelled,
                    count(*) FILTER (WHERE q.leak) AS leaks,
-                   count(*) FILTER (WHERE {fl["lookalike"]}) AS lookalikes,
+                   count(*) FILTER (WHERE q.leak_match = 'pixels') AS pixel_leaks,
                    count(*) FILTER (WHERE q.outlier) AS outliers,
+                   count(*) FILTER (WHERE {fl["lookalike"]}) AS lookalikes,
                    count(*) FILTER (WHERE {fl["duplicate"]}) AS duplicates,
-                   count(*) FILTER (WHERE {issue}) AS image_issues
+                   {issues},
+                   count(*) FILTER (WHERE {" OR ".join(fl[k] for k in IMAGE_ISSUES)}) AS image_issues,
+                   count(*) FILTER (WHERE {" OR ".join(fl.values())}) AS flagged,
+                   count(*) FILTER (WHERE p.correct IS NOT NULL) AS labelled,
+                   count(*) FILTER (WHERE p.correct) AS correct,
+                   count(*) FILTER (WHERE p.correct IS NOT NULL AND NOT q.leak) AS labelled_no_leak,
+                   count(*) FILTER (WHERE p.correct AND NOT q.leak) AS correct_no_leak
             FROM read_parquet(?) q JOIN read_parquet(?) p USING (image_id)
-            WHERE p.label IS NOT NULL
-            GROUP BY p.label HAVING count(*) FILTER (WHERE {" OR ".join(fl.values())}) > 0
-            ORDER BY p.label
+            GROUP BY p.label
             """,
             [str(e.file("quality")), str(e.file("predictions"))],
         )
-        return df[cols]
 
     def image_quality(self, run_id: str, image_id: str) -> dict[str, Any] | None:
         """The quality row of one val image (None when the run has none or no such image)."""

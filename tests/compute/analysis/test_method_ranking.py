@@ -196,17 +196,22 @@ def test_methods_without_road_follow_the_rest_and_tie_on_deletion_insertion() ->
     reported with the test that made it (Insertion - Deletion AUC), not as "p n/a"."""
     faith, base, road, sanity = constructed(n=120, seed=6)
     sample = faith[faith["method"] == "mid1"].head(40)
-    faith = pd.concat([faith, sample.assign(method="ig_black"), sample.assign(method="smoothgrad")],
+    better = faith[faith["method"] == "best"].head(40).assign(method="ig_blur")
+    better["insertion_auc"] += 0.3
+    faith = pd.concat([faith, sample.assign(method="ig_black"), sample.assign(method="smoothgrad"), better],
                       ignore_index=True)
-    methods = [*EFFECT, "ig_black", "smoothgrad"]
+    methods = [*EFFECT, "ig_black", "smoothgrad", "ig_blur"]
     st, rk = ranking_frames(faith, base, road, sanity, methods, resamples=500)
     r = rk.set_index("method")
-    assert set(rk[rk["level"] == 0]["method"].iloc[-2:]) == {"ig_black", "smoothgrad"}
+    assert set(rk[rk["level"] == 0]["method"].iloc[-3:]) == {"ig_black", "smoothgrad", "ig_blur"}
     first, second = rk[rk["method"].isin(["ig_black", "smoothgrad"])]["method"]
-    assert r.loc[first, "tier"] == r.loc[second, "tier"]
-    assert "no ROAD gap measured, so after the methods with one" in r.loc[first, "reason"]
+    assert r.loc[first, "tier"] == r.loc[second, "tier"] == r.loc["ig_blur", "tier"] + 1
+    assert "no ROAD gap measured, so after the methods with one" in r.loc["ig_blur", "reason"]
+    below = "no ROAD gap measured; Insertion − Deletion AUC below IG (blur)'s (p < 0.001)"
+    assert below in r.loc[first, "reason"]
     assert r.loc[second, "tie_metric"] == "ins_del" and r.loc[second, "tie_p"] == 1.0  # the same maps
     assert "ROAD gap p n/a" not in r.loc[second, "reason"]
+    assert "p n/a" not in " ".join(rk["reason"])
     assert "Insertion − Deletion AUC p = 1.00" in r.loc[second, "reason"]
     sentence = recommendation_sentence(st, rk)
     assert "IG (black) and SmoothGrad are indistinguishable (Insertion − Deletion AUC p = 1.00)" in sentence \
