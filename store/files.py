@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute
 import pyarrow.parquet as pq
 
 from xaidash.errors import UserError
@@ -58,6 +59,16 @@ def image_parts(store: Path, fingerprint: str) -> list[Path]:
     """The images part files of a dataset fingerprint in the store at ``store``, oldest first."""
     d = store / IMAGES_DIR / fingerprint
     return sorted(d.glob(IMAGE_PARTS)) if d.is_dir() else []
+
+
+def distinct_values(path: Path, column: str) -> list[str]:
+    """The distinct non-null values of one string column of a Parquet file, sorted (only that
+    column is read). For a run's cams file the writer records them in the manifest at publish:
+    at a million images the scan takes a second or two (thousands of row groups)."""
+    if not path.is_file():
+        return []
+    col = pq.read_table(path, columns=[column]).column(column)
+    return sorted(str(v) for v in pa.compute.unique(col).to_pylist() if v is not None)
 
 
 def fsync_dir(path: Path) -> None:

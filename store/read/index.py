@@ -251,14 +251,6 @@ class RowGroupIndexes:
             return idx
 
 
-def stored_methods(path: Path) -> list[str]:
-    """The distinct ``method`` values of a cams file, sorted (only that column is read)."""
-    if not path.is_file():
-        return []
-    col = pq.read_table(path, columns=["method"]).column("method")
-    return sorted(str(m) for m in pc.unique(col).to_pylist() if m is not None)
-
-
 def stored_keys(index: RowGroupIndex, ids: Sequence[str]) -> set[tuple[str, str, str]]:
     """(image_id, method, target_kind) of the maps of ``ids`` in a cams file (maps not decoded)."""
     t = index.read(ids, ["image_id", "method", "target_kind"])

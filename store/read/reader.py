@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from xaidash.constants import FAITHFULNESS_SCORES, METHOD_RE, RUN_ID_RE, TARGET_KINDS
 from xaidash.errors import UserError
-from xaidash.store.files import require_store
+from xaidash.store.files import distinct_values, require_store
 from xaidash.store.read.cache import RunCache
 from xaidash.store.read.catalog import Catalog, RunEntry, build_views
 from xaidash.store.read.headline import HEADLINE, HEADLINE_SQL, headline_out
@@ -47,7 +47,6 @@ from xaidash.store.read.index import (
     RowGroupIndexes,
     list_to_matrix,
     stored_keys,
-    stored_methods,
 )
 from xaidash.store.read.memo import memo_run
 from xaidash.store.read.quality import QualityQueries
@@ -482,7 +481,12 @@ class StoreReader:
     def map_methods(self, run_id: str) -> list[str]:
         """Every method with maps in the cams table, sorted (the run's and sample-only ones)."""
         e = self._entry(run_id)
-        return [] if e is None else stored_methods(e.file("cams"))
+        if e is None:
+            return []
+        recorded = ((e.manifest or {}).get("tables") or {}).get("cams", {}).get("methods")
+        if isinstance(recorded, list) and all(isinstance(m, str) for m in recorded):
+            return sorted(recorded)
+        return distinct_values(e.file("cams"), "method")  # a run published before they were recorded
 
     def map_keys(self, run_id: str, image_ids: Sequence[str]) -> set[tuple[str, str, str]]:
         """(image_id, method, target_kind) of every map stored for these images (none decoded)."""

@@ -406,6 +406,8 @@ class Staging:
             rows = self._compact(name, tables.get(name), out, glob_dir, run_id)
             path = out / f"{name}.parquet"
             manifest_tables[name] = {"file": path.name, "rows": rows, "bytes": path.stat().st_size}
+            if name == "cams":  # what the dashboard's method picker offers, without a scan
+                manifest_tables[name]["methods"] = files.distinct_values(path, "method")
 
         row: dict[str, object] = {k: _jsonable(v) for k, v in run.items()}
         row.update(run_id=run_id, created=now, schema_version=SCHEMA_VERSION, job_key=self.job_key)

@@ -848,6 +848,28 @@ def test_arrow_built_cache_and_diff_match_the_sql_definitions(synth: tuple[Path,
         )
 
 
+def test_the_manifest_records_the_cams_methods_and_older_runs_are_scanned(tmp_path: Path) -> None:
+    """The publish records the cams table's distinct methods (the method picker reads them instead
+    of scanning millions of rows); a run published before that is answered by the scan."""
+    path = tmp_path / "s"
+    (run,) = build_synthetic_store(path, n_val=30, n_train=10, runs=1, emb_dim=8,
+                                   methods=("gradcam", "scorecam"), sampled_methods=("ig_black",))
+    manifest_path = path / "runs" / run / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["tables"]["cams"]["methods"] == ["gradcam", "ig_black", "scorecam"]
+    with open_store(path) as reader:
+        assert reader.map_methods(run) == ["gradcam", "ig_black", "scorecam"]
+    # what a run of the previous release has: no list; and a recorded list is what is answered
+    del manifest["tables"]["cams"]["methods"]
+    manifest_path.write_text(json.dumps(manifest))
+    with open_store(path) as reader:
+        assert reader.map_methods(run) == ["gradcam", "ig_black", "scorecam"]
+    manifest["tables"]["cams"]["methods"] = ["gradcam"]
+    manifest_path.write_text(json.dumps(manifest))
+    with open_store(path) as reader:
+        assert reader.map_methods(run) == ["gradcam"]
+
+
 def test_map_methods_and_map_keys_find_maps_of_a_sample(tmp_path: Path) -> None:
     """Methods with maps of a sample of images only (not in the run's ``methods``) are listed with
     the run's, and which images have them is answered from the small columns."""
