@@ -173,8 +173,7 @@ class QualityQueries(RunQueries):
         assert e is not None
         fl = self._flags(e)
         issues = ", ".join(f"count(*) FILTER (WHERE {fl[k]}) AS {k}" for k in IMAGE_ISSUES)
-        return self._df(
-            f"""
+        sql = f"""
             SELECT p.label AS "class", any_value(p.label_name) AS class_name, count(*) AS images,
                    count(*) FILTER (WHERE q.mislabelled) AS mislabelled,
                    count(*) FILTER (WHERE q.leak) AS leaks,
@@ -188,12 +187,19 @@ class QualityQueries(RunQueries):
                    count(*) FILTER (WHERE p.correct IS NOT NULL) AS labelled,
                    count(*) FILTER (WHERE p.correct) AS correct,
                    count(*) FILTER (WHERE p.correct IS NOT NULL AND NOT q.leak) AS labelled_no_leak,
-                   count(*) FILTER (WHERE p.correct AND NOT q.leak) AS correct_no_leak
-            FROM read_parquet(?) q JOIN read_parquet(?) p USING (image_id)
+                   count(*) FILTER (WHERE p.correct AND NOT q.leak) AS correct_no_leak,
+                   count(*) FILTER (WHERE q.image_id IS DISTINCT FROM p.image_id) AS misaligned
+            FROM read_parquet(?) q JOIN_KIND read_parquet(?) p USING_IDS
             GROUP BY p.label
-            """,
-            [str(e.file("quality")), str(e.file("predictions"))],
-        )
+            """
+        params = [str(e.file("quality")), str(e.file("predictions"))]
+        # Both files are written sorted by image_id over the same images, so row i of one is row i
+        # of the other: a positional join, ~8x cheaper than matching 1M ids; the same query
+        # counts the rows where that does not hold, and then the ids are matched after all.
+        counts = self._df(sql.replace("JOIN_KIND", "POSITIONAL JOIN").replace("USING_IDS", ""), params)
+        if int(counts["misaligned"].sum()):
+            counts = self._df(sql.replace("JOIN_KIND", "JOIN").replace("USING_IDS", "USING (image_id)"), params)
+        return counts
 
     def image_quality(self, run_id: str, image_id: str) -> dict[str, Any] | None:
         """The quality row of one val image (None when the run has none or no such image)."""

@@ -204,3 +204,34 @@ def test_run_with_an_older_quality_table_renders_as_before(tmp_path: Path) -> No
     cmp = text_of(render(state, "/compare", f"?a={runs[1]}&b={runs[0]}"))
     assert "compare-quality-card" in cmp and "could not be rendered" not in cmp
     shutil.rmtree(store)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_quality_counts_equal_pandas_whether_or_not_the_files_line_up(tmp_path: Path, shuffled: bool) -> None:
+    """The overview's counts come from a positional join of quality and predictions (both written
+    sorted by image_id); a quality file in another order is matched by id instead, with the
+    same answer."""
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    (run,) = build_synthetic_store(store, n_val=90, n_train=60, runs=1, seed=5)
+    qf = store / "runs" / run / "quality.parquet"
+    if shuffled:
+        t = pq.read_table(qf)
+        pq.write_table(t.take(np.random.default_rng(0).permutation(t.num_rows)), qf)
+    q = pq.read_table(qf).to_pandas()
+    p = pq.read_table(store / "runs" / run / "predictions.parquet").to_pandas()
+    both = q.merge(p, on="image_id")
+    with open_store(store) as r:
+        s = r.quality_summary(run)
+        by_class = r.quality_by_class(run)
+    assert s["n"] == len(both) and s["leaks"] == int(both["leak"].sum())
+    assert s["mislabelled"] == int(both["mislabelled"].sum()) and s["outliers"] == int(both["outlier"].sum())
+    labelled = both[both["correct"].notna()]
+    assert s["accuracy"] == pytest.approx(labelled["correct"].astype(float).mean(), abs=1e-12)
+    if s["leaks"]:
+        clean = labelled[~labelled["leak"].astype(bool)]
+        assert s["accuracy_without_leaks"] == pytest.approx(clean["correct"].astype(float).mean(), abs=1e-12)
+    want = both[both["mislabelled"]].groupby("label").size()
+    got = by_class.set_index("class")["mislabelled"]
+    assert {int(k): int(v) for k, v in want.items()} == {int(k): int(v) for k, v in got.items() if v}
