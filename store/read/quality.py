@@ -196,9 +196,12 @@ class QualityQueries(RunQueries):
         # Both files are written sorted by image_id over the same images, so row i of one is row i
         # of the other: a positional join, ~8x cheaper than matching 1M ids; the same query
         # counts the rows where that does not hold, and then the ids are matched after all.
-        counts = self._df(sql.replace("JOIN_KIND", "POSITIONAL JOIN").replace("USING_IDS", ""), params)
+        def joined(kind: str, using: str) -> pd.DataFrame:
+            return self._df(sql.replace("JOIN_KIND", kind).replace("USING_IDS", using), params)
+
+        counts = joined("POSITIONAL JOIN", "")
         if int(counts["misaligned"].sum()):
-            counts = self._df(sql.replace("JOIN_KIND", "JOIN").replace("USING_IDS", "USING (image_id)"), params)
+            counts = joined("JOIN", "USING (image_id)")
         return counts
 
     def image_quality(self, run_id: str, image_id: str) -> dict[str, Any] | None:
