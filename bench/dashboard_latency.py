@@ -7,6 +7,12 @@ client (no network, no browser: server-side time only). Prints p50/p95 per inter
 first call of each (cold caches: the app's reader has read nothing when the first one runs)
 is reported separately, in the "first" column, against its own target (< 1 s).
 
+Between two timed calls the bench waits (untimed) until the background prefetch that a gallery
+page starts for its images has finished: in a browser the page's overlay requests wait for that
+batch, and the user's next click comes after them. ``--back-to-back`` times without the wait, so
+each call also competes with the previous page's prefetch (on 2 cores the gallery's calls then
+take 35-320 ms instead of 18-35).
+
     python bench/dashboard_latency.py                      # builds bench/out/store-100k once
     python bench/dashboard_latency.py --n-val 1000000      # builds bench/out/store-1000k once (~6 GB)
     python bench/dashboard_latency.py --store DIR --n 30   # reuse a store
@@ -41,13 +47,16 @@ def build_store(path: Path, n_val: int, n_train: int) -> None:
     )
 
 
-def measure(fn: Callable[[int], Any], n: int) -> tuple[float, list[float]]:
-    """(first call ms, the next n calls in ms); ``fn(i)`` gets the iteration index."""
+def measure(fn: Callable[[int], Any], n: int, settle: Callable[[], None] = lambda: None
+            ) -> tuple[float, list[float]]:
+    """(first call ms, the next n calls in ms); ``fn(i)`` gets the iteration index, ``settle()``
+    runs untimed before each timed call."""
     t = time.perf_counter()
     fn(0)
     first = (time.perf_counter() - t) * 1000
     times = []
     for i in range(1, n + 1):
+        settle()
         t = time.perf_counter()
         fn(i)
         times.append((time.perf_counter() - t) * 1000)
@@ -68,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only", default=None, help="run only the interactions whose name holds this text; print each call"
     )
+    ap.add_argument("--back-to-back", action="store_true",
+                    help="no wait for the previous page's background prefetch between timed calls")
     args = ap.parse_args(argv)
     if args.store is None:
         args.store = ROOT / "bench" / "out" / f"store-{args.n_val // 1000}k"
@@ -275,15 +286,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only is not None:
         interactions = [(name, fn) for name, fn in interactions if args.only in name]
+    settle = (lambda: None) if args.back_to_back else state.data.wait_prefetch
     rows = []
     for name, fn in interactions:
-        first, times = measure(fn, n)
+        first, times = measure(fn, n, settle)
         rows.append((name, first, statistics.median(times), p95(times)))
         if args.only is not None:
             logging.info("%s: %s", name, " ".join(f"{t:.0f}" for t in [first, *times]))
     width = max(len(r[0]) for r in rows)
     print(
-        f"\ndashboard latency, {store_n:,} val images, store {args.store}, {n} calls each (server side, ms)"
+        f"\ndashboard latency, {store_n:,} val images, store {args.store}, {n} calls each (server side, ms; "
+        f"{'back to back' if args.back_to_back else 'each after the previous page prefetch'})"
     )
     print(
         f"{'interaction':<{width}}  {'first':>8}  {'p50':>8}  {'p95':>8}  "
