@@ -248,12 +248,24 @@ class QualityQueries(RunQueries):
             f'count(*) FILTER (WHERE a_{f} AND b_{f}) AS "both" FROM j'
             for f in QUALITY_FLAGS
         ]
-        return self._df(
-            f"WITH a AS (SELECT image_id, {side_a} FROM read_parquet(?) q), "
-            f"b AS (SELECT image_id, {side_b} FROM read_parquet(?) q), "
-            f"j AS (SELECT {pick} FROM a FULL OUTER JOIN b USING (image_id)) " + " UNION ALL ".join(parts),
-            [str(ea.file("quality")), str(eb.file("quality"))],
-        )[cols]
+        parts.append("SELECT 'misaligned' AS flag, count(*) FILTER (WHERE off) AS a, 0 AS b, "
+                     '0 AS "both" FROM j')
+
+        def joined(join: str) -> pd.DataFrame:
+            return self._df(
+                f"WITH a AS (SELECT image_id, {side_a} FROM read_parquet(?) q), "
+                f"b AS (SELECT image_id, {side_b} FROM read_parquet(?) q), "
+                f"j AS (SELECT {pick}, a.image_id IS DISTINCT FROM b.image_id AS off FROM a {join}) "
+                + " UNION ALL ".join(parts),
+                [str(ea.file("quality")), str(eb.file("quality"))],
+            )
+
+        # two runs over one validation set have the same ids in the same (sorted) order: row i of
+        # one file is row i of the other (see _class_counts); other pairs are matched by id
+        df = joined("POSITIONAL JOIN b")
+        if int(df.loc[df["flag"] == "misaligned", "a"].sum()):
+            df = joined("FULL OUTER JOIN b USING (image_id)")
+        return df[df["flag"] != "misaligned"][cols].reset_index(drop=True)
 
     @memo_run
     def quality_rules(self, run_id: str) -> pd.DataFrame:

@@ -214,7 +214,7 @@ def test_quality_counts_equal_pandas_whether_or_not_the_files_line_up(tmp_path: 
     import pyarrow.parquet as pq
 
     store = tmp_path / "store"
-    (run,) = build_synthetic_store(store, n_val=90, n_train=60, runs=1, seed=5)
+    run, other = build_synthetic_store(store, n_val=90, n_train=60, runs=2, seed=5)
     qf = store / "runs" / run / "quality.parquet"
     if shuffled:
         t = pq.read_table(qf)
@@ -225,6 +225,14 @@ def test_quality_counts_equal_pandas_whether_or_not_the_files_line_up(tmp_path: 
     with open_store(store) as r:
         s = r.quality_summary(run)
         by_class = r.quality_by_class(run)
+        overlap = r.quality.quality_overlap(run, other).set_index("flag")
+    qo = pq.read_table(store / "runs" / other / "quality.parquet").to_pandas()
+    pair = q.merge(qo, on="image_id", how="outer", suffixes=("_a", "_b"))
+    for flag in ("mislabelled", "leak", "outlier"):
+        a, b = pair[f"{flag}_a"].fillna(False).astype(bool), pair[f"{flag}_b"].fillna(False).astype(bool)
+        got = tuple(int(x) for x in overlap.loc[flag, ["a", "b", "both"]])
+        assert got == (a.sum(), b.sum(), (a & b).sum())
+    assert "misaligned" not in overlap.index
     assert s["n"] == len(both) and s["leaks"] == int(both["leak"].sum())
     assert s["mislabelled"] == int(both["mislabelled"].sum()) and s["outliers"] == int(both["outlier"].sum())
     labelled = both[both["correct"].notna()]
