@@ -19,7 +19,7 @@ from xaidash.dashboard.params import Filters
 from xaidash.dashboard.paths import spec_label
 from xaidash.dashboard.server.routes import image_url, overlay_url
 
-#: a component's keyword arguments, shared by a Dash class and its wire form (wire.py)
+#: a component's keyword arguments, shared by a Dash class and its wire form (the gallery's rows)
 Props = dict[str, Any]
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def overlay_img(
 def overlay_img_props(run_id: str, image_id: str, method: str, f: Filters, target: str = "pred",
                       size: int | None = None, className: str = "xd-thumb",
                       title: str | None = None) -> Props:
-    """:func:`overlay_img`'s props (also for :mod:`~xaidash.dashboard.wire`'s form of it)."""
+    """:func:`overlay_img`'s props (also for the gallery rows' wire form)."""
     return {"src": overlay_url(run_id, image_id, method, target, f.cmap, f.alpha, size),
             "className": className, "alt": f"{method_label(method)} overlay",
             "title": title or method_label(method)}

@@ -48,7 +48,7 @@ def latest(state: Any) -> str:
 
 def wire_nodes(component: Any) -> list[dict[str, Any]]:
     """Every component under ``component`` as the browser gets it (``{"type", "namespace", "props"}``),
-    in page order: the gallery's rows are built in that form (dashboard/wire.py), not as objects."""
+    in page order: the gallery's rows are built in that form (pages/gallery/wire.py), not as objects."""
     out: list[dict[str, Any]] = []
     stack = [json.loads(json.dumps(component, cls=plotly.utils.PlotlyJSONEncoder))]
     while stack:

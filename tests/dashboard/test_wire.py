@@ -10,7 +10,6 @@ import plotly
 import pytest
 from dash import dcc, html
 
-from xaidash.dashboard import wire
 from xaidash.dashboard.components import (
     correctness_badge,
     correctness_badge_props,
@@ -21,6 +20,7 @@ from xaidash.dashboard.components import (
     thumb_img,
     thumb_img_props,
 )
+from xaidash.dashboard.pages.gallery import wire
 from xaidash.dashboard.params import Filters
 
 

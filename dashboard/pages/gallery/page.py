@@ -17,7 +17,7 @@ import pandas as pd
 from dash import dcc, html
 
 from xaidash.constants import OUTCOMES, SORTS, method_label
-from xaidash.dashboard import inputs, wire
+from xaidash.dashboard import inputs
 from xaidash.dashboard.components import (
     Record,
     available_methods,
@@ -37,6 +37,7 @@ from xaidash.dashboard.components import (
     thumb_img_props,
     warning_alert,
 )
+from xaidash.dashboard.pages.gallery import wire
 from xaidash.dashboard.pages.gallery.quality import cluster_panel, flag_chip, flag_filter, row_flags
 from xaidash.dashboard.params import (
     GALLERY_KEYS,
@@ -195,7 +196,7 @@ def gallery_row(
 ) -> wire.Node:
     """One image: metadata, the image, and one overlay per method (all linking to the image page);
     a method in ``missing`` has no map of this image and shows a placeholder. Built in Dash's wire
-    form (:mod:`~xaidash.dashboard.wire`): a page repeats it for every row."""
+    form (:mod:`~xaidash.dashboard.pages.gallery.wire`): a page repeats it for every row."""
     href = image_href(run_id, rec["image_id"], f)
     wrong = rec.get("correct") is False or rec.get("correct") == False  # noqa: E712 - numpy bool
     loss = rec.get("loss")

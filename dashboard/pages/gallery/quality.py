@@ -20,9 +20,10 @@ import pandas as pd
 from dash import dcc, html
 
 from xaidash.constants import QUALITY_FLAGS, method_label
-from xaidash.dashboard import inputs, wire
+from xaidash.dashboard import inputs
 from xaidash.dashboard.components import card, thumb_img
 from xaidash.dashboard.overlays import render_heatmap
+from xaidash.dashboard.pages.gallery import wire
 from xaidash.dashboard.params import (
     FLAG_LABELS,
     GALLERY_KEYS,
