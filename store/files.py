@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xaidash.errors import UserError
@@ -68,7 +68,7 @@ def distinct_values(path: Path, column: str) -> list[str]:
     if not path.is_file():
         return []
     col = pq.read_table(path, columns=[column]).column(column)
-    return sorted(str(v) for v in pa.compute.unique(col).to_pylist() if v is not None)
+    return sorted(str(v) for v in pc.unique(col).to_pylist() if v is not None)
 
 
 def fsync_dir(path: Path) -> None:

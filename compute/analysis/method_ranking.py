@@ -379,14 +379,15 @@ def _reason(lk: _Lookup, m: str, f: Mapping[str, object], top: str, prev: tuple[
                 f"({', '.join(tests) if tests else 'no scores in common to test'})")
     if prev is None or prev[1] != f["level"]:
         return f"{gate}; best {METRIC_LABELS[primary]} of its gate"
-    if lk.mean(m, primary) is None and lk.mean(prev[0], primary) is not None:
-        # e.g. a pixel attribution whose small sample missed the ROAD sample: after every method
-        # with a gap
-        return f"{gate}; no {METRIC_LABELS[primary]} measured, so after the methods with one"
+    if lk.mean(m, primary) is None:
+        # e.g. a pixel attribution whose small sample missed the ROAD sample: it follows every
+        # method with a gap, and one without is ordered on the secondary metric alone
+        if lk.mean(prev[0], primary) is not None:
+            return f"{gate}; no {METRIC_LABELS[primary]} measured, so after the methods with one"
+        if secondary:
+            return (f"{gate}; no {METRIC_LABELS[primary]} measured; {METRIC_LABELS[secondary]} below "
+                    f"{method_label(prev[0])}'s ({_fmt_p(lk.p(prev[0], m, secondary))})")
     p1 = lk.p(prev[0], m, primary)
-    if secondary and lk.mean(m, primary) is None:  # neither has the primary metric
-        return (f"{gate}; no {METRIC_LABELS[primary]} measured; {METRIC_LABELS[secondary]} below "
-                f"{method_label(prev[0])}'s ({_fmt_p(lk.p(prev[0], m, secondary))})")
     if secondary and (p1 is None or p1 >= alpha):
         return (f"{gate}; {METRIC_LABELS[primary]} indistinguishable from {method_label(prev[0])}'s "
                 f"({_fmt_p(p1)}), "

@@ -15,6 +15,7 @@ reader's cursors, the run cache that memoizes its answers); the reader holds one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -173,7 +174,7 @@ class QualityQueries(RunQueries):
         assert e is not None
         fl = self._flags(e)
         issues = ", ".join(f"count(*) FILTER (WHERE {fl[k]}) AS {k}" for k in IMAGE_ISSUES)
-        sql = f"""
+        return self._lined_up(lambda join: f"""
             SELECT p.label AS "class", any_value(p.label_name) AS class_name, count(*) AS images,
                    count(*) FILTER (WHERE q.mislabelled) AS mislabelled,
                    count(*) FILTER (WHERE q.leak) AS leaks,
@@ -189,20 +190,20 @@ class QualityQueries(RunQueries):
                    count(*) FILTER (WHERE p.correct IS NOT NULL AND NOT q.leak) AS labelled_no_leak,
                    count(*) FILTER (WHERE p.correct AND NOT q.leak) AS correct_no_leak,
                    count(*) FILTER (WHERE q.image_id IS DISTINCT FROM p.image_id) AS misaligned
-            FROM read_parquet(?) q JOIN_KIND read_parquet(?) p USING_IDS
+            FROM read_parquet(?) q {join}
             GROUP BY p.label
-            """
-        params = [str(e.file("quality")), str(e.file("predictions"))]
-        # Both files are written sorted by image_id over the same images, so row i of one is row i
-        # of the other: a positional join, ~8x cheaper than matching 1M ids; the same query
-        # counts the rows where that does not hold, and then the ids are matched after all.
-        def joined(kind: str, using: str) -> pd.DataFrame:
-            return self._df(sql.replace("JOIN_KIND", kind).replace("USING_IDS", using), params)
+            """, "read_parquet(?) p", "JOIN", [str(e.file("quality")), str(e.file("predictions"))])
 
-        counts = joined("POSITIONAL JOIN", "")
-        if int(counts["misaligned"].sum()):
-            counts = joined("JOIN", "USING (image_id)")
-        return counts
+    def _lined_up(self, sql: Callable[[str], str], right: str, by_id: str, params: list[str]) -> pd.DataFrame:
+        """``sql(join)`` run first with ``POSITIONAL JOIN right``: two files of a run (or of two runs
+        over one validation set) are written sorted by image_id over the same images, so row i of
+        one is row i of the other, ~8x cheaper than matching 1M ids. The query's ``misaligned``
+        column counts the rows where that does not hold; then it runs again with ``by_id right
+        USING (image_id)``. The result is without that column."""
+        df = self._df(sql(f"POSITIONAL JOIN {right}"), params)
+        if int(df["misaligned"].sum()):
+            df = self._df(sql(f"{by_id} {right} USING (image_id)"), params)
+        return df.drop(columns="misaligned")
 
     def image_quality(self, run_id: str, image_id: str) -> dict[str, Any] | None:
         """The quality row of one val image (None when the run has none or no such image)."""
@@ -248,24 +249,14 @@ class QualityQueries(RunQueries):
             f'count(*) FILTER (WHERE a_{f} AND b_{f}) AS "both" FROM j'
             for f in QUALITY_FLAGS
         ]
-        parts.append("SELECT 'misaligned' AS flag, count(*) FILTER (WHERE off) AS a, 0 AS b, "
-                     '0 AS "both" FROM j')
-
-        def joined(join: str) -> pd.DataFrame:
-            return self._df(
-                f"WITH a AS (SELECT image_id, {side_a} FROM read_parquet(?) q), "
-                f"b AS (SELECT image_id, {side_b} FROM read_parquet(?) q), "
-                f"j AS (SELECT {pick}, a.image_id IS DISTINCT FROM b.image_id AS off FROM a {join}) "
-                + " UNION ALL ".join(parts),
-                [str(ea.file("quality")), str(eb.file("quality"))],
-            )
-
-        # two runs over one validation set have the same ids in the same (sorted) order: row i of
-        # one file is row i of the other (see _class_counts); other pairs are matched by id
-        df = joined("POSITIONAL JOIN b")
-        if int(df.loc[df["flag"] == "misaligned", "a"].sum()):
-            df = joined("FULL OUTER JOIN b USING (image_id)")
-        return df[df["flag"] != "misaligned"][cols].reset_index(drop=True)
+        df = self._lined_up(
+            lambda join: f"WITH a AS (SELECT image_id, {side_a} FROM read_parquet(?) q), "
+            f"b AS (SELECT image_id, {side_b} FROM read_parquet(?) q), "
+            f"j AS (SELECT {pick}, a.image_id IS DISTINCT FROM b.image_id AS off FROM a {join}) "
+            f"SELECT u.*, m.misaligned FROM ({' UNION ALL '.join(parts)}) u, "
+            "(SELECT count(*) FILTER (WHERE off) AS misaligned FROM j) m",
+            "b", "FULL OUTER JOIN", [str(ea.file("quality")), str(eb.file("quality"))])
+        return df[cols].reset_index(drop=True)
 
     @memo_run
     def quality_rules(self, run_id: str) -> pd.DataFrame:
